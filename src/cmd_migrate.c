@@ -1,0 +1,45 @@
+#include <libpq-fe.h>
+#include <stdio.h>
+
+#include "cli.h"
+#include "log.h"
+#include "migrate.h"
+#include "svc_error.h"
+
+int svc_cmd_migrate(int argc, char **argv, struct svc_cli_ctx *ctx)
+{
+	const struct svc_config *cfg = ctx->config;
+	const char *keys[] = {"dbname", "application_name", NULL};
+	const char *values[] = {cfg->database_url, "svccomm migrate", NULL};
+	char err[4096], masked[1024];
+	PGconn *conn;
+	int rc;
+
+	if (argc > 1) {
+		fprintf(stderr, "svccomm migrate: unexpected argument '%s'\n", argv[1]);
+		return SVC_EXIT_USAGE;
+	}
+	if (!cfg->database_url) {
+		fprintf(stderr, "svccomm migrate: %s: DATABASE_URL: required by migrate, not set\n",
+			cfg->path);
+		return SVC_EXIT_USAGE;
+	}
+	/* expand_dbname = 1: DATABASE_URL may be a URL or a key=value string. */
+	conn = PQconnectdbParams(keys, values, 1);
+	if (!conn || PQstatus(conn) != CONNECTION_OK) {
+		fprintf(stderr, "svccomm migrate: cannot connect to %s: %s",
+			svc_log_mask_url(cfg->database_url, masked, sizeof(masked)),
+			conn ? PQerrorMessage(conn) : "out of memory\n");
+		PQfinish(conn);
+		return SVC_EXIT_FAILURE;
+	}
+	rc = svc_migrate(conn, cfg->outbox_table, cfg->inbox_table, err, sizeof(err));
+	PQfinish(conn);
+	if (rc != 0) {
+		fprintf(stderr, "svccomm migrate: %s\n", err);
+		return SVC_EXIT_FAILURE;
+	}
+	printf("migrated: outbox %s and inbox %s are up to date\n", cfg->outbox_table,
+	       cfg->inbox_table);
+	return SVC_EXIT_OK;
+}

@@ -1,0 +1,19 @@
+#include <amqp.h>
+#include <libpq-fe.h>
+#include <lua.h>
+#include <stdio.h>
+
+#include "cli.h"
+#include "svc_error.h"
+
+int svc_cmd_version(int argc, char **argv, struct svc_cli_ctx *ctx)
+{
+	int pq = PQlibVersion();
+
+	(void)argc;
+	(void)argv;
+	(void)ctx;
+	printf("svccomm %s\n%s\nrabbitmq-c %s\nlibpq %d.%d\n", SVCCOMM_VERSION, LUA_RELEASE,
+	       amqp_version(), pq / 10000, pq % 10000);
+	return SVC_EXIT_OK;
+}

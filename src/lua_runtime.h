@@ -1,0 +1,50 @@
+/* lua_runtime: the one lua_State of a process and every call into it.
+ *
+ * svc_runtime_new() builds the state inside a protected call: the chosen standard
+ * libraries, cjson and the svccomm modules in package.preload (compiled into the binary),
+ * package.path extended with the project's apps/ folder, and an allocator with a memory cap.
+ * All calls from C into Lua go through svc_lua_pcall(), which adds a traceback, enforces a
+ * deadline with a count hook and checks that the stack is balanced. */
+#ifndef SVC_LUA_RUNTIME_H
+#define SVC_LUA_RUNTIME_H
+
+#include <lua.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct svc_runtime;
+
+/* Creates the state. project_dir is where apps/ lives (NULL: no apps path yet). Returns
+ * NULL and the reason in err on failure. */
+struct svc_runtime *svc_runtime_new(const char *project_dir, char *err, size_t errsz);
+void svc_runtime_free(struct svc_runtime *rt);
+lua_State *svc_runtime_state(struct svc_runtime *rt);
+
+/* Caps Lua's memory (bytes; 0 = no cap). An allocation past the cap fails, which Lua raises
+ * as a "not enough memory" error in the code that asked for it. */
+void svc_runtime_set_memory_limit(struct svc_runtime *rt, size_t bytes);
+size_t svc_runtime_memory_used(const struct svc_runtime *rt);
+
+/* Result of svc_lua_pcall beyond lua_pcall's codes. */
+enum svc_lua_status {
+	SVC_LUA_OK = 0,
+	SVC_LUA_ERROR = 1,   /* the code raised; the error object is on the stack */
+	SVC_LUA_TIMEOUT = 2, /* the deadline passed; a message string is on the stack */
+	SVC_LUA_MEMORY = 3,  /* memory cap reached; a message string is on the stack */
+};
+
+/* Calls the function below nargs arguments like lua_pcall(L, nargs, nresults, 0), with a
+ * traceback appended to string errors (error tables get a "traceback" field) and a deadline
+ * of timeout_s seconds (<= 0: none). On failure exactly one value (the error) is left on
+ * the stack. */
+enum svc_lua_status svc_lua_pcall(struct svc_runtime *rt, int nargs, int nresults,
+				  double timeout_s);
+
+/* Runs `require(name)` and leaves the module on the stack; 0 or SVC_ELUA with err filled. */
+int svc_runtime_require(struct svc_runtime *rt, const char *name, char *err, size_t errsz);
+
+/* Turns the error object on top of the stack into text (tostring, with traceback if any)
+ * and pops it. */
+void svc_lua_error_text(lua_State *L, char *out, size_t outsz);
+
+#endif
