@@ -1,0 +1,505 @@
+--- svccomm.db: a small PostgreSQL API for Lua services, the same inside consumer handlers
+--- and in any Lua program.
+---
+---   local db = require("svccomm.db")
+---   local conn = assert(db.connect(os.getenv("DATABASE_URL")))
+---   conn:transaction(function(tx)
+---     local rows = tx:query("SELECT id, data FROM users WHERE id = $1", 42)
+---     tx:exec("UPDATE users SET seen = now() WHERE id = $1", 42)
+---     svccomm.publish_aggregate_event("user", "seen", { id = 42 }) -- joins this transaction
+---   end)
+---
+--- Parameters ($1, $2, ...): nil and db.null (= cjson.null) are SQL NULL; booleans, integers,
+--- floats and strings as themselves; tables are JSON-encoded (db.encode_json), so a table
+--- can be passed to a json/jsonb parameter.
+---
+--- Results: query() returns rows (an array of tables keyed by column name) and columns
+--- ({name=, oid=, type=}). Types: bool -> boolean; int2/int4/int8 -> integer; float4/float8 ->
+--- float; numeric -> integer when whole and within 64 bits, else a float (double precision:
+--- cast to text in SQL for exact decimals); json/jsonb -> decoded Lua value (JSON null ->
+--- db.null; numbers decode as floats, so integers beyond 2^53 lose precision: select them
+--- as text); timestamps -> text in UTC ("2024-01-02 03:04:05.123456+00", the session runs
+--- with TimeZone=UTC); other types -> their text; SQL NULL -> nil (the key is absent).
+---
+--- Errors raise a table {message=, sqlstate=, detail=, hint=, connection_lost=} whose
+--- tostring is "message (SQLSTATE xxxxx)".
+---
+--- Transactions: db:transaction(fn, ...) runs fn(db, ...) between BEGIN and COMMIT and returns
+--- fn's results; a nested call uses a SAVEPOINT, so an error inside it rolls back only the
+--- inner part (and is re-raised: catch it with pcall to go on). An error rolls back and is
+--- re-raised unchanged. A transaction function that swallowed a database error (pcall) cannot
+--- commit: PostgreSQL aborted the transaction, so it is rolled back and an error with
+--- SQLSTATE 25P02 is raised.
+---
+--- db.current() is the innermost active transaction (its db object): a consumer handler's
+--- own transaction, or the innermost db:transaction() in progress. db.query / db.exec /
+--- db.transaction as module functions run on it.
+local core = require "svccomm.core"
+local cjson = require "cjson"
+
+local M = {}
+
+local type, error, pcall, select, next, tostring = type, error, pcall, select, next, tostring
+local setmetatable, getmetatable, rawlen = setmetatable, getmetatable, rawlen
+local format, gsub, concat, sort = string.format, string.gsub, table.concat, table.sort
+local pack, unpack = table.pack, table.unpack
+local math_type, tointeger, huge = math.type, math.tointeger, math.huge
+local utf8len = utf8.len
+
+--- SQL NULL / JSON null (the same value as cjson.null).
+M.null = core.null
+
+-- ---------------------------------------------------------------------------------------
+-- JSON encoding. Not cjson's encoder: lua-cjson 2.1 writes numbers with 14 significant
+-- digits (integers above 1e14 lose digits) and cannot write an empty array.
+-- ---------------------------------------------------------------------------------------
+
+local array_mt = { __name = "svccomm.array" }
+M.array_mt = array_mt
+
+--- Mark t (default a new table) as a JSON array, so that an empty one encodes as [] (an
+--- unmarked empty table encodes as {}). Returns t. cjson.empty_array and tables carrying
+--- cjson.array_mt are honoured too when the cjson build has them.
+---@param t table|nil
+---@return table
+function M.array(t)
+	if t == nil then
+		t = {}
+	elseif type(t) ~= "table" then
+		error("array: expected a table, got " .. type(t), 2)
+	end
+	return setmetatable(t, array_mt)
+end
+
+local cjson_empty_array = cjson.empty_array
+local cjson_array_mt = cjson.array_mt
+local NULL = cjson.null
+
+local escapes = {
+	['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
+	["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t",
+}
+for i = 0, 31 do
+	local c = string.char(i)
+	if not escapes[c] then
+		escapes[c] = format("\\u%04x", i)
+	end
+end
+
+local function path_string(path, depth)
+	local parts = {}
+	for i = 1, depth do
+		local k = path[i]
+		if type(k) == "number" then
+			parts[#parts + 1] = "[" .. k .. "]"
+		elseif k:match("^[%a_][%w_]*$") then
+			parts[#parts + 1] = "." .. k
+		else
+			parts[#parts + 1] = format("[%q]", k)
+		end
+	end
+	return concat(parts)
+end
+
+--- Encode a Lua value as JSON text. Strings must be valid UTF-8; integers are exact; floats
+--- use the shortest form that reads back equal; object keys are sorted; an empty table is {}
+--- unless marked with db.array(). Raises (before producing anything) on NaN or infinity,
+--- functions, userdata other than null, cycles, non-string keys in an object, sparse or
+--- mixed tables, and nesting deeper than max_depth (default 128). `what` names the value in
+--- error messages (default "value").
+---@param value any
+---@param max_depth integer|nil
+---@param what string|nil
+---@return string
+function M.encode_json(value, max_depth, what)
+	max_depth = max_depth or 128
+	what = what or "value"
+	local buf, n = {}, 0
+	local path, visiting = {}, {}
+
+	local function fail(depth, msg)
+		error(format("%s%s: %s", what, path_string(path, depth), msg), 0)
+	end
+
+	local function quote(s, depth)
+		if not utf8len(s) then
+			fail(depth, "string is not valid UTF-8")
+		end
+		return '"' .. gsub(s, '[%z\1-\31"\\]', escapes) .. '"'
+	end
+
+	local enc
+
+	local function enc_table(t, depth)
+		if visiting[t] then
+			fail(depth, "cycle: the table contains itself")
+		end
+		if depth >= max_depth then
+			fail(depth, format("nested deeper than %d levels", max_depth))
+		end
+		local mt = getmetatable(t)
+		local is_array = t == cjson_empty_array or (mt ~= nil and (mt == array_mt or mt == cjson_array_mt))
+		local len = rawlen(t)
+		local count, strkeys, bad = 0, nil, nil
+		for k in next, t do
+			count = count + 1
+			local tk = type(k)
+			if tk == "string" then
+				strkeys = strkeys or {}
+				strkeys[#strkeys + 1] = k
+			elseif tk == "number" then
+				if not (math_type(k) == "integer" and k >= 1 and k <= len) then
+					bad = bad or k
+				end
+			else
+				fail(depth, "table key of type " .. tk .. " (JSON keys are strings)")
+			end
+		end
+		visiting[t] = true
+		if count == 0 then
+			n = n + 1
+			buf[n] = is_array and "[]" or "{}"
+		elseif not strkeys and not bad and count == len then
+			n = n + 1
+			buf[n] = "["
+			for i = 1, len do
+				if i > 1 then
+					n = n + 1
+					buf[n] = ","
+				end
+				path[depth + 1] = i
+				enc(t[i], depth + 1)
+			end
+			n = n + 1
+			buf[n] = "]"
+		elseif strkeys and #strkeys == count and not is_array then
+			sort(strkeys)
+			n = n + 1
+			buf[n] = "{"
+			for i = 1, #strkeys do
+				local k = strkeys[i]
+				path[depth + 1] = k
+				n = n + 1
+				buf[n] = (i > 1 and "," or "") .. quote(k, depth + 1) .. ":"
+				enc(t[k], depth + 1)
+			end
+			n = n + 1
+			buf[n] = "}"
+		elseif strkeys then
+			fail(depth, "table mixes string keys and array items (JSON has no such value)")
+		else
+			fail(depth, format("sparse array or non-sequence number key (%s)", tostring(bad or len + 1)))
+		end
+		visiting[t] = nil
+	end
+
+	enc = function(v, depth)
+		local tv = type(v)
+		if tv == "string" then
+			n = n + 1
+			buf[n] = quote(v, depth)
+		elseif tv == "number" then
+			local s
+			if math_type(v) == "integer" then
+				s = format("%d", v)
+			elseif v ~= v or v == huge or v == -huge then
+				fail(depth, "NaN or infinity cannot be encoded as JSON")
+			else
+				local i = tointeger(v)
+				if i then
+					s = format("%d", i)
+				else
+					for p = 14, 17 do
+						s = format("%." .. p .. "g", v)
+						if tonumber(s) == v then
+							break
+						end
+					end
+				end
+			end
+			n = n + 1
+			buf[n] = s
+		elseif tv == "boolean" then
+			n = n + 1
+			buf[n] = v and "true" or "false"
+		elseif tv == "table" then
+			enc_table(v, depth)
+		elseif v == nil or v == NULL then
+			n = n + 1
+			buf[n] = "null"
+		else
+			fail(depth, "a " .. tv .. " cannot be encoded as JSON")
+		end
+	end
+
+	enc(value, 0)
+	return concat(buf, "", 1, n)
+end
+
+local decoder = cjson.new()
+
+local function decode_json_columns(rows, cols)
+	for c = 1, #cols do
+		local col = cols[c]
+		if col.type == "json" or col.type == "jsonb" then
+			local name = col.name
+			for r = 1, #rows do
+				local row = rows[r]
+				local v = row[name]
+				if v ~= nil then
+					row[name] = decoder.decode(v)
+				end
+			end
+		end
+	end
+end
+
+-- ---------------------------------------------------------------------------------------
+-- db objects
+-- ---------------------------------------------------------------------------------------
+
+---@class svccomm.DB
+---@field conn userdata the svccomm.core connection
+local DB = {}
+DB.__index = DB
+DB.__name = "svccomm.db"
+
+local stack = {} -- active transactions, innermost last
+M._stack = stack
+
+local function wrap(conn, owned, host)
+	return setmetatable({ conn = conn, _depth = 0, _owned = owned, _host = host }, DB)
+end
+
+-- Encodes table parameters as JSON; returns the arguments to pass on.
+local function params(...)
+	local n = select("#", ...)
+	for i = 1, n do
+		if type((select(i, ...))) == "table" then
+			local args = pack(...)
+			for j = i, n do
+				if type(args[j]) == "table" then
+					args[j] = M.encode_json(args[j], 128, "parameter $" .. j)
+				end
+			end
+			return unpack(args, 1, n)
+		end
+	end
+	return ...
+end
+
+--- Connect. url: a postgresql:// URL or a libpq "key=value" string. opts.application_name
+--- names the session (default "svccomm"). Returns a db object, or nil, message, sqlstate.
+---@param url string
+---@param opts table|nil
+---@return svccomm.DB|nil db
+---@return string|nil err
+---@return string|nil sqlstate
+function M.connect(url, opts)
+	if type(url) ~= "string" then
+		error("svccomm.db.connect: url must be a string, got " .. type(url), 2)
+	end
+	if opts ~= nil and type(opts) ~= "table" then
+		error("svccomm.db.connect: opts must be a table", 2)
+	end
+	local conn, err, st = core.connect(url, opts and opts.application_name)
+	if not conn then
+		return nil, err, st
+	end
+	return wrap(conn, true, false)
+end
+
+--- Run one statement and return rows, columns (see the module comment for types).
+---@param sql string
+---@return table[] rows
+---@return table[] columns
+function DB:query(sql, ...)
+	if type(sql) ~= "string" then
+		error("query: sql must be a string, got " .. type(sql), 2)
+	end
+	local rows, cols = self.conn:query(sql, params(...))
+	decode_json_columns(rows, cols)
+	return rows, cols
+end
+
+--- Run a statement and return the number of rows it affected. Without parameters, several
+--- statements separated by ';' may be given.
+---@param sql string
+---@return integer
+function DB:exec(sql, ...)
+	if type(sql) ~= "string" then
+		error("exec: sql must be a string, got " .. type(sql), 2)
+	end
+	return self.conn:exec(sql, params(...))
+end
+
+local function remove_from_stack(d)
+	for i = #stack, 1, -1 do
+		if stack[i] == d then
+			table.remove(stack, i)
+			return
+		end
+	end
+end
+
+local function aborted_error()
+	return core.pg_error(
+		"transaction aborted by an earlier database error (caught inside the transaction function): rolled back",
+		"25P02")
+end
+
+--- Run fn(self, ...) in a transaction (a savepoint when one is already open) and return its
+--- results. An error rolls back (to the savepoint) and is re-raised.
+---@param fn fun(db: svccomm.DB, ...): ...
+---@return ...
+function DB:transaction(fn, ...)
+	if type(fn) ~= "function" then
+		error("transaction: expected a function, got " .. type(fn), 2)
+	end
+	local conn = self.conn
+	local depth = self._depth
+	local outer = depth == 0 and conn:transaction_status() == "idle"
+	local sp
+	if outer then
+		conn:exec("BEGIN")
+		self._ctx = {}
+	else
+		sp = "svccomm_sp_" .. (depth + 1)
+		conn:exec("SAVEPOINT " .. sp)
+		self._ctx = self._ctx or {}
+	end
+	self._depth = depth + 1
+	stack[#stack + 1] = self
+	local res = pack(pcall(fn, self, ...))
+	remove_from_stack(self)
+	self._depth = depth
+	if res[1] then
+		local ok, err
+		if conn:transaction_status() == "inerror" then
+			if outer then
+				pcall(conn.exec, conn, "ROLLBACK")
+			else
+				pcall(conn.exec, conn, "ROLLBACK TO SAVEPOINT " .. sp)
+				pcall(conn.exec, conn, "RELEASE SAVEPOINT " .. sp)
+			end
+			ok, err = false, aborted_error()
+		elseif outer then
+			ok, err = pcall(conn.exec, conn, "COMMIT")
+		else
+			ok, err = pcall(conn.exec, conn, "RELEASE SAVEPOINT " .. sp)
+		end
+		if outer then
+			self._ctx = nil
+		end
+		if not ok then
+			error(err, 0)
+		end
+		return unpack(res, 2, res.n)
+	end
+	if outer then
+		pcall(conn.exec, conn, "ROLLBACK")
+		self._ctx = nil
+	else
+		pcall(conn.exec, conn, "ROLLBACK TO SAVEPOINT " .. sp)
+		pcall(conn.exec, conn, "RELEASE SAVEPOINT " .. sp)
+	end
+	error(res[2], 0)
+end
+
+--- True while a transaction of this db object is open.
+---@return boolean
+function DB:in_transaction()
+	return self._depth > 0
+end
+
+--- Close the connection (not allowed on a consumer handler's lent connection).
+function DB:close()
+	if self._host then
+		error("close: this is the consumer's connection; it is not yours to close", 2)
+	end
+	remove_from_stack(self)
+	self._depth = 0
+	self.conn:close()
+end
+
+DB.__close = function(self)
+	if not self._host then
+		self.conn:close()
+	end
+end
+
+function DB:__tostring()
+	return "svccomm.db (" .. tostring(self.conn) .. (self._depth > 0 and ", in transaction" or "") .. ")"
+end
+
+-- ---------------------------------------------------------------------------------------
+-- the current transaction
+-- ---------------------------------------------------------------------------------------
+
+--- The db object of the innermost active transaction, or nil.
+---@return svccomm.DB|nil
+function M.current()
+	return stack[#stack]
+end
+
+local function current_or_error(fname)
+	local d = stack[#stack]
+	if not d then
+		error(format("svccomm.db.%s: no transaction: call it inside a consumer handler or db:transaction()", fname), 3)
+	end
+	return d
+end
+
+--- query() on db.current().
+---@param sql string
+function M.query(sql, ...)
+	return current_or_error("query"):query(sql, ...)
+end
+
+--- exec() on db.current().
+---@param sql string
+function M.exec(sql, ...)
+	return current_or_error("exec"):exec(sql, ...)
+end
+
+--- transaction() on db.current(): a savepoint inside the current transaction.
+---@param fn function
+function M.transaction(fn, ...)
+	return current_or_error("transaction"):transaction(fn, ...)
+end
+
+local host_wrappers = setmetatable({}, { __mode = "k" })
+
+--- (for the consumer) the handler's transaction on the lent connection conn starts.
+---@param conn userdata
+function M._enter_host(conn)
+	local d = host_wrappers[conn]
+	if not d then
+		d = wrap(conn, false, true)
+		host_wrappers[conn] = d
+	end
+	d._depth = 1
+	d._ctx = {}
+	stack[#stack + 1] = d
+	return d
+end
+
+--- (for the consumer) the handler returned: forget its transaction and anything a broken
+--- handler left above it.
+function M._leave_host()
+	for i = #stack, 1, -1 do
+		if stack[i]._host then
+			for j = #stack, i, -1 do
+				local d = stack[j]
+				stack[j] = nil
+				if d._host then
+					d._depth = 0
+					d._ctx = nil
+				end
+			end
+			return
+		end
+	end
+end
+
+return M

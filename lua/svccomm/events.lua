@@ -1,0 +1,610 @@
+--- svccomm.events: the outbox write side. Every function here writes (or deletes) outbox rows
+--- in the caller's current PostgreSQL transaction (svccomm.db.current(): a consumer
+--- handler's transaction, or db:transaction()); `svccomm runpublisher` sends them after
+--- commit. Outside a transaction they raise and write nothing.
+---
+--- Event envelope (the body of the row, published as is):
+---   {"eventId":"<row id>","eventTime":"2023-06-02T10:58:58.340174Z",
+---    "eventType":"<event_type>","aggregate":"<aggregate>","payload":<payload>}
+--- exchange = aggregate, routing key = event_type. eventId is the row id as a string (and the
+--- AMQP message_id); eventTime is UTC with microseconds: the client's clock at insert
+--- (clock_gettime), or the due time of a scheduled event.
+---
+--- Payload encoding (svccomm.db.encode_json): any Lua value made of tables, strings (UTF-8),
+--- numbers, booleans and svccomm.null. An empty table is an object {}; use svccomm.array()
+--- (or svccomm.array(t)) for an empty array []. NaN/infinity, functions, userdata, cycles,
+--- mixed or sparse tables and tables nested deeper than MAX_JSON_DEPTH raise a clear error
+--- before anything is written. Object keys are written sorted. With KEY_STYLE = "snake" the
+--- keys of payloads, command arguments and call data are camelCased (svccomm.keys.to_camel);
+--- the envelope and meta keys are fixed.
+---
+--- Commands: exchange = service, routing key = command_name, body = the arguments object
+--- plus meta = {expired_time = "<ISO UTC>" | null}.
+--- Calls: exchange = service, routing key = "call.<method>", message_id = the call id, body =
+--- {call_id, service_name, method_name, reply_to, data, meta = {expired_time}}. The response,
+--- written by call_consumer in the handler's transaction: exchange = reply_to, routing key =
+--- "call-response.<service>.<method>", correlation_id = the call id, body = {call_id,
+--- service_name, method_name, data = handler result, meta = {}}.
+local core = require "svccomm.core"
+local db = require "svccomm.db"
+
+local M = {}
+
+local type, error, tostring, pairs, pcall, format = type, error, tostring, pairs, pcall, string.format
+local math_type, floor = math.type, math.floor
+
+local config = {
+	OUTBOX_TABLE = "svccomm_outbox",
+	KEY_STYLE = "preserve",
+	APP_ID = "svccomm",
+	MAX_JSON_DEPTH = 128,
+}
+
+--- Mark a table as a JSON array (an empty one encodes as []).
+M.array = db.array
+
+--- Configure the outbox writes (the binary does it from settings.lua).
+---@param opts {OUTBOX_TABLE: string|nil, KEY_STYLE: "preserve"|"snake"|nil, APP_ID: string|nil, MAX_JSON_DEPTH: integer|nil}
+function M.configure(opts)
+	if type(opts) ~= "table" then
+		error("events.configure: expected a table", 2)
+	end
+	local new = {}
+	for k, v in pairs(config) do
+		new[k] = v
+	end
+	if opts.OUTBOX_TABLE ~= nil then
+		local ok, err = core.outbox_check_table(tostring(opts.OUTBOX_TABLE))
+		if type(opts.OUTBOX_TABLE) ~= "string" or not ok then
+			error("events.configure: OUTBOX_TABLE: " .. (err or "must be a string"), 2)
+		end
+		new.OUTBOX_TABLE = opts.OUTBOX_TABLE
+	end
+	if opts.KEY_STYLE ~= nil then
+		if opts.KEY_STYLE ~= "preserve" and opts.KEY_STYLE ~= "snake" then
+			error('events.configure: KEY_STYLE: must be "preserve" or "snake"', 2)
+		end
+		new.KEY_STYLE = opts.KEY_STYLE
+	end
+	if opts.APP_ID ~= nil then
+		if type(opts.APP_ID) ~= "string" or opts.APP_ID == "" then
+			error("events.configure: APP_ID: must be a non-empty string", 2)
+		end
+		new.APP_ID = opts.APP_ID
+	end
+	if opts.MAX_JSON_DEPTH ~= nil then
+		if math_type(opts.MAX_JSON_DEPTH) ~= "integer" or opts.MAX_JSON_DEPTH < 1 then
+			error("events.configure: MAX_JSON_DEPTH: must be a positive integer", 2)
+		end
+		new.MAX_JSON_DEPTH = opts.MAX_JSON_DEPTH
+	end
+	config = new
+end
+
+--- The current configuration (a copy).
+---@return table
+function M.config()
+	local c = {}
+	for k, v in pairs(config) do
+		c[k] = v
+	end
+	return c
+end
+
+-- Context the consumer sets for the duration of a handler: {correlation_id=, traceparent=}.
+local host_ctx = nil
+
+--- (for the consumer) the incoming message's correlation id and traceparent.
+---@param ctx table|nil
+function M._set_context(ctx)
+	host_ctx = ctx
+end
+
+--- (for the consumer) the handler is over.
+function M._clear_context()
+	host_ctx = nil
+end
+
+-- ---------------------------------------------------------------------------------------
+-- helpers
+-- ---------------------------------------------------------------------------------------
+
+local function current(fname)
+	local d = db.current()
+	if not d then
+		error(fname .. ": no transaction: outbox rows are written in the caller's PostgreSQL "
+			.. "transaction; call it inside a consumer handler or inside "
+			.. "db:transaction(function() ... end)", 3)
+	end
+	return d
+end
+
+local function check_name(fname, what, v)
+	if type(v) ~= "string" or v == "" then
+		error(format("%s: %s must be a non-empty string, got %s", fname, what,
+			type(v) == "string" and '""' or type(v)), 3)
+	end
+	if #v > 255 then
+		error(format("%s: %s is longer than 255 bytes", fname, what), 3)
+	end
+end
+
+local function to_json(fname, what, value, convert)
+	local ok, res = pcall(function()
+		if convert and config.KEY_STYLE == "snake" and type(value) == "table" then
+			value = require("svccomm.keys").to_camel(value)
+		end
+		return db.encode_json(value, config.MAX_JSON_DEPTH, what)
+	end)
+	if not ok then
+		error(fname .. ": " .. tostring(res), 3)
+	end
+	return res
+end
+
+local function quote(s)
+	return db.encode_json(s)
+end
+
+-- seconds since the epoch for a time given as a number or an ISO 8601 string
+local function to_seconds(fname, what, t)
+	if type(t) == "number" then
+		if t ~= t or t == math.huge or t == -math.huge then
+			error(format("%s: %s is not a finite number", fname, what), 3)
+		end
+		return t
+	elseif type(t) == "string" then
+		local s, err = require("svccomm.handlers").parse_time(t)
+		if not s then
+			error(format("%s: %s %q: %s", fname, what, t, err), 3)
+		end
+		return s
+	end
+	error(format("%s: %s must be seconds since the epoch or an ISO 8601 string, got %s", fname,
+		what, type(t)), 3)
+end
+
+local function tags_json(fname, tags, required)
+	if tags == nil then
+		if required then
+			error(fname .. ": tags must be a non-empty table", 3)
+		end
+		return nil
+	end
+	if type(tags) ~= "table" then
+		error(fname .. ": tags must be a table of string keys, got " .. type(tags), 3)
+	end
+	local t, n = {}, 0
+	for k, v in pairs(tags) do
+		if type(k) ~= "string" then
+			error(fname .. ": tags keys must be strings", 3)
+		end
+		local tv = type(v)
+		if tv == "string" then
+			t[k] = v
+		elseif tv == "number" then
+			t[k] = math_type(v) == "integer" and format("%d", v) or tostring(v)
+		elseif tv == "boolean" then
+			t[k] = tostring(v)
+		else
+			error(format("%s: tags.%s must be a string, number or boolean", fname, k), 3)
+		end
+		n = n + 1
+	end
+	if n == 0 then
+		if required then
+			error(fname .. ": tags must not be empty (it would match every scheduled event)", 3)
+		end
+		return nil
+	end
+	local ok, res = pcall(db.encode_json, t, 2, "tags")
+	if not ok then
+		error(fname .. ": " .. res, 3)
+	end
+	return res
+end
+
+local function insert(d, row)
+	local ctx = d._ctx
+	local hc = host_ctx
+	if row.correlation_id == nil then
+		row.correlation_id = (ctx and ctx.correlation_id) or (hc and hc.correlation_id) or nil
+	end
+	local tp = (ctx and ctx.traceparent) or (hc and hc.traceparent)
+	if tp then
+		row.headers_json = '{"traceparent":' .. quote(tp) .. "}"
+	end
+	-- The id sequence is looked up once per connection and table (a catalog scan per row
+	-- otherwise); nextval() still resolves it by name each time.
+	local seqs = d._seqs
+	if not seqs then
+		seqs = {}
+		d._seqs = seqs
+	end
+	local table_name = config.OUTBOX_TABLE
+	local seq = seqs[table_name]
+	if not seq then
+		local rs = d.conn:query("SELECT pg_get_serial_sequence($1, 'id') AS s",
+			core.outbox_check_table(table_name))
+		seq = rs[1] and rs[1].s
+		if seq then
+			seqs[table_name] = seq
+		end
+	end
+	row.id_sequence = seq
+	return core.outbox_insert(d.conn, table_name, row)
+end
+
+local function id_string(id)
+	return format("%d", id)
+end
+
+local function event_body(event_type, aggregate, payload_json)
+	return '{"eventType":' .. quote(event_type) .. ',"aggregate":' .. quote(aggregate)
+		.. ',"payload":' .. payload_json .. "}"
+end
+
+-- ---------------------------------------------------------------------------------------
+-- events
+-- ---------------------------------------------------------------------------------------
+
+--- Write an event to the outbox in the current transaction; returns its eventId.
+--- Named: publish_aggregate_event{aggregate=, event_type=, payload=} or positional
+--- (aggregate, event_type, payload). A nil payload is {}.
+---@param aggregate string|table
+---@param event_type string|nil
+---@param payload any
+---@return string event_id
+function M.publish_aggregate_event(aggregate, event_type, payload)
+	local F = "publish_aggregate_event"
+	if type(aggregate) == "table" and event_type == nil then
+		local a = aggregate
+		aggregate, event_type, payload = a.aggregate, a.event_type, a.payload
+	end
+	check_name(F, "aggregate", aggregate)
+	check_name(F, "event_type", event_type)
+	if payload == nil then
+		payload = {}
+	end
+	local pj = to_json(F, "payload", payload, true)
+	local d = current(F)
+	local id = insert(d, {
+		exchange = aggregate,
+		routing_key = event_type,
+		body_rest = event_body(event_type, aggregate, pj),
+		envelope = true,
+	})
+	return id_string(id)
+end
+
+--- Schedule an event: published once event_time (seconds since the epoch, or an ISO 8601
+--- string; no zone = UTC) has come. eventTime of the envelope is event_time. tags (string
+--- keys, values compared as strings) let cancel_future_aggregate_event find it. Named or
+--- positional (aggregate, event_type, event_time, payload, tags). Returns the eventId.
+---@param aggregate string|table
+---@return string event_id
+function M.publish_future_aggregate_event(aggregate, event_type, event_time, payload, tags)
+	local F = "publish_future_aggregate_event"
+	if type(aggregate) == "table" and event_type == nil then
+		local a = aggregate
+		aggregate, event_type, event_time, payload, tags =
+			a.aggregate, a.event_type, a.event_time, a.payload, a.tags
+	end
+	check_name(F, "aggregate", aggregate)
+	check_name(F, "event_type", event_type)
+	if event_time == nil then
+		error(F .. ": event_time is required", 2)
+	end
+	local when = core.utc_iso(to_seconds(F, "event_time", event_time))
+	if payload == nil then
+		payload = {}
+	end
+	local pj = to_json(F, "payload", payload, true)
+	local tj = tags_json(F, tags, false)
+	local d = current(F)
+	local id = insert(d, {
+		exchange = aggregate,
+		routing_key = event_type,
+		body_rest = event_body(event_type, aggregate, pj),
+		envelope = true,
+		send_after = when,
+		event_time = when,
+		tags_json = tj,
+	})
+	return id_string(id)
+end
+
+--- Delete every pending (not yet published) event of aggregate + event_type whose tags
+--- contain all the given tags (values compared as strings). Empty tags is an error. Named or
+--- positional (aggregate, event_type, tags). Returns the number of events cancelled.
+---@return integer cancelled
+function M.cancel_future_aggregate_event(aggregate, event_type, tags)
+	local F = "cancel_future_aggregate_event"
+	if type(aggregate) == "table" and event_type == nil then
+		local a = aggregate
+		aggregate, event_type, tags = a.aggregate, a.event_type, a.tags
+	end
+	check_name(F, "aggregate", aggregate)
+	check_name(F, "event_type", event_type)
+	local tj = tags_json(F, tags, true)
+	local d = current(F)
+	return core.outbox_cancel(d.conn, config.OUTBOX_TABLE, aggregate, event_type, tj)
+end
+
+-- ---------------------------------------------------------------------------------------
+-- commands and calls
+-- ---------------------------------------------------------------------------------------
+
+-- expiry from opts {timeout=, expired_time=}: ISO text or nil
+local function expiry(F, opts)
+	local timeout, expired = opts.timeout, opts.expired_time
+	if timeout ~= nil and expired ~= nil then
+		error(F .. ": give timeout or expired_time, not both", 3)
+	end
+	local now = core.time()
+	local t
+	if timeout ~= nil then
+		if type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0 or timeout == math.huge then
+			error(F .. ": timeout must be a positive number of seconds", 3)
+		end
+		t = now + timeout
+	elseif expired ~= nil then
+		t = to_seconds(F, "expired_time", expired)
+		if t <= now then
+			error(format("%s: expired_time %s is in the past", F, core.utc_iso(t)), 3)
+		end
+	else
+		return nil
+	end
+	return core.utc_iso(t)
+end
+
+local function object_copy(F, what, t)
+	if t == nil then
+		return {}
+	end
+	if type(t) ~= "table" then
+		error(format("%s: %s must be a table (a JSON object), got %s", F, what, type(t)), 3)
+	end
+	local c = {}
+	for k, v in pairs(t) do
+		if type(k) ~= "string" then
+			error(format("%s: %s must have string keys only (a JSON object)", F, what), 3)
+		end
+		c[k] = v
+	end
+	return c
+end
+
+--- Write a command for another service: exchange = service, routing key =
+--- opts.command_name, body = arguments + meta.expired_time (opts.timeout seconds from now,
+--- or opts.expired_time; not both; not in the past). Returns the message id.
+---@param service string
+---@param arguments table|nil
+---@param opts {command_name: string, timeout: number|nil, expired_time: number|string|nil}
+---@return string message_id
+function M.send_command(service, arguments, opts)
+	local F = "send_command"
+	check_name(F, "service", service)
+	if type(opts) ~= "table" then
+		error(F .. ": opts must be a table with command_name", 2)
+	end
+	check_name(F, "command_name", opts.command_name)
+	local exp = expiry(F, opts)
+	local args = arguments
+	if config.KEY_STYLE == "snake" and type(args) == "table" then
+		local ok, res = pcall(require("svccomm.keys").to_camel, args)
+		if not ok then
+			error(F .. ": arguments: " .. tostring(res), 2)
+		end
+		args = res
+	end
+	local body = object_copy(F, "arguments", args)
+	local meta = object_copy(F, "arguments.meta", body.meta)
+	meta.expired_time = exp or db.null
+	body.meta = meta
+	local bj = to_json(F, "arguments", body, false)
+	local d = current(F)
+	return id_string(insert(d, {
+		exchange = service,
+		routing_key = opts.command_name,
+		body = bj,
+	}))
+end
+
+--- Call a method of another service: writes the call (exchange = service, routing key =
+--- "call.<method>") and returns the call id. The response comes to exchange opts.reply_to
+--- (default APP_ID) with routing key "call-response.<service>.<method>"; handle it with
+--- call_response_consumer. opts.timeout (seconds) sets meta.expired_time.
+---@param service string
+---@param method string
+---@param data any
+---@param opts {reply_to: string|nil, timeout: number|nil, expired_time: number|string|nil}|nil
+---@return string call_id
+function M.send_call(service, method, data, opts)
+	local F = "send_call"
+	check_name(F, "service", service)
+	check_name(F, "method", method)
+	if opts ~= nil and type(opts) ~= "table" then
+		error(F .. ": opts must be a table", 2)
+	end
+	opts = opts or {}
+	local reply_to = opts.reply_to or config.APP_ID
+	check_name(F, "reply_to", reply_to)
+	local exp = expiry(F, opts)
+	local dj = to_json(F, "data", data, true)
+	local call_id = core.uuid4()
+	local meta = exp and ('{"expired_time":' .. quote(exp) .. "}") or '{"expired_time":null}'
+	local body = '{"call_id":' .. quote(call_id) .. ',"data":' .. dj .. ',"meta":' .. meta
+		.. ',"method_name":' .. quote(method) .. ',"reply_to":' .. quote(reply_to)
+		.. ',"service_name":' .. quote(service) .. "}"
+	local d = current(F)
+	insert(d, {
+		exchange = service,
+		routing_key = "call." .. method,
+		body = body,
+		message_id = call_id,
+	})
+	return call_id
+end
+
+local permanent_mt = { __tostring = function(e) return e.message end }
+
+local function reject(msg)
+	error(setmetatable({ permanent = true, message = msg }, permanent_mt), 0)
+end
+
+local function field(body, snake, camel)
+	local v = body[snake]
+	if v == nil then
+		v = body[camel]
+	end
+	if v == db.null then
+		return nil
+	end
+	return v
+end
+
+local function wrapped(handler, fn)
+	local ok, router = pcall(require, "svccomm.message_router")
+	if ok and router.wrapped then
+		return router.wrapped(handler, fn)
+	end
+	return handler
+end
+
+--- Wrap fn(data, meta) as the handler of calls: its return value is written, in the
+--- handler's transaction, as the response to the caller's reply_to exchange. An expired call
+--- is not executed (the handler returns "skipped", reason); an error in fn writes no
+--- response (the transaction rolls back). meta = {service_name, method_name, call_id, meta,
+--- message}.
+---@param fn fun(data:any, meta:table):any
+---@return function handler(routing_key, body, message)
+function M.call_consumer(fn)
+	if type(fn) ~= "function" then
+		error("call_consumer: expected a function, got " .. type(fn), 2)
+	end
+	local function handler(routing_key, body, message)
+		if type(body) ~= "table" then
+			reject("call_consumer: body is not a JSON object")
+		end
+		local call_id = field(body, "call_id", "callId")
+		local method = field(body, "method_name", "methodName")
+		if method == nil and type(routing_key) == "string" then
+			method = routing_key:match("^call%.(.+)$")
+		end
+		if type(call_id) ~= "string" or type(method) ~= "string" then
+			reject("call_consumer: not a call: no call_id or method_name")
+		end
+		local service = field(body, "service_name", "serviceName")
+		if service == nil and type(message) == "table" then
+			service = message.exchange
+		end
+		local reply_to = field(body, "reply_to", "replyTo")
+		local meta = body.meta
+		if type(meta) ~= "table" then
+			meta = {}
+		end
+		local expired = field(meta, "expired_time", "expiredTime")
+		if expired ~= nil then
+			local t = type(expired) == "number" and expired or require("svccomm.handlers").parse_time(expired)
+			if not t then
+				reject("call_consumer: meta.expired_time is not a time: " .. tostring(expired))
+			end
+			if t < core.time() then
+				return "skipped", "call expired at " .. tostring(expired)
+			end
+		end
+		local result = fn(body.data, {
+			service_name = service,
+			method_name = method,
+			call_id = call_id,
+			meta = meta,
+			message = message,
+		})
+		if type(reply_to) == "string" and reply_to ~= "" then
+			local F = "call_consumer"
+			local rj = to_json(F, "result", result, true)
+			local d = current(F)
+			insert(d, {
+				exchange = reply_to,
+				routing_key = "call-response." .. tostring(service) .. "." .. method,
+				body = '{"call_id":' .. quote(call_id) .. ',"data":' .. rj
+					.. ',"meta":{},"method_name":' .. quote(method) .. ',"service_name":'
+					.. quote(tostring(service)) .. "}",
+				correlation_id = call_id,
+			})
+		end
+	end
+	return wrapped(handler, fn)
+end
+
+--- Wrap fn(data, info) as the handler of call responses; info = {service_name, method_name,
+--- call_id, meta, message}.
+---@param fn fun(data:any, info:table):any
+---@return function handler(routing_key, body, message)
+function M.call_response_consumer(fn)
+	if type(fn) ~= "function" then
+		error("call_response_consumer: expected a function, got " .. type(fn), 2)
+	end
+	local function handler(routing_key, body, message)
+		if type(body) ~= "table" then
+			reject("call_response_consumer: body is not a JSON object")
+		end
+		local service, method = field(body, "service_name", "serviceName"), field(body, "method_name", "methodName")
+		if (service == nil or method == nil) and type(routing_key) == "string" then
+			local s, m = routing_key:match("^call%-response%.([^.]+)%.(.+)$")
+			service, method = service or s, method or m
+		end
+		local meta = body.meta
+		if type(meta) ~= "table" then
+			meta = {}
+		end
+		return fn(body.data, {
+			service_name = service,
+			method_name = method,
+			call_id = field(body, "call_id", "callId"),
+			meta = meta,
+			message = message,
+		})
+	end
+	return wrapped(handler, fn)
+end
+
+-- ---------------------------------------------------------------------------------------
+-- correlation
+-- ---------------------------------------------------------------------------------------
+
+--- Set the correlation id stored with every row the current transaction writes from now on
+--- (inside a handler the incoming message's correlation id is used by default). nil clears.
+---@param id string|nil
+function M.set_correlation_id(id)
+	if id ~= nil and (type(id) ~= "string" or #id > 255) then
+		error("set_correlation_id: id must be a string of at most 255 bytes or nil", 2)
+	end
+	local d = current("set_correlation_id")
+	d._ctx = d._ctx or {}
+	d._ctx.correlation_id = id
+end
+
+--- Set the W3C traceparent ("00-<32 hex>-<16 hex>-<2 hex>") sent as an AMQP header with
+--- every row the current transaction writes from now on. nil clears.
+---@param tp string|nil
+function M.set_traceparent(tp)
+	if tp ~= nil then
+		if type(tp) ~= "string" or not tp:match("^%x%x%-%x+%-%x+%-%x%x$") then
+			error("set_traceparent: not a W3C traceparent (00-<trace id>-<parent id>-<flags>)", 2)
+		end
+		local v, trace, parent = tp:match("^(%x%x)%-(%x+)%-(%x+)%-")
+		if #trace ~= 32 or #parent ~= 16 or v:lower() == "ff" then
+			error("set_traceparent: not a W3C traceparent (00-<trace id>-<parent id>-<flags>)", 2)
+		end
+		tp = tp:lower()
+	end
+	local d = current("set_traceparent")
+	d._ctx = d._ctx or {}
+	d._ctx.traceparent = tp
+end
+
+
+return M

@@ -1,0 +1,437 @@
+#include "pg_conn.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "svc_error.h"
+
+#define SESSION_OPTIONS "-c TimeZone=UTC -c DateStyle=ISO"
+
+static void set_err(char *err, size_t errsz, const char *msg)
+{
+	size_t n;
+
+	if (!err || !errsz)
+		return;
+	if (!msg)
+		msg = "unknown error";
+	n = strlen(msg);
+	/* libpq messages end with newlines; they do not belong in one-line logs. */
+	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+		n--;
+	if (n >= errsz)
+		n = errsz - 1;
+	memcpy(err, msg, n);
+	err[n] = '\0';
+}
+
+/* True when the conninfo carries a password (key=value or URL user:password@). */
+static bool has_password(const char *conninfo)
+{
+	const char *p, *at, *scheme;
+
+	if (strstr(conninfo, "password"))
+		return true;
+	scheme = strstr(conninfo, "://");
+	if (!scheme)
+		return false;
+	p = scheme + 3;
+	at = strchr(p, '@');
+	if (!at)
+		return false;
+	for (; p < at; p++)
+		if (*p == ':')
+			return true;
+	return false;
+}
+
+/* libpq's parse errors quote the offending fragment, which may be the password: when the
+ * string has one, replace every quoted fragment. */
+static void scrub_quoted(char *msg)
+{
+	char *p = msg, *q, *end;
+
+	while ((q = strchr(p, '"')) != NULL) {
+		end = strchr(q + 1, '"');
+		if (!end)
+			break;
+		/* Fragments of 4+ bytes become "****" in place (never longer than the original). */
+		if (end - q - 1 >= 4) {
+			memcpy(q + 1, "****", 4);
+			memmove(q + 5, end, strlen(end) + 1);
+			p = q + 6;
+		} else {
+			p = end + 1;
+		}
+	}
+}
+
+static void notice_to_log(void *arg, const char *message)
+{
+	size_t n = strlen(message);
+
+	(void)arg;
+	while (n && message[n - 1] == '\n')
+		n--;
+	svc_debug("pg", "%.*s", (int)n, message);
+}
+
+static bool option_set(const PQconninfoOption *opts, const char *key)
+{
+	for (const PQconninfoOption *o = opts; o->keyword; o++)
+		if (strcmp(o->keyword, key) == 0)
+			return o->val && o->val[0];
+	return false;
+}
+
+PGconn *svc_pg_open(const char *conninfo, const char *application_name, char *err, size_t errsz)
+{
+	PQconninfoOption *opts = NULL;
+	char *perr = NULL;
+	const char **keys = NULL, **vals = NULL;
+	char *options = NULL;
+	PGconn *conn = NULL;
+	size_t n = 0, i = 0;
+	static const char *const defaults[][2] = {
+	    {"keepalives", "1"},       {"keepalives_idle", "30"}, {"keepalives_interval", "10"},
+	    {"keepalives_count", "3"}, {"connect_timeout", "10"},
+	};
+
+	opts = PQconninfoParse(conninfo ? conninfo : "", &perr);
+	if (!opts) {
+		char buf[SVC_PG_ERRSZ];
+		snprintf(buf, sizeof(buf), "invalid database connection string: %s",
+		         perr ? perr : "out of memory");
+		if (perr)
+			PQfreemem(perr);
+		if (conninfo && has_password(conninfo))
+			scrub_quoted(buf);
+		set_err(err, errsz, buf);
+		return NULL;
+	}
+	for (const PQconninfoOption *o = opts; o->keyword; o++)
+		n++;
+	n += sizeof(defaults) / sizeof(defaults[0]) + 3;
+	keys = calloc(n, sizeof(*keys));
+	vals = calloc(n, sizeof(*vals));
+	if (!keys || !vals) {
+		set_err(err, errsz, "out of memory");
+		goto out;
+	}
+	for (const PQconninfoOption *o = opts; o->keyword; o++) {
+		if (!o->val || strcmp(o->keyword, "options") == 0)
+			continue;
+		keys[i] = o->keyword;
+		vals[i] = o->val;
+		i++;
+	}
+	for (size_t d = 0; d < sizeof(defaults) / sizeof(defaults[0]); d++) {
+		if (option_set(opts, defaults[d][0]))
+			continue;
+		keys[i] = defaults[d][0];
+		vals[i] = defaults[d][1];
+		i++;
+	}
+	if (!option_set(opts, "fallback_application_name")) {
+		keys[i] = "fallback_application_name";
+		vals[i] = application_name ? application_name : "svccomm";
+		i++;
+	}
+	for (const PQconninfoOption *o = opts; o->keyword; o++) {
+		if (strcmp(o->keyword, "options") == 0 && o->val && o->val[0]) {
+			size_t len = strlen(o->val) + sizeof(SESSION_OPTIONS) + 2;
+			options = malloc(len);
+			if (!options) {
+				set_err(err, errsz, "out of memory");
+				goto out;
+			}
+			snprintf(options, len, "%s %s", o->val, SESSION_OPTIONS);
+		}
+	}
+	keys[i] = "options";
+	vals[i] = options ? options : SESSION_OPTIONS;
+	i++;
+	keys[i] = NULL;
+	vals[i] = NULL;
+
+	conn = PQconnectdbParams(keys, vals, 0);
+	if (!conn) {
+		set_err(err, errsz, "out of memory");
+	} else if (PQstatus(conn) != CONNECTION_OK) {
+		set_err(err, errsz, PQerrorMessage(conn));
+		PQfinish(conn);
+		conn = NULL;
+	} else {
+		/* Notices (e.g. "relation already exists, skipping") go to our log, not stderr. */
+		PQsetNoticeProcessor(conn, notice_to_log, NULL);
+		svc_debug("pg", "connected to %s:%s/%s as %s", PQhost(conn), PQport(conn),
+		          PQdb(conn), PQuser(conn));
+	}
+out:
+	free(options);
+	free(keys);
+	free(vals);
+	PQconninfoFree(opts);
+	return conn;
+}
+
+bool svc_pg_sqlstate_is_conn(const char *s)
+{
+	if (!s || strlen(s) != 5)
+		return false;
+	if (s[0] == '0' && s[1] == '8')
+		return true;
+	return strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0;
+}
+
+int svc_pg_result_error(PGconn *conn, const PGresult *res, ExecStatusType want, char *err,
+                        size_t errsz, char *sqlstate)
+{
+	const char *st;
+	bool lost;
+
+	if (res && PQresultStatus(res) == want) {
+		if (sqlstate)
+			sqlstate[0] = '\0';
+		return 0;
+	}
+	if (!res) {
+		set_err(err, errsz, conn ? PQerrorMessage(conn) : "no connection");
+		if (sqlstate)
+			strcpy(sqlstate, conn && PQstatus(conn) == CONNECTION_BAD ? "08006" : "");
+		return conn && PQstatus(conn) != CONNECTION_BAD ? SVC_EDB : SVC_ECONN;
+	}
+	st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	if (PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK) {
+		/* Succeeded, but not the kind of result the caller expects. */
+		set_err(err, errsz, "unexpected result status");
+		if (sqlstate)
+			sqlstate[0] = '\0';
+		return SVC_EDB;
+	}
+	set_err(err, errsz,
+	        PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+	            ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+	            : (PQresultErrorMessage(res)[0] ? PQresultErrorMessage(res)
+	                                            : PQerrorMessage(conn)));
+	lost = (conn && PQstatus(conn) == CONNECTION_BAD) || svc_pg_sqlstate_is_conn(st);
+	if (sqlstate) {
+		if (st && strlen(st) == 5)
+			strcpy(sqlstate, st);
+		else
+			strcpy(sqlstate, lost ? "08006" : "");
+	}
+	return lost ? SVC_ECONN : SVC_EDB;
+}
+
+int svc_pg_exec_params(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       PGresult **res, char *err, size_t errsz, char *sqlstate)
+{
+	PGresult *r;
+	int rc;
+
+	if (res)
+		*res = NULL;
+	if (!conn) {
+		set_err(err, errsz, "not connected");
+		if (sqlstate)
+			strcpy(sqlstate, "08003");
+		return SVC_ECONN;
+	}
+	r = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (r && PQresultStatus(r) == PGRES_TUPLES_OK)
+		rc = svc_pg_result_error(conn, r, PGRES_TUPLES_OK, err, errsz, sqlstate);
+	else
+		rc = svc_pg_result_error(conn, r, PGRES_COMMAND_OK, err, errsz, sqlstate);
+	if (rc < 0 || !res)
+		PQclear(r);
+	else
+		*res = r;
+	return rc;
+}
+
+int svc_pg_exec_simple(PGconn *conn, const char *sql, char *err, size_t errsz, char *sqlstate)
+{
+	PGresult *r;
+	int rc;
+
+	if (!conn) {
+		set_err(err, errsz, "not connected");
+		if (sqlstate)
+			strcpy(sqlstate, "08003");
+		return SVC_ECONN;
+	}
+	r = PQexec(conn, sql);
+	if (r && PQresultStatus(r) == PGRES_TUPLES_OK)
+		rc = 0;
+	else
+		rc = svc_pg_result_error(conn, r, PGRES_COMMAND_OK, err, errsz, sqlstate);
+	PQclear(r);
+	return rc;
+}
+
+void svc_pg_init(struct svc_pg *pg)
+{
+	memset(pg, 0, sizeof(*pg));
+}
+
+void svc_pg_close(struct svc_pg *pg)
+{
+	if (pg->conn)
+		PQfinish(pg->conn);
+	pg->conn = NULL;
+}
+
+void svc_pg_release(struct svc_pg *pg)
+{
+	svc_pg_close(pg);
+	free(pg->conninfo);
+	free(pg->app_name);
+	pg->conninfo = NULL;
+	pg->app_name = NULL;
+}
+
+int svc_pg_reconnect(struct svc_pg *pg)
+{
+	svc_pg_close(pg);
+	pg->sqlstate[0] = '\0';
+	pg->error[0] = '\0';
+	if (!pg->conninfo) {
+		set_err(pg->error, sizeof(pg->error), "no connection string");
+		return SVC_EINVAL;
+	}
+	pg->conn = svc_pg_open(pg->conninfo, pg->app_name, pg->error, sizeof(pg->error));
+	if (!pg->conn) {
+		strcpy(pg->sqlstate, "08001");
+		return SVC_ECONN;
+	}
+	return 0;
+}
+
+int svc_pg_connect(struct svc_pg *pg, const char *conninfo, const char *application_name)
+{
+	char *ci = strdup(conninfo ? conninfo : "");
+	char *an = application_name ? strdup(application_name) : NULL;
+
+	if (!ci || (application_name && !an)) {
+		free(ci);
+		free(an);
+		set_err(pg->error, sizeof(pg->error), "out of memory");
+		return SVC_ENOMEM;
+	}
+	free(pg->conninfo);
+	free(pg->app_name);
+	pg->conninfo = ci;
+	pg->app_name = an;
+	return svc_pg_reconnect(pg);
+}
+
+bool svc_pg_is_ok(const struct svc_pg *pg)
+{
+	return pg->conn && PQstatus(pg->conn) == CONNECTION_OK;
+}
+
+const char *svc_pg_error(const struct svc_pg *pg)
+{
+	return pg->error;
+}
+
+const char *svc_pg_sqlstate(const struct svc_pg *pg)
+{
+	return pg->sqlstate;
+}
+
+int svc_pg_exec(struct svc_pg *pg, const char *sql, int nparams, const char *const *params,
+                PGresult **res)
+{
+	return svc_pg_exec_params(pg->conn, sql, nparams, params, res, pg->error, sizeof(pg->error),
+	                          pg->sqlstate);
+}
+
+static int simple(struct svc_pg *pg, const char *sql)
+{
+	return svc_pg_exec_simple(pg->conn, sql, pg->error, sizeof(pg->error), pg->sqlstate);
+}
+
+static bool plain_ident(const char *s)
+{
+	if (!s || !*s || strlen(s) > 63)
+		return false;
+	if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_'))
+		return false;
+	for (s++; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '_'))
+			return false;
+	return true;
+}
+
+static int savepoint_cmd(struct svc_pg *pg, const char *verb, const char *name)
+{
+	char sql[128];
+
+	if (!plain_ident(name)) {
+		set_err(pg->error, sizeof(pg->error), "invalid savepoint name");
+		pg->sqlstate[0] = '\0';
+		return SVC_EINVAL;
+	}
+	snprintf(sql, sizeof(sql), "%s\"%s\"", verb, name);
+	return simple(pg, sql);
+}
+
+int svc_pg_begin(struct svc_pg *pg)
+{
+	return simple(pg, "BEGIN");
+}
+
+int svc_pg_commit(struct svc_pg *pg)
+{
+	/* COMMIT of a failed transaction "succeeds" with ROLLBACK: report it as the failure it is.
+	 */
+	if (pg->conn && PQtransactionStatus(pg->conn) == PQTRANS_INERROR) {
+		simple(pg, "ROLLBACK");
+		set_err(pg->error, sizeof(pg->error),
+		        "transaction aborted by an earlier error: rolled back");
+		strcpy(pg->sqlstate, "25P02");
+		return SVC_EDB;
+	}
+	return simple(pg, "COMMIT");
+}
+
+int svc_pg_rollback(struct svc_pg *pg)
+{
+	return simple(pg, "ROLLBACK");
+}
+
+int svc_pg_savepoint(struct svc_pg *pg, const char *name)
+{
+	return savepoint_cmd(pg, "SAVEPOINT ", name);
+}
+
+int svc_pg_release_savepoint(struct svc_pg *pg, const char *name)
+{
+	return savepoint_cmd(pg, "RELEASE SAVEPOINT ", name);
+}
+
+int svc_pg_rollback_to(struct svc_pg *pg, const char *name)
+{
+	return savepoint_cmd(pg, "ROLLBACK TO SAVEPOINT ", name);
+}
+
+const char *svc_pg_transaction_status_name(PGTransactionStatusType st)
+{
+	switch (st) {
+	case PQTRANS_IDLE:
+		return "idle";
+	case PQTRANS_ACTIVE:
+		return "active";
+	case PQTRANS_INTRANS:
+		return "intrans";
+	case PQTRANS_INERROR:
+		return "inerror";
+	default:
+		return "unknown";
+	}
+}

@@ -1,0 +1,95 @@
+/* Unit tests of pg_conn.c without a server: SQLSTATE classification, error texts that never
+ * carry the password, and the transaction helpers' argument checks. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "pg_conn.h"
+#include "svc_error.h"
+
+static void test_sqlstate_classes(void **state)
+{
+	(void)state;
+	assert_true(svc_pg_sqlstate_is_conn("08006"));
+	assert_true(svc_pg_sqlstate_is_conn("08001"));
+	assert_true(svc_pg_sqlstate_is_conn("57P01"));
+	assert_true(svc_pg_sqlstate_is_conn("57P02"));
+	assert_true(svc_pg_sqlstate_is_conn("57P03"));
+	assert_false(svc_pg_sqlstate_is_conn("57014")); /* query canceled: a statement error */
+	assert_false(svc_pg_sqlstate_is_conn("23505"));
+	assert_false(svc_pg_sqlstate_is_conn("40001"));
+	assert_false(svc_pg_sqlstate_is_conn(""));
+	assert_false(svc_pg_sqlstate_is_conn(NULL));
+	assert_false(svc_pg_sqlstate_is_conn("08"));
+}
+
+static void test_status_names(void **state)
+{
+	(void)state;
+	assert_string_equal(svc_pg_transaction_status_name(PQTRANS_IDLE), "idle");
+	assert_string_equal(svc_pg_transaction_status_name(PQTRANS_INTRANS), "intrans");
+	assert_string_equal(svc_pg_transaction_status_name(PQTRANS_INERROR), "inerror");
+	assert_string_equal(svc_pg_transaction_status_name(PQTRANS_ACTIVE), "active");
+	assert_string_equal(svc_pg_transaction_status_name(PQTRANS_UNKNOWN), "unknown");
+}
+
+static void test_bad_conninfo_hides_password(void **state)
+{
+	char err[SVC_PG_ERRSZ];
+	PGconn *c;
+	(void)state;
+	c = svc_pg_open("host=localhost password=hunter2secret port", NULL, err, sizeof(err));
+	assert_null(c);
+	assert_non_null(strstr(err, "invalid database connection string"));
+	assert_null(strstr(err, "hunter2secret"));
+	c = svc_pg_open("postgresql://u:hunter2secret@localhost:5432/db?bogus=%zz", NULL, err,
+	                sizeof(err));
+	assert_null(c);
+	assert_null(strstr(err, "hunter2secret"));
+}
+
+static void test_refused_connection(void **state)
+{
+	struct svc_pg pg;
+	(void)state;
+	svc_pg_init(&pg);
+	/* port 1 on loopback: nothing listens there */
+	assert_int_equal(svc_pg_connect(&pg, "postgresql://u:hunter2secret@127.0.0.1:1/db", "t"),
+	                 SVC_ECONN);
+	assert_false(svc_pg_is_ok(&pg));
+	assert_string_equal(svc_pg_sqlstate(&pg), "08001");
+	assert_true(strlen(svc_pg_error(&pg)) > 0);
+	assert_null(strstr(svc_pg_error(&pg), "hunter2secret"));
+	/* statements on a closed connection are connection errors, not statement errors */
+	assert_int_equal(svc_pg_exec(&pg, "SELECT 1", 0, NULL, NULL), SVC_ECONN);
+	assert_int_equal(svc_pg_begin(&pg), SVC_ECONN);
+	assert_int_equal(svc_pg_savepoint(&pg, "bad name; drop"), SVC_EINVAL);
+	assert_int_equal(svc_pg_rollback_to(&pg, "1x"), SVC_EINVAL);
+	svc_pg_release(&pg);
+	assert_null(pg.conninfo);
+}
+
+static void test_result_error_without_result(void **state)
+{
+	char err[64], st[6];
+	(void)state;
+	assert_int_equal(svc_pg_result_error(NULL, NULL, PGRES_COMMAND_OK, err, sizeof(err), st),
+	                 SVC_ECONN);
+	assert_string_equal(err, "no connection");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_sqlstate_classes),
+	    cmocka_unit_test(test_status_names),
+	    cmocka_unit_test(test_bad_conninfo_hides_password),
+	    cmocka_unit_test(test_refused_connection),
+	    cmocka_unit_test(test_result_error_without_result),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
