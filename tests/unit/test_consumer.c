@@ -1,0 +1,258 @@
+/* Unit tests for the pure decisions of consumer.c */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "consumer.h"
+#include "svc_error.h"
+
+static void test_failure_action(void **state)
+{
+	size_t di = 99;
+	(void)state;
+	/* 3 delays, 4 attempts: attempts 1..3 retry with delays 0..2, attempt 4 dead-letters */
+	assert_int_equal(svc_consumer_failure_action(1, 4, 3, false, &di), SVC_FAIL_RETRY);
+	assert_int_equal(di, 0);
+	assert_int_equal(svc_consumer_failure_action(2, 4, 3, false, &di), SVC_FAIL_RETRY);
+	assert_int_equal(di, 1);
+	assert_int_equal(svc_consumer_failure_action(3, 4, 3, false, &di), SVC_FAIL_RETRY);
+	assert_int_equal(di, 2);
+	assert_int_equal(svc_consumer_failure_action(4, 4, 3, false, &di), SVC_FAIL_DEAD_LETTER);
+	/* more attempts than delays: the last delay repeats */
+	assert_int_equal(svc_consumer_failure_action(5, 10, 2, false, &di), SVC_FAIL_RETRY);
+	assert_int_equal(di, 1);
+	/* permanent, no delays, one attempt: straight to the DLQ */
+	assert_int_equal(svc_consumer_failure_action(1, 4, 3, true, &di), SVC_FAIL_DEAD_LETTER);
+	assert_int_equal(svc_consumer_failure_action(1, 4, 0, false, &di), SVC_FAIL_DEAD_LETTER);
+	assert_int_equal(svc_consumer_failure_action(1, 1, 3, false, &di), SVC_FAIL_DEAD_LETTER);
+}
+
+static void test_delay_and_names(void **state)
+{
+	char buf[300];
+	(void)state;
+	assert_int_equal(svc_consumer_delay_ms(1), 1000);
+	assert_int_equal(svc_consumer_delay_ms(0.25), 250);
+	assert_int_equal(svc_consumer_delay_ms(0.0004), 1);
+	assert_int_equal(svc_consumer_delay_ms(60), 60000);
+	assert_int_equal(svc_consumer_retry_queue("orders", 1500, buf, sizeof(buf)), 0);
+	assert_string_equal(buf, "orders.retry.1500");
+	assert_int_equal(svc_consumer_dlq_name("orders", buf, sizeof(buf)), 0);
+	assert_string_equal(buf, "orders.dlq");
+	char longq[260];
+	memset(longq, 'q', 250);
+	longq[250] = '\0';
+	assert_int_equal(svc_consumer_retry_queue(longq, 1000, buf, sizeof(buf)), SVC_EINVAL);
+}
+
+static void test_should_commit(void **state)
+{
+	(void)state;
+	assert_false(svc_consumer_should_commit(0, 100, 5.0, 0.02));
+	assert_false(svc_consumer_should_commit(10, 100, 0.001, 0.02));
+	assert_true(svc_consumer_should_commit(100, 100, 0.001, 0.02));
+	assert_true(svc_consumer_should_commit(3, 100, 0.02, 0.02));
+	assert_true(svc_consumer_should_commit(1, 1, 0, 0.02));
+	assert_true(svc_consumer_should_commit(1, 0, 0, 0.02)); /* limit 0 acts as 1 */
+}
+
+static void test_backoff(void **state)
+{
+	(void)state;
+	assert_true(svc_consumer_backoff(1, 30, 0) >= 0.25);
+	assert_true(svc_consumer_backoff(1, 30, 0.999) <= 0.5);
+	assert_true(svc_consumer_backoff(3, 30, 0) >= 1.0);
+	assert_true(svc_consumer_backoff(3, 30, 0.999) <= 2.0);
+	/* capped, however many failures */
+	for (unsigned f = 1; f < 100; f++) {
+		double d = svc_consumer_backoff(f, 30, 0.999);
+		assert_true(d <= 30.0);
+		assert_true(d >= svc_consumer_backoff(f, 30, 0.0));
+	}
+	assert_true(svc_consumer_backoff(1000, 30, 0) >= 15.0);
+}
+
+static void test_json_top_field(void **state)
+{
+	char out[64];
+	(void)state;
+	const char *env = "{\"payload\": {\"eventId\": \"inner\", \"x\": [1, {\"a\": \"}\"}]},"
+	                  " \"eventId\": \"42\", \"aggregate\": \"user\"}";
+	assert_int_equal(svc_json_top_field(env, strlen(env), "eventId", out, sizeof(out)), 0);
+	assert_string_equal(out, "42");
+	const char *py = "{\"eventId\": 9103, \"event_type\": \"update.base\"}";
+	assert_int_equal(svc_json_top_field(py, strlen(py), "eventId", out, sizeof(out)), 0);
+	assert_string_equal(out, "9103");
+	assert_int_equal(svc_json_top_field(py, strlen(py), "missing", out, sizeof(out)),
+	                 SVC_EINVAL);
+	const char *bad = "{\"eventId\": ";
+	assert_int_equal(svc_json_top_field(bad, strlen(bad), "eventId", out, sizeof(out)),
+	                 SVC_EINVAL);
+	assert_int_equal(svc_json_top_field("[1,2]", 5, "eventId", out, sizeof(out)), SVC_EINVAL);
+	const char *esc = "{\"a\": \"x\\\"y\", \"eventId\": \"7\"}";
+	assert_int_equal(svc_json_top_field(esc, strlen(esc), "eventId", out, sizeof(out)), 0);
+	assert_string_equal(out, "7");
+	const char *obj = "{\"eventId\": {\"n\": 1}}";
+	assert_int_equal(svc_json_top_field(obj, strlen(obj), "eventId", out, sizeof(out)),
+	                 SVC_EINVAL);
+}
+
+static void test_json_deep_nesting(void **state)
+{
+	(void)state;
+	size_t depth = 100000;
+	size_t len = 2 * depth + 64;
+	char *buf = malloc(len);
+	assert_non_null(buf);
+	size_t n = (size_t)sprintf(buf, "{\"deep\": ");
+	for (size_t i = 0; i < depth; i++)
+		buf[n++] = '[';
+	for (size_t i = 0; i < depth; i++)
+		buf[n++] = ']';
+	n += (size_t)sprintf(buf + n, ", \"eventId\": 5}");
+	char out[16];
+	assert_int_equal(svc_json_top_field(buf, n, "eventId", out, sizeof(out)), 0);
+	assert_string_equal(out, "5");
+	free(buf);
+}
+
+static void test_message_id(void **state)
+{
+	char out[128];
+	(void)state;
+	const char *env = "{\"eventId\": \"12\", \"payload\": {}}";
+	assert_int_equal(svc_consumer_message_id("m-1", "user", env, strlen(env), out, sizeof(out)),
+	                 0);
+	assert_string_equal(out, "m-1");
+	assert_int_equal(svc_consumer_message_id(NULL, "user", env, strlen(env), out, sizeof(out)),
+	                 0);
+	assert_string_equal(out, "user:12");
+	assert_int_equal(svc_consumer_message_id("", "user", env, strlen(env), out, sizeof(out)),
+	                 0);
+	assert_string_equal(out, "user:12");
+	const char *snake = "{\"event_id\": 3}";
+	assert_int_equal(
+	    svc_consumer_message_id(NULL, "ex", snake, strlen(snake), out, sizeof(out)), 0);
+	assert_string_equal(out, "ex:3");
+	assert_int_equal(svc_consumer_message_id(NULL, "ex", "{}", 2, out, sizeof(out)),
+	                 SVC_EINVAL);
+}
+
+static void test_quote_ident(void **state)
+{
+	char out[160];
+	(void)state;
+	assert_int_equal(svc_consumer_quote_ident("svccomm_inbox", out, sizeof(out)), 0);
+	assert_string_equal(out, "\"svccomm_inbox\"");
+	assert_int_equal(svc_consumer_quote_ident("app.Inbox_2", out, sizeof(out)), 0);
+	assert_string_equal(out, "\"app\".\"Inbox_2\"");
+	assert_int_equal(svc_consumer_quote_ident("inbox\"; DROP TABLE x; --", out, sizeof(out)),
+	                 SVC_EINVAL);
+	assert_int_equal(svc_consumer_quote_ident("1abc", out, sizeof(out)), SVC_EINVAL);
+	assert_int_equal(svc_consumer_quote_ident("a.b.c", out, sizeof(out)), SVC_EINVAL);
+	assert_int_equal(svc_consumer_quote_ident("", out, sizeof(out)), SVC_EINVAL);
+	assert_int_equal(svc_consumer_quote_ident(".a", out, sizeof(out)), SVC_EINVAL);
+}
+
+static void test_error_excerpt(void **state)
+{
+	char out[64];
+	(void)state;
+	svc_consumer_error_excerpt("boom\nstack traceback:\n\t1\n\t2\n\t3", 3, out, sizeof(out));
+	assert_string_equal(out, "boom\nstack traceback:\n\t1");
+	svc_consumer_error_excerpt("one line", 3, out, sizeof(out));
+	assert_string_equal(out, "one line");
+	/* cut inside "é" (2 bytes): the partial sequence is dropped */
+	svc_consumer_error_excerpt("ab\xc3\xa9", 3, out, 4);
+	assert_string_equal(out, "ab");
+}
+
+static struct svc_delivery_header hdr(const char *k, char kind, const char *s, long long i)
+{
+	struct svc_delivery_header h = {.key = k, .kind = kind, .str = s, .len = strlen(s), .i = i};
+	return h;
+}
+
+static const char *find(const struct svc_amqp_header *h, size_t n, const char *key)
+{
+	const char *v = NULL;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(h[i].key, key) == 0) {
+			assert_null(v); /* no duplicates */
+			v = h[i].value;
+		}
+	return v;
+}
+
+static void test_attempt_and_headers(void **state)
+{
+	(void)state;
+	struct svc_delivery_header hs[6] = {
+	    hdr("traceparent", 's', "00-abc-def-01", 0),
+	    hdr("x-svccomm-attempt", 's', "2", 0),
+	    hdr("x-death", 'n', "", 0),
+	    hdr("x-first-death-queue", 's', "q.retry.1000", 0),
+	    hdr("priority", 'i', "5", 5),
+	    hdr("x-svccomm-error", 's', "old", 0),
+	};
+	struct svc_delivery d = {.exchange = "", .routing_key = "q", .headers = hs, .n_headers = 6};
+	assert_int_equal(svc_consumer_attempt(&d), 2);
+	hs[1] = hdr("x-svccomm-attempt", 'i', "3", 3);
+	assert_int_equal(svc_consumer_attempt(&d), 3);
+	hs[1] = hdr("x-svccomm-attempt", 's', "junk", 0);
+	assert_int_equal(svc_consumer_attempt(&d), 1);
+	d.n_headers = 0;
+	assert_int_equal(svc_consumer_attempt(&d), 1);
+	d.n_headers = 6;
+
+	struct svc_amqp_header out[16];
+	char num[48];
+	struct svc_failure_info retry = {
+	    .next_attempt = 4, .exchange = "user", .routing_key = "update.base", .error = "boom"};
+	size_t n = svc_consumer_build_headers(&d, &retry, out, 16, num);
+	assert_string_equal(find(out, n, "traceparent"), "00-abc-def-01");
+	assert_string_equal(find(out, n, "priority"), "5");
+	assert_string_equal(find(out, n, "x-svccomm-attempt"), "4");
+	assert_string_equal(find(out, n, "x-svccomm-error"), "boom");
+	assert_string_equal(find(out, n, "x-svccomm-exchange"), "user");
+	assert_string_equal(find(out, n, "x-svccomm-routing-key"), "update.base");
+	assert_null(find(out, n, "x-death"));
+	assert_null(find(out, n, "x-first-death-queue"));
+	assert_null(find(out, n, "x-svccomm-attempts"));
+	assert_int_equal(n, 6);
+
+	struct svc_failure_info dl = {.dead_letter = true,
+	                              .attempts = 4,
+	                              .exchange = "user",
+	                              .routing_key = "update.base",
+	                              .error = "boom\ntraceback",
+	                              .handler = "app:apps/app/consumers.lua:3",
+	                              .reason = "max-attempts"};
+	n = svc_consumer_build_headers(&d, &dl, out, 16, num);
+	assert_string_equal(find(out, n, "x-svccomm-attempts"), "4");
+	assert_string_equal(find(out, n, "x-svccomm-reason"), "max-attempts");
+	assert_string_equal(find(out, n, "x-svccomm-handler"), "app:apps/app/consumers.lua:3");
+	assert_string_equal(find(out, n, "x-svccomm-error"), "boom\ntraceback");
+	assert_null(find(out, n, "x-svccomm-attempt"));
+	/* the own headers always fit, even when max is small */
+	n = svc_consumer_build_headers(&d, &dl, out, 6, num);
+	assert_int_equal(n, 6);
+	assert_string_equal(find(out, n, "x-svccomm-routing-key"), "update.base");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_failure_action), cmocka_unit_test(test_delay_and_names),
+	    cmocka_unit_test(test_should_commit),  cmocka_unit_test(test_backoff),
+	    cmocka_unit_test(test_json_top_field), cmocka_unit_test(test_json_deep_nesting),
+	    cmocka_unit_test(test_message_id),     cmocka_unit_test(test_quote_ident),
+	    cmocka_unit_test(test_error_excerpt),  cmocka_unit_test(test_attempt_and_headers),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
