@@ -20,7 +20,7 @@ dependencies = {
 }
 external_dependencies = {
    RABBITMQ = { header = "amqp.h" },
-   PQ = { header = "libpq-fe.h" },
+   PQ = { library = "pq" },
 }
 build = {
    type = "cmake",
@@ -28,6 +28,7 @@ build = {
       CMAKE_BUILD_TYPE = "Release",
       CMAKE_INSTALL_PREFIX = "$(PREFIX)",
       SVCCOMM_TESTS = "OFF",
+      SVCCOMM_WERROR = "OFF",
       SVCCOMM_LUA_INSTALL_DIR = "$(LUADIR)",
       SVCCOMM_LIB_INSTALL_DIR = "$(LIBDIR)",
    },

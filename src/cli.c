@@ -84,15 +84,16 @@ static const struct svc_cmd *find_command(const char *name)
 	return NULL;
 }
 
-void svc_cli_usage(const char *command)
+void svc_cli_usage(FILE *out, const char *command)
 {
 	const struct svc_cmd *cmd = find_command(command);
 
 	if (!cmd) {
-		print_main_usage(stdout);
+		print_main_usage(out);
 		return;
 	}
-	printf("usage: svccomm [--settings FILE] %s %s", cmd->name, cmd->usage);
+	fprintf(out, "usage: svccomm [--settings FILE] %s%s%s", cmd->name,
+		cmd->usage[0] == '\n' ? "" : " ", cmd->usage);
 }
 
 int svc_cli_wants_help(int argc, char **argv)
@@ -149,7 +150,7 @@ static int run_command(const struct svc_cmd *cmd, int argc, char **argv, const c
 	int rc;
 
 	if (svc_cli_wants_help(argc, argv)) {
-		svc_cli_usage(cmd->name);
+		svc_cli_usage(stdout, cmd->name);
 		return SVC_EXIT_OK;
 	}
 	if (cmd->needs == SVC_NEEDS_NOTHING)
@@ -231,7 +232,7 @@ int svc_cli_run(int argc, char **argv)
 			return SVC_EXIT_USAGE;
 		}
 		if (i + 1 < argc)
-			svc_cli_usage(argv[i + 1]);
+			svc_cli_usage(stdout, argv[i + 1]);
 		else
 			print_main_usage(stdout);
 		return SVC_EXIT_OK;

@@ -8,6 +8,8 @@
 #ifndef SVC_CLI_H
 #define SVC_CLI_H
 
+#include <stdio.h>
+
 #include "config.h"
 
 struct svc_runtime;
@@ -32,8 +34,9 @@ typedef int (*svc_cmd_fn)(int argc, char **argv, struct svc_cli_ctx *ctx);
 /* Parses argv, runs the command, returns the process exit code. */
 int svc_cli_run(int argc, char **argv);
 
-/* Prints the command's usage (from the table) to stdout. */
-void svc_cli_usage(const char *command);
+/* Prints the command's usage (from the table) to out: stdout for --help, stderr on a usage
+ * error. */
+void svc_cli_usage(FILE *out, const char *command);
 
 /* True when argv holds -h or --help (commands call this before parsing their options). */
 int svc_cli_wants_help(int argc, char **argv);

@@ -16,10 +16,13 @@ int svc_cmd_publish(int argc, char **argv, struct svc_cli_ctx *ctx)
 	char err[4096];
 
 	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--at") == 0 && i + 1 < argc) {
-			at = argv[++i];
-		} else if (strcmp(argv[i], "--tags") == 0 && i + 1 < argc) {
-			tags = argv[++i];
+		if (strcmp(argv[i], "--at") == 0 || strcmp(argv[i], "--tags") == 0) {
+			if (i + 1 >= argc) {
+				fprintf(stderr, "svccomm publish: %s needs a value\n", argv[i]);
+				return SVC_EXIT_USAGE;
+			}
+			*(argv[i][2] == 'a' ? &at : &tags) = argv[i + 1];
+			i++;
 		} else if (argv[i][0] == '-' && argv[i][1] == '-') {
 			fprintf(stderr, "svccomm publish: unknown option '%s'\n", argv[i]);
 			return SVC_EXIT_USAGE;
@@ -31,7 +34,7 @@ int svc_cmd_publish(int argc, char **argv, struct svc_cli_ctx *ctx)
 		}
 	}
 	if (npos != 3) {
-		svc_cli_usage("publish");
+		svc_cli_usage(stderr, "publish");
 		return SVC_EXIT_USAGE;
 	}
 	if (svc_runtime_require(ctx->rt, "svccomm.host", err, sizeof(err)) != 0) {

@@ -10,9 +10,11 @@ int svc_cmd_version(int argc, char **argv, struct svc_cli_ctx *ctx)
 {
 	int pq = PQlibVersion();
 
-	(void)argc;
-	(void)argv;
 	(void)ctx;
+	if (argc > 1) {
+		fprintf(stderr, "svccomm version: unexpected argument '%s'\n", argv[1]);
+		return SVC_EXIT_USAGE;
+	}
 	printf("svccomm %s\n%s\nrabbitmq-c %s\nlibpq %d.%d\n", SVCCOMM_VERSION, LUA_RELEASE,
 	       amqp_version(), pq / 10000, pq % 10000);
 	return SVC_EXIT_OK;
