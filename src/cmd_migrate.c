@@ -4,13 +4,12 @@
 #include "cli.h"
 #include "log.h"
 #include "migrate.h"
+#include "pg_conn.h"
 #include "svc_error.h"
 
 int svc_cmd_migrate(int argc, char **argv, struct svc_cli_ctx *ctx)
 {
 	const struct svc_config *cfg = ctx->config;
-	const char *keys[] = {"dbname", "application_name", NULL};
-	const char *values[] = {cfg->database_url, "svccomm migrate", NULL};
 	char err[4096], masked[1024];
 	PGconn *conn;
 	int rc;
@@ -24,13 +23,10 @@ int svc_cmd_migrate(int argc, char **argv, struct svc_cli_ctx *ctx)
 			cfg->path);
 		return SVC_EXIT_USAGE;
 	}
-	/* expand_dbname = 1: DATABASE_URL may be a URL or a key=value string. */
-	conn = PQconnectdbParams(keys, values, 1);
-	if (!conn || PQstatus(conn) != CONNECTION_OK) {
-		fprintf(stderr, "svccomm migrate: cannot connect to %s: %s",
-			svc_log_mask_url(cfg->database_url, masked, sizeof(masked)),
-			conn ? PQerrorMessage(conn) : "out of memory\n");
-		PQfinish(conn);
+	conn = svc_pg_open(cfg->database_url, "svccomm migrate", err, sizeof(err));
+	if (!conn) {
+		fprintf(stderr, "svccomm migrate: cannot connect to %s: %s\n",
+			svc_log_mask_url(cfg->database_url, masked, sizeof(masked)), err);
 		return SVC_EXIT_FAILURE;
 	}
 	rc = svc_migrate(conn, cfg->outbox_table, cfg->inbox_table, err, sizeof(err));

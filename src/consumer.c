@@ -16,6 +16,7 @@
 #include "config.h"
 #include "log.h"
 #include "lua_pg.h"
+#include "pg_conn.h"
 #include "lua_runtime.h"
 #include "svc_error.h"
 #include "utf8.h"
@@ -629,16 +630,10 @@ static int push_lent_conn(lua_State *L)
 
 static int pg_connect(struct svc_consumer *c)
 {
-	c->pg = PQconnectdb(c->cfg->database_url);
-	if (PQstatus(c->pg) != CONNECTION_OK) {
-		snprintf(c->pgerr, sizeof(c->pgerr), "%s", PQerrorMessage(c->pg));
-		size_t n = strlen(c->pgerr);
-		while (n && c->pgerr[n - 1] == '\n')
-			c->pgerr[--n] = '\0';
-		PQfinish(c->pg);
-		c->pg = NULL;
+	/* svc_pg_open: UTC/ISO session (as svccomm.db documents), keepalives, masked errors. */
+	c->pg = svc_pg_open(c->cfg->database_url, "svccomm runconsumer", c->pgerr, sizeof(c->pgerr));
+	if (!c->pg)
 		return SVC_ECONN;
-	}
 	if (c->cfg->inbox) {
 		PGresult *r = PQprepare(c->pg, "svc_inbox", c->inbox_sql, 2, NULL);
 		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
