@@ -83,8 +83,8 @@ int svc_amqp_confirm_select(struct svc_amqp *c);
  * SVC_EPROTO when rabbitmq-c could not encode the message (the connection is closed: this
  * message can never be sent); SVC_ECONN. */
 int svc_amqp_publish(struct svc_amqp *c, const char *exchange, const char *routing_key,
-		     const void *body, size_t len, const struct svc_amqp_props *props, bool mandatory,
-		     uint64_t *seq);
+                     const void *body, size_t len, const struct svc_amqp_props *props,
+                     bool mandatory, uint64_t *seq);
 /* Reads frames for up to timeout_ms (0 = only what is already buffered or readable now,
  * -1 = block until at least one confirm arrives) and reports each basic.ack/basic.nack to out
  * (up to max entries; *n receives the count) and each basic.return to on_return.
@@ -94,7 +94,7 @@ int svc_amqp_publish(struct svc_amqp *c, const char *exchange, const char *routi
  * at 1, and every message not yet confirmed is lost. Entries already in out are valid in
  * every case. */
 int svc_amqp_poll_confirms(struct svc_amqp *c, int timeout_ms, struct svc_amqp_confirm *out,
-			   size_t max, size_t *n, svc_amqp_return_fn on_return, void *ctx);
+                           size_t max, size_t *n, svc_amqp_return_fn on_return, void *ctx);
 /* Additions for the relay's event loop. */
 /* The socket to poll() on, or -1 when not connected. */
 int svc_amqp_fd(const struct svc_amqp *c);
@@ -113,7 +113,7 @@ uint64_t svc_amqp_last_seq(const struct svc_amqp *c);
  * SVC_ERETURNED (when mandatory and unroutable), SVC_ETIMEOUT or SVC_ECONN. For rare
  * publishes (retries, dead letters); the relay uses the pipelined calls above. */
 int svc_amqp_publish_confirmed(struct svc_amqp *c, const char *exchange, const char *routing_key,
-			       const void *body, size_t len, const struct svc_amqp_props *props,
-			       bool mandatory, int timeout_ms);
+                               const void *body, size_t len, const struct svc_amqp_props *props,
+                               bool mandatory, int timeout_ms);
 
 #endif

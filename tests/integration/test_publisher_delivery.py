@@ -1,0 +1,244 @@
+"""runpublisher / checkpublisher: what is sent and when (issue 5, scenarios 1, 2, 8, 9, 12, 13)."""
+import json
+import time
+
+import pytest
+
+from test_publisher_support import Broker, Project, db, suffix, wait_for
+
+
+@pytest.fixture
+def broker():
+    b = Broker()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def make(tmp_path):
+    made = []
+
+    def factory(settings=None):
+        d = tmp_path / ("p%d" % len(made))
+        d.mkdir()
+        p = Project(d, settings)
+        made.append(p)
+        return p
+
+    yield factory
+    for p in made:
+        p.cleanup()
+
+
+def topology(broker, n_exchanges=1):
+    s = suffix()
+    exchanges = ["agg%d_%s" % (i, s) for i in range(n_exchanges)]
+    for ex in exchanges:
+        broker.exchange(ex)
+    q = "q_" + s
+    broker.queue(q, exchanges)
+    return exchanges, q
+
+
+def test_1_hundred_rows_exact_bodies_and_properties(make, broker):
+    p = make()
+    (ex,), q = topology(broker)
+    rows = []
+    for i in range(100):
+        r = {"exchange": ex, "routing_key": "user.update.%d" % (i % 3),
+             "body": json.dumps({"n": i, "text": "Grüße 🌍 \"q\" \\"}, ensure_ascii=False)}
+        if i % 2:
+            r["correlation_id"] = "corr-%d" % i
+        if i % 5 == 0:
+            r["headers"] = {"traceparent": "00-%032x-%016x-01" % (i, i)}
+        if i == 7:
+            r["message_id"] = "custom-id-7"
+        rows.append(r)
+    t0 = int(time.time())
+    ids = p.insert(rows)
+    relay = p.start()
+    got = broker.collect(q, 100)
+    assert len(got) == 100
+    wait_for(lambda: p.count() == 0, 10, what="table empty")
+    by_id = {}
+    for method, props, body in got:
+        by_id[props.message_id] = (method, props, body)
+    for i, (row_id, r) in enumerate(zip(ids, rows)):
+        mid = r.get("message_id", str(row_id))
+        method, props, body = by_id[mid]
+        assert body.decode("utf-8") == r["body"]  # exact bytes
+        assert method.exchange == ex and method.routing_key == r["routing_key"]
+        assert props.content_type == "application/json"
+        assert props.delivery_mode == 2
+        assert props.app_id == "pubtest"
+        assert props.correlation_id == r.get("correlation_id")
+        assert abs(props.timestamp - t0) <= 5
+        headers = props.headers or {}
+        if "headers" in r:
+            assert headers["traceparent"] == r["headers"]["traceparent"]
+        else:
+            assert "traceparent" not in headers
+    # the order of one aggregate is the id order
+    order = [props.message_id for _, props, _ in got]
+    expected = [r.get("message_id", str(i)) for i, r in zip(ids, rows)]
+    assert order == expected
+    assert p.stop(relay) == 0
+
+
+def test_2_nothing_sent_before_commit_and_never_after_rollback(make, broker):
+    p = make()
+    (ex,), q = topology(broker)
+    relay = p.start()
+    conn = db()
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute("INSERT INTO %s (exchange, routing_key, body) VALUES (%%s, 'a', '\"c\"') "
+                "RETURNING id" % p.table, (ex,))
+    committed_id = cur.fetchone()[0]
+    time.sleep(2.5)  # several poll intervals pass while the transaction is open
+    assert broker.count(q) == 0
+    conn.commit()
+    cur.execute("INSERT INTO %s (exchange, routing_key, body) VALUES (%%s, 'a', '\"r\"')"
+                % p.table, (ex,))
+    conn.rollback()
+    conn.close()
+    got = broker.collect(q, 1, timeout=10, settle=2.5)
+    assert [(props.message_id, body) for _, props, body in got] == [(str(committed_id), b'"c"')]
+    assert p.count() == 0
+    assert p.stop(relay) == 0
+
+
+def test_8_rows_written_while_stopped_go_out_at_start(make, broker):
+    p = make()
+    (ex,), q = topology(broker)
+    relay = p.start()
+    assert p.stop(relay) == 0
+    ids = p.insert_many(ex, 100)
+    time.sleep(0.5)
+    assert broker.count(q) == 0
+    relay = p.start()
+    got = broker.collect(q, 100)
+    assert sorted(int(props.message_id) for _, props, _ in got) == ids
+    wait_for(lambda: p.count() == 0, 10, what="table empty")
+    assert p.stop(relay) == 0
+
+
+@pytest.mark.parametrize("mode,interval", [("listen", 30), ("poll", 1)])
+def test_9_scheduled_row_on_time_and_cancelled_never(make, broker, mode, interval):
+    # LISTEN mode with a long poll interval: only the notification plus the due-time wake-up
+    # can send the row on time. Poll mode learns of the row at the next poll.
+    p = make({"PUBLISHER_MODE": mode, "PUBLISHER_POLL_INTERVAL": interval})
+    (ex,), q = topology(broker)
+    relay = p.start()
+    time.sleep(0.5)
+    conn = db()
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after, tags) VALUES "
+                    "(%%s, 'later', '\"cancelled\"', now() + interval '2 seconds', "
+                    "'{\"order\": \"7\"}') RETURNING id" % p.table, (ex,))
+        cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after) VALUES "
+                    "(%%s, 'later', '\"due\"', now() + interval '2 seconds') RETURNING id"
+                    % p.table, (ex,))
+        due_id = cur.fetchone()[0]
+        t0 = time.time()
+        cur.execute("DELETE FROM %s WHERE tags @> '{\"order\": \"7\"}'" % p.table)
+    conn.close()
+    wait_for(lambda: broker.count(q) >= 1, 10, interval=0.02, what="scheduled message")
+    elapsed = time.time() - t0
+    assert 1.8 <= elapsed <= 2.0 + min(interval, 1) + 0.5, elapsed
+    got = broker.collect(q, 1, timeout=10, settle=2.5)
+    assert [body for _, _, body in got] == [b'"due"']
+    assert got[0][1].message_id == str(due_id)
+    assert p.count() == 0
+    log = p.log(relay)
+    if mode == "listen":
+        assert "falling back to polling" not in log
+    assert p.stop(relay) == 0
+
+
+def test_9b_scheduled_row_not_sent_early(make, broker):
+    p = make({"PUBLISHER_POLL_INTERVAL": 0.2})
+    (ex,), q = topology(broker)
+    relay = p.start()
+    conn = db()
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after) VALUES "
+                    "(%%s, 'later', '\"due\"', now() + interval '2 seconds')" % p.table, (ex,))
+    t0 = time.time()
+    conn.close()
+    wait_for(lambda: broker.count(q) == 1, 10, interval=0.02, what="scheduled message")
+    elapsed = time.time() - t0
+    assert 1.8 <= elapsed <= 3.0, elapsed
+    assert p.stop(relay) == 0
+
+
+def test_12_checkpublisher_healthy_and_unhealthy(make):
+    p = make()
+    r = p.run("checkpublisher")
+    assert r.returncode == 0, r.stderr
+    assert "publisher healthy" in r.stdout
+    # two rows due for a minute, one due for 5 s, one scheduled, one parked: no relay runs
+    p.insert([{"exchange": "x", "routing_key": "k", "body": "1"}] * 0)
+    conn = db()
+    with conn.cursor() as cur:
+        for ago in (60, 60, 5):
+            cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after) VALUES "
+                        "('x', 'k', '1', now() - make_interval(secs => %%s))" % p.table, (ago,))
+        cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after) VALUES "
+                    "('x', 'k', '1', now() + interval '1 hour')" % p.table)
+        cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after, parked_at) VALUES "
+                    "('x', 'k', '1', now() - interval '1 hour', now())" % p.table)
+    conn.close()
+    r = p.run("checkpublisher")
+    assert r.returncode == 1
+    assert "unhealthy" in r.stdout and "2 row(s)" in r.stdout and "3 due" in r.stdout
+    assert "1 parked" in r.stdout
+    r = p.run("checkpublisher", "--max-queue-size", "2")
+    assert r.returncode == 0 and "publisher healthy" in r.stdout
+    r = p.run("checkpublisher", "--max-delay", "120")
+    assert r.returncode == 0 and "publisher healthy" in r.stdout
+    r = p.run("checkpublisher", "--max-delay=1", "--max-queue-size=2")
+    assert r.returncode == 1 and "3 row(s)" in r.stdout
+    r = p.run("checkpublisher", "--max-delay", "soon")
+    assert r.returncode == 2
+    r = p.run("checkpublisher", "--bogus")
+    assert r.returncode == 2
+    r = p.run("checkpublisher", "--help")
+    assert r.returncode == 0 and "--max-queue-size" in r.stdout
+
+
+def test_12b_checkpublisher_database_down_is_failure(make, tmp_path):
+    p = make()
+    env = p.env()
+    env["SVCCOMM_DATABASE_URL"] = "postgresql://svccomm@127.0.0.1:1/svccomm"
+    import subprocess
+    from test_publisher_support import BIN
+    r = subprocess.run([BIN, "--settings", p.settings, "checkpublisher"], env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "publisher healthy" not in r.stdout
+
+
+def test_13_message_fits_the_python_library_consumer(make, broker):
+    p = make()
+    (ex,), q = topology(broker)
+    r = p.run("publish", ex, "update.base", '{"name": "Ann", "tags": ["a"]}')
+    assert r.returncode == 0, r.stderr
+    event_id = r.stdout.strip()
+    relay = p.start()
+    got = broker.collect(q, 1, timeout=15)
+    assert len(got) == 1
+    method, props, body = got[0]
+    # What the Python library's consumer reads: JSON content, the envelope fields, and the
+    # routing (exchange = aggregate, routing key = event type).
+    assert props.content_type == "application/json"
+    assert props.delivery_mode == 2
+    assert props.message_id == event_id
+    env = json.loads(body)
+    assert set(env) >= {"eventId", "eventTime", "eventType", "aggregate", "payload"}
+    assert env["eventId"] == event_id and isinstance(env["eventId"], str)
+    assert env["eventType"] == "update.base" == method.routing_key
+    assert env["aggregate"] == ex == method.exchange
+    assert env["payload"] == {"name": "Ann", "tags": ["a"]}
+    assert env["eventTime"].endswith("Z") and "T" in env["eventTime"]
+    assert p.stop(relay) == 0
