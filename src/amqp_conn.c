@@ -212,7 +212,7 @@ int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const c
 	struct amqp_connection_info info;
 	struct timeval tv = {.tv_sec = CONNECT_TIMEOUT};
 	struct timeval rpc = {.tv_sec = RPC_TIMEOUT};
-	amqp_table_entry_t props_e[2];
+	amqp_table_entry_t props_e[2], caps_e[2];
 	amqp_table_t props = {.num_entries = 0, .entries = props_e};
 	char *copy = NULL;
 	int rc = SVC_ECONN, st;
@@ -250,11 +250,24 @@ int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const c
 	}
 	amqp_set_handshake_timeout(c->st, &tv);
 	amqp_set_rpc_timeout(c->st, &rpc);
+	/* rabbitmq-c merges these capabilities with its own (authentication_failure_close);
+	 * consumer_cancel_notify makes the broker tell a consumer when its queue is deleted. */
+	caps_e[0].key = amqp_cstring_bytes("consumer_cancel_notify");
+	caps_e[0].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+	caps_e[0].value.value.boolean = 1;
+	caps_e[1].key = amqp_cstring_bytes("publisher_confirms");
+	caps_e[1].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+	caps_e[1].value.value.boolean = 1;
+	props_e[0].key = amqp_cstring_bytes("capabilities");
+	props_e[0].value.kind = AMQP_FIELD_KIND_TABLE;
+	props_e[0].value.value.table.num_entries = 2;
+	props_e[0].value.value.table.entries = caps_e;
+	props.num_entries = 1;
 	if (conn_name && *conn_name) {
-		props_e[0].key = amqp_cstring_bytes("connection_name");
-		props_e[0].value.kind = AMQP_FIELD_KIND_UTF8;
-		props_e[0].value.value.bytes = amqp_cstring_bytes(conn_name);
-		props.num_entries = 1;
+		props_e[1].key = amqp_cstring_bytes("connection_name");
+		props_e[1].value.kind = AMQP_FIELD_KIND_UTF8;
+		props_e[1].value.value.bytes = amqp_cstring_bytes(conn_name);
+		props.num_entries = 2;
 	}
 	c->open = true;
 	if (rpc_result(c,

@@ -1207,8 +1207,9 @@ static void stats_line(struct svc_consumer *c, double now)
 }
 
 /* Housekeeping between messages. idle: nothing is waiting, so a broker round trip is cheap.
- * Returns 0, or SVC_EPROTO when the queue vanished (rabbitmq-c 0.11 does not announce the
- * consumer_cancel_notify capability, so a deleted queue is noticed here, not by a cancel). */
+ * Returns 0, or SVC_EPROTO when the queue vanished. The broker normally says so with a
+ * basic.cancel (amqp_conn announces consumer_cancel_notify); the passive check is the safety
+ * net for a cancel that never comes. */
 static int idle_work(struct svc_consumer *c, bool idle)
 {
 	double now = now_s();

@@ -881,7 +881,8 @@ static void defer_row(struct relay *r, int64_t id, const char *reason)
 {
 	if (r->n_defer && strcmp(r->defer_reason, reason) != 0)
 		flush_lists(r);
-	snprintf(r->defer_reason, sizeof(r->defer_reason), "%s", reason);
+	snprintf(r->defer_reason, sizeof(r->defer_reason), "%.*s", (int)sizeof(r->defer_reason) - 1,
+	         reason);
 	r->defer_ids[r->n_defer++] = id;
 	if (r->n_defer == r->fl.cap)
 		flush_lists(r);

@@ -90,3 +90,23 @@ def test_postgresql_restarted_under_load_recovers_and_loses_nothing(tmp_path):
     finally:
         p.cleanup(b)
         b.close()
+
+
+def test_queue_deleted_under_the_consumer_is_announced_and_redeclared(tmp_path):
+    """The broker's basic.cancel (consumer_cancel_notify) is logged at once, the consumer
+    reconnects, declares the queue again and goes on consuming."""
+    broker = Broker()
+    p = Project(tmp_path, STEADY, {"STATS_INTERVAL": 60})
+    try:
+        p.start()
+        broker.ch.queue_delete(p.queue)
+        wait_for(lambda: "the broker cancelled consumer" in p.log(), 5,
+                 what="the cancel to be logged")
+        wait_for(lambda: p.log().count("consuming '%s'" % p.queue) >= 2, 15,
+                 what="the consumer to declare and consume again")
+        broker.publish(p.exchange, "after", {"n": 1})
+        wait_for(lambda: handled(p) == 1, 15, what="the message after the redeclare")
+        assert p.stop() == 0
+    finally:
+        p.cleanup(broker)
+        broker.close()
