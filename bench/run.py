@@ -1,0 +1,1370 @@
+#!/usr/bin/python3
+"""svccomm benchmark: relay and consumer throughput against raw ceilings measured in the same run.
+
+    bench/run.py [--quick] [--only SECTION[,SECTION...]] [--svccomm PATH] [--queue-types LIST]
+                 [--main-type TYPE] [--count N] [--mem-messages N] [--scale-count N]
+
+Sections (in this order): ceilings, relay, consumer, latency, memory, scaling. Each section
+prints its duration; a section that fails prints "FAILED: reason" in the table and the run goes
+on. The ceilings always run when a section that needs a ratio is selected.
+
+Uses the project's local servers (scripts/servers.sh; started when not running), the ceiling
+programs of bench/ (built into build-bench/ when missing) and the svccomm binary (default
+build/svccomm). Writes bench/results/latest.md and bench/results/latest.json, and the logs of
+every svccomm process to bench/results/logs/.
+
+Needs /usr/bin/python3 with pika and psycopg2 (Debian python3-pika, python3-psycopg2).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+import pika
+import psycopg2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+RESULTS = os.path.join(BENCH, "results")
+LOGS = os.path.join(RESULTS, "logs")
+BUILD_BENCH = os.path.join(ROOT, "build-bench")
+
+SECTIONS = ["ceilings", "relay", "consumer", "latency", "memory", "scaling"]
+QUEUE_TYPES = ["v1", "v2", "quorum"]
+OUTBOX = "bench_outbox"  # the relay's table in the benchmark (never the application's)
+SINK = "bench_sink"  # rows written by the transactional handler
+LAT = "bench_lat"  # receive times written by the latency handler
+
+MiB = 1024 * 1024
+
+
+class BenchError(Exception):
+    """A measurement that could not be made; the text goes into the table as FAILED: text."""
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def queue_args(qtype):
+    if qtype == "v2":
+        return {"x-queue-version": 2}
+    if qtype == "quorum":
+        return {"x-queue-type": "quorum"}
+    if qtype == "v1":
+        return {}
+    raise ValueError("unknown queue type %r" % qtype)
+
+
+# --- Lua settings -------------------------------------------------------------------------------
+
+
+def lua_value(v, indent=""):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        out = ['"']
+        for ch in v:
+            if ch in '"\\':
+                out.append("\\" + ch)
+            elif ord(ch) < 32 or ord(ch) == 127:
+                out.append("\\%03d" % ord(ch))
+            else:
+                out.append(ch)
+        out.append('"')
+        return "".join(out)
+    if isinstance(v, (list, tuple)):
+        return "{ " + ", ".join(lua_value(x) for x in v) + " }"
+    if isinstance(v, dict):
+        items = ["[%s] = %s" % (lua_value(str(k)), lua_value(x)) for k, x in v.items()]
+        return "{ " + ", ".join(items) + " }"
+    raise TypeError("cannot write %r as Lua" % (v,))
+
+
+def write_settings(path, settings):
+    with open(path, "w") as f:
+        f.write("-- written by bench/run.py\nreturn {\n")
+        for k, v in settings.items():
+            f.write("  %s = %s,\n" % (k, lua_value(v)))
+        f.write("}\n")
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def proc_tree(pid):
+    """pid and all its descendants (scan of /proc)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def mem_kib(pid):
+    """(VmRSS, VmHWM) of a process in KiB, or None when it is gone."""
+    rss = hwm = None
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except OSError:
+        return None
+    if rss is None or hwm is None:
+        return None
+    return rss, hwm
+
+
+class Proc:
+    """A svccomm process started by the benchmark: its log, its memory, a bounded stop."""
+
+    running = []
+
+    def __init__(self, name, argv, env):
+        os.makedirs(LOGS, exist_ok=True)
+        self.name = name
+        self.log_path = os.path.join(LOGS, name + ".log")
+        self.logf = open(self.log_path, "wb")
+        self.started = time.monotonic()
+        self.p = subprocess.Popen(argv, env=env, stdout=self.logf, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.p.pid
+        self.peak_root = 0  # KiB
+        self.peak_child = 0  # KiB, the largest descendant (a worker under --workers)
+        self.rss_root = 0
+        self.rss_child = 0
+        self.pids = [self.pid]
+        self.last_tree = 0.0
+        Proc.running.append(self)
+
+    def sample(self):
+        """Record memory of the process and its children (worker processes)."""
+        now = time.monotonic()
+        if now - self.last_tree > 0.5:
+            self.pids = proc_tree(self.pid)
+            self.last_tree = now
+        child_rss = 0
+        for p in self.pids:
+            m = mem_kib(p)
+            if m is None:
+                continue
+            if p == self.pid:
+                self.rss_root = m[0]
+                self.peak_root = max(self.peak_root, m[1])
+            else:
+                child_rss = max(child_rss, m[0])
+                self.peak_child = max(self.peak_child, m[1])
+        self.rss_child = child_rss
+
+    def worker_peak(self):
+        """Peak RSS (KiB) of the process that handles messages: a child when there is one."""
+        return self.peak_child or self.peak_root
+
+    def worker_rss(self):
+        return self.rss_child or self.rss_root
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def check_alive(self):
+        if not self.alive():
+            raise BenchError("%s exited with status %s: %s" % (self.name, self.p.returncode,
+                                                               self.last_log_line()))
+
+    def last_log_line(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = [l for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
+            return lines[-1][:300] if lines else "(no output)"
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout=15):
+        """SIGTERM, wait, then SIGKILL to its own process group. Returns the exit status."""
+        if self.alive():
+            self.sample()
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.p.wait(5)
+        # Leftover workers of the process are in its own process group (start_new_session).
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.logf.close()
+        if self in Proc.running:
+            Proc.running.remove(self)
+        return self.p.returncode
+
+    @classmethod
+    def stop_all(cls):
+        for p in list(cls.running):
+            try:
+                p.stop(5)
+            except Exception:
+                pass
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def retrying(errors, reconnect, fn, what):
+    """Run fn(); on a lost connection (a server restarted under us), reconnect for up to 30 s
+    and run it once more."""
+    try:
+        return fn()
+    except errors as e:
+        log("  note: %s: connection lost (%s), reconnecting" % (what, reason(e)))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            reconnect()
+            break
+        except errors as e:
+            if time.monotonic() > deadline:
+                raise BenchError("%s: cannot reconnect: %s" % (what, reason(e)))
+            time.sleep(0.5)
+    return fn()
+
+
+class Broker:
+    """A pika connection for topology and queue counts (passive declares)."""
+
+    def __init__(self, url):
+        self.url = url
+        self.conn = None
+        self.ch = None
+
+    def _connect(self):
+        self.conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        self.ch = None
+
+    def channel(self):
+        if self.conn is None or self.conn.is_closed:
+            self._connect()
+        if self.ch is None or self.ch.is_closed:
+            self.ch = self.conn.channel()
+        return self.ch
+
+    def _do(self, fn, what):
+        return retrying(pika.exceptions.AMQPConnectionError, self._connect, fn, "RabbitMQ " + what)
+
+    def server_version(self):
+        self.channel()
+        props = getattr(self.conn._impl, "server_properties", None) or {}
+        v = props.get("version", b"?")
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    def count(self, queue):
+        """(messages ready, consumers) of a queue, or None when it does not exist."""
+        def fn():
+            try:
+                ok = self.channel().queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                self.ch = None
+                return None
+            return ok.method.message_count, ok.method.consumer_count
+        return self._do(fn, "queue count")
+
+    def declare(self, exchange, queue, qtype, fresh=True):
+        def fn():
+            ch = self.channel()
+            ch.exchange_declare(exchange, "topic", durable=True)
+            if fresh:
+                ch.queue_delete(queue)
+            ch.queue_declare(queue, durable=True, arguments=queue_args(qtype))
+            ch.queue_bind(queue, exchange, "#")
+        self._do(fn, "declare")
+
+    def delete_queue(self, queue):
+        def fn():
+            try:
+                self.channel().queue_delete(queue)
+            except pika.exceptions.ChannelClosedByBroker:
+                self.ch = None
+        self._do(fn, "queue.delete")
+
+    def purge(self, queue):
+        self._do(lambda: self.channel().queue_purge(queue), "queue.purge")
+
+    def close(self):
+        try:
+            if self.conn and self.conn.is_open:
+                self.conn.close()
+        except Exception:
+            pass
+
+
+class Db:
+    """An autocommit psycopg2 connection that reconnects once when a server restart cut it."""
+
+    def __init__(self, url):
+        self.url = url
+        self.conn = None
+        self._connect()
+
+    def _connect(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg2.Error:
+                pass
+        self.conn = psycopg2.connect(self.url)
+        self.conn.autocommit = True
+        with self.conn.cursor() as c:
+            c.execute("SET client_min_messages = warning")
+
+    def q(self, sql, *params):
+        def fn():
+            with self.conn.cursor() as c:
+                c.execute(sql, params)
+                return c.fetchall() if c.description else None
+        return retrying((psycopg2.OperationalError, psycopg2.InterfaceError), self._connect, fn,
+                        "PostgreSQL")
+
+    def one(self, sql, *params):
+        rows = self.q(sql, *params)
+        return rows[0][0] if rows else None
+
+    def close(self):
+        self.conn.close()
+
+
+def envelope_sql(size, exchange, event_type, id_expr):
+    """SQL expression of a svccomm-style envelope of about `size` bytes for row id_expr (the id
+    is counted as 6 digits); below the size of an envelope, {"id":"..","p":"xx.."}."""
+    head = '{"eventId":"'
+    mid = ('","eventTime":"2026-01-01T00:00:00Z","eventType":"%s","aggregate":"%s",'
+           '"payload":{"p":"' % (event_type, exchange))
+    tail = '"}}'
+    pad = size - len(head) - 6 - len(mid) - len(tail)
+    if pad < 1:
+        head, mid, tail = '{"id":"', '","p":"', '"}'
+        pad = max(1, size - len(head) - 6 - len(mid) - len(tail))
+    return "'%s' || %s || '%s' || repeat('x', %d) || '%s'" % (head, id_expr, mid, pad, tail)
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, opts):
+        self.o = opts
+        self.tmp = tempfile.mkdtemp(prefix="svccomm-bench-")
+        self.results = {}  # section -> {"seconds", "status", "rows"}
+        self.ceiling = {}  # qtype -> {"publish": rate, "window": w, "consume": rate}
+        self.declared = set()  # consumer queues svccomm already declared in this run
+        self.meta = {}
+        self.env = None
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def setup(self):
+        st = subprocess.run([os.path.join(ROOT, "scripts/servers.sh"), "status"],
+                            capture_output=True, text=True)
+        if st.returncode != 0:
+            log("servers not running: scripts/servers.sh start")
+            subprocess.run([os.path.join(ROOT, "scripts/servers.sh"), "start"], check=True)
+        env = subprocess.run([os.path.join(ROOT, "scripts/servers.sh"), "env"], check=True,
+                             capture_output=True, text=True).stdout
+        vals = {}
+        for line in env.splitlines():
+            if line.startswith("export ") and "=" in line:
+                k, v = line[len("export "):].split("=", 1)
+                vals[k] = shlex.split(v)[0] if v else ""
+        self.broker_url = os.environ.get("SVCCOMM_BROKER_URL") or vals["SVCCOMM_BROKER_URL"]
+        self.db_url = os.environ.get("SVCCOMM_DATABASE_URL") or vals["SVCCOMM_DATABASE_URL"]
+        # svccomm gets its URLs from the settings file only: the consumer without database
+        # must not inherit SVCCOMM_DATABASE_URL.
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("SVCCOMM_BROKER_URL", "SVCCOMM_DATABASE_URL", "SVCCOMM_SETTINGS",
+                                 "SVCCOMM_LOG_LEVEL")}
+        self.build_ceilings()
+        self.broker = Broker(self.broker_url)
+        self.db = Db(self.db_url)
+        self.meta = self.versions()
+
+    def build_ceilings(self):
+        need = [os.path.join(BUILD_BENCH, b) for b in ("raw_publish", "raw_consume", "pg_outbox")]
+        if not os.path.isdir(BUILD_BENCH):
+            subprocess.run(["cmake", "-S", BENCH, "-B", BUILD_BENCH, "-DCMAKE_BUILD_TYPE=Release"],
+                           check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["cmake", "--build", BUILD_BENCH, "-j2"], check=True,
+                       stdout=subprocess.DEVNULL)
+        for b in need:
+            if not os.access(b, os.X_OK):
+                raise SystemExit("bench: %s was not built" % b)
+
+    def versions(self):
+        m = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "nproc": os.cpu_count(),
+             "cpu": "?", "kernel": platform.release()}
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        m["cpu"] = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        m["rabbitmq"] = self.broker.server_version()
+        m["postgresql"] = self.db.one("SHOW server_version")
+        try:
+            out = subprocess.run(["pkg-config", "--modversion", "librabbitmq"],
+                                 capture_output=True, text=True).stdout.strip()
+            m["rabbitmq-c"] = out or "?"
+        except OSError:
+            m["rabbitmq-c"] = "?"
+        m["svccomm"] = "missing (%s)" % self.o.svccomm
+        if os.access(self.o.svccomm, os.X_OK):
+            try:
+                out = subprocess.run([self.o.svccomm, "version"], capture_output=True, text=True,
+                                     timeout=10).stdout.splitlines()
+                m["svccomm"] = out[0] if out else "?"
+            except (OSError, subprocess.TimeoutExpired) as e:
+                m["svccomm"] = "unusable: %s" % e
+        try:
+            rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip()
+            dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True).stdout.strip()
+            m["git"] = rev + ("+dirty" if dirty else "")
+        except OSError:
+            m["git"] = "?"
+        return m
+
+    # --- svccomm helpers ------------------------------------------------------------------
+
+    def need_svccomm(self):
+        if not os.access(self.o.svccomm, os.X_OK):
+            raise BenchError("svccomm binary not found at %s (cmake -S . -B build && "
+                             "cmake --build build -j2)" % self.o.svccomm)
+
+    def project(self, name, settings, consumers_lua=None):
+        """A temp project dir with settings.lua (and apps/bench/consumers.lua). Returns the
+        settings path."""
+        d = os.path.join(self.tmp, name)
+        os.makedirs(os.path.join(d, "apps", "bench"), exist_ok=True)
+        s = {"APP_ID": "svccomm-bench", "BROKER_CONNECTION_URL": self.broker_url,
+             "STATS_INTERVAL": 3600, "OUTBOX_TABLE": OUTBOX}
+        s.update(settings)
+        if consumers_lua is not None:
+            with open(os.path.join(d, "apps", "bench", "consumers.lua"), "w") as f:
+                f.write(consumers_lua)
+            s.setdefault("INSTALLED_APPS", ["bench"])
+        else:
+            s.setdefault("INSTALLED_APPS", [])
+        path = os.path.join(d, "settings.lua")
+        write_settings(path, s)
+        return path
+
+    def svccomm(self, name, settings_path, *args):
+        return Proc(name, [self.o.svccomm, "--settings", settings_path] + list(args), self.env)
+
+    def migrate(self):
+        self.need_svccomm()
+        path = self.project("migrate", {"DATABASE_URL": self.db_url})
+        r = subprocess.run([self.o.svccomm, "--settings", path, "migrate"], env=self.env,
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise BenchError("svccomm migrate failed: %s" % (r.stderr.strip() or r.stdout.strip())[-300:])
+        self.db.q("CREATE TABLE IF NOT EXISTS %s (event_id text NOT NULL, "
+                  "received_at timestamptz NOT NULL DEFAULT clock_timestamp())" % SINK)
+        self.db.q("CREATE TABLE IF NOT EXISTS %s (event_id text NOT NULL, "
+                  "received_at timestamptz NOT NULL DEFAULT clock_timestamp())" % LAT)
+
+    def fill_outbox(self, n, size, exchange, event_type="bench.event"):
+        """n due rows of about `size` bytes, inserted by the server in chunks."""
+        self.db.q("TRUNCATE %s" % OUTBOX)
+        body = envelope_sql(size, exchange, event_type, "g")
+        chunk = 200000
+        done = 0
+        while done < n:
+            k = min(chunk, n - done)
+            self.db.q("INSERT INTO %s (exchange, routing_key, body) SELECT %%s, %%s, %s "
+                      "FROM generate_series(%%s::int8, %%s::int8) g" % (OUTBOX, body),
+                      exchange, event_type, done + 1, done + k)
+            done += k
+        self.db.q("ANALYZE %s" % OUTBOX)
+        real = self.db.one("SELECT avg(octet_length(body))::int FROM (SELECT body FROM %s LIMIT 100) s"
+                           % OUTBOX)
+        return real
+
+    def ceiling_tool(self, argv, timeout):
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+        if not lines:
+            raise BenchError("%s: no output: %s" % (os.path.basename(argv[0]),
+                                                    r.stderr.strip()[-300:]))
+        out = json.loads(lines[-1])
+        if r.returncode != 0 or "error" in out:
+            raise BenchError("%s: %s" % (os.path.basename(argv[0]), r.stderr.strip()[-300:]))
+        return out
+
+    def raw_publish(self, qtype, n, size, windows, exchange=None, queue=None, no_declare=False,
+                    routing_key="bench.event"):
+        argv = [os.path.join(BUILD_BENCH, "raw_publish"), "--url", self.broker_url,
+                "--queue-type", qtype, "--count", str(n), "--size", str(size),
+                "--window", ",".join(str(w) for w in windows), "--routing-key", routing_key]
+        if exchange:
+            argv += ["--exchange", exchange]
+        if queue:
+            argv += ["--queue", queue]
+        if no_declare:
+            argv.append("--no-declare")
+        else:
+            argv.append("--fresh")
+        return self.ceiling_tool(argv, timeout=60 + n * len(windows) / 500)
+
+    def raw_consume(self, queue, n, prefetch, ack_every):
+        return self.ceiling_tool([os.path.join(BUILD_BENCH, "raw_consume"), "--url", self.broker_url,
+                                  "--queue", queue, "--count", str(n), "--prefetch", str(prefetch),
+                                  "--ack-every", str(ack_every)], timeout=60 + n / 1000)
+
+    # --- measured runs --------------------------------------------------------------------
+
+    def run_relay(self, label, qtype, n, size=300, extra=None):
+        """Fill the outbox with n rows, start runpublisher, time until all are confirmed and
+        deleted. The target queue is bound to the exchange so every message is stored."""
+        self.need_svccomm()
+        exchange = queue = "bench.relay." + qtype
+        self.broker.declare(exchange, queue, qtype)
+        real = self.fill_outbox(n, size, exchange)
+        settings = {"DATABASE_URL": self.db_url}
+        settings.update(extra or {})
+        path = self.project("relay-" + label, settings)
+        p = self.svccomm("relay-" + label, path, "runpublisher")
+        t_first = q_first = None
+        partial = False
+        t_prev = p.started
+        try:
+            while True:
+                p.sample()
+                p.check_alive()
+                c = self.broker.count(queue)
+                now = time.monotonic()
+                q = c[0] if c else 0
+                if q == 0:
+                    t_prev = now
+                if q > 0 and t_first is None:
+                    t_first, q_first = now, q
+                if q >= n:
+                    left = self.db.one("SELECT count(*) FROM %s" % OUTBOX)
+                    if left == 0:
+                        t_done, n_done = time.monotonic(), n
+                        break
+                self.check_progress(p, now, t_first, q, n)
+                if t_first is not None and now - t_first > self.o.cap:
+                    t_done, n_done, partial = now, q, True
+                    break
+                time.sleep(0.02)
+            p.sample()
+        finally:
+            rc = p.stop()
+        if rc not in (0, None):
+            log("  note: runpublisher exited with %s after SIGTERM (%s)" % (rc, p.last_log_line()))
+        self.broker.purge(queue)
+        return {"rate": steady_rate(n_done, q_first, t_prev, t_first, t_done),
+                "rate_incl_start": n_done / (t_done - p.started), "startup_s": t_first - p.started,
+                "seconds": t_done - p.started, "n": n, "done": n_done, "partial": partial,
+                "body_bytes": real, "rss_peak_kib": p.peak_root, "queue_type": qtype}
+
+    def consumer_settings(self, qtype, queue, exchange, with_db, extra=None):
+        s = {"QUEUE": queue, "QUEUE_ARGUMENTS": queue_args(qtype), "EXCHANGES": [exchange],
+             "BINDS": [[exchange, "#"]]}
+        if with_db:
+            s["DATABASE_URL"] = self.db_url
+        s.update(extra or {})
+        return s
+
+    def ensure_declared(self, label, path, queue):
+        """Let svccomm declare its queue (and retry/dead-letter queues) once, then stop it."""
+        if queue in self.declared and self.broker.count(queue) is not None:
+            return
+        p = self.svccomm("declare-" + label, path, "runconsumer")
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                p.check_alive()
+                c = self.broker.count(queue)
+                if c is not None and c[1] > 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError("runconsumer did not start consuming %s within 20 s: %s"
+                                     % (queue, p.last_log_line()))
+                time.sleep(0.05)
+        finally:
+            p.stop()
+        self.declared.add(queue)
+
+    def handler_lua(self, kind, exchange, routes=1):
+        lines = ['local svccomm = require "svccomm"', "local router = svccomm.message_router"]
+        for i in range(1, routes):
+            # Other routes, wildcard patterns, registered before the one that matches.
+            lines.append('router.consumer(%s, "bench.r%d.*")(function() end)'
+                         % (lua_value(exchange), i))
+        if kind == "noop":
+            lines.append('router.consumer(%s, "bench.event")(function(routing_key, body, message) '
+                         "end)" % lua_value(exchange))
+        elif kind == "tx":
+            lines.append(
+                'router.consumer(%s, "bench.event")(svccomm.event_consumer(function(payload, meta)\n'
+                '  svccomm.db.query("INSERT INTO %s (event_id) VALUES ($1)", meta.event_id)\n'
+                '  svccomm.publish_aggregate_event { aggregate = "bench.out", '
+                'event_type = "bench.done", payload = { id = meta.event_id } }\n'
+                "end))" % (lua_value(exchange), SINK))
+        elif kind == "latency":
+            lines.append(
+                'router.consumer(%s, "bench.lat")(svccomm.event_consumer(function(payload, meta)\n'
+                '  svccomm.db.query("INSERT INTO %s (event_id) VALUES ($1)", meta.event_id)\n'
+                "end))" % (lua_value(exchange), LAT))
+        else:
+            raise ValueError(kind)
+        return "\n".join(lines) + "\n"
+
+    def run_consumer(self, label, qtype, n, kind="noop", size=300, routes=1, workers=1,
+                     extra=None):
+        """Preload n messages, start runconsumer, time until they are all handled."""
+        self.need_svccomm()
+        exchange = queue = "bench.cons." + qtype
+        with_db = kind == "tx"
+        path = self.project("consumer-" + label,
+                            self.consumer_settings(qtype, queue, exchange, with_db, extra),
+                            self.handler_lua(kind, exchange, routes))
+        self.ensure_declared(label, path, queue)
+        self.broker.purge(queue)
+        if with_db:
+            self.db.q("TRUNCATE %s" % SINK)
+            self.db.q("TRUNCATE %s" % OUTBOX)
+        w = self.ceiling.get(qtype, {}).get("window", 1000)
+        self.raw_publish(qtype, n, size, [w], exchange=exchange, no_declare=True)
+        c = self.broker.count(queue)
+        if not c or c[0] != n:
+            raise BenchError("preload: %s messages in %s, expected %d" % (c and c[0], queue, n))
+        args = ["runconsumer"] + (["--workers", str(workers)] if workers != 1 else [])
+        p = self.svccomm("consumer-" + label, path, *args)
+        t_first = done_first = None
+        partial = False
+        t_prev = p.started
+        try:
+            while True:
+                p.sample()
+                p.check_alive()
+                now = time.monotonic()
+                if with_db:
+                    done = self.db.one("SELECT count(*) FROM %s" % SINK)
+                else:
+                    c = self.broker.count(queue)
+                    done = n - (c[0] if c else n)
+                if done == 0:
+                    t_prev = now
+                if done > 0 and t_first is None:
+                    t_first, done_first = now, done
+                if done >= n:
+                    t_done, n_done = now, n
+                    break
+                self.check_progress(p, now, t_first, done, n)
+                if t_first is not None and now - t_first > self.o.cap:
+                    t_done, n_done, partial = now, done, True
+                    break
+                time.sleep(0.02)
+            p.sample()
+        finally:
+            p.stop()
+        extra_out = {}
+        if with_db:
+            # Each handled message wrote one row and one outbox event in its transaction.
+            sink = self.db.one("SELECT count(*) FROM %s" % SINK)
+            extra_out["outbox_rows"] = self.db.one("SELECT count(*) FROM %s" % OUTBOX)
+            self.db.q("TRUNCATE %s" % OUTBOX)
+            if extra_out["outbox_rows"] != sink:
+                raise BenchError("the handler committed %d rows but %d outbox events"
+                                 % (sink, extra_out["outbox_rows"]))
+        self.broker.purge(queue)
+        out = {"rate": steady_rate(n_done, done_first, t_prev, t_first, t_done),
+               "rate_incl_start": n_done / (t_done - p.started), "startup_s": t_first - p.started,
+               "seconds": t_done - p.started, "n": n, "done": n_done, "partial": partial,
+               "rss_peak_kib": p.worker_peak(),
+               "supervisor_peak_kib": p.peak_root if p.peak_child else None, "queue_type": qtype}
+        out.update(extra_out)
+        return out
+
+    def check_progress(self, p, now, t_first, done, n):
+        """Fail a run that makes no progress at all within 30 s of its start."""
+        if t_first is None and now - p.started > 30:
+            raise BenchError("no progress 30 s after the start (%d of %d): %s"
+                             % (done, n, p.last_log_line()))
+
+    # --- sections -------------------------------------------------------------------------
+
+    def sec_ceilings(self):
+        rows = []
+        n = self.o.count
+        for qt in self.o.queue_types:
+            try:
+                exchange, queue = "bench.raw." + qt, "bench.raw." + qt
+                pub = self.raw_publish(qt, n, 300, self.o.windows, exchange=exchange, queue=queue)
+                if "rate" not in pub:
+                    raise BenchError("raw_publish: every window failed")
+                # The last publish run left N messages: each consume setting takes its share.
+                best = None
+                share = n // len(self.o.consume_tuning)
+                for prefetch, ack_every in self.o.consume_tuning:
+                    c = self.raw_consume(queue, share, prefetch, ack_every)
+                    if best is None or c["rate"] > best["rate"]:
+                        best = c
+                self.broker.delete_queue(queue)
+                self.ceiling[qt] = {"publish": pub["rate"], "window": pub["best_window"],
+                                    "consume": best["rate"], "prefetch": best["prefetch"],
+                                    "ack_every": best["ack_every"]}
+                rows.append(row("ceilings", "raw publish %s" % qt, pub["rate"], "msg/s",
+                                settings="300 B persistent, mandatory, confirms window %d "
+                                "(tried %s), N=%d" % (pub["best_window"], "/".join(
+                                    "%d: %.0f" % (r["window"], r["rate"]) for r in pub["runs"]), n),
+                                extra={"runs": pub["runs"]}))
+                rows.append(row("ceilings", "raw consume %s" % qt, best["rate"], "msg/s",
+                                settings="manual ack, prefetch %d, ack multiple every %d (tried %s), "
+                                "N=%d each" % (best["prefetch"], best["ack_every"], "/".join(
+                                    "%d+%d" % pk for pk in self.o.consume_tuning), share)))
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                rows.append(failed("ceilings", "raw publish/consume %s" % qt, e))
+        try:
+            pg = self.ceiling_tool([os.path.join(BUILD_BENCH, "pg_outbox"), "--url", self.db_url,
+                                    "--count", str(n), "--size", "300", "--batch",
+                                    ",".join(str(b) for b in self.o.pg_batches)],
+                                   timeout=120 + n / 200)
+            for r in pg["runs"]:
+                rows.append(row("ceilings", "pg claim+delete, batch %d" % r["batch"],
+                                r["select_delete_rate"], "rows/s",
+                                settings="SELECT next batch by id, DELETE id = ANY($1); N=%d" % n))
+                rows.append(row("ceilings", "pg delete-returning, batch %d" % r["batch"],
+                                r["delete_returning_rate"], "rows/s",
+                                settings="one DELETE ... RETURNING ... FOR UPDATE SKIP LOCKED"))
+        except (BenchError, subprocess.TimeoutExpired) as e:
+            rows.append(failed("ceilings", "pg claim+delete", e))
+        return rows
+
+    def sec_relay(self):
+        rows = []
+        self.migrate()
+        for qt in self.o.queue_types:
+            try:
+                r = self.run_relay("q-" + qt, qt, self.o.count)
+                rows.append(self.relay_row("relay %s" % qt, qt, r, target=0.9))
+                rows.append(row("relay", "relay %s peak RSS" % qt, r["rss_peak_kib"] / 1024, "MiB",
+                                target_text="<= 10 MiB", ok=r["rss_peak_kib"] <= 10 * 1024,
+                                settings="%d rows waiting at start" % self.o.count))
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                rows.append(failed("relay", "relay %s" % qt, e))
+        return rows
+
+    def relay_row(self, name, qt, r, target=None, settings="", ceil=None):
+        ceil = ceil or self.ceiling.get(qt, {}).get("publish")
+        ratio = r["rate"] / ceil if ceil else None
+        return row("relay", name, r["rate"], "events/s", ratio=ratio,
+                   target_text=("ratio >= %.1f" % target) if target else "",
+                   ok=(ratio >= target) if (target and ratio is not None) else None,
+                   settings=(settings or "N=%d rows of %s B, defaults (batch 500, window 2000)"
+                             % (r["n"], r["body_bytes"])) + run_note(r), extra=r)
+
+    def consumer_row(self, section, name, qt, r, target_ratio=None, target_abs=None, settings="",
+                     ceil=None):
+        ceil = ceil or self.ceiling.get(qt, {}).get("consume")
+        ratio = r["rate"] / ceil if ceil else None
+        ok = None
+        tt = ""
+        if target_ratio is not None:
+            tt = "ratio >= %.1f" % target_ratio
+            ok = ratio >= target_ratio if ratio is not None else None
+        if target_abs is not None:
+            tt = ">= %d msg/s" % target_abs
+            ok = r["rate"] >= target_abs
+        return row(section, name, r["rate"], "msg/s", ratio=ratio, target_text=tt, ok=ok,
+                   settings=settings + run_note(r), extra=r)
+
+    def sec_consumer(self):
+        rows = []
+        self.migrate()
+        n = self.o.count
+        # The transactional handler is bound by PostgreSQL, not by the queue: main type only.
+        for qt, kind in [(q, "noop") for q in self.o.queue_types] + [(self.o.main_type, "tx")]:
+            try:
+                r = self.run_consumer("%s-%s" % (kind, qt), qt, n, kind)
+                if kind == "noop":
+                    rows.append(self.consumer_row(
+                        "consumer", "consumer no-op %s" % qt, qt, r, target_ratio=0.8,
+                        settings="N=%d, no DATABASE_URL, prefetch 100" % n))
+                else:
+                    rows.append(self.consumer_row(
+                        "consumer", "consumer insert+outbox %s" % qt, qt, r, target_abs=5000,
+                        settings="N=%d, handler: INSERT + publish_aggregate_event" % n))
+                rows.append(row("consumer", "consumer %s %s worker peak RSS" % (kind, qt),
+                                r["rss_peak_kib"] / 1024, "MiB", target_text="<= 20 MiB",
+                                ok=r["rss_peak_kib"] <= 20 * 1024,
+                                settings="%d messages waiting at start" % n))
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                rows.append(failed("consumer", "consumer %s %s" % (kind, qt), e))
+        return rows
+
+    def sec_latency(self):
+        rows = []
+        self.migrate()
+        for qt in self.o.latency_types:
+            try:
+                rows += self.latency_for(qt)
+            except (BenchError, subprocess.TimeoutExpired, psycopg2.Error) as e:
+                rows.append(failed("latency", "end-to-end %s" % qt, e))
+        return rows
+
+    def latency_for(self, qt):
+        rows = []
+        exchange = queue = "bench.lat." + qt
+        path = self.project("latency-" + qt, self.consumer_settings(qt, queue, exchange, True),
+                            self.handler_lua("latency", exchange))
+        self.db.q("TRUNCATE %s" % OUTBOX)
+        self.ensure_declared("latency-" + qt, path, queue)
+        self.broker.purge(queue)
+        cons = self.svccomm("latency-consumer-" + qt, path, "runconsumer")
+        relay = self.svccomm("latency-relay-" + qt, path, "runpublisher")
+        try:
+            time.sleep(1.0)
+            cons.check_alive()
+            relay.check_alive()
+            # Warm up both paths, then measure.
+            self.db.q("TRUNCATE %s" % LAT)
+            self.wait_lat(self.write_events(exchange, 50, 1.0, 1), 20, [cons, relay])
+            for rate, secs, writers, p99_target, p50_target in (
+                    (50, self.o.lat_seconds[0], 1, 5.0, 2.0),
+                    (2000, self.o.lat_seconds[1], 4, 25.0, None)):
+                name = "end-to-end %d/s %s" % (rate, qt)
+                try:
+                    self.db.q("TRUNCATE %s" % LAT)
+                    commits = self.write_events(exchange, rate, secs, writers)
+                    self.wait_lat(commits, 30, [cons, relay])
+                    time.sleep(0.2)  # late duplicates, if any, are counted below
+                    got = self.db.q("SELECT event_id, extract(epoch from received_at)::float8 "
+                                    "FROM %s" % LAT)
+                    recv = {}
+                    for i, t in got:
+                        recv[i] = min(t, recv.get(i, t))
+                    dups = sum(1 for i, _ in got if i in commits) - len(recv.keys() & commits.keys())
+                    strays = sum(1 for i, _ in got if i not in commits)
+                    lat = sorted((recv[i] - t) * 1000 for i, t in commits.items() if i in recv)
+                    if len(lat) != len(commits):
+                        raise BenchError("%d of %d events received" % (len(lat), len(commits)))
+                    achieved = len(commits) / secs
+                    pct = {k: percentile(lat, q) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))}
+                    pct["max"] = lat[-1]
+                    ok = pct["p99"] <= p99_target and (p50_target is None or pct["p50"] <= p50_target)
+                    tt = ("p50 <= %g ms, " % p50_target if p50_target else "") + "p99 <= %g ms" % p99_target
+                    rows.append(row("latency", name, pct["p50"], "ms p50",
+                                    target_text=tt, ok=ok,
+                                    settings="p95 %.2f, p99 %.2f, max %.2f ms; %d events, achieved %.0f/s, "
+                                    "%d writer(s), one event per transaction, LISTEN mode, %s queue%s"
+                                    % (pct["p95"], pct["p99"], pct["max"], len(lat), achieved, writers, qt,
+                                       "; handled twice: %d of this run, %d of earlier events"
+                                       % (dups, strays) if dups or strays else ""),
+                                    extra=dict(pct, events=len(lat), achieved_rate=achieved,
+                                               duplicates=dups, earlier_events=strays)))
+                except (BenchError, psycopg2.Error) as e:
+                    rows.append(failed("latency", name, e))
+            cons.sample()
+            relay.sample()
+            rows.append(row("latency", "relay peak RSS (latency %s)" % qt, relay.peak_root / 1024,
+                            "MiB", target_text="<= 10 MiB", ok=relay.peak_root <= 10 * 1024))
+            rows.append(row("latency", "consumer worker peak RSS (latency %s)" % qt,
+                            cons.worker_peak() / 1024, "MiB", target_text="<= 20 MiB",
+                            ok=cons.worker_peak() <= 20 * 1024))
+        finally:
+            cons.stop()
+            relay.stop()
+        return rows
+
+    def write_events(self, exchange, rate, secs, writers):
+        """Commit one event per transaction at `rate`/s for `secs` s from `writers` connections.
+        Returns {eventId: commit time (epoch seconds, taken when COMMIT returned)}."""
+        body = envelope_sql(300, exchange, "bench.lat", "n.id")
+        sql = ("INSERT INTO %s (id, exchange, routing_key, body) SELECT n.id, %%s, 'bench.lat', %s "
+               "FROM (SELECT nextval(pg_get_serial_sequence(%%s, 'id')) AS id) n RETURNING id"
+               % (OUTBOX, body))
+        commits = {}
+        errors = []
+        lock = threading.Lock()
+        per = rate / writers
+        total = int(per * secs)
+
+        def writer():
+            try:
+                conn = psycopg2.connect(self.db_url)
+                conn.autocommit = True
+                cur = conn.cursor()
+                local = {}
+                t0 = time.monotonic()
+                for i in range(total):
+                    due = t0 + i / per
+                    d = due - time.monotonic()
+                    if d > 0:
+                        time.sleep(d)
+                    cur.execute(sql, (exchange, OUTBOX))
+                    eid = cur.fetchone()[0]
+                    local[str(eid)] = time.time()
+                conn.close()
+                with lock:
+                    commits.update(local)
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        ts = [threading.Thread(target=writer) for _ in range(writers)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        if errors:
+            raise BenchError("writer: %s" % errors[0])
+        return commits
+
+    def wait_lat(self, commits, timeout, procs):
+        """Wait until every event of `commits` reached the handler (other rows, e.g. a late
+        duplicate of an earlier event, do not count)."""
+        ids = [int(i) for i in commits]
+        lo, hi, n = min(ids), max(ids), len(ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            for p in procs:
+                p.sample()
+                p.check_alive()
+            got = self.db.one("SELECT count(DISTINCT event_id) FROM %s WHERE event_id::int8 "
+                              "BETWEEN %%s AND %%s" % LAT, lo, hi)
+            if got >= n:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError("only %d of %d events reached the handler within %d s"
+                                 % (got, n, timeout))
+            time.sleep(0.05)
+
+    def sec_memory(self):
+        """Relay and no-op consumer together through M messages: RSS early and at the end."""
+        rows = []
+        self.migrate()
+        qt = self.o.main_type
+        m = self.o.mem_messages
+        exchange = queue = "bench.mem." + qt
+        path = self.project("memory", self.consumer_settings(qt, queue, exchange, False),
+                            self.handler_lua("noop", exchange))
+        relay_path = self.project("memory-relay", {"DATABASE_URL": self.db_url})
+        self.ensure_declared("memory", path, queue)
+        self.broker.purge(queue)
+        t = time.monotonic()
+        real = self.fill_outbox(m, 300, exchange)
+        log("  memory: %d outbox rows of %d B inserted in %.1f s" % (m, real, time.monotonic() - t))
+        first_id = self.db.one("SELECT min(id) FROM %s" % OUTBOX)
+        cons = self.svccomm("memory-consumer", path, "runconsumer")
+        relay = self.svccomm("memory-relay", relay_path, "runpublisher")
+        early = None
+        mark = max(1, m // 10)
+        partial = False
+        try:
+            while True:
+                cons.sample()
+                relay.sample()
+                cons.check_alive()
+                relay.check_alive()
+                nxt = self.db.one("SELECT id FROM %s ORDER BY id LIMIT 1" % OUTBOX)
+                published = m if nxt is None else nxt - first_id
+                c = self.broker.count(queue)
+                ready = c[0] if c else 0
+                handled = published - ready
+                if early is None and handled >= mark:
+                    early = (relay.rss_root, cons.worker_rss(), handled)
+                if nxt is None and ready == 0:
+                    break
+                self.check_progress(relay, time.monotonic(), 1 if published > 0 else None,
+                                    handled, m)
+                if time.monotonic() - relay.started > self.o.mem_cap:
+                    partial = True
+                    break
+                time.sleep(0.1)
+            time.sleep(0.5)
+            cons.sample()
+            relay.sample()
+            late = (relay.rss_root, cons.worker_rss())
+            secs = time.monotonic() - relay.started
+        finally:
+            cons.stop()
+            relay.stop()
+        if early is None:
+            raise BenchError("no early memory sample")
+        for who, e, l, peak, lim in (("relay", early[0], late[0], relay.peak_root, 10),
+                                     ("consumer worker", early[1], late[1], cons.worker_peak(), 20)):
+            growth = (l - e) / 1024
+            total = handled if partial else m
+            rows.append(row("memory", "%s RSS growth over %d messages" % (who, total), growth, "MiB",
+                            target_text="no growth (<= 1 MiB)", ok=growth <= 1.0,
+                            settings="RSS %.1f MiB after %d msgs, %.1f MiB after %d; peak %.1f MiB "
+                            "(target <= %d MiB); relay+consumer together, %s queue, %.0f s%s"
+                            % (e / 1024, early[2], l / 1024, total, peak / 1024, lim, qt, secs,
+                               "; stopped at the time cap, %d of %d" % (handled, m) if partial else ""),
+                            extra={"rss_early_kib": e, "rss_late_kib": l, "peak_kib": peak}))
+        return rows
+
+    def sec_scaling(self):
+        rows = []
+        self.migrate()
+        qt = self.o.main_type
+        n = self.o.scale_count
+        # A ceiling of this section's own, measured minutes after the first one: the load of a
+        # shared machine moves, and the ratios below compare with what it can do now.
+        c = self.ceiling.get(qt, {})
+        sq = "bench.size." + qt
+        try:
+            pub = self.raw_publish(qt, n, 300, [c.get("window", 1000)], exchange=sq, queue=sq)
+            rc = self.raw_consume(sq, n, c.get("prefetch", 500), c.get("ack_every", 100))
+        except (BenchError, subprocess.TimeoutExpired) as e:
+            raise BenchError("scaling ceiling: %s" % reason(e))
+        finally:
+            self.broker.delete_queue(sq)
+        local = {"publish": pub["rate"], "consume": rc["rate"]}
+        rows.append(row("scaling", "raw publish 300 B (ceiling of this section)", pub["rate"],
+                        "msg/s", settings="%s, window %d, N=%d" % (qt, c.get("window", 1000), n)))
+        rows.append(row("scaling", "raw consume 300 B (ceiling of this section)", rc["rate"],
+                        "msg/s", settings="%s, N=%d" % (qt, n)))
+        for b in (1, 10, 100, 500, 2000):
+            k = min(n, self.o.batch1_count) if b == 1 else n
+            try:
+                r = self.run_relay("batch-%d" % b, qt, k, extra={"PUBLISHER_BATCH_SIZE": b})
+                rr = self.relay_row("relay batch %d" % b, qt, r, ceil=local["publish"],
+                                    settings="PUBLISHER_BATCH_SIZE=%d, N=%d, %s" % (b, k, qt))
+                rr["section"] = "scaling"
+                if b == 1:
+                    rr["target"], rr["ok"] = ">= 1000 events/s", r["rate"] >= 1000
+                rows.append(rr)
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                rows.append(failed("scaling", "relay batch %d" % b, e))
+        by_size = {}
+        for size in (100, 1000, 10000):
+            try:
+                sq = "bench.size." + qt
+                c = self.ceiling.get(qt, {})
+                pub = self.raw_publish(qt, n, size, [c.get("window", 1000)], exchange=sq, queue=sq)
+                rc = self.raw_consume(sq, n, c.get("prefetch", 500), c.get("ack_every", 100))
+                self.broker.delete_queue(sq)
+                rows.append(row("scaling", "raw publish %d B" % size, pub["rate"], "msg/s",
+                                settings="%s, N=%d" % (qt, n)))
+                rows.append(row("scaling", "raw consume %d B" % size, rc["rate"], "msg/s",
+                                settings="%s, N=%d" % (qt, n)))
+                r = self.run_relay("size-%d" % size, qt, n, size=size)
+                rr = self.relay_row("relay %d B" % size, qt, r, ceil=pub["rate"],
+                                    settings="%d B bodies, N=%d, %s; ratio to raw publish of the "
+                                    "same size" % (r["body_bytes"], n, qt))
+                rr["section"] = "scaling"
+                rows.append(rr)
+                cr = self.run_consumer("size-%d" % size, qt, n, "noop", size=size)
+                rows.append(self.consumer_row("scaling", "consumer no-op %d B" % size, qt, cr,
+                                              ceil=rc["rate"],
+                                              settings="%d B bodies, N=%d, %s; ratio to raw "
+                                              "consume of the same size" % (size, n, qt)))
+                by_size[size] = (pub["rate"], r["rate"], rc["rate"], cr["rate"])
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                rows.append(failed("scaling", "payload %d B" % size, e))
+            finally:
+                self.broker.delete_queue("bench.size." + qt)
+        if 100 in by_size and 1000 in by_size:
+            for i, who in enumerate(("raw publish", "relay", "raw consume", "consumer no-op")):
+                drop = 1 - by_size[1000][i] / by_size[100][i]
+                raw = who.startswith("raw")
+                rows.append(row("scaling", "%s drop 100 B -> 1 KB" % who, drop * 100, "%",
+                                target_text="" if raw else "<= 25 %",
+                                ok=None if raw else drop <= 0.25))
+        by_routes = {}
+        for routes in (1, 1000):
+            try:
+                c = self.run_consumer("routes-%d" % routes, qt, n, "noop", routes=routes)
+                rows.append(self.consumer_row("scaling", "consumer no-op, %d route(s)" % routes, qt, c,
+                                              ceil=local["consume"],
+                                              settings="%d registered routes, N=%d, %s" % (routes, n, qt)))
+                by_routes[routes] = c["rate"]
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                rows.append(failed("scaling", "routes %d" % routes, e))
+        if len(by_routes) == 2:
+            d = 1 - by_routes[1000] / by_routes[1]
+            rows.append(row("scaling", "consumer change 1 -> 1000 routes", d * 100, "%",
+                            target_text="no change (<= 10 %)", ok=abs(d) <= 0.10))
+        for kind in ("noop", "tx"):
+            for workers in (1, 2):
+                try:
+                    c = self.run_consumer("workers-%s-%d" % (kind, workers), qt, n, kind,
+                                          workers=workers)
+                    rows.append(self.consumer_row("scaling", "consumer %s --workers %d" % (kind, workers),
+                                                  qt, c, ceil=local["consume"],
+                                                  settings="N=%d, %s" % (n, qt)))
+                except (BenchError, subprocess.TimeoutExpired) as e:
+                    rows.append(failed("scaling", "consumer %s --workers %d" % (kind, workers), e))
+        return rows
+
+    # --- driver ---------------------------------------------------------------------------
+
+    def run(self):
+        wanted = self.o.only or SECTIONS
+        if any(s in wanted for s in ("relay", "consumer", "scaling")) and "ceilings" not in wanted:
+            wanted = ["ceilings"] + list(wanted)
+        log("svccomm benchmark: sections %s; %s" % (", ".join(wanted), json.dumps(self.meta)))
+        for s in SECTIONS:
+            if s not in wanted:
+                continue
+            log("== %s" % s)
+            t0 = time.monotonic()
+            try:
+                rows = getattr(self, "sec_" + s)()
+                status = "ok"
+            except (BenchError, subprocess.TimeoutExpired, subprocess.CalledProcessError,
+                    psycopg2.Error, pika.exceptions.AMQPError, OSError) as e:
+                rows = [failed(s, s, e)]
+                status = "FAILED: %s" % reason(e)
+                if self.o.verbose:
+                    traceback.print_exc()
+            dt = time.monotonic() - t0
+            self.results[s] = {"seconds": dt, "status": status, "rows": rows}
+            for r in rows:
+                log("  " + fmt_row_text(r))
+            log("  (%s: %.1f s)" % (s, dt))
+            Proc.stop_all()
+
+    def cleanup(self):
+        Proc.stop_all()
+        try:
+            self.db.q("DROP TABLE IF EXISTS %s, %s" % (SINK, LAT))
+            self.db.q("TRUNCATE %s" % OUTBOX)
+        except Exception:
+            pass
+        try:
+            # The consumer queues stay (svccomm declared them with its own arguments), empty.
+            for qt in QUEUE_TYPES:
+                for q in ("bench.raw.", "bench.relay.", "bench.size."):
+                    self.broker.delete_queue(q + qt)
+                for q in ("bench.cons.", "bench.lat.", "bench.mem."):
+                    if self.broker.count(q + qt) is not None:
+                        self.broker.purge(q + qt)
+        except Exception:
+            pass
+        self.broker.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def run_note(r):
+    note = "; startup %.2f s" % r["startup_s"]
+    if r.get("partial"):
+        note += "; stopped at the time cap: %d of %d in %.0f s" % (r["done"], r["n"], r["seconds"])
+    return note
+
+
+def steady_rate(n, k_first, t_prev, t_first, t_done):
+    """Rate without the start-up: from the first poll that saw progress (k_first of n done) to
+    the end; when that poll already saw most of the work, from the middle of the two polls
+    around the start instead."""
+    if k_first <= n / 2 and t_done > t_first:
+        return (n - k_first) / (t_done - t_first)
+    return n / max(1e-6, t_done - (t_prev + t_first) / 2)
+
+
+def reason(e):
+    s = str(e).strip().replace("\n", " ")
+    return s[:300] or e.__class__.__name__
+
+
+def row(section, name, value, unit, ratio=None, target_text="", ok=None, settings="", extra=None):
+    return {"section": section, "name": name, "value": value, "unit": unit, "ratio": ratio,
+            "target": target_text, "ok": ok, "settings": settings, "extra": extra or {}}
+
+
+def failed(section, name, e):
+    return {"section": section, "name": name, "value": None, "unit": "", "ratio": None,
+            "target": "", "ok": False, "settings": "", "failed": reason(e), "extra": {}}
+
+
+def percentile(sorted_vals, q):
+    if not sorted_vals:
+        return float("nan")
+    k = max(0, min(len(sorted_vals) - 1, int(-(-len(sorted_vals) * q // 100)) - 1))
+    return sorted_vals[k]
+
+
+def fmt_value(r):
+    if r.get("failed"):
+        return "FAILED: " + r["failed"]
+    v = r["value"]
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        s = "{:,.0f}".format(v)
+    elif abs(v) >= 10:
+        s = "%.1f" % v
+    else:
+        s = "%.2f" % v
+    return "%s %s" % (s, r["unit"])
+
+
+def fmt_row_text(r):
+    parts = [r["name"] + ":", fmt_value(r)]
+    if r.get("ratio") is not None:
+        parts.append("ratio %.2f" % r["ratio"])
+    if r.get("target"):
+        parts.append("[target %s: %s]" % (r["target"], "met" if r["ok"] else ("NOT met" if r["ok"] is False else "?")))
+    if r.get("settings"):
+        parts.append("(%s)" % r["settings"])
+    return " ".join(parts)
+
+
+def markdown(bench, opts, total):
+    m = bench.meta
+    out = ["# svccomm benchmark", "",
+           "`%s` — %s" % (" ".join(["bench/run.py"] + opts.argv), m.get("date", "")), "",
+           "| | |", "|---|---|",
+           "| svccomm | %s (git %s) |" % (m.get("svccomm"), m.get("git")),
+           "| rabbitmq-c | %s |" % m.get("rabbitmq-c"),
+           "| RabbitMQ | %s |" % m.get("rabbitmq"),
+           "| PostgreSQL | %s |" % m.get("postgresql"),
+           "| machine | %s cores, %s, Linux %s |" % (m.get("nproc"), m.get("cpu"), m.get("kernel")),
+           "| total time | %.0f s |" % total, ""]
+    out += ["| section | measurement | result | ratio to raw ceiling | target | settings / notes |",
+            "|---|---|---|---|---|---|"]
+    for s in SECTIONS:
+        res = bench.results.get(s)
+        if not res:
+            continue
+        for r in res["rows"]:
+            tgt = ""
+            if r.get("target"):
+                tgt = "%s: %s" % (r["target"], "met" if r["ok"] else ("**not met**" if r["ok"] is False else "?"))
+            out.append("| %s | %s | %s | %s | %s | %s |" % (
+                s, r["name"], fmt_value(r).replace("|", "/"),
+                "%.2f" % r["ratio"] if r.get("ratio") is not None else "",
+                tgt, r.get("settings", "").replace("|", "/")))
+    out += ["", "Section durations: " + ", ".join("%s %.0f s" % (s, bench.results[s]["seconds"])
+                                                   for s in SECTIONS if s in bench.results), ""]
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small N: a smoke run of about 2 minutes")
+    ap.add_argument("--only", help="comma-separated sections: " + ",".join(SECTIONS))
+    ap.add_argument("--svccomm", default=os.path.join(ROOT, "build", "svccomm"),
+                    help="the svccomm binary (default build/svccomm)")
+    ap.add_argument("--queue-types", help="queue types for ceilings, relay, consumer "
+                    "(default v1,v2,quorum; --quick: the main type)")
+    ap.add_argument("--main-type", default="quorum", choices=QUEUE_TYPES,
+                    help="queue type of the latency, memory and scaling sections (default quorum)")
+    ap.add_argument("--count", type=int, help="N of ceilings, relay, consumer (default 100000)")
+    ap.add_argument("--mem-messages", type=int, help="messages of the memory section (default 1000000)")
+    ap.add_argument("--scale-count", type=int, help="N of each scaling point (default 20000)")
+    ap.add_argument("--cap", type=float, help="seconds after which a svccomm run stops and "
+                    "reports the rate so far (default 45; --quick 15)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="tracebacks of failures")
+    o = ap.parse_args()
+    o.argv = sys.argv[1:]
+    o.only = [s.strip() for s in o.only.split(",")] if o.only else None
+    for s in o.only or []:
+        if s not in SECTIONS:
+            ap.error("unknown section %r (%s)" % (s, ", ".join(SECTIONS)))
+    o.svccomm = os.path.abspath(o.svccomm)
+    if o.quick:
+        o.count = o.count or 20000
+        o.mem_messages = o.mem_messages or 50000
+        o.scale_count = o.scale_count or 5000
+        o.batch1_count = 1000
+        o.cap = o.cap or 15
+        o.mem_cap = 60
+        o.windows = [1000]
+        o.consume_tuning = [(500, 100)]
+        o.pg_batches = [500]
+        o.lat_seconds = (4, 3)
+        o.queue_types = o.queue_types or o.main_type
+    else:
+        o.count = o.count or 100000
+        o.mem_messages = o.mem_messages or 1000000
+        o.scale_count = o.scale_count or 20000
+        o.batch1_count = 5000
+        o.cap = o.cap or 45
+        o.mem_cap = 150
+        o.windows = [1000, 4000]
+        o.consume_tuning = [(200, 50), (1000, 250)]
+        o.pg_batches = [100, 500, 2000]
+        o.lat_seconds = (10, 8)
+        o.queue_types = o.queue_types or ",".join(QUEUE_TYPES)
+    o.queue_types = [q.strip() for q in o.queue_types.split(",")]
+    for q in o.queue_types:
+        if q not in QUEUE_TYPES:
+            ap.error("unknown queue type %r" % q)
+    # Latency for every queue type of the run (a quorum queue adds its log fsync to each message).
+    o.latency_types = o.queue_types
+
+    bench = Bench(o)
+
+    def on_signal(sig, frame):
+        Proc.stop_all()
+        raise SystemExit(128 + sig)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    t0 = time.monotonic()
+    try:
+        bench.setup()
+        bench.run()
+    finally:
+        total = time.monotonic() - t0
+        if bench.results:
+            os.makedirs(RESULTS, exist_ok=True)
+            md = markdown(bench, o, total)
+            with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+                f.write(md)
+            with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+                json.dump({"command": ["bench/run.py"] + o.argv, "meta": bench.meta,
+                           "total_seconds": total, "ceilings": bench.ceiling,
+                           "sections": bench.results}, f, indent=1, default=str)
+            print()
+            print(md)
+            print("written: bench/results/latest.md, bench/results/latest.json (%.0f s)" % total)
+        if bench.env is not None:
+            bench.cleanup()
+    failed_any = any(r.get("failed") for s in bench.results.values() for r in s["rows"])
+    return 1 if failed_any else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,461 @@
+#!/usr/bin/env bash
+# Project-local RabbitMQ and PostgreSQL for development and tests.
+#
+#   scripts/servers.sh start    start both (no-op when running), wait, create vhost/user/database
+#   scripts/servers.sh stop     stop both (ok when already stopped)
+#   scripts/servers.sh status   print their state; exit 0 only when both run
+#   scripts/servers.sh env      print shell exports: eval "$(scripts/servers.sh env)"
+#   scripts/servers.sh reset    drop and recreate the vhost and the database
+#
+# State lives in <repo>/.local (git-ignored). The servers use their own ports, node name and
+# socket directory, so a system RabbitMQ or PostgreSQL on the machine is never touched:
+#   RabbitMQ   svccomm@localhost, AMQP 127.0.0.1:5673, distribution port 25673,
+#              vhost "svccomm", user svccomm/svccomm (guest kept, loopback only)
+#   PostgreSQL port 5433 on localhost, unix socket in .local/pg, role and database "svccomm"
+#              (trust authentication: a throw-away test cluster, never a production one)
+# As root, the servers run as the "rabbitmq" and "postgres" users (initdb and pg_ctl refuse
+# root); as a normal user they run as that user.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+# runuser and the server scripts live in sbin folders, which a minimal PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+# The SVCCOMM_SERVERS_* overrides exist to run a second set beside the first (a second
+# checkout); everything else assumes the defaults.
+RMQ_NODE=${SVCCOMM_SERVERS_NODE:-svccomm@localhost}
+RMQ_PORT=${SVCCOMM_SERVERS_AMQP_PORT:-5673}
+RMQ_DIST_PORT=${SVCCOMM_SERVERS_DIST_PORT:-25673}
+RMQ_VHOST=svccomm
+RMQ_USER=svccomm
+RMQ_PASSWORD=svccomm
+PG_PORT=${SVCCOMM_SERVERS_PG_PORT:-5433}
+PG_USER=svccomm
+PG_DB=svccomm
+START_TIMEOUT=${SVCCOMM_SERVERS_TIMEOUT:-120}
+
+die() {
+	echo "servers.sh: $*" >&2
+	exit 1
+}
+say() { echo "servers.sh: $*" >&2; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+# --- where things are -------------------------------------------------------------------------
+
+find_pg_bindir() {
+	if [ -n "${SVCCOMM_PG_BINDIR:-}" ]; then
+		echo "$SVCCOMM_PG_BINDIR"
+	elif [ -x /usr/lib/postgresql/15/bin/initdb ]; then
+		echo /usr/lib/postgresql/15/bin
+	else
+		# Any other installed major version, newest first.
+		local d
+		d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+		[ -n "$d" ] || d=$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/initdb)")
+		echo "$d"
+	fi
+}
+
+find_rmq_bindir() {
+	if [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+		# Debian: call the real scripts, not the /usr/sbin wrapper (it refuses non-root users
+		# and forces the system cookie in /var/lib/rabbitmq).
+		echo /usr/lib/rabbitmq/bin
+	else
+		dirname "$(command -v rabbitmq-server 2>/dev/null || echo /nonexistent/rabbitmq-server)"
+	fi
+}
+
+PG_BIN=$(find_pg_bindir)
+RMQ_BIN=$(find_rmq_bindir)
+
+# Commands run as the service users when we are root.
+if is_root; then
+	RUNUSER=$(command -v runuser) || die "runuser not found (package util-linux)"
+	AS_PG=("$RUNUSER" -u postgres --)
+	AS_RMQ=("$RUNUSER" -u rabbitmq --)
+else
+	AS_PG=()
+	AS_RMQ=()
+fi
+
+# The state folder is <repo>/.local. As root, the service users must be able to reach it; a
+# clone under a private home (e.g. /root, mode 700) cannot be reached, and a long path would
+# overflow the unix socket path limit. Then .local becomes a symlink to a folder in /var/tmp.
+state_usable_at() {
+	local dir=$1
+	[ ${#dir} -le 80 ] || return 1
+	if is_root; then
+		runuser -u postgres -- test -x "$dir" 2>/dev/null || return 1
+		runuser -u rabbitmq -- test -x "$dir" 2>/dev/null || return 1
+	fi
+	return 0
+}
+
+# Where .local points, or would point once created (without creating anything).
+alt_state_dir() {
+	echo "/var/tmp/svccomm-state-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+}
+
+set_paths() {
+	STATE=$1
+	RDIR=$STATE/rabbitmq
+	PGDIR=$STATE/pg
+	PGDATA=$PGDIR/data
+	PGLOG=$PGDIR/postgresql.log
+}
+
+resolve_state() {
+	local local_dir=$ROOT/.local
+	if [ ! -e "$local_dir" ] && ! state_usable_at "$ROOT"; then
+		local alt
+		alt=$(alt_state_dir)
+		mkdir -p "$alt"
+		chmod 755 "$alt"
+		ln -s "$alt" "$local_dir"
+	fi
+	mkdir -p "$local_dir"
+	set_paths "$(cd "$local_dir" && pwd -P)"
+}
+
+# The same paths for status/env, which must not create anything.
+peek_state() {
+	if [ -e "$ROOT/.local" ]; then
+		set_paths "$(cd "$ROOT/.local" && pwd -P)"
+	elif state_usable_at "$ROOT"; then
+		set_paths "$ROOT/.local"
+	else
+		set_paths "$(alt_state_dir)"
+	fi
+}
+
+# --- RabbitMQ -----------------------------------------------------------------------------------
+
+rmq_env() {
+	# HOME decides which .erlang.cookie the server and rabbitmqctl use: ours, in $RDIR.
+	RMQ_ENV=(
+		HOME="$RDIR"
+		RABBITMQ_NODENAME="$RMQ_NODE"
+		RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+		RABBITMQ_NODE_PORT="$RMQ_PORT"
+		RABBITMQ_DIST_PORT="$RMQ_DIST_PORT"
+		RABBITMQ_MNESIA_BASE="$RDIR/mnesia"
+		RABBITMQ_LOG_BASE="$RDIR/log"
+		RABBITMQ_PID_FILE="$RDIR/pid"
+		RABBITMQ_ENABLED_PLUGINS_FILE="$RDIR/enabled_plugins"
+		RABBITMQ_CONFIG_FILE="$RDIR/rabbitmq"
+		RABBITMQ_ADVANCED_CONFIG_FILE="$RDIR/advanced.config"
+		RABBITMQ_CONF_ENV_FILE="$RDIR/rabbitmq-env.conf"
+	)
+	RMQCTL=("${AS_RMQ[@]}" env -C "$RDIR" HOME="$RDIR" "$RMQ_BIN/rabbitmqctl" -n "$RMQ_NODE")
+}
+
+rmq_prepare() {
+	mkdir -p "$RDIR/mnesia" "$RDIR/log"
+	[ -f "$RDIR/enabled_plugins" ] || echo '[].' >"$RDIR/enabled_plugins"
+	[ -f "$RDIR/rabbitmq-env.conf" ] || : >"$RDIR/rabbitmq-env.conf"
+	if [ ! -f "$RDIR/rabbitmq.conf" ]; then
+		cat >"$RDIR/rabbitmq.conf" <<-EOF
+			# Written by scripts/servers.sh: a local test node.
+			disk_free_limit.absolute = 50MB
+		EOF
+	fi
+	# Keep Erlang distribution on the loopback interface as well.
+	[ -f "$RDIR/advanced.config" ] ||
+		echo '[{kernel, [{inet_dist_use_interface, {127,0,0,1}}]}].' >"$RDIR/advanced.config"
+	if [ ! -s "$RDIR/.erlang.cookie" ]; then
+		(
+			umask 077
+			od -An -N16 -tx1 /dev/urandom | tr -d ' \n' | tr 'a-f' 'A-F' >"$RDIR/.erlang.cookie"
+		)
+		chmod 400 "$RDIR/.erlang.cookie"
+	fi
+	if is_root; then
+		chown -R rabbitmq:rabbitmq "$RDIR"
+	fi
+}
+
+rmq_running() {
+	[ -d "$RDIR" ] || return 1
+	"${RMQCTL[@]}" status >/dev/null 2>&1
+}
+
+port_open() {
+	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+rmq_start() {
+	if rmq_running; then
+		say "rabbitmq: already running ($RMQ_NODE)"
+		return 0
+	fi
+	if port_open "$RMQ_PORT"; then
+		die "port $RMQ_PORT is taken by another process; is another svccomm checkout running its servers?"
+	fi
+	rmq_prepare
+	say "rabbitmq: starting $RMQ_NODE on port $RMQ_PORT (log: $RDIR/log)"
+	# setsid: the node must outlive this script and not get the terminal's signals.
+	setsid "${AS_RMQ[@]}" env -C "$RDIR" "${RMQ_ENV[@]}" "$RMQ_BIN/rabbitmq-server" \
+		>"$STATE/rabbitmq-startup.log" 2>&1 </dev/null 9>&- &
+	local pid=$! deadline=$((SECONDS + START_TIMEOUT))
+	until "${RMQCTL[@]}" await_startup --timeout 10 >/dev/null 2>&1; do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			tail -n 30 "$STATE/rabbitmq-startup.log" >&2 || true
+			die "rabbitmq: the node exited during startup (see $STATE/rabbitmq-startup.log and $RDIR/log)"
+		fi
+		[ $SECONDS -lt $deadline ] || die "rabbitmq: not up after ${START_TIMEOUT}s (see $RDIR/log)"
+		sleep 0.5
+	done
+	until port_open "$RMQ_PORT"; do
+		[ $SECONDS -lt $deadline ] || die "rabbitmq: port $RMQ_PORT not open after ${START_TIMEOUT}s"
+		sleep 0.2
+	done
+}
+
+rmq_has_setup() {
+	"${RMQCTL[@]}" -q list_permissions -p "$RMQ_VHOST" 2>/dev/null | cut -f1 | grep -qx "$RMQ_USER"
+}
+
+rmq_setup() {
+	# One rabbitmqctl call costs about a second (it boots an Erlang VM): look first, then one
+	# idempotent definitions import creates the vhost, the user and the permissions (guest kept).
+	rmq_has_setup && return 0
+	local defs=$RDIR/definitions.json perm='"configure": ".*", "write": ".*", "read": ".*"'
+	(
+		umask 077
+		cat >"$defs" <<-EOF
+			{
+			  "vhosts": [{"name": "$RMQ_VHOST"}],
+			  "users": [{"name": "$RMQ_USER", "password": "$RMQ_PASSWORD", "tags": ["administrator"]}],
+			  "permissions": [
+			    {"user": "$RMQ_USER", "vhost": "$RMQ_VHOST", $perm},
+			    {"user": "guest", "vhost": "$RMQ_VHOST", $perm}
+			  ]
+			}
+		EOF
+	)
+	if is_root; then
+		chown rabbitmq:rabbitmq "$defs"
+	fi
+	"${RMQCTL[@]}" -q import_definitions "$defs" >/dev/null
+	# The import is asynchronous: wait until its last step, the permissions, is visible.
+	local deadline=$((SECONDS + 30))
+	until rmq_has_setup; do
+		[ $SECONDS -lt $deadline ] || die "rabbitmq: vhost $RMQ_VHOST not set up after 30s"
+		sleep 0.2
+	done
+}
+
+rmq_stop() {
+	if ! rmq_running; then
+		say "rabbitmq: not running"
+		return 0
+	fi
+	say "rabbitmq: stopping $RMQ_NODE"
+	local pid=""
+	[ -f "$RDIR/pid" ] && pid=$(cat "$RDIR/pid" 2>/dev/null || true)
+	"${RMQCTL[@]}" -q stop >/dev/null
+	# rabbitmqctl stop returns once the node acknowledged; wait for the VM to go away.
+	local deadline=$((SECONDS + 60))
+	while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do
+		[ $SECONDS -lt $deadline ] || die "rabbitmq: node (pid $pid) still alive after 60s"
+		sleep 0.2
+	done
+}
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+PG_OPTS() { echo "-p $PG_PORT -k $PGDIR -c listen_addresses=localhost"; }
+
+pg_prepare() {
+	mkdir -p "$PGDIR"
+	chmod 755 "$PGDIR"
+	if is_root; then
+		chown postgres:postgres "$PGDIR"
+	fi
+	if [ ! -s "$PGDATA/PG_VERSION" ]; then
+		say "postgresql: initdb $PGDATA"
+		LC_ALL=C "${AS_PG[@]}" "$PG_BIN/initdb" -D "$PGDATA" -A trust -U "$PG_USER" \
+			-E UTF8 --no-locale --no-sync >"$STATE/initdb.log" 2>&1 ||
+			{
+				cat "$STATE/initdb.log" >&2
+				die "postgresql: initdb failed"
+			}
+	fi
+}
+
+pg_running() {
+	[ -s "$PGDATA/PG_VERSION" ] || return 1
+	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1
+}
+
+psql_admin() {
+	psql -X -q -v ON_ERROR_STOP=1 -h "$PGDIR" -p "$PG_PORT" -U "$PG_USER" -d postgres "$@"
+}
+
+pg_start() {
+	if pg_running; then
+		say "postgresql: already running (port $PG_PORT)"
+		return 0
+	fi
+	if port_open "$PG_PORT"; then
+		die "port $PG_PORT is taken by another process; is another svccomm checkout running its servers?"
+	fi
+	pg_prepare
+	say "postgresql: starting on port $PG_PORT (log: $PGLOG)"
+	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGLOG" -o "$(PG_OPTS)" \
+		-w -t "$START_TIMEOUT" start >/dev/null 9>&- ||
+		{
+			tail -n 30 "$PGLOG" >&2 || true
+			die "postgresql: pg_ctl start failed (see $PGLOG)"
+		}
+	local deadline=$((SECONDS + START_TIMEOUT))
+	until pg_isready -q -h "$PGDIR" -p "$PG_PORT" && pg_isready -q -h localhost -p "$PG_PORT"; do
+		[ $SECONDS -lt $deadline ] || die "postgresql: not accepting connections after ${START_TIMEOUT}s"
+		sleep 0.2
+	done
+}
+
+pg_setup() {
+	psql_admin <<-EOF
+		DO \$\$
+		BEGIN
+			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN
+				CREATE ROLE $PG_USER LOGIN SUPERUSER;
+			END IF;
+		END
+		\$\$;
+		SELECT 'CREATE DATABASE $PG_DB OWNER $PG_USER'
+		 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DB')\gexec
+	EOF
+}
+
+pg_stop() {
+	if ! pg_running; then
+		say "postgresql: not running"
+		return 0
+	fi
+	say "postgresql: stopping"
+	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
+}
+
+# --- commands -----------------------------------------------------------------------------------
+
+check_tools() {
+	local t
+	for t in "$RMQ_BIN/rabbitmq-server" "$RMQ_BIN/rabbitmqctl" "$PG_BIN/initdb" "$PG_BIN/pg_ctl"; do
+		[ -x "$t" ] || die "$t not found: run scripts/install-deps.sh (packages rabbitmq-server, postgresql)"
+	done
+	command -v psql >/dev/null || die "psql not found (package postgresql-client)"
+	command -v pg_isready >/dev/null || die "pg_isready not found (package postgresql-client)"
+	if is_root; then
+		id -u rabbitmq >/dev/null 2>&1 || die "user rabbitmq missing (package rabbitmq-server)"
+		id -u postgres >/dev/null 2>&1 || die "user postgres missing (package postgresql)"
+	fi
+}
+
+# Serialises start/stop/reset. The servers must not inherit fd 9 (they would hold the lock).
+lock() {
+	exec 9>"$STATE/.lock"
+	flock 9
+}
+
+cmd_start() {
+	check_tools
+	resolve_state
+	lock
+	rmq_env
+	local t0=$SECONDS
+	# PostgreSQL starts in about a second; do it while the Erlang VM boots.
+	pg_start
+	rmq_start
+	pg_setup
+	rmq_setup
+	say "ready in $((SECONDS - t0))s: amqp://$RMQ_USER@localhost:$RMQ_PORT/$RMQ_VHOST, postgresql://$PG_USER@localhost:$PG_PORT/$PG_DB"
+}
+
+cmd_stop() {
+	check_tools
+	resolve_state
+	lock
+	rmq_env
+	rmq_stop
+	pg_stop
+}
+
+cmd_status() {
+	peek_state
+	rmq_env
+	local rc=0
+	if rmq_running; then
+		echo "rabbitmq:   running  node $RMQ_NODE, amqp port $RMQ_PORT, vhost $RMQ_VHOST"
+	else
+		echo "rabbitmq:   stopped"
+		rc=1
+	fi
+	if pg_running; then
+		echo "postgresql: running  port $PG_PORT, socket dir $PGDIR, database $PG_DB"
+	else
+		echo "postgresql: stopped"
+		rc=1
+	fi
+	echo "state:      $STATE"
+	return $rc
+}
+
+# Quote a command (array) as one shell word list, then as one value for an export line.
+quote_cmd() {
+	local out="" w
+	for w in "$@"; do
+		out+="$(printf '%q' "$w") "
+	done
+	printf '%s' "${out% }"
+}
+
+cmd_env() {
+	peek_state
+	rmq_env
+	local pgctl=("${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGLOG")
+	echo "export SVCCOMM_BROKER_URL=amqp://$RMQ_USER:$RMQ_PASSWORD@localhost:$RMQ_PORT/$RMQ_VHOST"
+	echo "export SVCCOMM_DATABASE_URL=postgresql://$PG_USER@localhost:$PG_PORT/$PG_DB"
+	echo "export SVCCOMM_TEST_RABBITMQCTL=$(printf '%q' "$(quote_cmd "${RMQCTL[@]}")")"
+	echo "export SVCCOMM_TEST_PGCTL=$(printf '%q' "$(quote_cmd "${pgctl[@]}")")"
+	echo "export SVCCOMM_TEST_PGDATA=$(printf '%q' "$PGDATA")"
+	echo "export SVCCOMM_TEST_PGHOST=$(printf '%q' "$PGDIR")"
+}
+
+cmd_reset() {
+	check_tools
+	resolve_state
+	lock
+	rmq_env
+	rmq_running || die "rabbitmq is not running: scripts/servers.sh start"
+	pg_running || die "postgresql is not running: scripts/servers.sh start"
+	say "reset: dropping vhost $RMQ_VHOST and database $PG_DB"
+	"${RMQCTL[@]}" -q delete_vhost "$RMQ_VHOST" >/dev/null 2>&1 || true
+	psql_admin -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)"
+	pg_setup
+	rmq_setup
+}
+
+usage() {
+	sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+case "${1:-}" in
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+env) cmd_env ;;
+reset) cmd_reset ;;
+-h | --help | help)
+	usage
+	exit 0
+	;;
+*)
+	usage >&2
+	exit 2
+	;;
+esac
