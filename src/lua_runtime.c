@@ -183,8 +183,9 @@ static bool deadline_passed(const struct timespec *d)
 	return now.tv_sec > d->tv_sec || (now.tv_sec == d->tv_sec && now.tv_nsec >= d->tv_nsec);
 }
 
-/* Once the deadline has passed the hook raises at every check, so a handler that catches
- * the error with pcall cannot keep running. */
+/* Once the deadline has passed the hook fires at every instruction and raises each time, so
+ * a handler that catches the error with pcall cannot keep running: the first instruction
+ * after its pcall raises again. */
 static void deadline_hook(lua_State *L, lua_Debug *ar)
 {
 	struct svc_runtime *rt;
@@ -195,7 +196,12 @@ static void deadline_hook(lua_State *L, lua_Debug *ar)
 	lua_pop(L, 1);
 	if (rt && rt->has_deadline && (rt->timed_out || deadline_passed(&rt->deadline))) {
 		rt->timed_out = true;
-		luaL_error(L, "timed out after %.3g s (HANDLER_TIMEOUT)", rt->timeout_s);
+		lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
+		/* lua_pushfstring has no %g precision: format here. */
+		char msg[64];
+		snprintf(msg, sizeof(msg), "timed out after %.3g s (HANDLER_TIMEOUT)",
+		         rt->timeout_s);
+		luaL_error(L, "%s", msg);
 	}
 }
 
@@ -235,8 +241,9 @@ enum svc_lua_status svc_lua_pcall(struct svc_runtime *rt, int nargs, int nresult
 			st = SVC_LUA_MEMORY;
 			if (rc == LUA_ERRMEM) {
 				lua_pop(L, 1);
-				lua_pushfstring(L, "Lua memory limit reached (%d MiB, LUA_MEMORY_LIMIT_MB)",
-						(int)(rt->limit >> 20));
+				lua_pushfstring(
+				    L, "Lua memory limit reached (%d MiB, LUA_MEMORY_LIMIT_MB)",
+				    (int)(rt->limit >> 20));
 			}
 		} else {
 			st = SVC_LUA_ERROR;
@@ -249,7 +256,7 @@ enum svc_lua_status svc_lua_pcall(struct svc_runtime *rt, int nargs, int nresult
 	rt->has_deadline = false;
 	if (nresults != LUA_MULTRET && lua_gettop(L) != base - 1 + (rc == LUA_OK ? nresults : 1)) {
 		fprintf(stderr, "svccomm: Lua stack unbalanced after a call (%d, expected %d)\n",
-			lua_gettop(L), base - 1 + (rc == LUA_OK ? nresults : 1));
+		        lua_gettop(L), base - 1 + (rc == LUA_OK ? nresults : 1));
 		abort();
 	}
 	return st;
@@ -282,7 +289,7 @@ void svc_lua_error_text(lua_State *L, char *out, size_t outsz)
 		lua_getfield(L, -2, "traceback");
 		tb = lua_tostring(L, -1);
 		snprintf(out, outsz, "%s%s%s", msg ? msg : "(error table)", tb ? "\n" : "",
-			 tb ? tb : "");
+		         tb ? tb : "");
 		lua_pop(L, 3);
 		return;
 	}
