@@ -22,11 +22,18 @@ $bin check
 
 logs=.local/quickstart
 mkdir -p "$logs"
-$bin runpublisher >"$logs/publisher.log" 2>&1 &
-pub=$!
+# The consumer first: it declares the queue and its bindings. An event published before any
+# queue is bound is unroutable, and the relay drops it (PUBLISHER_UNROUTABLE = "drop").
 $bin runconsumer >"$logs/consumer.log" 2>&1 &
 con=$!
-trap 'kill -TERM $pub $con 2>/dev/null || true; wait $pub $con 2>/dev/null || true' EXIT
+pub=
+trap 'kill -TERM $con $pub 2>/dev/null || true; wait $con $pub 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  grep -q "consuming 'example_service'" "$logs/consumer.log" && break
+  sleep 0.2
+done
+$bin runpublisher >"$logs/publisher.log" 2>&1 &
+pub=$!
 
 id=$($bin publish user update.base '{"id": 1, "name": "Ada Lovelace"}')
 echo "published user update.base as event $id"

@@ -4,22 +4,8 @@ import time
 
 import pytest
 
-from test_consumer_support import RECORDER, Broker, Project, lua_value, wait_for
+from test_consumer_support import Broker, broker, lua_value, Project, projects, RECORDER, wait_for  # noqa: F401 (fixtures)
 
-
-@pytest.fixture
-def broker():
-    b = Broker()
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def projects(broker):
-    made = []
-    yield made
-    for p in made:
-        p.cleanup(broker)
 
 
 def test_100_messages_with_headers_and_unicode_each_handled_once(tmp_path, broker, projects):

@@ -4,22 +4,8 @@ import time
 
 import pytest
 
-from test_consumer_support import RECORDER, Broker, Project, sql, wait_for
+from test_consumer_support import Broker, broker, Project, projects, RECORDER, sql, wait_for  # noqa: F401 (fixtures)
 
-
-@pytest.fixture
-def broker():
-    b = Broker()
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def projects(broker):
-    made = []
-    yield made
-    for p in made:
-        p.cleanup(broker)
 
 
 def test_fails_twice_then_handled_on_third_attempt_after_the_delays(tmp_path, broker, projects):

@@ -5,22 +5,8 @@ import time
 
 import pytest
 
-from test_consumer_support import RECORDER, Broker, Project, wait_for
+from test_consumer_support import Broker, broker, Project, projects, RECORDER, wait_for  # noqa: F401 (fixtures)
 
-
-@pytest.fixture
-def broker():
-    b = Broker()
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def projects(broker):
-    made = []
-    yield made
-    for p in made:
-        p.cleanup(broker)
 
 
 def test_sigterm_during_a_2s_handler_finishes_acks_and_exits_0(tmp_path, broker, projects):

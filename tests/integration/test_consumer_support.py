@@ -15,6 +15,7 @@ import time
 import uuid
 
 import pika
+import pytest
 import psycopg2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -261,3 +262,19 @@ end
 
 svccomm.message_router.consumer("$EXCHANGE", "#", record)
 """
+
+# Fixtures shared by the test files that import them.
+
+@pytest.fixture
+def broker():
+    b = Broker()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def projects(broker):
+    made = []
+    yield made
+    for p in made:
+        p.cleanup(broker)

@@ -4,30 +4,8 @@ import time
 
 import pytest
 
-from test_publisher_support import Broker, Project, db, suffix, wait_for
+from test_publisher_support import Broker, broker, db, make, Project, suffix, wait_for  # noqa: F401 (fixtures)
 
-
-@pytest.fixture
-def broker():
-    b = Broker()
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def make(tmp_path):
-    made = []
-
-    def factory(settings=None):
-        d = tmp_path / ("p%d" % len(made))
-        d.mkdir()
-        p = Project(d, settings)
-        made.append(p)
-        return p
-
-    yield factory
-    for p in made:
-        p.cleanup()
 
 
 def topology(broker, n_exchanges=1):

@@ -13,6 +13,7 @@ import time
 import uuid
 
 import pika
+import pytest
 import psycopg2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -242,3 +243,27 @@ class Project:
                 cur.execute("DROP TABLE IF EXISTS %s" % self.table)
         finally:
             conn.close()
+
+# Fixtures shared by the test files that import them.
+
+@pytest.fixture
+def broker():
+    b = Broker()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def make(tmp_path):
+    made = []
+
+    def factory(settings=None):
+        d = tmp_path / ("p%d" % len(made))
+        d.mkdir()
+        p = Project(d, settings)
+        made.append(p)
+        return p
+
+    yield factory
+    for p in made:
+        p.cleanup()
