@@ -1,4 +1,4 @@
-"""`luarocks make` in a clean tree installs a module that a plain `lua5.4` can require.
+"""`luarocks make` in a clean tree installs a module that a plain `lua5.4` can require and publish with.
 
 Copies the working tree as git sees it (tracked and untracked files, minus what .gitignore
 excludes: no build/ or .local/), runs the rockspec at the root with luarocks into a private
@@ -88,3 +88,52 @@ def test_luarocks_make_installs_modules_native_module_and_binary_that_lua54_load
                        timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("settings: ./settings.lua\n")
+
+    # A plain lua5.4 script with only the installed rock publishes through svccomm.db, in
+    # its own transaction, into an outbox created by the installed binary's `migrate`.
+    import json
+    import uuid
+
+    import psycopg2
+    dburl = os.environ["SVCCOMM_DATABASE_URL"]
+    schema = "lr_" + uuid.uuid4().hex[:8]
+    table = schema + ".outbox"
+    conn = psycopg2.connect(dburl)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE SCHEMA " + schema)
+        settings = elsewhere / "settings.lua"
+        settings.write_text('return { OUTBOX_TABLE = "%s", INBOX_TABLE = "%s.inbox" }\n'
+                            % (table, schema))
+        env = dict(env, SVCCOMM_DATABASE_URL=dburl)
+        r = subprocess.run([str(binary), "--settings", str(settings), "migrate"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        script = (
+            "package.path = '{share}/?.lua;{share}/?/init.lua;' .. package.path\n"
+            "package.cpath = '{lib}/?.so;' .. package.cpath\n"
+            "local svccomm = require 'svccomm'\n"
+            "svccomm.configure {{ OUTBOX_TABLE = '{table}' }}\n"
+            "local db = assert(svccomm.db.connect(os.getenv('SVCCOMM_DATABASE_URL')))\n"
+            "local id = db:transaction(function()\n"
+            "  return svccomm.publish_aggregate_event('user', 'update.base', {{ name = 'Ada' }})\n"
+            "end)\n"
+            "print(id)\n"
+        ).format(share=share, lib=lib, table=table)
+        r = subprocess.run(["lua5.4", "-e", script], cwd=elsewhere, env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        event_id = r.stdout.strip()
+        with conn.cursor() as cur:
+            cur.execute("SELECT id, exchange, routing_key, body FROM " + table)
+            rows = cur.fetchall()
+        assert len(rows) == 1
+        row_id, exchange, routing_key, body = rows[0]
+        assert (str(row_id), exchange, routing_key) == (event_id, "user", "update.base")
+        envelope = json.loads(body)
+        assert envelope["eventId"] == event_id and envelope["payload"] == {"name": "Ada"}
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("DROP SCHEMA IF EXISTS %s CASCADE" % schema)
+        conn.close()
