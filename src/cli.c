@@ -63,17 +63,17 @@ static const struct svc_cmd commands[] = {
 static void print_main_usage(FILE *out)
 {
 	fprintf(out, "usage: svccomm [--settings FILE] <command> [options]\n\n"
-		     "Commands:\n");
+	             "Commands:\n");
 	for (size_t i = 0; i < N_COMMANDS; i++)
 		fprintf(out, "  %-16s %s\n", commands[i].name, commands[i].summary);
 	fprintf(out,
-		"\nGlobal options:\n"
-		"  --settings FILE  settings file (env SVCCOMM_SETTINGS, default ./settings.lua)\n"
-		"  -h, --help       this help; `svccomm <command> --help` for a command\n"
-		"  --version        same as `svccomm version`\n"
-		"\nEnvironment: SVCCOMM_BROKER_URL, SVCCOMM_DATABASE_URL and SVCCOMM_LOG_LEVEL\n"
-		"override the settings file.\n"
-		"\nExit codes: 0 success, 1 runtime failure, 2 usage or configuration error.\n");
+	        "\nGlobal options:\n"
+	        "  --settings FILE  settings file (env SVCCOMM_SETTINGS, default ./settings.lua)\n"
+	        "  -h, --help       this help; `svccomm <command> --help` for a command\n"
+	        "  --version        same as `svccomm version`\n"
+	        "\nEnvironment: SVCCOMM_BROKER_URL, SVCCOMM_DATABASE_URL and SVCCOMM_LOG_LEVEL\n"
+	        "override the settings file.\n"
+	        "\nExit codes: 0 success, 1 runtime failure, 2 usage or configuration error.\n");
 }
 
 static const struct svc_cmd *find_command(const char *name)
@@ -93,7 +93,7 @@ void svc_cli_usage(FILE *out, const char *command)
 		return;
 	}
 	fprintf(out, "usage: svccomm [--settings FILE] %s%s%s", cmd->name,
-		cmd->usage[0] == '\n' ? "" : " ", cmd->usage);
+	        cmd->usage[0] == '\n' ? "" : " ", cmd->usage);
 }
 
 int svc_cli_wants_help(int argc, char **argv)
@@ -228,7 +228,7 @@ int svc_cli_run(int argc, char **argv)
 	if (strcmp(cmd->name, "help") == 0) {
 		if (i + 1 < argc && !find_command(argv[i + 1])) {
 			fprintf(stderr, "svccomm: '%s' is not a command. See 'svccomm --help'.\n",
-				argv[i + 1]);
+			        argv[i + 1]);
 			return SVC_EXIT_USAGE;
 		}
 		if (i + 1 < argc)

@@ -20,13 +20,13 @@ int svc_cmd_migrate(int argc, char **argv, struct svc_cli_ctx *ctx)
 	}
 	if (!cfg->database_url) {
 		fprintf(stderr, "svccomm migrate: %s: DATABASE_URL: required by migrate, not set\n",
-			cfg->path);
+		        cfg->path);
 		return SVC_EXIT_USAGE;
 	}
 	conn = svc_pg_open(cfg->database_url, "svccomm migrate", err, sizeof(err));
 	if (!conn) {
 		fprintf(stderr, "svccomm migrate: cannot connect to %s: %s\n",
-			svc_log_mask_url(cfg->database_url, masked, sizeof(masked)), err);
+		        svc_log_mask_url(cfg->database_url, masked, sizeof(masked)), err);
 		return SVC_EXIT_FAILURE;
 	}
 	rc = svc_migrate(conn, cfg->outbox_table, cfg->inbox_table, err, sizeof(err));

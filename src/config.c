@@ -18,7 +18,10 @@ struct field {
 	size_t offset;
 };
 
-#define FIELD(key, kind, member) {key, kind, offsetof(struct svc_config, member)}
+#define FIELD(key, kind, member)                                                                   \
+	{                                                                                          \
+		key, kind, offsetof(struct svc_config, member)                                     \
+	}
 
 static const struct field fields[] = {
     FIELD("_PATH", F_STRING, path),
@@ -106,7 +109,7 @@ static int copy_field(lua_State *L, int t, const struct field *f, struct svc_con
 
 /* Copies the list t[key] of records {a=..., b=...} into an array of string pairs. */
 static int copy_pairs(lua_State *L, int t, const char *key, const char *a, const char *b,
-		      char ***out_a, size_t stride, size_t *n_out)
+                      char ***out_a, size_t stride, size_t *n_out)
 {
 	size_t n;
 	char *arr;
@@ -227,8 +230,7 @@ static int load_settings(lua_State *L)
 	return 1;
 }
 
-int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char *err,
-		    size_t errsz)
+int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char *err, size_t errsz)
 {
 	int top = lua_gettop(L), t, rc = 0;
 	const char *bad = NULL;
@@ -248,13 +250,14 @@ int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char
 	}
 	if (rc == 0) {
 		bad = "EXCHANGES";
-		rc = copy_pairs(L, t, "EXCHANGES", "name", "type", (char ***)(void *)&cfg->exchanges,
-				sizeof(*cfg->exchanges), &cfg->n_exchanges);
+		rc =
+		    copy_pairs(L, t, "EXCHANGES", "name", "type", (char ***)(void *)&cfg->exchanges,
+		               sizeof(*cfg->exchanges), &cfg->n_exchanges);
 	}
 	if (rc == 0) {
 		bad = "BINDS";
 		rc = copy_pairs(L, t, "BINDS", "exchange", "routing_key",
-				(char ***)(void *)&cfg->binds, sizeof(*cfg->binds), &cfg->n_binds);
+		                (char ***)(void *)&cfg->binds, sizeof(*cfg->binds), &cfg->n_binds);
 	}
 	if (rc == 0) {
 		bad = "QUEUE_ARGUMENTS";
@@ -267,7 +270,7 @@ int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char
 	lua_settop(L, top);
 	if (rc != 0) {
 		snprintf(err, errsz, "%s: %s: %s", path, bad,
-			 rc == SVC_ENOMEM ? "out of memory" : "not in the normalized form");
+		         rc == SVC_ENOMEM ? "out of memory" : "not in the normalized form");
 		svc_config_release(cfg);
 		return rc == SVC_ENOMEM ? SVC_ENOMEM : SVC_ECONFIG;
 	}

@@ -75,7 +75,7 @@ struct svc_config {
  * modules must be loadable there) and fills cfg. On error returns SVC_ECONFIG with the
  * message (naming the key) in err. */
 int svc_config_load(struct lua_State *L, const char *path, struct svc_config *cfg, char *err,
-		    size_t errsz);
+                    size_t errsz);
 /* Frees every string and array of cfg and zeroes it. */
 void svc_config_release(struct svc_config *cfg);
 

@@ -631,7 +631,8 @@ static int push_lent_conn(lua_State *L)
 static int pg_connect(struct svc_consumer *c)
 {
 	/* svc_pg_open: UTC/ISO session (as svccomm.db documents), keepalives, masked errors. */
-	c->pg = svc_pg_open(c->cfg->database_url, "svccomm runconsumer", c->pgerr, sizeof(c->pgerr));
+	c->pg =
+	    svc_pg_open(c->cfg->database_url, "svccomm runconsumer", c->pgerr, sizeof(c->pgerr));
 	if (!c->pg)
 		return SVC_ECONN;
 	if (c->cfg->inbox) {

@@ -6,10 +6,10 @@
 #include <stddef.h>
 
 struct svc_embedded {
-	const char *name;  /* Lua module name ("svccomm.message_router") or migration name */
-	const char *path;  /* chunk name / path shown in errors */
-	const char *data;  /* NUL-terminated contents */
-	size_t len;        /* length without the NUL */
+	const char *name; /* Lua module name ("svccomm.message_router") or migration name */
+	const char *path; /* chunk name / path shown in errors */
+	const char *data; /* NUL-terminated contents */
+	size_t len;       /* length without the NUL */
 };
 
 extern const struct svc_embedded svc_embedded_lua[];

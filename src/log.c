@@ -41,8 +41,8 @@ void svc_log_write(enum svc_log_level level, const char *component, const char *
 	gmtime_r(&ts.tv_sec, &tm);
 	n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
 	n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ldZ %s %s%s[%s] ",
-			      ts.tv_nsec / 1000000L, level_names[level], log_tag,
-			      log_tag[0] ? " " : "", component);
+	                      ts.tv_nsec / 1000000L, level_names[level], log_tag,
+	                      log_tag[0] ? " " : "", component);
 	if (n < sizeof(line)) {
 		va_start(ap, fmt);
 		vsnprintf(line + n, sizeof(line) - n, fmt, ap);
@@ -97,18 +97,30 @@ char *svc_log_mask_url(const char *url, char *out, size_t outsz)
 const char *svc_strerror(int code)
 {
 	switch (code) {
-	case SVC_OK: return "OK";
-	case SVC_ENOMEM: return "ENOMEM";
-	case SVC_EINVAL: return "EINVAL";
-	case SVC_ECONFIG: return "ECONFIG";
-	case SVC_ECONN: return "ECONN";
-	case SVC_ETIMEOUT: return "ETIMEOUT";
-	case SVC_EPROTO: return "EPROTO";
-	case SVC_EDB: return "EDB";
-	case SVC_ELUA: return "ELUA";
-	case SVC_ENACK: return "ENACK";
-	case SVC_ERETURNED: return "ERETURNED";
-	case SVC_ESTOP: return "ESTOP";
+	case SVC_OK:
+		return "OK";
+	case SVC_ENOMEM:
+		return "ENOMEM";
+	case SVC_EINVAL:
+		return "EINVAL";
+	case SVC_ECONFIG:
+		return "ECONFIG";
+	case SVC_ECONN:
+		return "ECONN";
+	case SVC_ETIMEOUT:
+		return "ETIMEOUT";
+	case SVC_EPROTO:
+		return "EPROTO";
+	case SVC_EDB:
+		return "EDB";
+	case SVC_ELUA:
+		return "ELUA";
+	case SVC_ENACK:
+		return "ENACK";
+	case SVC_ERETURNED:
+		return "ERETURNED";
+	case SVC_ESTOP:
+		return "ESTOP";
 	}
 	return "EUNKNOWN";
 }

@@ -38,7 +38,7 @@ enum svc_lua_status {
  * of timeout_s seconds (<= 0: none). On failure exactly one value (the error) is left on
  * the stack. */
 enum svc_lua_status svc_lua_pcall(struct svc_runtime *rt, int nargs, int nresults,
-				  double timeout_s);
+                                  double timeout_s);
 
 /* Runs `require(name)` and leaves the module on the stack; 0 or SVC_ELUA with err filled. */
 int svc_runtime_require(struct svc_runtime *rt, const char *name, char *err, size_t errsz);

@@ -15,17 +15,20 @@ static void masks_url_passwords(void **state)
 	char out[256];
 
 	(void)state;
-	assert_string_equal(svc_log_mask_url("amqp://guest:secret@localhost:5672/%2f", out, sizeof(out)),
-			    "amqp://guest:****@localhost:5672/%2f");
+	assert_string_equal(
+	    svc_log_mask_url("amqp://guest:secret@localhost:5672/%2f", out, sizeof(out)),
+	    "amqp://guest:****@localhost:5672/%2f");
 	assert_string_equal(svc_log_mask_url("postgresql://u:p%40ss@db/x", out, sizeof(out)),
-			    "postgresql://u:****@db/x");
+	                    "postgresql://u:****@db/x");
 	assert_string_equal(svc_log_mask_url("postgresql://u@db/x", out, sizeof(out)),
-			    "postgresql://u@db/x");
-	assert_string_equal(svc_log_mask_url("amqp://localhost", out, sizeof(out)), "amqp://localhost");
+	                    "postgresql://u@db/x");
+	assert_string_equal(svc_log_mask_url("amqp://localhost", out, sizeof(out)),
+	                    "amqp://localhost");
 	assert_string_equal(svc_log_mask_url("host=db password=s3cret user=u", out, sizeof(out)),
-			    "host=db password=**** user=u");
-	assert_string_equal(svc_log_mask_url("host=db password='a b\\' c' user=u", out, sizeof(out)),
-			    "host=db password=**** user=u");
+	                    "host=db password=**** user=u");
+	assert_string_equal(
+	    svc_log_mask_url("host=db password='a b\\' c' user=u", out, sizeof(out)),
+	    "host=db password=**** user=u");
 }
 
 static void masking_never_overflows(void **state)

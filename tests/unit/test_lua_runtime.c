@@ -64,7 +64,7 @@ static void table_errors_keep_their_fields(void **state)
 	lua_State *L = svc_runtime_state(rt);
 
 	assert_int_equal(run(rt, "error({permanent = true, message = 'bad input'})", 0),
-			 SVC_LUA_ERROR);
+	                 SVC_LUA_ERROR);
 	assert_int_equal(lua_type(L, -1), LUA_TTABLE);
 	lua_getfield(L, -1, "permanent");
 	assert_true(lua_toboolean(L, -1));
@@ -80,14 +80,14 @@ static void runaway_code_is_stopped_even_if_it_catches_the_error(void **state)
 	char text[2048];
 
 	assert_int_equal(run(rt, "while true do pcall(function() while true do end end) end", 0.05),
-			 SVC_LUA_TIMEOUT);
+	                 SVC_LUA_TIMEOUT);
 	svc_lua_error_text(L, text, sizeof(text));
 	if (!strstr(text, "timed out"))
 		print_error("unexpected error text: %s\n", text);
 	assert_non_null(strstr(text, "timed out"));
 	/* The deadline belongs to that call only. */
 	assert_int_equal(run(rt, "local n = 0 for i = 1, 1e6 do n = n + i end return n", 0.5),
-			 SVC_LUA_OK);
+	                 SVC_LUA_OK);
 	lua_pop(L, 1);
 }
 
@@ -99,7 +99,7 @@ static void memory_cap_fails_the_call_not_the_process(void **state)
 
 	svc_runtime_set_memory_limit(rt, svc_runtime_memory_used(rt) + (4u << 20));
 	assert_int_equal(run(rt, "local t = {} for i = 1, 1e8 do t[i] = ('x'):rep(64) .. i end", 0),
-			 SVC_LUA_MEMORY);
+	                 SVC_LUA_MEMORY);
 	svc_lua_error_text(L, text, sizeof(text));
 	assert_non_null(strstr(text, "memory"));
 	assert_int_equal(run(rt, "return 1", 0), SVC_LUA_OK);
@@ -116,7 +116,7 @@ static void cjson_and_embedded_modules_are_preloaded(void **state)
 	assert_string_equal(lua_tostring(L, -1), "{\"a\":1}");
 	lua_pop(L, 1);
 	assert_int_equal(run(rt, "return type(require('svccomm.message_router').consumer)", 0),
-			 SVC_LUA_OK);
+	                 SVC_LUA_OK);
 	assert_string_equal(lua_tostring(L, -1), "function");
 	lua_pop(L, 1);
 }
@@ -128,11 +128,11 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(string_errors_get_a_traceback, setup, teardown),
 	    cmocka_unit_test_setup_teardown(table_errors_keep_their_fields, setup, teardown),
 	    cmocka_unit_test_setup_teardown(runaway_code_is_stopped_even_if_it_catches_the_error,
-					    setup, teardown),
+	                                    setup, teardown),
 	    cmocka_unit_test_setup_teardown(memory_cap_fails_the_call_not_the_process, setup,
-					    teardown),
+	                                    teardown),
 	    cmocka_unit_test_setup_teardown(cjson_and_embedded_modules_are_preloaded, setup,
-					    teardown),
+	                                    teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
