@@ -96,8 +96,11 @@ int svc_relay_sql_init(struct svc_relay_sql *q, const char *table)
 	q->park = fmt("UPDATE %s SET attempts = attempts + 1, last_error = $2, parked_at = now() "
 	              "WHERE id = ANY($1::int8[])",
 	              t);
+	/* Runs right after a claim that came back short, in its own statement: a row that became
+	 * due between the claim's now() and this one's must not be lost (it would wait for the
+	 * next poll), so rows due within the last second count too, as "wake again soon". */
 	q->next_due = fmt("SELECT extract(epoch from min(send_after) - now())::float8 FROM %s "
-	                  "WHERE parked_at IS NULL AND send_after > now()",
+	                  "WHERE parked_at IS NULL AND send_after > now() - interval '1 second'",
 	                  t);
 	q->backlog = fmt("SELECT count(*), coalesce(extract(epoch from now() - min(send_after)), "
 	                 "0)::float8 FROM %s WHERE parked_at IS NULL AND send_after <= now()",
@@ -263,8 +266,10 @@ int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs)
 	if (rc)
 		return rc;
 	*secs = PQgetisnull(res, 0, 0) ? -1.0 : strtod(PQgetvalue(res, 0, 0), NULL);
-	if (*secs < 0 && !PQgetisnull(res, 0, 0))
-		*secs = 0;
+	/* Already due: claim again shortly. Not at once: it may be a row still in flight, which
+	 * the claim skips, and that must not turn into a busy loop until its confirm. */
+	if (*secs < 0.05 && !PQgetisnull(res, 0, 0))
+		*secs = 0.05;
 	PQclear(res);
 	return 0;
 }

@@ -84,7 +84,8 @@ int svc_relay_reschedule(struct svc_pg *pg, struct svc_relay_sql *q, const int64
 /* Sets rows aside for good: parked_at = now(), last_error = reason, attempts + 1. */
 int svc_relay_park(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n,
                    const char *reason);
-/* Seconds until the earliest future send_after of an unparked row; *secs < 0 when none. */
+/* Seconds until the earliest send_after of an unparked row that is not yet due, or 0.05 for one
+ * that became due within the last second; *secs < 0 when there is none. */
 int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs);
 /* Number of due unparked rows and the age in seconds of the oldest one (0 when none). */
 int svc_relay_backlog(struct svc_pg *pg, struct svc_relay_sql *q, long *count, double *oldest);

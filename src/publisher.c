@@ -1298,7 +1298,14 @@ static void wait_events(struct relay *r)
 	struct pollfd pfd[2];
 	int nfd = 0, mq_i = -1, pg_i = -1, timeout_ms;
 	double t = now_s(), until = t + 1.0; /* wake at least every second */
+	PGnotify *note;
 
+	/* libpq reads notifications that arrive during any query (claim, delete, rebalance) into
+	 * its own queue; the socket then has nothing new to poll for, so take them from there. */
+	while (r->db_up && r->listen && (note = PQnotifies(r->pg.conn))) {
+		r->work = true;
+		PQfreemem(note);
+	}
 	if (r->work && r->mq_up && r->db_up && claim_limit(r) > 0 && r->n_claimable > 0)
 		return;
 	if (r->mq_up && svc_amqp_buffered(r->mq)) {
