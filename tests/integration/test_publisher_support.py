@@ -14,7 +14,8 @@ import uuid
 
 import pika
 import pytest
-import psycopg2
+
+import svc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("SVCCOMM_BIN", os.path.join(ROOT, "build", "svccomm"))
@@ -39,20 +40,11 @@ def pgctl(*args):
 
 
 def wait_for(pred, timeout=20.0, interval=0.1, what="condition"):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError("timed out waiting for %s (last value %r)" % (what, last))
+    return svc.wait_until(pred, timeout=timeout, interval=interval, what=what)
 
 
 def db():
-    conn = psycopg2.connect(DATABASE_URL)
-    conn.autocommit = True
-    return conn
+    return svc.pg_connect(DATABASE_URL)
 
 
 def suffix():
