@@ -635,16 +635,6 @@ static int pg_connect(struct svc_consumer *c)
 	    svc_pg_open(c->cfg->database_url, "svccomm runconsumer", c->pgerr, sizeof(c->pgerr));
 	if (!c->pg)
 		return SVC_ECONN;
-	if (c->cfg->inbox) {
-		PGresult *r = PQprepare(c->pg, "svc_inbox", c->inbox_sql, 2, NULL);
-		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-			int rc = pg_fail(c, r, "preparing the inbox insert");
-			PQfinish(c->pg);
-			c->pg = NULL;
-			return rc;
-		}
-		PQclear(r);
-	}
 	/* lend the connection to Lua (svccomm.db inside handlers) */
 	lua_pushcfunction(c->L, push_lent_conn);
 	lua_pushlightuserdata(c->L, c->pg);
@@ -947,20 +937,39 @@ static void last_handler(struct svc_consumer *c, char *out, size_t outsz)
 	lua_pop(L, 1);
 }
 
-/* Opens the transaction and this message's savepoint. */
+/* Opens the transaction and this message's savepoint, lazily: the statements wait on the
+ * connection (pg_conn's prelude) and travel with the message's first statement, in the same
+ * round trip. A handler that never touches the database costs no round trip. */
 static int begin_message(struct svc_consumer *c)
 {
+	static const char *const begin[] = {"BEGIN", "SAVEPOINT svc_msg"};
+	static const char *const next[] = {"RELEASE SAVEPOINT svc_msg", "SAVEPOINT svc_msg"};
+	static const char *const first[] = {"SAVEPOINT svc_msg"};
+
 	if (!c->pg)
 		return 0;
-	const char *sql = !c->in_tx    ? "BEGIN; SAVEPOINT svc_msg"
-	                  : c->sp_open ? "RELEASE SAVEPOINT svc_msg; SAVEPOINT svc_msg"
-	                               : "SAVEPOINT svc_msg";
-	int rc = pg_cmd(c, sql);
-	if (rc)
+	int rc = !c->in_tx    ? svc_pg_set_prelude(c->pg, begin, 2)
+	         : c->sp_open ? svc_pg_set_prelude(c->pg, next, 2)
+	                      : svc_pg_set_prelude(c->pg, first, 1);
+	if (rc) {
+		snprintf(c->pgerr, sizeof(c->pgerr), "out of memory");
 		return rc;
+	}
+	return 0;
+}
+
+/* After the message: true when its statements (and so the prelude) ran. */
+static bool end_message(struct svc_consumer *c)
+{
+	if (!c->pg)
+		return false;
+	if (svc_pg_prelude_pending(c->pg)) {
+		svc_pg_clear_prelude(c->pg);
+		return false;
+	}
 	c->in_tx = true;
 	c->sp_open = true;
-	return 0;
+	return true;
 }
 
 /* 1 when the message was already recorded in the inbox, 0 when new, < 0 on error. */
@@ -973,7 +982,7 @@ static int inbox_seen(struct svc_consumer *c, const struct svc_delivery *d, cons
 		return 0;
 	}
 	const char *vals[2] = {c->cfg->queue, id};
-	PGresult *r = PQexecPrepared(c->pg, "svc_inbox", 2, vals, NULL, NULL, 0);
+	PGresult *r = svc_pg_query(c->pg, c->inbox_sql, 2, vals, true);
 	if (PQresultStatus(r) != PGRES_COMMAND_OK)
 		return pg_fail(c, r, "inbox insert");
 	bool dup = strcmp(PQcmdTuples(r), "0") == 0;
@@ -1024,9 +1033,12 @@ static int process(struct svc_consumer *c, struct svc_delivery *d)
 		return rc;
 	if (c->pg && cfg->inbox) {
 		rc = inbox_seen(c, d, exchange);
-		if (rc < 0)
+		if (rc < 0) {
+			end_message(c);
 			return rc;
+		}
 		if (rc == 1) {
+			end_message(c);
 			c->dup++;
 			return 0;
 		}
@@ -1070,7 +1082,7 @@ static int process(struct svc_consumer *c, struct svc_delivery *d)
 	if (c->ref_leave != LUA_NOREF && c->ref_conn != LUA_NOREF)
 		call_helper(c, c->ref_leave, 0, "db._leave_host");
 
-	if (c->pg) {
+	if (end_message(c)) {
 		if (PQstatus(c->pg) != CONNECTION_OK) {
 			snprintf(c->pgerr, sizeof(c->pgerr), "connection lost during a handler");
 			return SVC_ECONN;
@@ -1393,8 +1405,8 @@ int svc_consumer_run(const struct svc_config *cfg, struct svc_runtime *rt, int w
 	}
 	long pf = cfg->prefetch_count;
 	c.limit = pf <= 0 ? 1000 : pf > MAX_BATCH ? MAX_BATCH : (size_t)pf;
-	if (!cfg->database_url && c.limit > 1)
-		c.limit = c.limit / 2; /* no COMMIT to amortize: ack early, keep the window open */
+	if (!cfg->database_url) /* no COMMIT to amortize: ack early, keep the window full */
+		c.limit = c.limit >= 4 ? c.limit / 4 : 1;
 	c.tags = calloc(c.limit + 1, sizeof(*c.tags));
 	c.settled = calloc(c.limit + 1, sizeof(*c.settled));
 	c.delay_ms = calloc(cfg->n_retry_delays + 1, sizeof(*c.delay_ms));

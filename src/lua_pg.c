@@ -233,8 +233,14 @@ static int conn_transaction_status(lua_State *L)
 {
 	struct lconn *c = to_lconn(L, 1);
 
-	lua_pushstring(L, c->conn ? svc_pg_transaction_status_name(PQtransactionStatus(c->conn))
-	                          : "unknown");
+	/* A pending prelude (the consumer's BEGIN / SAVEPOINT, sent with the next statement)
+	 * means the handler is in its transaction already. */
+	if (c->conn && svc_pg_prelude_pending(c->conn))
+		lua_pushliteral(L, "intrans");
+	else
+		lua_pushstring(L, c->conn ? svc_pg_transaction_status_name(
+		                                PQtransactionStatus(c->conn))
+		                          : "unknown");
 	return 1;
 }
 
@@ -446,9 +452,9 @@ static int run_statement(lua_State *L, bool want_rows)
 	ExecStatusType st;
 
 	if (n == 0 && !want_rows)
-		box->res = PQexec(conn, sql);
+		box->res = svc_pg_query_text(conn, sql);
 	else
-		box->res = PQexecParams(conn, sql, n, NULL, vals, NULL, NULL, 0);
+		box->res = svc_pg_query(conn, sql, n, vals, false);
 	st = box->res ? PQresultStatus(box->res) : PGRES_FATAL_ERROR;
 	if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
 		PQclear(box->res);

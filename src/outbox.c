@@ -228,7 +228,7 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 		else if (!row->event_time && !row->send_after)
 			params[12] = svc_outbox_now_iso(now_iso, sizeof(now_iso));
 	}
-	rc = svc_pg_exec_params(conn, sql, 13, params, &res, err, errsz, sqlstate);
+	rc = svc_pg_exec_cached(conn, sql, 13, params, &res, err, errsz, sqlstate);
 	if (rc < 0)
 		goto out;
 	if (PQntuples(res) != 1) {

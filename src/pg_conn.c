@@ -1,5 +1,7 @@
 #include "pg_conn.h"
 
+#include <libpq-events.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,8 +228,257 @@ int svc_pg_result_error(PGconn *conn, const PGresult *res, ExecStatusType want, 
 	return lost ? SVC_ECONN : SVC_EDB;
 }
 
-int svc_pg_exec_params(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                       PGresult **res, char *err, size_t errsz, char *sqlstate)
+/* ---- per-connection state: prelude and prepared statements --------------------------------- */
+
+#define MAX_PREPARED 16
+
+struct prepared {
+	char *sql;
+	char name[24];
+};
+
+struct conn_state {
+	const char *prelude[SVC_PG_MAX_PRELUDE];
+	int n_prelude;
+	struct prepared prep[MAX_PREPARED];
+	int n_prep;
+	unsigned next_name;
+};
+
+static void state_forget(struct conn_state *s)
+{
+	for (int i = 0; i < s->n_prep; i++)
+		free(s->prep[i].sql);
+	s->n_prep = 0;
+	s->n_prelude = 0;
+}
+
+static int state_proc(PGEventId id, void *info, void *pass)
+{
+	(void)pass;
+	if (id == PGEVT_REGISTER) {
+		struct conn_state *s = calloc(1, sizeof(*s));
+		PGEventRegister *e = info;
+
+		return s && PQsetInstanceData(e->conn, state_proc, s) ? 1 : (free(s), 0);
+	}
+	if (id == PGEVT_CONNRESET) {
+		PGEventConnReset *e = info;
+		struct conn_state *s = PQinstanceData(e->conn, state_proc);
+
+		if (s)
+			state_forget(s); /* a new session: its prepared statements are gone */
+	} else if (id == PGEVT_CONNDESTROY) {
+		PGEventConnDestroy *e = info;
+		struct conn_state *s = PQinstanceData(e->conn, state_proc);
+
+		if (s) {
+			state_forget(s);
+			free(s);
+		}
+	}
+	return 1;
+}
+
+static struct conn_state *conn_state(PGconn *conn, bool create)
+{
+	struct conn_state *s;
+
+	if (!conn)
+		return NULL;
+	s = PQinstanceData(conn, state_proc);
+	if (!s && create && PQregisterEventProc(conn, state_proc, "svccomm", NULL))
+		s = PQinstanceData(conn, state_proc);
+	return s;
+}
+
+int svc_pg_set_prelude(PGconn *conn, const char *const *stmts, int n)
+{
+	struct conn_state *s;
+
+	if (n < 0 || n > SVC_PG_MAX_PRELUDE)
+		return SVC_EINVAL;
+	s = conn_state(conn, n > 0);
+	if (!s)
+		return n > 0 ? SVC_ENOMEM : 0;
+	for (int i = 0; i < n; i++)
+		s->prelude[i] = stmts[i];
+	s->n_prelude = n;
+	return 0;
+}
+
+bool svc_pg_prelude_pending(PGconn *conn)
+{
+	struct conn_state *s = conn_state(conn, false);
+
+	return s && s->n_prelude > 0;
+}
+
+void svc_pg_clear_prelude(PGconn *conn)
+{
+	struct conn_state *s = conn_state(conn, false);
+
+	if (s)
+		s->n_prelude = 0;
+}
+
+/* The cached statement for sql, or NULL. */
+static struct prepared *find_prepared(struct conn_state *s, const char *sql)
+{
+	for (int i = 0; i < s->n_prep; i++) {
+		if (strcmp(s->prep[i].sql, sql) == 0)
+			return &s->prep[i];
+	}
+	return NULL;
+}
+
+/* Reads results up to the pipeline's PGRES_PIPELINE_SYNC (at most `queued` query results and
+ * their terminating NULLs before it), or until the connection fails. */
+static void drain_to_sync(PGconn *conn, int queued)
+{
+	int nulls = 0;
+	PGresult *r;
+
+	while (nulls <= queued) {
+		r = PQgetResult(conn);
+		if (!r) {
+			if (PQstatus(conn) != CONNECTION_OK)
+				return;
+			nulls++;
+			continue;
+		}
+		if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+			PQclear(r);
+			return;
+		}
+		PQclear(r);
+	}
+}
+
+/* Sends the prelude, an optional Parse and the statement in one pipeline and collects the
+ * results. Returns the statement's result, or the first error of the pipeline. */
+static PGresult *run_pipeline(PGconn *conn, struct conn_state *s, const char *sql, int nparams,
+                              const char *const *params, struct prepared *stmt, bool parse)
+{
+	PGresult *keep = NULL, *err = NULL, *r;
+	int total = 0, n_prelude = s->n_prelude;
+	bool sent;
+
+	s->n_prelude = 0; /* sent now, or failed with the statement */
+	if (PQenterPipelineMode(conn) != 1) {
+		/* not possible now (e.g. a COPY in progress): one statement after the other */
+		for (int i = 0; i < n_prelude; i++) {
+			r = PQexec(conn, s->prelude[i]);
+			if (PQresultStatus(r) != PGRES_COMMAND_OK)
+				return r;
+			PQclear(r);
+		}
+		return PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	}
+	sent = true;
+	for (int i = 0; sent && i < n_prelude; i++, total++)
+		sent = PQsendQueryParams(conn, s->prelude[i], 0, NULL, NULL, NULL, NULL, 0) == 1;
+	if (sent && parse) {
+		sent = PQsendPrepare(conn, stmt->name, sql, nparams, NULL) == 1;
+		total++;
+	}
+	if (sent) {
+		sent = stmt ? PQsendQueryPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0)
+		            : PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+		total++;
+	}
+	if (sent)
+		sent = PQpipelineSync(conn) == 1;
+	if (!sent) {
+		/* out of memory or the connection is gone: settle what was queued */
+		err = PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+		if (PQpipelineSync(conn) == 1)
+			drain_to_sync(conn, total);
+		PQexitPipelineMode(conn);
+		return err;
+	}
+	for (int k = 0; k < total; k++) {
+		ExecStatusType st;
+
+		r = PQgetResult(conn);
+		if (!r)
+			break; /* the connection failed: libpq already gave the error */
+		st = PQresultStatus(r);
+		if (parse && k == n_prelude && st == PGRES_COMMAND_OK && !err) {
+			stmt->sql = strdup(sql);
+			if (stmt->sql)
+				s->n_prep++;
+		}
+		if ((st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED) && !err)
+			err = r;
+		else if (k == total - 1 && !err)
+			keep = r;
+		else
+			PQclear(r);
+		while ((r = PQgetResult(conn)) != NULL) /* the NULL that ends each query */
+			PQclear(r);
+	}
+	drain_to_sync(conn, 0);
+	PQexitPipelineMode(conn);
+	if (err) {
+		PQclear(keep);
+		return err;
+	}
+	return keep ? keep : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+}
+
+PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       bool prepare)
+{
+	struct conn_state *s = conn_state(conn, prepare);
+	struct prepared *stmt = NULL;
+	bool parse = false;
+
+	if (s && prepare) {
+		stmt = find_prepared(s, sql);
+		if (!stmt && s->n_prep < MAX_PREPARED) {
+			stmt = &s->prep[s->n_prep];
+			snprintf(stmt->name, sizeof(stmt->name), "svccomm_%u", s->next_name++);
+			stmt->sql = NULL; /* recorded once the Parse succeeded */
+			parse = true;
+		}
+	}
+	if (s && (s->n_prelude > 0 || parse))
+		return run_pipeline(conn, s, sql, nparams, params, stmt, parse);
+	if (stmt)
+		return PQexecPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0);
+	return PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+}
+
+PGresult *svc_pg_query_text(PGconn *conn, const char *sql)
+{
+	struct conn_state *s = conn_state(conn, false);
+	PGresult *r;
+	size_t len;
+	char *text;
+
+	if (!s || s->n_prelude == 0)
+		return PQexec(conn, sql);
+	len = strlen(sql) + 1;
+	for (int i = 0; i < s->n_prelude; i++)
+		len += strlen(s->prelude[i]) + 2;
+	text = malloc(len);
+	if (!text)
+		return NULL;
+	text[0] = '\0';
+	for (int i = 0; i < s->n_prelude; i++) {
+		strcat(text, s->prelude[i]);
+		strcat(text, "; ");
+	}
+	strcat(text, sql);
+	s->n_prelude = 0;
+	r = PQexec(conn, text);
+	free(text);
+	return r;
+}
+
+static int exec_checked(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                        bool prepare, PGresult **res, char *err, size_t errsz, char *sqlstate)
 {
 	PGresult *r;
 	int rc;
@@ -240,7 +491,7 @@ int svc_pg_exec_params(PGconn *conn, const char *sql, int nparams, const char *c
 			strcpy(sqlstate, "08003");
 		return SVC_ECONN;
 	}
-	r = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	r = svc_pg_query(conn, sql, nparams, params, prepare);
 	if (r && PQresultStatus(r) == PGRES_TUPLES_OK)
 		rc = svc_pg_result_error(conn, r, PGRES_TUPLES_OK, err, errsz, sqlstate);
 	else
@@ -250,6 +501,18 @@ int svc_pg_exec_params(PGconn *conn, const char *sql, int nparams, const char *c
 	else
 		*res = r;
 	return rc;
+}
+
+int svc_pg_exec_params(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       PGresult **res, char *err, size_t errsz, char *sqlstate)
+{
+	return exec_checked(conn, sql, nparams, params, false, res, err, errsz, sqlstate);
+}
+
+int svc_pg_exec_cached(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       PGresult **res, char *err, size_t errsz, char *sqlstate)
+{
+	return exec_checked(conn, sql, nparams, params, true, res, err, errsz, sqlstate);
 }
 
 int svc_pg_exec_simple(PGconn *conn, const char *sql, char *err, size_t errsz, char *sqlstate)
@@ -263,7 +526,7 @@ int svc_pg_exec_simple(PGconn *conn, const char *sql, char *err, size_t errsz, c
 			strcpy(sqlstate, "08003");
 		return SVC_ECONN;
 	}
-	r = PQexec(conn, sql);
+	r = svc_pg_query_text(conn, sql);
 	if (r && PQresultStatus(r) == PGRES_TUPLES_OK)
 		rc = 0;
 	else

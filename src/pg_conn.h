@@ -49,6 +49,41 @@ int svc_pg_exec_params(PGconn *conn, const char *sql, int nparams, const char *c
 /* Runs a statement without parameters (several statements separated by ';' allowed). */
 int svc_pg_exec_simple(PGconn *conn, const char *sql, char *err, size_t errsz, char *sqlstate);
 
+/* ---- statements on a bare PGconn: deferred prelude, prepared-statement cache -----------------
+ *
+ * Per-connection state lives in libpq's instance data (PQregisterEventProc), so it follows the
+ * PGconn wherever it is lent (the consumer lends its connection to svccomm.db) and is freed
+ * with it; a PQreset() forgets it.
+ *
+ * Prelude: statements without parameters (static strings, at most SVC_PG_MAX_PRELUDE) that must
+ * run before the next statement on conn, e.g. the consumer's "BEGIN" + "SAVEPOINT svc_msg".
+ * They are not sent on their own: svc_pg_query() sends them together with the next statement in
+ * one libpq pipeline (one round trip), and a message whose handler never touches the database
+ * costs no round trip at all. When a prelude statement fails, the statement after it is not
+ * run and the prelude's error is returned for it. */
+#define SVC_PG_MAX_PRELUDE 3
+
+/* Replaces the pending prelude (n == 0 clears it). Returns 0 or SVC_ENOMEM / SVC_EINVAL. */
+int svc_pg_set_prelude(PGconn *conn, const char *const *stmts, int n);
+/* True while a prelude waits for the next statement. */
+bool svc_pg_prelude_pending(PGconn *conn);
+/* Drops the pending prelude without running it. */
+void svc_pg_clear_prelude(PGconn *conn);
+
+/* Runs one statement with text parameters, after any pending prelude, like PQexecParams.
+ * prepare: keep a named prepared statement for this SQL text on conn and use it from then on
+ * (the parse and plan of a complex statement cost more than its execution); the Parse travels
+ * in the same round trip as the first execution. Never NULL except out of memory. */
+PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       bool prepare);
+/* Runs a text of one or more statements (simple query protocol), after the pending prelude
+ * (sent in the same text). Returns the last result, as PQexec. */
+PGresult *svc_pg_query_text(PGconn *conn, const char *sql);
+
+/* svc_pg_exec_params() through the prepared-statement cache (see svc_pg_query()). */
+int svc_pg_exec_cached(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       PGresult **res, char *err, size_t errsz, char *sqlstate);
+
 /* A connection that remembers its conninfo and its last error. Embed it; _init before use. */
 struct svc_pg {
 	PGconn *conn;   /* owned; NULL when not connected */

@@ -443,9 +443,11 @@ local SCHEMA = {
 	{ key = "INSTALLED_APPS", type = "list", nullable = true,
 		check = check_apps,
 		doc = "Apps to load (apps/<name>/consumers.lua); unset = every app, sorted by name." },
-	{ key = "PREFETCH_COUNT", type = "integer", default = 100,
+	{ key = "PREFETCH_COUNT", type = "integer", default = 500,
 		check = check_integer(1, 65535),
-		doc = "basic.qos prefetch: unacknowledged messages per consumer." },
+		doc = "basic.qos prefetch: unacknowledged messages per consumer (also the largest "
+			.. "batch per transaction). Lower it for slow handlers so work spreads across "
+			.. "workers and consumers." },
 	{ key = "MAX_ATTEMPTS", type = "integer", default = 4,
 		check = check_integer(1, 1000),
 		doc = "Deliveries of a failing message before it goes to <QUEUE>.dlq." },

@@ -1,0 +1,116 @@
+"""runconsumer: the batch transaction and each message's savepoint.
+
+The consumer opens its transaction and each message's savepoint lazily: BEGIN / SAVEPOINT wait
+on the connection and go out with the handler's first statement, in the same round trip. These
+scenarios pin down what that must not change (a failed message rolls back only its own work;
+nested db.transaction and multi-statement exec as the first statement; a handler that never
+touches the database) and what it adds (no transaction is open while such a handler runs).
+"""
+import time
+
+from test_consumer_support import (DATABASE_URL, Project, broker, projects, sql,  # noqa: F401
+                                   wait_for)
+
+MIXED = """
+local svccomm = require "svccomm"
+local db = svccomm.db
+
+svccomm.message_router.consumer("$EXCHANGE", "#", function(rk, body, msg)
+  local n = body.n
+  if rk == "nodb" then
+    return
+  elseif rk == "nested" then
+    -- first statement of the message: a nested transaction whose inner part fails
+    local ok = pcall(db.transaction, function()
+      db.query("INSERT INTO $TABLE (n, info) VALUES ($1, 'inner')", n)
+      error("inner part fails")
+    end)
+    assert(not ok)
+    db.query("INSERT INTO $TABLE (n, info) VALUES ($1, 'after-inner')", n)
+  elseif rk == "exec" then
+    -- first statement: several statements without parameters (simple query protocol)
+    db.exec("INSERT INTO $TABLE (n, info) VALUES (" .. math.tointeger(n) .. ", 'exec1'); "
+      .. "INSERT INTO $TABLE (n, info) VALUES (" .. math.tointeger(n) .. ", 'exec2')")
+  elseif rk == "fail" then
+    db.query("INSERT INTO $TABLE (n, info) VALUES ($1, 'must-vanish')", n)
+    error("fails after writing")
+  elseif rk == "status" then
+    db.query("INSERT INTO $TABLE (n, info) VALUES ($1, $2)", n,
+      db.current().conn:transaction_status())
+  else
+    db.query("INSERT INTO $TABLE (n, info) VALUES ($1, 'plain')", n)
+  end
+end)
+"""
+
+
+def test_batch_of_mixed_handlers_keeps_each_message_own_work(tmp_path, broker, projects):
+    # MAX_ATTEMPTS 1: a failing message is dead-lettered at once, nothing comes back
+    p = Project(tmp_path, MIXED, {"MAX_ATTEMPTS": 1, "CONSUMER_COMMIT_INTERVAL": 0.5})
+    projects.append(p)
+    kinds = ["nodb", "nested", "exec", "fail", "plain", "status"]
+    p.start()  # declares the queue and the bindings
+    assert p.stop() == 0
+    # Published while the consumer is down: they arrive together and share batches.
+    for i in range(60):
+        broker.publish(p.exchange, kinds[i % len(kinds)], {"n": i})
+    p.start()
+    wait_for(lambda: broker.count(p.queue) == 0 and broker.count(p.queue + ".dlq") == 10, 30,
+             what="all 60 messages handled")
+    wait_for(lambda: p.count() == 50, 10, what="the rows of 50 messages")
+    rows = sql("SELECT n, info FROM %s ORDER BY n, id" % p.table)
+    expected = []
+    for i in range(60):
+        k = kinds[i % len(kinds)]
+        if k == "nested":
+            expected.append((i, "after-inner"))
+        elif k == "exec":
+            expected += [(i, "exec1"), (i, "exec2")]
+        elif k == "plain":
+            expected.append((i, "plain"))
+        elif k == "status":
+            expected.append((i, "intrans"))
+    assert rows == expected
+    log = p.log()
+    assert log.count("fails after writing") == 10
+    assert "aborted" not in log
+    assert p.stop() == 0
+
+
+SLOW_NODB = """
+local svccomm = require "svccomm"
+local db = svccomm.db
+
+svccomm.message_router.consumer("$EXCHANGE", "#", function(rk, body, msg)
+  if rk == "slow" then
+    local t = os.clock() + 1.5   -- busy: no database, no library call
+    while os.clock() < t do end
+  else
+    db.query("INSERT INTO $TABLE (n, info) VALUES ($1, 'plain')", body.n)
+  end
+end)
+"""
+
+
+def test_handler_without_database_work_runs_outside_any_transaction(tmp_path, broker,
+                                                                    projects):
+    app = "svctx_" + str(int(time.time() * 1000) % 10**9)
+    url = DATABASE_URL + ("&" if "?" in DATABASE_URL else "?") + "application_name=" + app
+    p = Project(tmp_path, SLOW_NODB)
+    projects.append(p)
+    base_env = p.env
+    p.env = lambda: dict(base_env(), SVCCOMM_DATABASE_URL=url)
+    p.start()
+
+    def backend_state():
+        rows = sql("SELECT state FROM pg_stat_activity WHERE application_name = %s", app)
+        return rows[0][0] if rows else None
+
+    broker.publish(p.exchange, "slow", {"n": 1})
+    time.sleep(0.5)  # inside the 1.5 s handler
+    assert backend_state() == "idle"  # no BEGIN / SAVEPOINT was sent for it
+    broker.publish(p.exchange, "plain", {"n": 2})
+    wait_for(lambda: p.count() == 1, 20, what="the plain message's row")
+    wait_for(lambda: backend_state() == "idle", 5, what="the batch to commit")
+    assert sql("SELECT n, info FROM %s" % p.table) == [(2, "plain")]
+    assert p.stop() == 0
