@@ -80,13 +80,23 @@ int svc_relay_sql_init(struct svc_relay_sql *q, const char *table)
 	t = q->table;
 	q->key_part = svc_relay_key("svccomm-relay-partition:", table);
 	q->key_member = svc_relay_key("svccomm-relay-member:", table);
+	/* The claim also deletes the rows confirmed since the previous one ($3): one round trip
+	 * instead of two. Its SELECT reads the snapshot taken before the CTE's DELETE, so it
+	 * still sees those rows and must skip them ($3 again) as well as the rows in flight
+	 * ($1). The DELETE runs to completion whatever the LIMIT. The skip lists are read
+	 * through NOT IN (SELECT unnest(..)), a hashed subplan even in the generic plan of the
+	 * prepared statement (NOT (id = ANY($1)) is hashed only for a constant array: with a
+	 * parameter every row visited would scan the whole list). */
 #define CLAIM_COLS                                                                                 \
-	"SELECT id, " PART_EXPR ", exchange, routing_key, body, coalesce(message_id, id::text), "  \
-	"correlation_id, headers::text, attempts, extract(epoch from created_at)::int8 FROM %s "   \
-	"WHERE parked_at IS NULL AND send_after <= now() AND NOT (id = ANY($1::int8[]))"
-	q->claim_all = fmt(CLAIM_COLS " ORDER BY id LIMIT $2", t);
+	"WITH d AS (DELETE FROM %s WHERE id = ANY($3::int8[])) SELECT id, " PART_EXPR              \
+	", exchange, routing_key, body, coalesce(message_id, id::text), correlation_id, "          \
+	"headers::text, attempts, extract(epoch from created_at)::int8 FROM %s WHERE parked_at "   \
+	"IS "                                                                                      \
+	"NULL AND send_after <= now() AND id NOT IN (SELECT unnest($1::int8[]) UNION ALL SELECT "  \
+	"unnest($3::int8[]))"
+	q->claim_all = fmt(CLAIM_COLS " ORDER BY id LIMIT $2", t, t);
 	q->claim_part =
-	    fmt(CLAIM_COLS " AND " PART_EXPR " = ANY($3::int4[]) ORDER BY id LIMIT $2", t);
+	    fmt(CLAIM_COLS " AND " PART_EXPR " = ANY($4::int4[]) ORDER BY id LIMIT $2", t, t);
 	q->del = fmt("DELETE FROM %s WHERE id = ANY($1::int8[])", t);
 	q->resched =
 	    fmt("UPDATE %s SET attempts = attempts + 1, last_error = $3, send_after = now() "
@@ -135,81 +145,143 @@ void svc_relay_sql_release(struct svc_relay_sql *q)
 	free(q->backlog);
 	free(q->health);
 	free(q->listen);
-	free(q->buf);
+	free(q->buf.p);
+	free(q->del_buf.p);
+	free(q->part_buf.p);
 	memset(q, 0, sizeof(*q));
 }
 
-static int reserve(struct svc_relay_sql *q, size_t need)
+static int reserve(struct svc_relay_buf *b, size_t need)
 {
-	char *b;
+	char *p;
 
-	if (need <= q->bufcap)
+	if (need <= b->cap)
 		return 0;
-	b = realloc(q->buf, need * 2);
-	if (!b)
+	p = realloc(b->p, need * 2);
+	if (!p)
 		return SVC_ENOMEM;
-	q->buf = b;
-	q->bufcap = need * 2;
+	b->p = p;
+	b->cap = need * 2;
 	return 0;
 }
 
-/* "{1,2,3}" into q->buf. */
-static int id_array(struct svc_relay_sql *q, const int64_t *ids, size_t n)
+/* "{1,2,3}" into b. */
+static int id_array(struct svc_relay_buf *b, const int64_t *ids, size_t n)
 {
 	size_t pos = 0;
 
-	if (reserve(q, n * 21 + 3) != 0)
+	if (reserve(b, n * 21 + 3) != 0)
 		return SVC_ENOMEM;
-	q->buf[pos++] = '{';
+	b->p[pos++] = '{';
 	for (size_t i = 0; i < n; i++)
-		pos += (size_t)snprintf(q->buf + pos, 22, i ? ",%" PRId64 : "%" PRId64, ids[i]);
-	q->buf[pos++] = '}';
-	q->buf[pos] = '\0';
+		pos += (size_t)snprintf(b->p + pos, 22, i ? ",%" PRId64 : "%" PRId64, ids[i]);
+	b->p[pos++] = '}';
+	b->p[pos] = '\0';
 	return 0;
 }
 
-static int part_array(struct svc_relay_sql *q, const bool *parts)
+static int part_array(struct svc_relay_buf *b, const bool *parts)
 {
 	size_t pos = 0;
 	bool first = true;
 
-	if (reserve(q, SVC_RELAY_PARTITIONS * 4 + 3) != 0)
+	if (reserve(b, SVC_RELAY_PARTITIONS * 4 + 3) != 0)
 		return SVC_ENOMEM;
-	q->buf[pos++] = '{';
+	b->p[pos++] = '{';
 	for (int p = 0; p < SVC_RELAY_PARTITIONS; p++) {
 		if (!parts[p])
 			continue;
-		pos += (size_t)snprintf(q->buf + pos, 5, first ? "%d" : ",%d", p);
+		pos += (size_t)snprintf(b->p + pos, 5, first ? "%d" : ",%d", p);
 		first = false;
 	}
-	q->buf[pos++] = '}';
-	q->buf[pos] = '\0';
+	b->p[pos++] = '}';
+	b->p[pos] = '\0';
 	return 0;
 }
 
-int svc_relay_claim(struct svc_pg *pg, struct svc_relay_sql *q, long limit, const int64_t *skip,
-                    size_t n_skip, const bool *parts, PGresult **res)
+void svc_relay_session_reset(struct svc_relay_sql *q)
 {
-	char lim[24], *partbuf = NULL;
-	const char *params[3] = {NULL, lim, NULL};
+	memset(q->prepared, 0, sizeof(q->prepared));
+	q->no_prepare = false;
+}
+
+static const char *stmt_sql(const struct svc_relay_sql *q, enum svc_relay_stmt st)
+{
+	switch (st) {
+	case SVC_RELAY_ST_CLAIM_ALL:
+		return q->claim_all;
+	case SVC_RELAY_ST_CLAIM_PART:
+		return q->claim_part;
+	case SVC_RELAY_ST_DEL:
+		return q->del;
+	default:
+		return q->next_due;
+	}
+}
+
+/* Runs statement st through its prepared form (preparing it first on a new session). */
+static int exec_stmt(struct svc_pg *pg, struct svc_relay_sql *q, enum svc_relay_stmt st,
+                     int nparams, const char *const *params, PGresult **res)
+{
+	ExecStatusType want = st == SVC_RELAY_ST_DEL ? PGRES_COMMAND_OK : PGRES_TUPLES_OK;
+	char name[48];
+	PGresult *r;
+	int rc;
+
+	if (res)
+		*res = NULL;
+	if (q->no_prepare || !pg->conn)
+		return svc_pg_exec(pg, stmt_sql(q, st), nparams, params, res);
+	snprintf(name, sizeof(name), "svc_relay_%d_%u", (int)st, q->gen);
+	if (!q->prepared[st]) {
+		r = PQprepare(pg->conn, name, stmt_sql(q, st), 0, NULL);
+		rc = svc_pg_result_error(pg->conn, r, PGRES_COMMAND_OK, pg->error,
+		                         sizeof(pg->error), pg->sqlstate);
+		PQclear(r);
+		if (rc)
+			return rc;
+		q->prepared[st] = true;
+	}
+	r = PQexecPrepared(pg->conn, name, nparams, params, NULL, NULL, 0);
+	rc = svc_pg_result_error(pg->conn, r, want, pg->error, sizeof(pg->error), pg->sqlstate);
+	if (rc == SVC_EDB) {
+		/* 26000: the statement is gone although this session prepared it, as behind a
+		 * pooler that hands out other server sessions: use unnamed statements. Otherwise
+		 * (e.g. "cached plan must not change result type" after the table changed) prepare
+		 * everything again, under new names. */
+		if (strcmp(pg->sqlstate, "26000") == 0)
+			q->no_prepare = true;
+		memset(q->prepared, 0, sizeof(q->prepared));
+		q->gen++;
+	}
+	if (rc < 0 || !res)
+		PQclear(r);
+	else
+		*res = r;
+	return rc;
+}
+
+int svc_relay_claim(struct svc_pg *pg, struct svc_relay_sql *q, long limit, const int64_t *skip,
+                    size_t n_skip, const int64_t *del, size_t n_del, const bool *parts,
+                    PGresult **res)
+{
+	char lim[24];
+	const char *params[4] = {NULL, lim, NULL, NULL};
 	int rc;
 
 	snprintf(lim, sizeof(lim), "%ld", limit);
 	if (parts) {
-		if ((rc = part_array(q, parts)) != 0)
+		if ((rc = part_array(&q->part_buf, parts)) != 0)
 			return rc;
-		partbuf = strdup(q->buf);
-		if (!partbuf)
-			return SVC_ENOMEM;
-		params[2] = partbuf;
+		params[3] = q->part_buf.p;
 	}
-	if ((rc = id_array(q, skip, n_skip)) != 0)
-		goto out;
-	params[0] = q->buf;
-	rc = svc_pg_exec(pg, parts ? q->claim_part : q->claim_all, parts ? 3 : 2, params, res);
-out:
-	free(partbuf);
-	return rc;
+	if ((rc = id_array(&q->buf, skip, n_skip)) != 0 ||
+	    (rc = id_array(&q->del_buf, del, n_del)) != 0)
+		return rc;
+	params[0] = q->buf.p;
+	params[2] = q->del_buf.p;
+	return exec_stmt(pg, q, parts ? SVC_RELAY_ST_CLAIM_PART : SVC_RELAY_ST_CLAIM_ALL,
+	                 parts ? 4 : 3, params, res);
 }
 
 int svc_relay_delete(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n)
@@ -219,10 +291,10 @@ int svc_relay_delete(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *
 
 	if (n == 0)
 		return 0;
-	if ((rc = id_array(q, ids, n)) != 0)
+	if ((rc = id_array(&q->buf, ids, n)) != 0)
 		return rc;
-	params[0] = q->buf;
-	return svc_pg_exec(pg, q->del, 1, params, NULL);
+	params[0] = q->buf.p;
+	return exec_stmt(pg, q, SVC_RELAY_ST_DEL, 1, params, NULL);
 }
 
 int svc_relay_reschedule(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n,
@@ -234,10 +306,10 @@ int svc_relay_reschedule(struct svc_pg *pg, struct svc_relay_sql *q, const int64
 
 	if (n == 0)
 		return 0;
-	if ((rc = id_array(q, ids, n)) != 0)
+	if ((rc = id_array(&q->buf, ids, n)) != 0)
 		return rc;
 	snprintf(capbuf, sizeof(capbuf), "%.3f", cap > 0 ? cap : 1.0);
-	params[0] = q->buf;
+	params[0] = q->buf.p;
 	params[1] = capbuf;
 	params[2] = reason;
 	return svc_pg_exec(pg, q->resched, 3, params, NULL);
@@ -251,9 +323,9 @@ int svc_relay_park(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *id
 
 	if (n == 0)
 		return 0;
-	if ((rc = id_array(q, ids, n)) != 0)
+	if ((rc = id_array(&q->buf, ids, n)) != 0)
 		return rc;
-	params[0] = q->buf;
+	params[0] = q->buf.p;
 	params[1] = reason;
 	return svc_pg_exec(pg, q->park, 2, params, NULL);
 }
@@ -261,7 +333,7 @@ int svc_relay_park(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *id
 int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs)
 {
 	PGresult *res = NULL;
-	int rc = svc_pg_exec(pg, q->next_due, 0, NULL, &res);
+	int rc = exec_stmt(pg, q, SVC_RELAY_ST_NEXT_DUE, 0, NULL, &res);
 
 	if (rc)
 		return rc;
@@ -361,16 +433,16 @@ int svc_relay_lock_parts(struct svc_pg *pg, struct svc_relay_sql *q, const int *
 	*ngot = 0;
 	if (ncand == 0 || want <= 0)
 		return 0;
-	if ((rc = reserve(q, ncand * 12 + 3)) != 0)
+	if ((rc = reserve(&q->buf, ncand * 12 + 3)) != 0)
 		return rc;
-	q->buf[pos++] = '{';
+	q->buf.p[pos++] = '{';
 	for (size_t i = 0; i < ncand; i++)
-		pos += (size_t)snprintf(q->buf + pos, 13, i ? ",%d" : "%d", cand[i]);
-	q->buf[pos++] = '}';
-	q->buf[pos] = '\0';
+		pos += (size_t)snprintf(q->buf.p + pos, 13, i ? ",%d" : "%d", cand[i]);
+	q->buf.p[pos++] = '}';
+	q->buf.p[pos] = '\0';
 	snprintf(k, sizeof(k), "%" PRId32, q->key_part);
 	snprintf(w, sizeof(w), "%ld", want);
-	params[1] = q->buf;
+	params[1] = q->buf.p;
 	/* The executor pulls rows lazily through LIMIT, so the locks are tried in order and no
 	 * more than want are taken. */
 	rc = svc_pg_exec(pg,

@@ -11,7 +11,13 @@
  * other in pg_locks. Both keys are derived from the table name, so relays of different outbox
  * tables in one database never meet.
  *
- * Ownership: struct svc_relay_sql owns its SQL texts and a scratch buffer for array
+ * Prepared statements: the statements of the hot path (claim, delete, next due) are prepared on
+ * the session at their first use (one extra round trip per session) and executed by name from
+ * then on, so PostgreSQL neither parses nor plans them again. The caller must call
+ * svc_relay_session_reset() whenever it opens a new session. A session that refuses them (a
+ * pooler that does not keep prepared statements) falls back to unnamed statements.
+ *
+ * Ownership: struct svc_relay_sql owns its SQL texts and scratch buffers for array
  * parameters; the struct svc_pg connection is the caller's. Every function returns 0 or a
  * negative SVC_E* (SVC_ECONN: reconnect; SVC_EDB: the statement failed), the text being kept
  * on the svc_pg. */
@@ -42,13 +48,28 @@ enum svc_relay_col {
 	SVC_RELAY_COL_CREATED, /* created_at as whole seconds since the epoch */
 };
 
+/* The statements kept prepared on the session. */
+enum svc_relay_stmt {
+	SVC_RELAY_ST_CLAIM_ALL,
+	SVC_RELAY_ST_CLAIM_PART,
+	SVC_RELAY_ST_DEL,
+	SVC_RELAY_ST_NEXT_DUE,
+	SVC_RELAY_N_STMT,
+};
+
+/* A growable text buffer for one array parameter. */
+struct svc_relay_buf {
+	char *p;
+	size_t cap;
+};
+
 struct svc_relay_sql {
 	char *table;   /* quoted, possibly schema-qualified: "public"."svccomm_outbox" */
 	char *channel; /* NOTIFY channel: the table name without schema (unquoted) */
 	int32_t key_part;
 	int32_t key_member;
-	char *claim_all;  /* claim from every partition */
-	char *claim_part; /* claim from the partitions in $4 */
+	char *claim_all;  /* delete the confirmed ids $3, claim from every partition */
+	char *claim_part; /* the same, from the partitions in $4 only */
 	char *del;
 	char *resched;
 	char *park;
@@ -56,8 +77,10 @@ struct svc_relay_sql {
 	char *backlog;
 	char *health;
 	char *listen;
-	char *buf; /* scratch for array literals */
-	size_t bufcap;
+	struct svc_relay_buf buf, del_buf, part_buf; /* scratch for array literals */
+	bool prepared[SVC_RELAY_N_STMT];             /* on the current session */
+	bool no_prepare;                             /* the session refused: unnamed statements */
+	unsigned gen;                                /* in the names, bumped after a failure */
 };
 
 /* Validates table ([schema.]identifier, each [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes) and
@@ -65,16 +88,22 @@ struct svc_relay_sql {
 int svc_relay_sql_init(struct svc_relay_sql *q, const char *table);
 void svc_relay_sql_release(struct svc_relay_sql *q);
 
+/* The caller opened a new session: nothing is prepared on it yet. */
+void svc_relay_session_reset(struct svc_relay_sql *q);
+
 /* Stable 31-bit hash of a string (FNV-1a), used for the advisory lock keys. */
 int32_t svc_relay_key(const char *prefix, const char *table);
 
-/* Claims up to limit due rows (send_after <= now(), not parked) in id order, skipping the ids
- * in skip[0..n_skip) (rows this relay has in flight: still in the table until confirmed) and,
- * when parts is not NULL, rows outside the partitions with parts[p] true. *res: caller
- * clears. Columns: enum svc_relay_col. Nothing is locked: the partition lock makes this relay
- * the only one publishing these rows. */
+/* In one statement (one round trip, one transaction): deletes the rows del[0..n_del) (confirmed
+ * by the broker) and claims up to limit due rows (send_after <= now(), not parked) in id order,
+ * skipping the ids in skip[0..n_skip) (rows this relay has in flight: still in the table until
+ * confirmed), the ids in del and, when parts is not NULL, rows outside the partitions with
+ * parts[p] true. On failure nothing was deleted (or, after SVC_ECONN, it is unknown). *res:
+ * caller clears. Columns: enum svc_relay_col. Nothing is locked: the partition lock makes this
+ * relay the only one publishing these rows. */
 int svc_relay_claim(struct svc_pg *pg, struct svc_relay_sql *q, long limit, const int64_t *skip,
-                    size_t n_skip, const bool *parts, PGresult **res);
+                    size_t n_skip, const int64_t *del, size_t n_del, const bool *parts,
+                    PGresult **res);
 /* Deletes the rows with these ids (one statement). */
 int svc_relay_delete(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n);
 /* Keeps the rows for a later attempt: attempts + 1, last_error = reason, send_after = now() +

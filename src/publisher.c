@@ -12,14 +12,27 @@
  * correlation_id and headers from the row, timestamp = created_at). Up to PUBLISHER_WINDOW
  * messages may be unconfirmed; confirms (basic.ack/nack with `multiple`) are matched to rows
  * through the channel's publish sequence numbers. Decided rows are handled in one statement per
- * kind: confirmed -> DELETE ... WHERE id = ANY($1); nacked -> kept, retried after a backoff;
- * returned as unroutable (basic.return, matched by the "x-svccomm-seq" header amqp_conn adds) ->
- * deleted and counted with PUBLISHER_UNROUTABLE = "drop", kept with a backoff with "keep".
- * A row is deleted only after a positive confirm, so a lost connection, a nack or a crash can
- * only cause a second publish of the same row (same message_id), never a loss.
+ * kind: nacked -> kept, retried after a backoff; returned as unroutable (basic.return, matched by
+ * the "x-svccomm-seq" header amqp_conn adds) -> deleted and counted with PUBLISHER_UNROUTABLE =
+ * "drop", kept with a backoff with "keep"; confirmed -> deleted by the next claim: the claim is
+ * one statement, WITH d AS (DELETE ... WHERE id = ANY($3)) SELECT ..., so a steady relay costs
+ * one database round trip per batch, not two. The SELECT reads the snapshot from before that
+ * DELETE and therefore skips the ids of $3 as well as those in flight. Confirmed rows wait for a
+ * claim only while one is sure to follow (more work, confirms outstanding) and at most
+ * DELETE_MAX_WAIT; otherwise (caught up, no partitions, shutdown, a partition to hand over, the
+ * list full) they are deleted by a DELETE of their own. The list survives reconnects: those rows
+ * were confirmed, deleting them late is correct and spares a second publish. A row is deleted
+ * only after a positive confirm, so a lost connection, a nack or a crash can only cause a second
+ * publish of the same row (same message_id), never a loss.
+ *
+ * Before each claim the relay reads the confirms that already arrived, so the rows they settle
+ * leave the skip list and their deletes ride on this claim. Claim, delete and next-due are
+ * prepared statements with a generic plan (plan_cache_mode = force_generic_plan on the relay's
+ * session): no parse or plan per batch, and no planning cost that grows with the skip list.
  *
  * Rows in flight are not claimed twice: every claim passes the ids still unconfirmed and
- * skips exactly those (NOT (id = ANY($1)), which PostgreSQL evaluates with a hash table). There
+ * skips exactly those (id NOT IN (SELECT unnest($1) ...), a hashed subplan: NOT (id = ANY($1))
+ * would be hashed only in a custom plan and scan the list per row in a generic one). There
  * is no cursor: every claim starts from the lowest due id, so a row whose transaction commits
  * late (with an id below rows already sent) is picked up by the next claim and never skipped.
  * Rows of one aggregate written one transaction after the other therefore go out in id order,
@@ -41,7 +54,8 @@
  * the partitions whose session-level advisory lock it holds on its database connection. Each
  * relay also holds a membership lock; every few seconds it counts the relays (membership locks
  * in pg_locks), keeps at most ceil(64 / relays) partitions, stops claiming from the extra ones
- * and unlocks each once none of its rows is in flight, and tries to lock free ones. Within a
+ * and unlocks each once none of its rows is in flight or waits for its delete, and tries to lock
+ * free ones. Within a
  * partition only one relay publishes, in id order, so per-aggregate order holds and nothing is
  * published twice in normal operation. A relay that dies loses its locks with its session; the
  * others take its partitions at their next rebalance (REBALANCE_PERIOD seconds). Rows it had in
@@ -81,6 +95,7 @@
 #define MAX_HEADERS      64
 #define N_CONFIRMS       512
 #define LISTEN_CHECK_MS  2000
+#define DELETE_MAX_WAIT  0.1 /* seconds a confirmed row may wait for a claim to delete it */
 
 /* ---- in-flight bookkeeping ---------------------------------------------------------------- */
 
@@ -553,6 +568,9 @@ struct relay {
 	size_t n_park;
 	int64_t *skip_ids; /* the ids in flight, for the claim */
 	char park_reason[300];
+	int64_t *del_ids; /* confirmed rows not deleted yet: the next claim deletes them */
+	size_t n_del, del_cap;
+	double del_since; /* when the oldest of them was confirmed */
 
 	struct svc_amqp_header hdrs[MAX_HEADERS];
 	char *hdrbuf;
@@ -677,6 +695,7 @@ static void mq_lost(struct relay *r, const char *what)
 }
 
 static int rebalance(struct relay *r);
+static void flush_deletes(struct relay *r);
 
 static bool listen_check(struct relay *r)
 {
@@ -715,9 +734,15 @@ static void db_connect(struct relay *r)
 		return;
 	}
 	r->db_up = true;
+	svc_relay_session_reset(&r->q);
 	/* Deletes of confirmed rows need no fsync: after a crash a lost delete only means the
-	 * row is published again, which consumers already handle (at-least-once). */
-	if (svc_pg_exec(&r->pg, "SET synchronous_commit = off", 0, NULL, NULL) != 0 ||
+	 * row is published again, which consumers already handle (at-least-once). The claim's
+	 * plan does not depend on its arrays (always the id order), so the prepared statements
+	 * are planned once, not at each execution (planning a long skip list costs per id). */
+	if (svc_pg_exec(&r->pg,
+	                "SELECT set_config('synchronous_commit', 'off', false), "
+	                "set_config('plan_cache_mode', 'force_generic_plan', false)",
+	                0, NULL, NULL) != 0 ||
 	    svc_relay_join(&r->pg, &r->q) != 0)
 		goto fail;
 	if (want_listen && (r->listen || !r->listen_tested)) {
@@ -805,10 +830,17 @@ static int rebalance(struct relay *r)
 			nkeep--;
 		}
 	}
-	/* Unlock the ones given back once none of their rows is in flight. */
+	/* Unlock the ones given back once none of their rows is in flight, and none waits for
+	 * its delete either: the next owner would publish it again. */
 	for (int p = 0; p < SVC_RELAY_PARTITIONS; p++) {
 		if (!r->releasing[p] || r->fl.part_count[p] > 0)
 			continue;
+		if (r->n_del > 0)
+			flush_deletes(r);
+		if (!r->db_up)
+			return SVC_ECONN;
+		if (r->n_del > 0)
+			break;
 		if ((rc = svc_relay_unlock_part(&r->pg, &r->q, p)) != 0)
 			goto fail;
 		r->held[p] = r->releasing[p] = false;
@@ -899,7 +931,28 @@ static void park_row(struct relay *r, int64_t id, const char *reason)
 		flush_lists(r);
 }
 
-/* Deletes / reschedules the rows the broker decided. */
+/* Deletes the confirmed rows in one statement of their own: used when no claim is coming soon
+ * to carry them (caught up, no partitions, shutdown, a partition to hand over, a full list). A
+ * failure keeps them for a later attempt: they are confirmed, deleting them late is correct. */
+static void flush_deletes(struct relay *r)
+{
+	int rc;
+
+	if (r->n_del == 0 || !r->db_up)
+		return;
+	rc = svc_relay_delete(&r->pg, &r->q, r->del_ids, r->n_del);
+	if (rc == SVC_ECONN) {
+		db_lost(r, "deleting confirmed rows");
+	} else if (rc) {
+		svc_error(COMP, "deleting confirmed rows: %s", svc_pg_error(&r->pg));
+	} else {
+		r->n_del = 0;
+		r->db_last_ok = now_s();
+	}
+}
+
+/* Reschedules the rows the broker refused or returned (with "keep") at once, and queues the
+ * confirmed ones for deletion. */
 static void settle(struct relay *r)
 {
 	struct svc_flight_out *o = &r->fl.out;
@@ -941,14 +994,23 @@ static void settle(struct relay *r)
 		                          r->cfg->reconnect_max_delay,
 		                          "refused by the broker (nack)");
 	}
-	if (rc == 0 && o->n_acked)
-		rc = svc_relay_delete(&r->pg, &r->q, o->acked, o->n_acked);
-	if (rc == SVC_ECONN)
-		db_lost(r, "deleting confirmed rows");
-	else if (rc)
-		svc_error(COMP, "deleting confirmed rows: %s", svc_pg_error(&r->pg));
-	else
+	if (rc == SVC_ECONN) {
+		db_lost(r, "rescheduling rows");
+		return;
+	}
+	if (rc)
+		svc_error(COMP, "rescheduling rows: %s", svc_pg_error(&r->pg));
+	else if (o->n_returned || o->n_nacked)
 		r->db_last_ok = now_s();
+	/* Confirmed rows are deleted by the next claim (same statement); make room if needed. */
+	if (r->n_del + o->n_acked > r->del_cap)
+		flush_deletes(r);
+	if (r->n_del + o->n_acked > r->del_cap)
+		return; /* could not delete: these rows are published again later */
+	if (r->n_del == 0 && o->n_acked)
+		r->del_since = now_s();
+	memcpy(r->del_ids + r->n_del, o->acked, o->n_acked * sizeof(int64_t));
+	r->n_del += o->n_acked;
 }
 
 static void on_return(void *ctx, uint64_t seq, const char *text)
@@ -1176,21 +1238,27 @@ static long claim_limit(struct relay *r)
 	return batch;
 }
 
-/* Claims one batch and publishes it. */
+/* Deletes the confirmed rows, claims one batch and publishes it. */
 static void claim_and_publish(struct relay *r)
 {
-	long limit = claim_limit(r);
+	long limit;
 	int64_t blo = INT64_MAX, bhi = INT64_MIN;
 	size_t n_skip;
 	uint64_t last_seq = 0;
 	PGresult *res = NULL;
 	int rc, n, published = 0;
 
-	if (limit <= 0 || r->n_claimable == 0)
+	/* Confirms that already arrived first: rows they settle leave the skip list and are
+	 * deleted by this claim, and the window gets their room. */
+	handle_confirms(r, 0);
+	limit = claim_limit(r);
+	if (limit <= 0 || r->n_claimable == 0 || !r->mq_up || !r->db_up)
 		return;
 	n_skip = svc_flight_ids(&r->fl, r->skip_ids);
-	rc = svc_relay_claim(&r->pg, &r->q, limit, r->skip_ids, n_skip,
+	rc = svc_relay_claim(&r->pg, &r->q, limit, r->skip_ids, n_skip, r->del_ids, r->n_del,
 	                     r->n_claimable == SVC_RELAY_PARTITIONS ? NULL : r->claimable, &res);
+	if (rc == 0)
+		r->n_del = 0; /* deleted in the same transaction */
 	if (rc) {
 		if (rc == SVC_ECONN)
 			db_lost(r, "claiming rows");
@@ -1312,6 +1380,13 @@ static void wait_events(struct relay *r)
 		handle_confirms(r, 0);
 		return;
 	}
+	/* About to sleep. Confirmed rows wait for the next claim only while one is sure to come
+	 * soon: more work, room expected from outstanding confirms, and not for too long. */
+	if (r->n_del > 0 && (!r->work || !r->mq_up || r->n_claimable == 0 || r->fl.count == 0 ||
+	                     t - r->del_since >= DELETE_MAX_WAIT))
+		flush_deletes(r);
+	if (r->n_del > 0)
+		until = min_d(until, r->del_since + DELETE_MAX_WAIT);
 	until = min_d(until, r->next_poll);
 	until = min_d(until, r->next_rebalance);
 	until = min_d(until, r->next_stats);
@@ -1407,7 +1482,9 @@ int svc_publisher_run(const struct svc_config *cfg, volatile sig_atomic_t *stop)
 	r->defer_ids = calloc(window, sizeof(int64_t));
 	r->park_ids = calloc(window, sizeof(int64_t));
 	r->skip_ids = calloc(window, sizeof(int64_t));
-	if (!r->mq || !r->defer_ids || !r->park_ids || !r->skip_ids ||
+	r->del_cap = window;
+	r->del_ids = calloc(window, sizeof(int64_t));
+	if (!r->mq || !r->defer_ids || !r->park_ids || !r->skip_ids || !r->del_ids ||
 	    svc_flight_init(&r->fl, window) != 0) {
 		rc = SVC_ENOMEM;
 		goto out;
@@ -1435,6 +1512,7 @@ int svc_publisher_run(const struct svc_config *cfg, volatile sig_atomic_t *stop)
 		         "%zu message(s) still unconfirmed: their rows stay and are sent again",
 		         r->fl.count);
 	flush_lists(r);
+	flush_deletes(r);
 	if (r->cfg->stats_interval > 0)
 		stats(r);
 	rc = 0;
@@ -1448,6 +1526,7 @@ out:
 	free(r->defer_ids);
 	free(r->park_ids);
 	free(r->skip_ids);
+	free(r->del_ids);
 	free(r->hdrbuf);
 	free(r);
 	return rc;

@@ -274,6 +274,39 @@ static void sql_names_are_validated_and_quoted(void **state)
 	assert_true(svc_relay_key("p:", "t") != svc_relay_key("p:", "u"));
 }
 
+/* The claim deletes the confirmed ids ($3) in the same statement; its SELECT still sees those
+ * rows (snapshot before the CTE) so it must skip them as well as the ids in flight ($1). */
+static void claim_deletes_confirmed_rows_and_skips_them(void **state)
+{
+	struct svc_relay_sql q;
+	const char *texts[2];
+
+	(void)state;
+	assert_int_equal(svc_relay_sql_init(&q, "app.outbox"), 0);
+	texts[0] = q.claim_all;
+	texts[1] = q.claim_part;
+	for (int i = 0; i < 2; i++) {
+		const char *t = texts[i];
+
+		assert_true(strncmp(t,
+		                    "WITH d AS (DELETE FROM \"app\".\"outbox\" WHERE id = "
+		                    "ANY($3::int8[]))",
+		                    strlen("WITH d AS (DELETE FROM \"app\".\"outbox\" WHERE id = "
+		                           "ANY($3::int8[]))")) == 0);
+		assert_non_null(strstr(t, "id NOT IN (SELECT unnest($1::int8[]) UNION ALL SELECT "
+		                          "unnest($3::int8[]))"));
+		assert_non_null(strstr(t, "ORDER BY id LIMIT $2"));
+	}
+	assert_non_null(strstr(q.claim_part, "= ANY($4::int4[])"));
+	/* a new session has nothing prepared */
+	q.prepared[SVC_RELAY_ST_CLAIM_ALL] = true;
+	q.no_prepare = true;
+	svc_relay_session_reset(&q);
+	assert_false(q.prepared[SVC_RELAY_ST_CLAIM_ALL]);
+	assert_false(q.no_prepare);
+	svc_relay_sql_release(&q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -289,6 +322,7 @@ int main(void)
 	    cmocka_unit_test(headers_strings_and_scalars),
 	    cmocka_unit_test(headers_empty_and_invalid),
 	    cmocka_unit_test(sql_names_are_validated_and_quoted),
+	    cmocka_unit_test(claim_deletes_confirmed_rows_and_skips_them),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
