@@ -635,6 +635,8 @@ static int pg_connect(struct svc_consumer *c)
 	    svc_pg_open(c->cfg->database_url, "svccomm runconsumer", c->pgerr, sizeof(c->pgerr));
 	if (!c->pg)
 		return SVC_ECONN;
+	/* outbox rows written by handlers wait for the next statement or the COMMIT */
+	svc_pg_set_deferral(c->pg, true);
 	/* lend the connection to Lua (svccomm.db inside handlers) */
 	lua_pushcfunction(c->L, push_lent_conn);
 	lua_pushlightuserdata(c->L, c->pg);
@@ -992,6 +994,8 @@ static int inbox_seen(struct svc_consumer *c, const struct svc_delivery *d, cons
 	return dup ? 1 : 0;
 }
 
+static int commit_batch(struct svc_consumer *c);
+
 static int process(struct svc_consumer *c, struct svc_delivery *d)
 {
 	const struct svc_config *cfg = c->cfg;
@@ -1031,6 +1035,7 @@ static int process(struct svc_consumer *c, struct svc_delivery *d)
 	rc = begin_message(c);
 	if (rc)
 		return rc;
+	size_t mark = c->pg ? svc_pg_deferred_mark(c->pg) : 0;
 	if (c->pg && cfg->inbox) {
 		rc = inbox_seen(c, d, exchange);
 		if (rc < 0) {
@@ -1082,7 +1087,14 @@ static int process(struct svc_consumer *c, struct svc_delivery *d)
 	if (c->ref_leave != LUA_NOREF && c->ref_conn != LUA_NOREF)
 		call_helper(c, c->ref_leave, 0, "db._leave_host");
 
-	if (end_message(c)) {
+	bool touched = end_message(c);
+	if (c->pg && svc_pg_poisoned(c->pg)) {
+		/* An outbox row of this batch could not be written: any message's work may be
+		 * missing, so none of it commits. commit_batch rolls back and requeues the batch
+		 * (this message too, unblamed), then commits one message at a time. */
+		return commit_batch(c);
+	}
+	if (touched) {
 		if (PQstatus(c->pg) != CONNECTION_OK) {
 			snprintf(c->pgerr, sizeof(c->pgerr), "connection lost during a handler");
 			return SVC_ECONN;
@@ -1100,6 +1112,9 @@ static int process(struct svc_consumer *c, struct svc_delivery *d)
 				return rc;
 		}
 	}
+	if (c->pg && (failed || !(strcmp(status, "ok") == 0 || strcmp(status, "skipped") == 0 ||
+	                          strcmp(status, "unrouted") == 0)))
+		svc_pg_deferred_truncate(c->pg, mark); /* its outbox rows were never sent */
 
 	if (failed) {
 		char handler[256];
@@ -1148,10 +1163,30 @@ static int commit_batch(struct svc_consumer *c)
 		return 0;
 	}
 	bool commit_failed = false;
-	if (c->pg && c->in_tx) {
-		PGresult *r = PQexec(c->pg, "COMMIT");
+	const char *poison = c->pg ? svc_pg_poisoned(c->pg) : NULL;
+	if (c->pg && poison) {
+		char why[sizeof(c->pgerr)];
+		snprintf(why, sizeof(why), "writing the batch's outbox rows: %s", poison);
 		c->in_tx = false;
 		c->sp_open = false;
+		svc_pg_transaction_reset(c->pg); /* poison points into it: copied above */
+		rc = pg_cmd(c, "ROLLBACK");
+		if (rc == SVC_ECONN)
+			return rc;
+		snprintf(c->pgerr, sizeof(c->pgerr), "%s", why);
+		commit_failed = true;
+	} else if (c->pg && c->in_tx) {
+		/* the deferred outbox rows go in the same round trip as the COMMIT */
+		PGresult *r = svc_pg_query(c->pg, "COMMIT", 0, NULL, false);
+		c->in_tx = false;
+		c->sp_open = false;
+		poison = svc_pg_poisoned(c->pg);
+		svc_pg_transaction_reset(c->pg);
+		if (PQtransactionStatus(c->pg) == PQTRANS_INERROR ||
+		    PQtransactionStatus(c->pg) == PQTRANS_INTRANS) {
+			PGresult *rb = PQexec(c->pg, "ROLLBACK"); /* the COMMIT never ran */
+			PQclear(rb);
+		}
 		if (PQresultStatus(r) != PGRES_COMMAND_OK ||
 		    strcmp(PQcmdStatus(r), "COMMIT") != 0) {
 			if (PQresultStatus(r) == PGRES_COMMAND_OK) {
@@ -1160,7 +1195,7 @@ static int commit_batch(struct svc_consumer *c)
 				         "COMMIT: the transaction was rolled back");
 				rc = SVC_EDB;
 			} else {
-				rc = pg_fail(c, r, "COMMIT");
+				rc = pg_fail(c, r, poison ? "writing the batch's outbox rows" : "COMMIT");
 			}
 			if (rc == SVC_ECONN)
 				return rc;
@@ -1198,7 +1233,9 @@ static int commit_batch(struct svc_consumer *c)
 		return rc;
 	}
 	/* Nothing of the batch is committed: requeue what depends on the commit, ack what
-	 * was already republished (retry/DLQ). Then commit one by one to find the culprit. */
+	 * was already republished (retry/DLQ). Then commit one by one to find the culprit.
+	 * The connections are fine: the session goes on. */
+	rc = 0;
 	for (size_t i = 0; i < c->batch_n && rc == 0; i++)
 		rc = c->settled[i] ? svc_amqp_consumer_ack(&c->cs, c->tags[i], false)
 		                   : svc_amqp_consumer_nack(&c->cs, c->tags[i], false, true);
@@ -1254,6 +1291,8 @@ static int idle_work(struct svc_consumer *c, bool idle)
 
 static void end_session(struct svc_consumer *c)
 {
+	if (c->pg)
+		svc_pg_transaction_reset(c->pg);
 	if (c->pg && c->in_tx && PQstatus(c->pg) == CONNECTION_OK)
 		pg_cmd(c, "ROLLBACK");
 	c->batch_n = 0;

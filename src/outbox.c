@@ -101,7 +101,8 @@ int svc_outbox_quote_table(const char *name, char *out, size_t outsz)
  * envelope suffix, $7 message_id, $8 correlation_id, $9 headers, $10 tags, $11 table name
  * (quoted, for pg_get_serial_sequence), $12 the id sequence when known (COALESCE does not
  * evaluate the lookup then), $13 eventTime already formatted in C (to_char per row costs
- * about as much as the insert itself; it is the fallback for other time texts). The eventTime
+ * about as much as the insert itself; it is the fallback for other time texts), $14 an id
+ * reserved beforehand (deferred writes; COALESCE then never calls nextval). The eventTime
  * format is fixed here: UTC, six fractional digits, "Z". */
 static const char insert_fmt[] =
     "INSERT INTO %s (id, send_after, exchange, routing_key, body, message_id, "
@@ -111,8 +112,8 @@ static const char insert_fmt[] =
     "COALESCE($13, to_char(coalesce($5::timestamptz, $1::timestamptz, clock_timestamp()) "
     "AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) || '\"' || $6 ELSE $6 END, "
     "$7, $8, $9::jsonb, $10::jsonb "
-    "FROM (SELECT nextval(COALESCE($12::regclass, "
-    "pg_get_serial_sequence($11, 'id')::regclass)) AS id) n RETURNING id";
+    "FROM (SELECT COALESCE($14::int8, nextval(COALESCE($12::regclass, "
+    "pg_get_serial_sequence($11, 'id')::regclass))) AS id) n RETURNING id";
 
 int svc_outbox_insert_sql(const char *quoted_table, char *out, size_t outsz)
 {
@@ -187,8 +188,9 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 	char qname[SVC_OUTBOX_QNAME_MAX];
 	char sql[sizeof(insert_fmt) + SVC_OUTBOX_QNAME_MAX];
 	char *suffix = NULL;
-	const char *params[13];
-	char now_iso[40];
+	const char *params[14];
+	char now_iso[40], idbuf[24];
+	long long id;
 	PGresult *res = NULL;
 	int rc;
 
@@ -228,7 +230,20 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 		else if (!row->event_time && !row->send_after)
 			params[12] = svc_outbox_now_iso(now_iso, sizeof(now_iso));
 	}
-	rc = svc_pg_exec_cached(conn, sql, 13, params, &res, err, errsz, sqlstate);
+	params[13] = NULL;
+	if (row->id_sequence && svc_pg_deferral(conn)) {
+		/* the consumer's connection: the row goes with the next statement or the COMMIT */
+		rc = svc_pg_reserve_id(conn, row->id_sequence, &id, err, errsz, sqlstate);
+		if (rc < 0)
+			goto out;
+		snprintf(idbuf, sizeof(idbuf), "%lld", id);
+		params[13] = idbuf;
+		rc = svc_pg_defer(conn, sql, 14, params, err, errsz, sqlstate);
+		if (rc == 0 && id_out)
+			*id_out = id;
+		goto out;
+	}
+	rc = svc_pg_exec_cached(conn, sql, 14, params, &res, err, errsz, sqlstate);
 	if (rc < 0)
 		goto out;
 	if (PQntuples(res) != 1) {

@@ -228,13 +228,22 @@ int svc_pg_result_error(PGconn *conn, const PGresult *res, ExecStatusType want, 
 	return lost ? SVC_ECONN : SVC_EDB;
 }
 
-/* ---- per-connection state: prelude and prepared statements --------------------------------- */
+/* ---- per-connection state: prelude, prepared statements, deferred writes ---------------------- */
 
-#define MAX_PREPARED 16
+#define MAX_PREPARED  16
+#define ID_BLOCK_MIN  8   /* ids reserved by the first reservation of a transaction */
+#define ID_BLOCK_MAX  128 /* each further reservation doubles, up to this */
+#define MAX_DEFERRED  512 /* queued writes before a flush of their own */
 
 struct prepared {
 	char *sql;
 	char name[24];
+};
+
+struct deferred {
+	const struct prepared *stmt;
+	int nparams;
+	char **params;
 };
 
 struct conn_state {
@@ -243,7 +252,40 @@ struct conn_state {
 	struct prepared prep[MAX_PREPARED];
 	int n_prep;
 	unsigned next_name;
+	/* deferred writes */
+	bool deferral;
+	struct deferred dq[MAX_DEFERRED];
+	size_t dq_n;
+	bool poisoned;
+	char poison[256];
+	/* ids reserved in the current transaction */
+	char *id_seq;
+	long long ids[ID_BLOCK_MAX];
+	int ids_n, ids_next, id_block;
 };
+
+static void free_deferred(struct deferred *d)
+{
+	for (int i = 0; i < d->nparams; i++)
+		free(d->params[i]);
+	free(d->params);
+	d->params = NULL;
+}
+
+static void truncate_queue(struct conn_state *s, size_t mark)
+{
+	while (s->dq_n > mark)
+		free_deferred(&s->dq[--s->dq_n]);
+}
+
+static void transaction_reset(struct conn_state *s)
+{
+	truncate_queue(s, 0);
+	s->poisoned = false;
+	s->poison[0] = '\0';
+	s->ids_n = s->ids_next = 0;
+	s->id_block = 0;
+}
 
 static void state_forget(struct conn_state *s)
 {
@@ -251,6 +293,9 @@ static void state_forget(struct conn_state *s)
 		free(s->prep[i].sql);
 	s->n_prep = 0;
 	s->n_prelude = 0;
+	transaction_reset(s);
+	free(s->id_seq);
+	s->id_seq = NULL;
 }
 
 static int state_proc(PGEventId id, void *info, void *pass)
@@ -355,17 +400,38 @@ static void drain_to_sync(PGconn *conn, int queued)
 	}
 }
 
-/* Sends the prelude, an optional Parse and the statement in one pipeline and collects the
- * results. Returns the statement's result, or the first error of the pipeline. */
+static void poison(struct conn_state *s, const PGresult *r, PGconn *conn)
+{
+	const char *msg = r ? PQresultErrorMessage(r) : NULL;
+	size_t n;
+
+	if (s->poisoned)
+		return;
+	s->poisoned = true;
+	snprintf(s->poison, sizeof(s->poison), "%s",
+	         msg && *msg ? msg : PQerrorMessage(conn));
+	n = strlen(s->poison);
+	while (n && (s->poison[n - 1] == '\n' || s->poison[n - 1] == ' '))
+		s->poison[--n] = '\0';
+}
+
+/* One round trip: the deferred writes, the prelude, an optional Parse and the statement (sql
+ * may be NULL: only the deferred writes and the prelude). Returns the statement's result, or
+ * the first error of the pipeline (a failed deferred write also poisons the transaction). */
 static PGresult *run_pipeline(PGconn *conn, struct conn_state *s, const char *sql, int nparams,
                               const char *const *params, struct prepared *stmt, bool parse)
 {
 	PGresult *keep = NULL, *err = NULL, *r;
-	int total = 0, n_prelude = s->n_prelude;
+	int total = 0, n_prelude = s->n_prelude, n_dq = (int)s->dq_n;
 	bool sent;
 
 	s->n_prelude = 0; /* sent now, or failed with the statement */
 	if (PQenterPipelineMode(conn) != 1) {
+		if (n_dq > 0) {
+			truncate_queue(s, 0);
+			poison(s, NULL, conn);
+			return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+		}
 		/* not possible now (e.g. a COPY in progress): one statement after the other */
 		for (int i = 0; i < n_prelude; i++) {
 			r = PQexec(conn, s->prelude[i]);
@@ -373,25 +439,33 @@ static PGresult *run_pipeline(PGconn *conn, struct conn_state *s, const char *sq
 				return r;
 			PQclear(r);
 		}
-		return PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+		return sql ? PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0)
+		           : PQmakeEmptyPGresult(conn, PGRES_COMMAND_OK);
 	}
 	sent = true;
+	for (int i = 0; sent && i < n_dq; i++, total++)
+		sent = PQsendQueryPrepared(conn, s->dq[i].stmt->name, s->dq[i].nparams,
+		                           (const char *const *)s->dq[i].params, NULL, NULL,
+		                           0) == 1;
 	for (int i = 0; sent && i < n_prelude; i++, total++)
 		sent = PQsendQueryParams(conn, s->prelude[i], 0, NULL, NULL, NULL, NULL, 0) == 1;
 	if (sent && parse) {
 		sent = PQsendPrepare(conn, stmt->name, sql, nparams, NULL) == 1;
 		total++;
 	}
-	if (sent) {
+	if (sent && sql) {
 		sent = stmt ? PQsendQueryPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0)
 		            : PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
 		total++;
 	}
 	if (sent)
 		sent = PQpipelineSync(conn) == 1;
+	truncate_queue(s, 0); /* sent (the parameters were copied into libpq's buffer) */
 	if (!sent) {
 		/* out of memory or the connection is gone: settle what was queued */
 		err = PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+		if (n_dq > 0)
+			poison(s, err, conn);
 		if (PQpipelineSync(conn) == 1)
 			drain_to_sync(conn, total);
 		PQexitPipelineMode(conn);
@@ -401,17 +475,22 @@ static PGresult *run_pipeline(PGconn *conn, struct conn_state *s, const char *sq
 		ExecStatusType st;
 
 		r = PQgetResult(conn);
-		if (!r)
+		if (!r) {
+			if (n_dq > 0 && k < n_dq)
+				poison(s, NULL, conn);
 			break; /* the connection failed: libpq already gave the error */
+		}
 		st = PQresultStatus(r);
-		if (parse && k == n_prelude && st == PGRES_COMMAND_OK && !err) {
+		if (parse && k == n_dq + n_prelude && st == PGRES_COMMAND_OK && !err) {
 			stmt->sql = strdup(sql);
 			if (stmt->sql)
 				s->n_prep++;
 		}
+		if (k < n_dq && st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+			poison(s, r, conn);
 		if ((st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED) && !err)
 			err = r;
-		else if (k == total - 1 && !err)
+		else if (sql && k == total - 1 && !err)
 			keep = r;
 		else
 			PQclear(r);
@@ -424,7 +503,9 @@ static PGresult *run_pipeline(PGconn *conn, struct conn_state *s, const char *sq
 		PQclear(keep);
 		return err;
 	}
-	return keep ? keep : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+	if (keep)
+		return keep;
+	return PQmakeEmptyPGresult(conn, sql ? PGRES_FATAL_ERROR : PGRES_COMMAND_OK);
 }
 
 PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
@@ -443,7 +524,7 @@ PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *c
 			parse = true;
 		}
 	}
-	if (s && (s->n_prelude > 0 || parse))
+	if (s && (s->n_prelude > 0 || parse || s->dq_n > 0))
 		return run_pipeline(conn, s, sql, nparams, params, stmt, parse);
 	if (stmt)
 		return PQexecPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0);
@@ -457,6 +538,19 @@ PGresult *svc_pg_query_text(PGconn *conn, const char *sql)
 	size_t len;
 	char *text;
 
+	if (s && s->dq_n > 0) {
+		/* the deferred writes first (they have parameters: not part of a query text) */
+		int n_prelude = s->n_prelude;
+
+		s->n_prelude = 0;
+		r = run_pipeline(conn, s, NULL, 0, NULL, NULL, false);
+		s->n_prelude = n_prelude;
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			s->n_prelude = 0;
+			return r;
+		}
+		PQclear(r);
+	}
 	if (!s || s->n_prelude == 0)
 		return PQexec(conn, sql);
 	len = strlen(sql) + 1;
@@ -475,6 +569,177 @@ PGresult *svc_pg_query_text(PGconn *conn, const char *sql)
 	r = PQexec(conn, text);
 	free(text);
 	return r;
+}
+
+/* ---- deferred writes ---------------------------------------------------------------------- */
+
+void svc_pg_set_deferral(PGconn *conn, bool on)
+{
+	struct conn_state *s = conn_state(conn, on);
+
+	if (s)
+		s->deferral = on;
+}
+
+bool svc_pg_deferral(PGconn *conn)
+{
+	struct conn_state *s = conn_state(conn, false);
+
+	return s && s->deferral;
+}
+
+int svc_pg_flush(PGconn *conn, char *err, size_t errsz, char *sqlstate)
+{
+	struct conn_state *s = conn_state(conn, false);
+	PGresult *r;
+	int rc;
+
+	if (!s || s->dq_n == 0)
+		return 0;
+	r = run_pipeline(conn, s, NULL, 0, NULL, NULL, false);
+	rc = svc_pg_result_error(conn, r, PGRES_COMMAND_OK, err, errsz, sqlstate);
+	PQclear(r);
+	return rc;
+}
+
+int svc_pg_defer(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                 char *err, size_t errsz, char *sqlstate)
+{
+	struct conn_state *s = conn_state(conn, true);
+	struct prepared *stmt;
+	struct deferred *d;
+	int rc;
+
+	if (sqlstate)
+		sqlstate[0] = '\0';
+	if (!s) {
+		set_err(err, errsz, "out of memory");
+		return SVC_ENOMEM;
+	}
+	stmt = find_prepared(s, sql);
+	if (!stmt) {
+		PGresult *r;
+
+		if (s->n_prep >= MAX_PREPARED) {
+			set_err(err, errsz, "too many prepared statements on this connection");
+			return SVC_EINVAL;
+		}
+		stmt = &s->prep[s->n_prep];
+		snprintf(stmt->name, sizeof(stmt->name), "svccomm_%u", s->next_name++);
+		/* once per connection, in a round trip of its own */
+		r = PQprepare(conn, stmt->name, sql, nparams, NULL);
+		rc = svc_pg_result_error(conn, r, PGRES_COMMAND_OK, err, errsz, sqlstate);
+		PQclear(r);
+		if (rc < 0)
+			return rc;
+		stmt->sql = strdup(sql);
+		if (!stmt->sql) {
+			set_err(err, errsz, "out of memory");
+			return SVC_ENOMEM;
+		}
+		s->n_prep++;
+	}
+	if (s->dq_n == MAX_DEFERRED && (rc = svc_pg_flush(conn, err, errsz, sqlstate)) < 0)
+		return rc;
+	d = &s->dq[s->dq_n];
+	d->stmt = stmt;
+	d->nparams = nparams;
+	d->params = calloc((size_t)nparams + 1, sizeof(char *));
+	if (!d->params)
+		goto nomem;
+	for (int i = 0; i < nparams; i++) {
+		if (params[i] && !(d->params[i] = strdup(params[i]))) {
+			free_deferred(d);
+			goto nomem;
+		}
+	}
+	s->dq_n++;
+	return 0;
+nomem:
+	set_err(err, errsz, "out of memory");
+	return SVC_ENOMEM;
+}
+
+size_t svc_pg_deferred_mark(PGconn *conn)
+{
+	struct conn_state *s = conn_state(conn, false);
+
+	return s ? s->dq_n : 0;
+}
+
+void svc_pg_deferred_truncate(PGconn *conn, size_t mark)
+{
+	struct conn_state *s = conn_state(conn, false);
+
+	if (s)
+		truncate_queue(s, mark);
+}
+
+const char *svc_pg_poisoned(PGconn *conn)
+{
+	struct conn_state *s = conn_state(conn, false);
+
+	return s && s->poisoned ? s->poison : NULL;
+}
+
+void svc_pg_transaction_reset(PGconn *conn)
+{
+	struct conn_state *s = conn_state(conn, false);
+
+	if (s)
+		transaction_reset(s);
+}
+
+int svc_pg_reserve_id(PGconn *conn, const char *sequence, long long *id, char *err, size_t errsz,
+                      char *sqlstate)
+{
+	struct conn_state *s = conn_state(conn, true);
+	char block[16];
+	const char *params[2] = {sequence, block};
+	PGresult *r;
+	int rc, n;
+
+	if (!s) {
+		set_err(err, errsz, "out of memory");
+		return SVC_ENOMEM;
+	}
+	if (!s->id_seq || strcmp(s->id_seq, sequence) != 0) {
+		free(s->id_seq);
+		s->id_seq = strdup(sequence);
+		s->ids_n = s->ids_next = 0;
+		if (!s->id_seq) {
+			set_err(err, errsz, "out of memory");
+			return SVC_ENOMEM;
+		}
+	}
+	if (s->ids_next < s->ids_n) {
+		*id = s->ids[s->ids_next++];
+		return 0;
+	}
+	s->id_block = s->id_block ? s->id_block * 2 : ID_BLOCK_MIN;
+	if (s->id_block > ID_BLOCK_MAX)
+		s->id_block = ID_BLOCK_MAX;
+	snprintf(block, sizeof(block), "%d", s->id_block);
+	r = svc_pg_query(conn,
+	                 "SELECT nextval($1::regclass) FROM generate_series(1, $2::int4) ORDER BY 1",
+	                 2, params, true);
+	rc = svc_pg_result_error(conn, r, PGRES_TUPLES_OK, err, errsz, sqlstate);
+	if (rc < 0) {
+		PQclear(r);
+		return rc;
+	}
+	n = PQntuples(r);
+	for (int i = 0; i < n && i < ID_BLOCK_MAX; i++)
+		s->ids[i] = strtoll(PQgetvalue(r, i, 0), NULL, 10);
+	PQclear(r);
+	s->ids_n = n < ID_BLOCK_MAX ? n : ID_BLOCK_MAX;
+	s->ids_next = 0;
+	if (s->ids_n == 0) {
+		set_err(err, errsz, "reserving outbox ids returned no row");
+		return SVC_EDB;
+	}
+	*id = s->ids[s->ids_next++];
+	return 0;
 }
 
 static int exec_checked(PGconn *conn, const char *sql, int nparams, const char *const *params,

@@ -84,6 +84,33 @@ PGresult *svc_pg_query_text(PGconn *conn, const char *sql);
 int svc_pg_exec_cached(PGconn *conn, const char *sql, int nparams, const char *const *params,
                        PGresult **res, char *err, size_t errsz, char *sqlstate);
 
+/* Deferred writes. With deferral on (the consumer turns it on for the connection it lends to
+ * handlers), the outbox insert does not wait for its own round trip: svc_pg_defer() queues the
+ * statement (a prepared copy of it, with copies of the parameters) and it travels in the
+ * pipeline of the next statement on conn, ahead of the prelude, or with the COMMIT. Any
+ * statement flushes the queue first, so the handler's own SQL sees the rows. A deferred write
+ * that fails poisons the transaction: every write of the batch is then suspect and the caller
+ * must roll the whole transaction back (svc_pg_poisoned() gives the reason). */
+void svc_pg_set_deferral(PGconn *conn, bool on);
+bool svc_pg_deferral(PGconn *conn);
+/* Queues one statement (at most 512 wait; a full queue is flushed first). */
+int svc_pg_defer(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                 char *err, size_t errsz, char *sqlstate);
+/* Sends the queued writes now (one round trip). */
+int svc_pg_flush(PGconn *conn, char *err, size_t errsz, char *sqlstate);
+/* Queue position, and dropping what was queued after it (a message that failed). */
+size_t svc_pg_deferred_mark(PGconn *conn);
+void svc_pg_deferred_truncate(PGconn *conn, size_t mark);
+/* The error of a failed deferred write in this transaction, or NULL. */
+const char *svc_pg_poisoned(PGconn *conn);
+/* End of a transaction: drops queued writes, reserved ids and the poison. */
+void svc_pg_transaction_reset(PGconn *conn);
+/* An id from `sequence` reserved inside the current transaction: ids are taken in blocks
+ * (8, then doubling up to 128) by one statement; unused ones are dropped at the end of the
+ * transaction, so an id is never used by a later transaction than the one that took it. */
+int svc_pg_reserve_id(PGconn *conn, const char *sequence, long long *id, char *err, size_t errsz,
+                      char *sqlstate);
+
 /* A connection that remembers its conninfo and its last error. Embed it; _init before use. */
 struct svc_pg {
 	PGconn *conn;   /* owned; NULL when not connected */

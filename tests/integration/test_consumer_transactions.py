@@ -114,3 +114,85 @@ def test_handler_without_database_work_runs_outside_any_transaction(tmp_path, br
     wait_for(lambda: backend_state() == "idle", 5, what="the batch to commit")
     assert sql("SELECT n, info FROM %s" % p.table) == [(2, "plain")]
     assert p.stop() == 0
+
+
+OUTBOX_HANDLER = """
+local svccomm = require "svccomm"
+local db = svccomm.db
+
+svccomm.message_router.consumer("$EXCHANGE", "#", function(rk, body, msg)
+  local n = math.tointeger(body.n)
+  if rk == "emit" or rk == "emit_then_fail" or rk == "emit_and_read" then
+    db.query("INSERT INTO $TABLE (n, info) VALUES ($1, $2)", n, rk)
+    local id = svccomm.publish_aggregate_event { aggregate = "agg", event_type = "done",
+      payload = { n = n } }
+    if rk == "emit_then_fail" then error("fails after publishing") end
+    if rk == "emit_and_read" then
+      -- the handler's own SQL sees the row it just wrote
+      local rows = db.query("SELECT count(*) AS c FROM $OUTBOX WHERE id = $1::int8", id)
+      db.query("INSERT INTO $TABLE (n, info) VALUES ($1, $2)", n, "seen " .. rows[1].c)
+    end
+  elseif rk == "poison" then
+    svccomm.publish_aggregate_event { aggregate = "agg", event_type = "poison",
+      payload = { n = n } }
+  end
+end)
+"""
+
+
+def migrate(p):
+    import subprocess
+    from test_consumer_support import BIN
+    import os
+    r = subprocess.run([BIN, "--settings", os.path.join(p.dir, "settings.lua"), "migrate"],
+                       cwd=p.dir, env=p.env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_outbox_rows_of_a_batch_commit_with_it_and_a_bad_row_is_isolated(tmp_path, broker,
+                                                                         projects):
+    outbox = "ob_" + str(int(time.time() * 1000) % 10**9)
+    handler = OUTBOX_HANDLER.replace("$OUTBOX", outbox)
+    p = Project(tmp_path, handler, {"MAX_ATTEMPTS": 1, "OUTBOX_TABLE": outbox,
+                                    "CONSUMER_COMMIT_INTERVAL": 0.5})
+    projects.append(p)
+    migrate(p)
+    try:
+        # a row the database refuses only when it is written (not when it is queued)
+        sql("CREATE FUNCTION %s_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.routing_key = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; "
+            "RETURN NEW; END $$" % outbox)
+        sql("CREATE TRIGGER refuse BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s_refuse()"
+            % (outbox, outbox))
+        p.start()
+        assert p.stop() == 0
+        kinds = ["emit", "emit_then_fail", "emit_and_read", "emit", "poison", "emit"]
+        for i in range(30):
+            broker.publish(p.exchange, kinds[i % len(kinds)], {"n": i})
+        p.start()
+        # 5 emit_then_fail + 5 poison end in the DLQ (MAX_ATTEMPTS 1)
+        wait_for(lambda: broker.count(p.queue) == 0 and broker.count(p.queue + ".dlq") == 10,
+                 40, what="all 30 messages settled")
+        emitted = [i for i in range(30) if kinds[i % len(kinds)] in ("emit", "emit_and_read")]
+        wait_for(lambda: p.count() == len(emitted) + 5, 10, what="the handlers' rows")
+        rows = sql("SELECT id, body FROM %s ORDER BY id" % outbox)
+        import json
+        bodies = [json.loads(b) for _, b in rows]
+        assert sorted(b["payload"]["n"] for b in bodies) == emitted
+        assert all(b["eventId"] == str(i) for (i, _), b in zip(rows, bodies))
+        assert all(b["eventType"] == "done" for b in bodies)
+        seen = sql("SELECT info FROM %s WHERE info LIKE 'seen%%'" % p.table)
+        assert seen == [("seen 1",)] * 5
+        dead = broker.get_all(p.queue + ".dlq")
+        poisoned = [json.loads(b)["n"] for props, b in dead
+                    if "poisoned row" in props.headers.get("x-svccomm-error", "")]
+        assert sorted(poisoned) == [i for i in range(30) if kinds[i % len(kinds)] == "poison"]
+        log = p.log()
+        assert log.count("writing the batch's outbox rows: ") >= 5
+        assert log.count("writing the batch's outbox rows: ") == \
+            log.count("writing the batch's outbox rows: ERROR:  poisoned row")
+        assert p.stop() == 0
+    finally:
+        sql("DROP TABLE IF EXISTS %s CASCADE" % outbox)
+        sql("DROP FUNCTION IF EXISTS %s_refuse() CASCADE" % outbox)
+        sql("DROP FUNCTION IF EXISTS %s_notify() CASCADE" % outbox)
