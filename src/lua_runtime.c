@@ -117,6 +117,10 @@ struct svc_runtime *svc_runtime_new(const char *project_dir, char *err, size_t e
 		free(rt);
 		return NULL;
 	}
+	/* Generational collection: each message leaves only young garbage (the decoded body,
+	 * the message table), so a collection does not walk the long-lived handlers and routes;
+	 * with incremental collection, per-message cost grew with the number of routes. */
+	lua_gc(rt->L, LUA_GCGEN, 0, 0);
 	lua_pushlightuserdata(rt->L, rt);
 	lua_rawsetp(rt->L, LUA_REGISTRYINDEX, &runtime_key);
 	lua_pushcfunction(rt->L, build_state);

@@ -156,7 +156,9 @@ end
 local function exchange_state(exchange)
 	local ex = state.exchanges[exchange]
 	if not ex then
-		ex = { exact = {}, patterns = {}, wide = nil }
+		-- patterns: sorted by precedence when first matched (sorted = false after an add);
+		-- by_pattern: the same entries by pattern text, for the duplicate check
+		ex = { exact = {}, patterns = {}, by_pattern = {}, sorted = true, wide = nil }
 		state.exchanges[exchange] = ex
 	end
 	return ex
@@ -201,15 +203,15 @@ local function add(entry)
 			end
 			ex.exact[entry.pattern] = entry
 		else
-			for _, old in ipairs(ex.patterns) do
-				if old.pattern == entry.pattern then
-					duplicate_error(format("the consumer for exchange '%s' routing key '%s'",
-						entry.exchange, entry.pattern), old, entry)
-				end
+			local old = ex.by_pattern[entry.pattern]
+			if old then
+				duplicate_error(format("the consumer for exchange '%s' routing key '%s'",
+					entry.exchange, entry.pattern), old, entry)
 			end
+			ex.by_pattern[entry.pattern] = entry
 			local pats = ex.patterns
 			pats[#pats + 1] = entry
-			sort(pats, more_specific)
+			ex.sorted = false -- sorted once, at the first lookup (not once per add)
 		end
 	end
 	state.entries[#state.entries + 1] = entry
@@ -313,6 +315,10 @@ local function lookup(exchange, routing_key)
 			return e
 		end
 		local pats = ex.patterns
+		if not ex.sorted then
+			sort(pats, more_specific)
+			ex.sorted = true
+		end
 		if pats[1] then
 			local kw = M.split(routing_key)
 			local nk = #kw
