@@ -1036,6 +1036,7 @@ static int process(struct svc_consumer *c, struct svc_delivery *d)
 	if (rc)
 		return rc;
 	size_t mark = c->pg ? svc_pg_deferred_mark(c->pg) : 0;
+	unsigned long flushes = c->pg ? svc_pg_flush_count(c->pg) : 0;
 	if (c->pg && cfg->inbox) {
 		rc = inbox_seen(c, d, exchange);
 		if (rc < 0) {
@@ -1088,32 +1089,45 @@ static int process(struct svc_consumer *c, struct svc_delivery *d)
 		call_helper(c, c->ref_leave, 0, "db._leave_host");
 
 	bool touched = end_message(c);
-	if (c->pg && svc_pg_poisoned(c->pg)) {
-		/* An outbox row of this batch could not be written: any message's work may be
-		 * missing, so none of it commits. commit_batch rolls back and requeues the batch
-		 * (this message too, unblamed), then commits one message at a time. */
-		return commit_batch(c);
+	if (touched && PQstatus(c->pg) != CONNECTION_OK) {
+		snprintf(c->pgerr, sizeof(c->pgerr), "connection lost during a handler");
+		return SVC_ECONN;
 	}
-	if (touched) {
-		if (PQstatus(c->pg) != CONNECTION_OK) {
-			snprintf(c->pgerr, sizeof(c->pgerr), "connection lost during a handler");
-			return SVC_ECONN;
-		}
-		if (!failed && PQtransactionStatus(c->pg) == PQTRANS_INERROR) {
-			failed = true;
-			snprintf(err, sizeof(c->pending_error),
-			         "the handler left the transaction aborted (a failed statement was "
-			         "caught): its work is rolled back");
-		}
-		if (failed || !(strcmp(status, "ok") == 0 || strcmp(status, "skipped") == 0 ||
-		                strcmp(status, "unrouted") == 0)) {
-			rc = pg_cmd(c, "ROLLBACK TO SAVEPOINT svc_msg");
+	if (touched && !failed && !svc_pg_poisoned(c->pg) &&
+	    PQtransactionStatus(c->pg) == PQTRANS_INERROR) {
+		failed = true;
+		snprintf(err, sizeof(c->pending_error),
+		         "the handler left the transaction aborted (a failed statement was caught): "
+		         "its work is rolled back");
+	}
+	bool undo = failed || !(strcmp(status, "ok") == 0 || strcmp(status, "skipped") == 0 ||
+	                        strcmp(status, "unrouted") == 0);
+	if (c->pg && undo && svc_pg_flush_count(c->pg) != flushes) {
+		/* Outbox rows were written during this message (a cancel, or a full buffer), some
+		 * perhaps its own, outside its savepoint: only a whole rollback undoes them. */
+		if (c->batch_n == 1) {
+			c->in_tx = c->sp_open = false;
+			svc_pg_transaction_reset(c->pg);
+			rc = pg_cmd(c, "ROLLBACK");
 			if (rc)
 				return rc;
+			touched = false;
+		} else {
+			svc_pg_poison(c->pg, "rows of a failed message were already written");
 		}
 	}
-	if (c->pg && (failed || !(strcmp(status, "ok") == 0 || strcmp(status, "skipped") == 0 ||
-	                          strcmp(status, "unrouted") == 0)))
+	if (c->pg && svc_pg_poisoned(c->pg)) {
+		/* An outbox row of this batch could not be written (or cannot be undone): any
+		 * message's work may be wrong, so none of it commits. commit_batch rolls back and
+		 * requeues the batch (this message too, unblamed), then commits one at a time. */
+		return commit_batch(c);
+	}
+	if (touched && undo) {
+		rc = pg_cmd(c, "ROLLBACK TO SAVEPOINT svc_msg");
+		if (rc)
+			return rc;
+	}
+	if (c->pg && undo)
 		svc_pg_deferred_truncate(c->pg, mark); /* its outbox rows were never sent */
 
 	if (failed) {
@@ -1163,6 +1177,11 @@ static int commit_batch(struct svc_consumer *c)
 		return 0;
 	}
 	bool commit_failed = false;
+	if (c->pg && c->in_tx) {
+		/* the outbox rows of the batch, in one statement; a failure poisons the batch */
+		char ferr[256];
+		svc_pg_flush(c->pg, ferr, sizeof(ferr), NULL);
+	}
 	const char *poison = c->pg ? svc_pg_poisoned(c->pg) : NULL;
 	if (c->pg && poison) {
 		char why[sizeof(c->pgerr)];
@@ -1176,17 +1195,10 @@ static int commit_batch(struct svc_consumer *c)
 		snprintf(c->pgerr, sizeof(c->pgerr), "%s", why);
 		commit_failed = true;
 	} else if (c->pg && c->in_tx) {
-		/* the deferred outbox rows go in the same round trip as the COMMIT */
-		PGresult *r = svc_pg_query(c->pg, "COMMIT", 0, NULL, false);
+		PGresult *r = PQexec(c->pg, "COMMIT");
 		c->in_tx = false;
 		c->sp_open = false;
-		poison = svc_pg_poisoned(c->pg);
 		svc_pg_transaction_reset(c->pg);
-		if (PQtransactionStatus(c->pg) == PQTRANS_INERROR ||
-		    PQtransactionStatus(c->pg) == PQTRANS_INTRANS) {
-			PGresult *rb = PQexec(c->pg, "ROLLBACK"); /* the COMMIT never ran */
-			PQclear(rb);
-		}
 		if (PQresultStatus(r) != PGRES_COMMAND_OK ||
 		    strcmp(PQcmdStatus(r), "COMMIT") != 0) {
 			if (PQresultStatus(r) == PGRES_COMMAND_OK) {
@@ -1195,7 +1207,7 @@ static int commit_batch(struct svc_consumer *c)
 				         "COMMIT: the transaction was rolled back");
 				rc = SVC_EDB;
 			} else {
-				rc = pg_fail(c, r, poison ? "writing the batch's outbox rows" : "COMMIT");
+				rc = pg_fail(c, r, "COMMIT");
 			}
 			if (rc == SVC_ECONN)
 				return rc;

@@ -677,8 +677,34 @@ static int l_uuid4(lua_State *L)
 
 /* ---- registration ------------------------------------------------------------------- */
 
+/* conn:_rows_mark() -> mark: writes the outbox rows deferred so far (the consumer's connection)
+ * so none of them lands inside a savepoint about to open, and returns the position that
+ * conn:_rows_drop(mark) goes back to when that savepoint is rolled back. */
+static int conn_rows_mark(lua_State *L)
+{
+	PGconn *conn = svc_lua_pg_check(L, 1);
+	char err[SVC_PG_ERRSZ], st[6];
+
+	if (svc_pg_flush(conn, err, sizeof(err), st) < 0) {
+		push_error(L, err, st);
+		return lua_error(L);
+	}
+	lua_pushinteger(L, (lua_Integer)svc_pg_deferred_mark(conn));
+	return 1;
+}
+
+static int conn_rows_drop(lua_State *L)
+{
+	PGconn *conn = svc_lua_pg_check(L, 1);
+	lua_Integer mark = luaL_checkinteger(L, 2);
+
+	svc_pg_deferred_truncate(conn, mark < 0 ? 0 : (size_t)mark);
+	return 0;
+}
+
 static const luaL_Reg conn_methods[] = {
     {"query", conn_query}, {"exec", conn_exec},
+    {"_rows_mark", conn_rows_mark}, {"_rows_drop", conn_rows_drop},
     {"close", conn_close}, {"transaction_status", conn_transaction_status},
     {"pid", conn_pid},     {"ok", conn_ok},
     {NULL, NULL},

@@ -228,22 +228,16 @@ int svc_pg_result_error(PGconn *conn, const PGresult *res, ExecStatusType want, 
 	return lost ? SVC_ECONN : SVC_EDB;
 }
 
-/* ---- per-connection state: prelude, prepared statements, deferred writes ---------------------- */
+/* ---- per-connection state: prelude, prepared statements, deferred rows ------------------------ */
 
 #define MAX_PREPARED  16
-#define ID_BLOCK_MIN  8   /* ids reserved by the first reservation of a transaction */
-#define ID_BLOCK_MAX  128 /* each further reservation doubles, up to this */
-#define MAX_DEFERRED  512 /* queued writes before a flush of their own */
+#define ID_BLOCK_MIN  8         /* ids reserved by the first reservation of a transaction */
+#define ID_BLOCK_MAX  128       /* each further reservation doubles, up to this */
+#define MAX_ROW_BYTES (1 << 20) /* deferred rows are written early past this much JSON */
 
 struct prepared {
 	char *sql;
 	char name[24];
-};
-
-struct deferred {
-	const struct prepared *stmt;
-	int nparams;
-	char **params;
 };
 
 struct conn_state {
@@ -252,10 +246,14 @@ struct conn_state {
 	struct prepared prep[MAX_PREPARED];
 	int n_prep;
 	unsigned next_name;
-	/* deferred writes */
+	/* deferred rows: JSON objects for one statement that takes them as a JSON array ($1) */
 	bool deferral;
-	struct deferred dq[MAX_DEFERRED];
-	size_t dq_n;
+	char *rows_sql;
+	char *rows; /* "[obj,obj,..." */
+	size_t rows_len, rows_cap;
+	size_t *row_end; /* rows_len after each row, for truncating */
+	size_t n_rows, row_cap;
+	unsigned long flushes; /* flushes so far (a caller can tell whether one happened) */
 	bool poisoned;
 	char poison[256];
 	/* ids reserved in the current transaction */
@@ -264,23 +262,17 @@ struct conn_state {
 	int ids_n, ids_next, id_block;
 };
 
-static void free_deferred(struct deferred *d)
+static void truncate_rows(struct conn_state *s, size_t mark)
 {
-	for (int i = 0; i < d->nparams; i++)
-		free(d->params[i]);
-	free(d->params);
-	d->params = NULL;
-}
-
-static void truncate_queue(struct conn_state *s, size_t mark)
-{
-	while (s->dq_n > mark)
-		free_deferred(&s->dq[--s->dq_n]);
+	if (mark >= s->n_rows)
+		return;
+	s->n_rows = mark;
+	s->rows_len = mark ? s->row_end[mark - 1] : 0;
 }
 
 static void transaction_reset(struct conn_state *s)
 {
-	truncate_queue(s, 0);
+	truncate_rows(s, 0);
 	s->poisoned = false;
 	s->poison[0] = '\0';
 	s->ids_n = s->ids_next = 0;
@@ -295,7 +287,12 @@ static void state_forget(struct conn_state *s)
 	s->n_prelude = 0;
 	transaction_reset(s);
 	free(s->id_seq);
-	s->id_seq = NULL;
+	free(s->rows_sql);
+	free(s->rows);
+	free(s->row_end);
+	s->id_seq = s->rows_sql = s->rows = NULL;
+	s->row_end = NULL;
+	s->rows_cap = s->row_cap = 0;
 }
 
 static int state_proc(PGEventId id, void *info, void *pass)
@@ -400,38 +397,17 @@ static void drain_to_sync(PGconn *conn, int queued)
 	}
 }
 
-static void poison(struct conn_state *s, const PGresult *r, PGconn *conn)
-{
-	const char *msg = r ? PQresultErrorMessage(r) : NULL;
-	size_t n;
-
-	if (s->poisoned)
-		return;
-	s->poisoned = true;
-	snprintf(s->poison, sizeof(s->poison), "%s",
-	         msg && *msg ? msg : PQerrorMessage(conn));
-	n = strlen(s->poison);
-	while (n && (s->poison[n - 1] == '\n' || s->poison[n - 1] == ' '))
-		s->poison[--n] = '\0';
-}
-
-/* One round trip: the deferred writes, the prelude, an optional Parse and the statement (sql
- * may be NULL: only the deferred writes and the prelude). Returns the statement's result, or
- * the first error of the pipeline (a failed deferred write also poisons the transaction). */
+/* One round trip: the prelude, an optional Parse and the statement. Returns the statement's
+ * result, or the first error of the pipeline. */
 static PGresult *run_pipeline(PGconn *conn, struct conn_state *s, const char *sql, int nparams,
                               const char *const *params, struct prepared *stmt, bool parse)
 {
 	PGresult *keep = NULL, *err = NULL, *r;
-	int total = 0, n_prelude = s->n_prelude, n_dq = (int)s->dq_n;
+	int total = 0, n_prelude = s->n_prelude;
 	bool sent;
 
 	s->n_prelude = 0; /* sent now, or failed with the statement */
 	if (PQenterPipelineMode(conn) != 1) {
-		if (n_dq > 0) {
-			truncate_queue(s, 0);
-			poison(s, NULL, conn);
-			return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
-		}
 		/* not possible now (e.g. a COPY in progress): one statement after the other */
 		for (int i = 0; i < n_prelude; i++) {
 			r = PQexec(conn, s->prelude[i]);
@@ -439,33 +415,25 @@ static PGresult *run_pipeline(PGconn *conn, struct conn_state *s, const char *sq
 				return r;
 			PQclear(r);
 		}
-		return sql ? PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0)
-		           : PQmakeEmptyPGresult(conn, PGRES_COMMAND_OK);
+		return PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
 	}
 	sent = true;
-	for (int i = 0; sent && i < n_dq; i++, total++)
-		sent = PQsendQueryPrepared(conn, s->dq[i].stmt->name, s->dq[i].nparams,
-		                           (const char *const *)s->dq[i].params, NULL, NULL,
-		                           0) == 1;
 	for (int i = 0; sent && i < n_prelude; i++, total++)
 		sent = PQsendQueryParams(conn, s->prelude[i], 0, NULL, NULL, NULL, NULL, 0) == 1;
 	if (sent && parse) {
 		sent = PQsendPrepare(conn, stmt->name, sql, nparams, NULL) == 1;
 		total++;
 	}
-	if (sent && sql) {
+	if (sent) {
 		sent = stmt ? PQsendQueryPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0)
 		            : PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
 		total++;
 	}
 	if (sent)
 		sent = PQpipelineSync(conn) == 1;
-	truncate_queue(s, 0); /* sent (the parameters were copied into libpq's buffer) */
 	if (!sent) {
 		/* out of memory or the connection is gone: settle what was queued */
 		err = PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
-		if (n_dq > 0)
-			poison(s, err, conn);
 		if (PQpipelineSync(conn) == 1)
 			drain_to_sync(conn, total);
 		PQexitPipelineMode(conn);
@@ -475,22 +443,17 @@ static PGresult *run_pipeline(PGconn *conn, struct conn_state *s, const char *sq
 		ExecStatusType st;
 
 		r = PQgetResult(conn);
-		if (!r) {
-			if (n_dq > 0 && k < n_dq)
-				poison(s, NULL, conn);
+		if (!r)
 			break; /* the connection failed: libpq already gave the error */
-		}
 		st = PQresultStatus(r);
-		if (parse && k == n_dq + n_prelude && st == PGRES_COMMAND_OK && !err) {
+		if (parse && k == n_prelude && st == PGRES_COMMAND_OK && !err) {
 			stmt->sql = strdup(sql);
 			if (stmt->sql)
 				s->n_prep++;
 		}
-		if (k < n_dq && st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-			poison(s, r, conn);
 		if ((st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED) && !err)
 			err = r;
-		else if (sql && k == total - 1 && !err)
+		else if (k == total - 1 && !err)
 			keep = r;
 		else
 			PQclear(r);
@@ -503,9 +466,7 @@ static PGresult *run_pipeline(PGconn *conn, struct conn_state *s, const char *sq
 		PQclear(keep);
 		return err;
 	}
-	if (keep)
-		return keep;
-	return PQmakeEmptyPGresult(conn, sql ? PGRES_FATAL_ERROR : PGRES_COMMAND_OK);
+	return keep ? keep : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
 }
 
 PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
@@ -524,7 +485,7 @@ PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *c
 			parse = true;
 		}
 	}
-	if (s && (s->n_prelude > 0 || parse || s->dq_n > 0))
+	if (s && (s->n_prelude > 0 || parse))
 		return run_pipeline(conn, s, sql, nparams, params, stmt, parse);
 	if (stmt)
 		return PQexecPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0);
@@ -538,19 +499,6 @@ PGresult *svc_pg_query_text(PGconn *conn, const char *sql)
 	size_t len;
 	char *text;
 
-	if (s && s->dq_n > 0) {
-		/* the deferred writes first (they have parameters: not part of a query text) */
-		int n_prelude = s->n_prelude;
-
-		s->n_prelude = 0;
-		r = run_pipeline(conn, s, NULL, 0, NULL, NULL, false);
-		s->n_prelude = n_prelude;
-		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-			s->n_prelude = 0;
-			return r;
-		}
-		PQclear(r);
-	}
 	if (!s || s->n_prelude == 0)
 		return PQexec(conn, sql);
 	len = strlen(sql) + 1;
@@ -571,7 +519,7 @@ PGresult *svc_pg_query_text(PGconn *conn, const char *sql)
 	return r;
 }
 
-/* ---- deferred writes ---------------------------------------------------------------------- */
+/* ---- deferred rows ------------------------------------------------------------------------ */
 
 void svc_pg_set_deferral(PGconn *conn, bool on)
 {
@@ -591,69 +539,82 @@ bool svc_pg_deferral(PGconn *conn)
 int svc_pg_flush(PGconn *conn, char *err, size_t errsz, char *sqlstate)
 {
 	struct conn_state *s = conn_state(conn, false);
+	const char *param[1];
 	PGresult *r;
-	int rc;
+	int rc, n_prelude;
 
-	if (!s || s->dq_n == 0)
+	if (sqlstate)
+		sqlstate[0] = '\0';
+	if (!s || s->n_rows == 0)
 		return 0;
-	r = run_pipeline(conn, s, NULL, 0, NULL, NULL, false);
+	s->rows[s->rows_len] = ']'; /* room is kept for it */
+	s->rows[s->rows_len + 1] = '\0';
+	param[0] = s->rows;
+	/* The rows belong before any pending prelude (the next message's savepoint). */
+	n_prelude = s->n_prelude;
+	s->n_prelude = 0;
+	r = svc_pg_query(conn, s->rows_sql, 1, param, true);
+	s->n_prelude = n_prelude;
+	s->flushes++;
+	truncate_rows(s, 0);
 	rc = svc_pg_result_error(conn, r, PGRES_COMMAND_OK, err, errsz, sqlstate);
+	if (rc < 0 && !s->poisoned) {
+		s->poisoned = true;
+		snprintf(s->poison, sizeof(s->poison), "%s", err && *err ? err : "failed");
+	}
 	PQclear(r);
 	return rc;
 }
 
-int svc_pg_defer(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                 char *err, size_t errsz, char *sqlstate)
+static bool grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+	size_t n = *cap ? *cap : 16;
+	void *q;
+
+	if (need <= *cap)
+		return true;
+	while (n < need)
+		n *= 2;
+	q = realloc(*p, n * elem);
+	if (!q)
+		return false;
+	*p = q;
+	*cap = n;
+	return true;
+}
+
+int svc_pg_defer_row(PGconn *conn, const char *sql, const char *json_object, char *err,
+                     size_t errsz, char *sqlstate)
 {
 	struct conn_state *s = conn_state(conn, true);
-	struct prepared *stmt;
-	struct deferred *d;
+	size_t len = strlen(json_object);
 	int rc;
 
 	if (sqlstate)
 		sqlstate[0] = '\0';
-	if (!s) {
-		set_err(err, errsz, "out of memory");
-		return SVC_ENOMEM;
-	}
-	stmt = find_prepared(s, sql);
-	if (!stmt) {
-		PGresult *r;
-
-		if (s->n_prep >= MAX_PREPARED) {
-			set_err(err, errsz, "too many prepared statements on this connection");
-			return SVC_EINVAL;
-		}
-		stmt = &s->prep[s->n_prep];
-		snprintf(stmt->name, sizeof(stmt->name), "svccomm_%u", s->next_name++);
-		/* once per connection, in a round trip of its own */
-		r = PQprepare(conn, stmt->name, sql, nparams, NULL);
-		rc = svc_pg_result_error(conn, r, PGRES_COMMAND_OK, err, errsz, sqlstate);
-		PQclear(r);
-		if (rc < 0)
-			return rc;
-		stmt->sql = strdup(sql);
-		if (!stmt->sql) {
-			set_err(err, errsz, "out of memory");
-			return SVC_ENOMEM;
-		}
-		s->n_prep++;
-	}
-	if (s->dq_n == MAX_DEFERRED && (rc = svc_pg_flush(conn, err, errsz, sqlstate)) < 0)
-		return rc;
-	d = &s->dq[s->dq_n];
-	d->stmt = stmt;
-	d->nparams = nparams;
-	d->params = calloc((size_t)nparams + 1, sizeof(char *));
-	if (!d->params)
+	if (!s)
 		goto nomem;
-	for (int i = 0; i < nparams; i++) {
-		if (params[i] && !(d->params[i] = strdup(params[i]))) {
-			free_deferred(d);
-			goto nomem;
-		}
+	if (s->n_rows > 0 && (strcmp(s->rows_sql, sql) != 0 || s->rows_len + len > MAX_ROW_BYTES)) {
+		/* another statement (another outbox table), or enough for one statement */
+		if ((rc = svc_pg_flush(conn, err, errsz, sqlstate)) < 0)
+			return rc;
 	}
-	s->dq_n++;
+	if (!s->rows_sql || strcmp(s->rows_sql, sql) != 0) {
+		char *copy = strdup(sql);
+
+		if (!copy)
+			goto nomem;
+		free(s->rows_sql);
+		s->rows_sql = copy;
+	}
+	/* "[" or "," + the object + room for "]" and the terminator */
+	if (!grow((void **)&s->rows, &s->rows_cap, s->rows_len + len + 3, 1) ||
+	    !grow((void **)&s->row_end, &s->row_cap, s->n_rows + 1, sizeof(size_t)))
+		goto nomem;
+	s->rows[s->rows_len++] = s->n_rows ? ',' : '[';
+	memcpy(s->rows + s->rows_len, json_object, len);
+	s->rows_len += len;
+	s->row_end[s->n_rows++] = s->rows_len;
 	return 0;
 nomem:
 	set_err(err, errsz, "out of memory");
@@ -664,7 +625,7 @@ size_t svc_pg_deferred_mark(PGconn *conn)
 {
 	struct conn_state *s = conn_state(conn, false);
 
-	return s ? s->dq_n : 0;
+	return s ? s->n_rows : 0;
 }
 
 void svc_pg_deferred_truncate(PGconn *conn, size_t mark)
@@ -672,7 +633,24 @@ void svc_pg_deferred_truncate(PGconn *conn, size_t mark)
 	struct conn_state *s = conn_state(conn, false);
 
 	if (s)
-		truncate_queue(s, mark);
+		truncate_rows(s, mark);
+}
+
+unsigned long svc_pg_flush_count(PGconn *conn)
+{
+	struct conn_state *s = conn_state(conn, false);
+
+	return s ? s->flushes : 0;
+}
+
+void svc_pg_poison(PGconn *conn, const char *reason)
+{
+	struct conn_state *s = conn_state(conn, true);
+
+	if (s && !s->poisoned) {
+		s->poisoned = true;
+		snprintf(s->poison, sizeof(s->poison), "%s", reason);
+	}
 }
 
 const char *svc_pg_poisoned(PGconn *conn)

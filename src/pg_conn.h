@@ -84,23 +84,29 @@ PGresult *svc_pg_query_text(PGconn *conn, const char *sql);
 int svc_pg_exec_cached(PGconn *conn, const char *sql, int nparams, const char *const *params,
                        PGresult **res, char *err, size_t errsz, char *sqlstate);
 
-/* Deferred writes. With deferral on (the consumer turns it on for the connection it lends to
- * handlers), the outbox insert does not wait for its own round trip: svc_pg_defer() queues the
- * statement (a prepared copy of it, with copies of the parameters) and it travels in the
- * pipeline of the next statement on conn, ahead of the prelude, or with the COMMIT. Any
- * statement flushes the queue first, so the handler's own SQL sees the rows. A deferred write
- * that fails poisons the transaction: every write of the batch is then suspect and the caller
- * must roll the whole transaction back (svc_pg_poisoned() gives the reason). */
+/* Deferred rows. With deferral on (the consumer turns it on for the connection it lends to
+ * handlers), an outbox row costs no round trip of its own: svc_pg_defer_row() appends its JSON
+ * object to a buffer, and svc_pg_flush() writes all of them with one statement that takes the
+ * array as $1 (the consumer flushes before its COMMIT; the outbox cancel flushes before it
+ * looks). Other SQL does not flush: it does not see the rows until then. A flush that fails
+ * poisons the transaction: every row of the batch is then suspect and the caller must roll
+ * the whole transaction back (svc_pg_poisoned() gives the reason). */
 void svc_pg_set_deferral(PGconn *conn, bool on);
 bool svc_pg_deferral(PGconn *conn);
-/* Queues one statement (at most 512 wait; a full queue is flushed first). */
-int svc_pg_defer(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                 char *err, size_t errsz, char *sqlstate);
-/* Sends the queued writes now (one round trip). */
+/* Appends one row for sql (a statement with one parameter, a JSON array of row objects).
+ * Rows for another statement, or past 1 MiB, are flushed first. */
+int svc_pg_defer_row(PGconn *conn, const char *sql, const char *json_object, char *err,
+                     size_t errsz, char *sqlstate);
+/* Writes the deferred rows now (one statement, one round trip). */
 int svc_pg_flush(PGconn *conn, char *err, size_t errsz, char *sqlstate);
 /* Queue position, and dropping what was queued after it (a message that failed). */
 size_t svc_pg_deferred_mark(PGconn *conn);
 void svc_pg_deferred_truncate(PGconn *conn, size_t mark);
+/* Flushes so far on conn: a message whose rows may have been written (by a flush during it)
+ * cannot be undone with ROLLBACK TO SAVEPOINT. */
+unsigned long svc_pg_flush_count(PGconn *conn);
+/* Marks the transaction as poisoned (see above). */
+void svc_pg_poison(PGconn *conn, const char *reason);
 /* The error of a failed deferred write in this transaction, or NULL. */
 const char *svc_pg_poisoned(PGconn *conn);
 /* End of a transaction: drops queued writes, reserved ids and the poison. */

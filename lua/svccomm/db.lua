@@ -359,12 +359,15 @@ function DB:transaction(fn, ...)
 	local conn = self.conn
 	local depth = self._depth
 	local outer = depth == 0 and conn:transaction_status() == "idle"
-	local sp
+	local sp, mark
 	if outer then
 		conn:exec("BEGIN")
 		self._ctx = {}
 	else
 		sp = "svccomm_sp_" .. (depth + 1)
+		-- Outbox rows a consumer handler wrote are kept until the batch commits; those from
+		-- before this savepoint are written now, those from inside it are dropped with it.
+		mark = conn:_rows_mark()
 		conn:exec("SAVEPOINT " .. sp)
 		self._ctx = self._ctx or {}
 	end
@@ -381,6 +384,7 @@ function DB:transaction(fn, ...)
 			else
 				pcall(conn.exec, conn, "ROLLBACK TO SAVEPOINT " .. sp)
 				pcall(conn.exec, conn, "RELEASE SAVEPOINT " .. sp)
+				conn:_rows_drop(mark)
 			end
 			ok, err = false, aborted_error()
 		elseif outer then
@@ -402,6 +406,7 @@ function DB:transaction(fn, ...)
 	else
 		pcall(conn.exec, conn, "ROLLBACK TO SAVEPOINT " .. sp)
 		pcall(conn.exec, conn, "RELEASE SAVEPOINT " .. sp)
+		conn:_rows_drop(mark)
 	end
 	error(res[2], 0)
 end

@@ -128,10 +128,22 @@ svccomm.message_router.consumer("$EXCHANGE", "#", function(rk, body, msg)
       payload = { n = n } }
     if rk == "emit_then_fail" then error("fails after publishing") end
     if rk == "emit_and_read" then
-      -- the handler's own SQL sees the row it just wrote
+      -- outbox rows are written at commit: the handler's own SQL does not see them yet,
+      -- but cancelling sees what this transaction scheduled
       local rows = db.query("SELECT count(*) AS c FROM $OUTBOX WHERE id = $1::int8", id)
-      db.query("INSERT INTO $TABLE (n, info) VALUES ($1, $2)", n, "seen " .. rows[1].c)
+      svccomm.publish_future_aggregate_event { aggregate = "agg", event_type = "later",
+        event_time = os.time() + 3600, payload = {}, tags = { n = n } }
+      local cancelled = svccomm.cancel_future_aggregate_event { aggregate = "agg",
+        event_type = "later", tags = { n = n } }
+      db.query("INSERT INTO $TABLE (n, info) VALUES ($1, $2)", n,
+        "seen " .. rows[1].c .. " cancelled " .. cancelled)
     end
+  elseif rk == "flush_then_fail" then
+    -- the cancel writes this transaction's rows (this message's too), then the handler fails
+    svccomm.publish_aggregate_event { aggregate = "agg", event_type = "mine", payload = {} }
+    svccomm.cancel_future_aggregate_event { aggregate = "agg", event_type = "later",
+      tags = { n = n } }
+    error("fails after its rows were written")
   elseif rk == "poison" then
     svccomm.publish_aggregate_event { aggregate = "agg", event_type = "poison",
       payload = { n = n } }
@@ -182,7 +194,7 @@ def test_outbox_rows_of_a_batch_commit_with_it_and_a_bad_row_is_isolated(tmp_pat
         assert all(b["eventId"] == str(i) for (i, _), b in zip(rows, bodies))
         assert all(b["eventType"] == "done" for b in bodies)
         seen = sql("SELECT info FROM %s WHERE info LIKE 'seen%%'" % p.table)
-        assert seen == [("seen 1",)] * 5
+        assert seen == [("seen 0 cancelled 1",)] * 5
         dead = broker.get_all(p.queue + ".dlq")
         poisoned = [json.loads(b)["n"] for props, b in dead
                     if "poisoned row" in props.headers.get("x-svccomm-error", "")]
@@ -190,9 +202,38 @@ def test_outbox_rows_of_a_batch_commit_with_it_and_a_bad_row_is_isolated(tmp_pat
         log = p.log()
         assert log.count("writing the batch's outbox rows: ") >= 5
         assert log.count("writing the batch's outbox rows: ") == \
-            log.count("writing the batch's outbox rows: ERROR:  poisoned row")
+            log.count("writing the batch's outbox rows: poisoned row")
         assert p.stop() == 0
     finally:
         sql("DROP TABLE IF EXISTS %s CASCADE" % outbox)
         sql("DROP FUNCTION IF EXISTS %s_refuse() CASCADE" % outbox)
+        sql("DROP FUNCTION IF EXISTS %s_notify() CASCADE" % outbox)
+
+
+def test_failed_message_whose_rows_were_already_written_leaves_none(tmp_path, broker, projects):
+    outbox = "ob_" + str(int(time.time() * 1000) % 10**9)
+    p = Project(tmp_path, OUTBOX_HANDLER.replace("$OUTBOX", outbox),
+                {"MAX_ATTEMPTS": 1, "OUTBOX_TABLE": outbox, "CONSUMER_COMMIT_INTERVAL": 0.5})
+    projects.append(p)
+    migrate(p)
+    try:
+        p.start()
+        assert p.stop() == 0
+        kinds = ["emit"] * 5 + ["flush_then_fail"] + ["emit"] * 5
+        for i, k in enumerate(kinds):
+            broker.publish(p.exchange, k, {"n": i})
+        p.start()
+        wait_for(lambda: broker.count(p.queue) == 0 and broker.count(p.queue + ".dlq") == 1,
+                 30, what="all 11 messages settled")
+        wait_for(lambda: p.count() == 10, 10, what="the rows of the 10 good messages")
+        import json
+        rows = sql("SELECT body FROM %s ORDER BY id" % outbox)
+        assert sorted(json.loads(b)["payload"]["n"] for (b,) in rows) == \
+            [i for i, k in enumerate(kinds) if k == "emit"]
+        (props, body), = broker.get_all(p.queue + ".dlq")
+        assert json.loads(body)["n"] == 5
+        assert "fails after its rows were written" in props.headers["x-svccomm-error"]
+        assert p.stop() == 0
+    finally:
+        sql("DROP TABLE IF EXISTS %s CASCADE" % outbox)
         sql("DROP FUNCTION IF EXISTS %s_notify() CASCADE" % outbox)
