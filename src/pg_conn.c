@@ -259,7 +259,7 @@ struct conn_state {
 	/* ids reserved in the current transaction */
 	char *id_seq;
 	long long ids[ID_BLOCK_MAX];
-	int ids_n, ids_next, id_block;
+	int ids_n, ids_next, id_block, id_first_block, ids_used;
 };
 
 static void truncate_rows(struct conn_state *s, size_t mark)
@@ -275,6 +275,9 @@ static void transaction_reset(struct conn_state *s)
 	truncate_rows(s, 0);
 	s->poisoned = false;
 	s->poison[0] = '\0';
+	/* the next transaction starts with a block as large as this one used */
+	s->id_first_block = s->ids_used > ID_BLOCK_MIN ? s->ids_used : ID_BLOCK_MIN;
+	s->ids_used = 0;
 	s->ids_n = s->ids_next = 0;
 	s->id_block = 0;
 }
@@ -690,11 +693,14 @@ int svc_pg_reserve_id(PGconn *conn, const char *sequence, long long *id, char *e
 			return SVC_ENOMEM;
 		}
 	}
+	s->ids_used++;
 	if (s->ids_next < s->ids_n) {
 		*id = s->ids[s->ids_next++];
 		return 0;
 	}
-	s->id_block = s->id_block ? s->id_block * 2 : ID_BLOCK_MIN;
+	s->id_block = s->id_block ? s->id_block * 2
+	              : s->id_first_block ? s->id_first_block
+	                                  : ID_BLOCK_MIN;
 	if (s->id_block > ID_BLOCK_MAX)
 		s->id_block = ID_BLOCK_MAX;
 	snprintf(block, sizeof(block), "%d", s->id_block);

@@ -112,8 +112,8 @@ const char *svc_pg_poisoned(PGconn *conn);
 /* End of a transaction: drops queued writes, reserved ids and the poison. */
 void svc_pg_transaction_reset(PGconn *conn);
 /* An id from `sequence` reserved inside the current transaction: ids are taken in blocks
- * (8, then doubling up to 128) by one statement; unused ones are dropped at the end of the
- * transaction, so an id is never used by a later transaction than the one that took it. */
+ * by one statement (first as many as the previous transaction used, at least 8, then doubling
+ * up to 128); unused ones are dropped at the end of the transaction, so an id is never used by a later transaction than the one that took it. */
 int svc_pg_reserve_id(PGconn *conn, const char *sequence, long long *id, char *err, size_t errsz,
                       char *sqlstate);
 

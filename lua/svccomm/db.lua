@@ -112,6 +112,10 @@ end
 ---@param what string|nil
 ---@return string
 function M.encode_json(value, max_depth, what)
+	if type(value) == "string" and utf8len(value) then
+		-- the common case of names and ids: no encoder state needed
+		return '"' .. gsub(value, '[%z\1-\31"\\]', escapes) .. '"'
+	end
 	max_depth = max_depth or 128
 	what = what or "value"
 	local buf, n = {}, 0
