@@ -830,7 +830,7 @@ class Bench:
                 if kind == "noop":
                     rows.append(self.consumer_row(
                         "consumer", "consumer no-op %s" % qt, qt, r, target_ratio=0.8,
-                        settings="N=%d, no DATABASE_URL, default prefetch (500)" % n))
+                        settings="N=%d, no DATABASE_URL, default prefetch (1000)" % n))
                 else:
                     rows.append(self.consumer_row(
                         "consumer", "consumer insert+outbox %s" % qt, qt, r, target_abs=5000,

@@ -3,6 +3,12 @@
 --- handler's transaction, or db:transaction()); `svccomm runpublisher` sends them after
 --- commit. Outside a transaction they raise and write nothing.
 ---
+--- Inside a consumer handler the rows are deferred: the eventId comes from ids the consumer
+--- reserves inside its transaction, and the batch's rows are inserted with one statement just
+--- before its COMMIT (a row the database refuses then fails the batch, which is retried one
+--- message at a time). Until then SQL in the handler does not see them; cancel_future_* and a
+--- nested db:transaction() write the pending rows first.
+---
 --- Event envelope (the body of the row, published as is):
 ---   {"eventId":"<row id>","eventTime":"2023-06-02T10:58:58.340174Z",
 ---    "eventType":"<event_type>","aggregate":"<aggregate>","payload":<payload>}

@@ -443,7 +443,7 @@ local SCHEMA = {
 	{ key = "INSTALLED_APPS", type = "list", nullable = true,
 		check = check_apps,
 		doc = "Apps to load (apps/<name>/consumers.lua); unset = every app, sorted by name." },
-	{ key = "PREFETCH_COUNT", type = "integer", default = 500,
+	{ key = "PREFETCH_COUNT", type = "integer", default = 1000,
 		check = check_integer(1, 65535),
 		doc = "basic.qos prefetch: unacknowledged messages per consumer (also the largest "
 			.. "batch per transaction). Lower it for slow handlers so work spreads across "

@@ -125,7 +125,8 @@ svccomm.message_router.consumer("$EXCHANGE", "#", function(rk, body, msg)
   if rk == "emit" or rk == "emit_then_fail" or rk == "emit_and_read" then
     db.query("INSERT INTO $TABLE (n, info) VALUES ($1, $2)", n, rk)
     local id = svccomm.publish_aggregate_event { aggregate = "agg", event_type = "done",
-      payload = { n = n } }
+      payload = { n = n, s = 'q"uo' .. string.char(92) .. 'te' .. string.char(10, 9, 1) .. ' '
+        .. utf8.char(0xfc, 0x20ac, 0x1F600) } }
     if rk == "emit_then_fail" then error("fails after publishing") end
     if rk == "emit_and_read" then
       -- outbox rows are written at commit: the handler's own SQL does not see them yet,
@@ -193,6 +194,7 @@ def test_outbox_rows_of_a_batch_commit_with_it_and_a_bad_row_is_isolated(tmp_pat
         assert sorted(b["payload"]["n"] for b in bodies) == emitted
         assert all(b["eventId"] == str(i) for (i, _), b in zip(rows, bodies))
         assert all(b["eventType"] == "done" for b in bodies)
+        assert all(b["payload"]["s"] == 'q"uo\\te\n\t\x01 \u00fc\u20ac\U0001F600' for b in bodies)
         seen = sql("SELECT info FROM %s WHERE info LIKE 'seen%%'" % p.table)
         assert seen == [("seen 0 cancelled 1",)] * 5
         dead = broker.get_all(p.queue + ".dlq")
