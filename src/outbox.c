@@ -349,7 +349,8 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 			*id_out = id;
 		goto out;
 	}
-	rc = svc_pg_exec_cached(conn, sql, 13, params, &res, err, errsz, sqlstate);
+	/* unnamed: an application's connection may go through a transaction-pooling proxy */
+	rc = svc_pg_exec_params(conn, sql, 13, params, &res, err, errsz, sqlstate);
 	if (rc < 0)
 		goto out;
 	if (PQntuples(res) != 1) {

@@ -758,12 +758,6 @@ int svc_pg_exec_params(PGconn *conn, const char *sql, int nparams, const char *c
 	return exec_checked(conn, sql, nparams, params, false, res, err, errsz, sqlstate);
 }
 
-int svc_pg_exec_cached(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                       PGresult **res, char *err, size_t errsz, char *sqlstate)
-{
-	return exec_checked(conn, sql, nparams, params, true, res, err, errsz, sqlstate);
-}
-
 int svc_pg_exec_simple(PGconn *conn, const char *sql, char *err, size_t errsz, char *sqlstate)
 {
 	PGresult *r;

@@ -80,9 +80,6 @@ PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *c
  * (sent in the same text). Returns the last result, as PQexec. */
 PGresult *svc_pg_query_text(PGconn *conn, const char *sql);
 
-/* svc_pg_exec_params() through the prepared-statement cache (see svc_pg_query()). */
-int svc_pg_exec_cached(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                       PGresult **res, char *err, size_t errsz, char *sqlstate);
 
 /* Deferred rows. With deferral on (the consumer turns it on for the connection it lends to
  * handlers), an outbox row costs no round trip of its own: svc_pg_defer_row() appends its JSON
