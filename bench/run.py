@@ -423,7 +423,8 @@ class Bench:
         self.meta = self.versions()
 
     def build_ceilings(self):
-        need = [os.path.join(BUILD_BENCH, b) for b in ("raw_publish", "raw_consume", "pg_outbox")]
+        need = [os.path.join(BUILD_BENCH, b)
+                for b in ("raw_publish", "raw_consume", "pg_outbox", "pg_handler")]
         if not os.path.isdir(BUILD_BENCH):
             subprocess.run(["cmake", "-S", BENCH, "-B", BUILD_BENCH, "-DCMAKE_BUILD_TYPE=Release"],
                            check=True, stdout=subprocess.DEVNULL)
@@ -779,6 +780,16 @@ class Bench:
                                 settings="one DELETE ... RETURNING ... FOR UPDATE SKIP LOCKED"))
         except (BenchError, subprocess.TimeoutExpired) as e:
             rows.append(failed("ceilings", "pg claim+delete", e))
+        try:
+            hn = max(2000, n // 5)
+            h = self.ceiling_tool([os.path.join(BUILD_BENCH, "pg_handler"), "--url", self.db_url,
+                                   "--count", str(hn), "--batch", "100"], timeout=120 + hn / 100)
+            self.ceiling["pg_handler"] = h["rate"]
+            rows.append(row("ceilings", "pg handler SQL (plain libpq)", h["rate"], "msg/s",
+                            settings="per message: INSERT row + INSERT outbox event (prepared, one "
+                            "round trip each), COMMIT every 100; no broker, no Lua; N=%d" % hn))
+        except (BenchError, subprocess.TimeoutExpired) as e:
+            rows.append(failed("ceilings", "pg handler SQL", e))
         return rows
 
     def sec_relay(self):
@@ -806,8 +817,8 @@ class Bench:
 
     def consumer_row(self, section, name, qt, r, target_ratio=None, target_abs=None, settings="",
                      ceil=None):
-        ceil = ceil or self.ceiling.get(qt, {}).get("consume")
-        ratio = r["rate"] / ceil if ceil else None
+        ceil = ceil if ceil is not None else self.ceiling.get(qt, {}).get("consume")
+        ratio = r["rate"] / ceil if ceil and ceil > 0 else None  # ceil -1: none measured
         ok = None
         tt = ""
         if target_ratio is not None:
@@ -834,7 +845,9 @@ class Bench:
                 else:
                     rows.append(self.consumer_row(
                         "consumer", "consumer insert+outbox %s" % qt, qt, r, target_abs=5000,
-                        settings="N=%d, handler: INSERT + publish_aggregate_event" % n))
+                        ceil=self.ceiling.get("pg_handler", -1),
+                        settings="N=%d, handler: INSERT + publish_aggregate_event; ratio to the "
+                        "plain libpq client doing the same SQL" % n))
                 rows.append(row("consumer", "consumer %s %s worker peak RSS" % (kind, qt),
                                 r["rss_peak_kib"] / 1024, "MiB", target_text="<= 20 MiB",
                                 ok=r["rss_peak_kib"] <= 20 * 1024,
@@ -1131,9 +1144,13 @@ class Bench:
                 try:
                     c = self.run_consumer("workers-%s-%d" % (kind, workers), qt, n, kind,
                                           workers=workers)
+                    tx = kind == "tx"
                     rows.append(self.consumer_row("scaling", "consumer %s --workers %d" % (kind, workers),
-                                                  qt, c, ceil=local["consume"],
-                                                  settings="N=%d, %s" % (n, qt)))
+                                                  qt, c, ceil=self.ceiling.get("pg_handler", -1)
+                                                  if tx else local["consume"],
+                                                  settings="N=%d, %s%s" % (
+                                                      n, qt, "; ratio to the plain libpq client "
+                                                      "(one connection)" if tx else "")))
                 except (BenchError, subprocess.TimeoutExpired) as e:
                     rows.append(failed("scaling", "consumer %s --workers %d" % (kind, workers), e))
         return rows
