@@ -1,5 +1,5 @@
-/* bench_common: helpers shared by the raw rabbitmq-c ceiling programs (raw_publish,
- * raw_consume). Not part of svccomm: the benchmark measures svccomm against these.
+/* bench_common: helpers shared by the ceiling programs (raw_publish, raw_consume, pg_outbox,
+ * pg_handler). Not part of svccomm: the benchmark measures svccomm against these.
  *
  * Ownership: bench_connect() hands out a connection the caller closes with bench_close();
  * error texts are written into caller-provided buffers. */
@@ -16,6 +16,9 @@ double bench_now(void);
 
 /* Parse a positive integer option value; exits with status 2 on garbage. */
 long bench_parse_long(const char *opt, const char *val);
+
+/* True for a lower-case SQL identifier ([a-z_][a-z0-9_]*) of at most max bytes. */
+bool bench_ident_ok(const char *s, size_t max);
 
 /* Connect to an amqp:// URL, log in and open channel 1. Returns 0 or -1 with err filled. */
 int bench_connect(const char *url, amqp_connection_state_t *out, char *err, size_t errlen);

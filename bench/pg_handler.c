@@ -21,37 +21,7 @@
 
 #include <libpq-fe.h>
 
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long parse_long(const char *opt, const char *val)
-{
-	char *end = NULL;
-	long v = val ? strtol(val, &end, 10) : -1;
-
-	if (!val || end == val || *end || v <= 0) {
-		fprintf(stderr, "%s: expected a positive integer\n", opt);
-		exit(2);
-	}
-	return v;
-}
-
-static bool ident_ok(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n == 0 || n > 40 || !((*s >= 'a' && *s <= 'z') || *s == '_'))
-		return false;
-	for (; *s; s++)
-		if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
-			return false;
-	return true;
-}
+#include "bench_common.h"
 
 static int check(PGresult *r, const char *what)
 {
@@ -88,16 +58,17 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--table") && v)
 			prefix = argv[++i];
 		else if (!strcmp(a, "--count"))
-			count = parse_long(a, argv[++i]);
+			count = bench_parse_long(a, argv[++i]);
 		else if (!strcmp(a, "--batch"))
-			batch = parse_long(a, argv[++i]);
+			batch = bench_parse_long(a, argv[++i]);
 		else {
-			fprintf(stderr, "usage: pg_handler [--url CONNINFO] [--table PREFIX] [--count N] "
-			                "[--batch B]\n");
+			fprintf(stderr,
+			        "usage: pg_handler [--url CONNINFO] [--table PREFIX] [--count N] "
+			        "[--batch B]\n");
 			return 2;
 		}
 	}
-	if (!url || !ident_ok(prefix)) {
+	if (!url || !bench_ident_ok(prefix, 40)) {
 		fprintf(stderr, "pg_handler: need --url (or SVCCOMM_DATABASE_URL) and a lower-case "
 		                "table prefix\n");
 		return 2;
@@ -109,32 +80,34 @@ int main(int argc, char **argv)
 	}
 	if (exec(c, "SET client_min_messages = warning"))
 		goto out;
-	snprintf(sql, sizeof(sql),
-	         "DROP TABLE IF EXISTS %s_sink, %s_outbox; "
-	         "CREATE TABLE %s_sink (event_id text NOT NULL, received_at timestamptz NOT NULL "
-	         "DEFAULT clock_timestamp()); "
-	         "CREATE TABLE %s_outbox (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL "
-	         "DEFAULT clock_timestamp(), send_after timestamptz NOT NULL DEFAULT now(), "
-	         "exchange text NOT NULL, routing_key text NOT NULL, body text NOT NULL, "
-	         "message_id text, correlation_id text, headers jsonb, tags jsonb, attempts integer "
-	         "NOT NULL DEFAULT 0, last_error text, parked_at timestamptz); "
-	         "CREATE INDEX ON %s_outbox (send_after, id) WHERE parked_at IS NULL",
-	         prefix, prefix, prefix, prefix, prefix);
+	snprintf(
+	    sql, sizeof(sql),
+	    "DROP TABLE IF EXISTS %s_sink, %s_outbox; "
+	    "CREATE TABLE %s_sink (event_id text NOT NULL, received_at timestamptz NOT NULL "
+	    "DEFAULT clock_timestamp()); "
+	    "CREATE TABLE %s_outbox (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL "
+	    "DEFAULT clock_timestamp(), send_after timestamptz NOT NULL DEFAULT now(), "
+	    "exchange text NOT NULL, routing_key text NOT NULL, body text NOT NULL, "
+	    "message_id text, correlation_id text, headers jsonb, tags jsonb, attempts integer "
+	    "NOT NULL DEFAULT 0, last_error text, parked_at timestamptz); "
+	    "CREATE INDEX ON %s_outbox (send_after, id) WHERE parked_at IS NULL",
+	    prefix, prefix, prefix, prefix, prefix);
 	if (exec(c, sql))
 		goto out;
 	snprintf(sql, sizeof(sql), "INSERT INTO %s_sink (event_id) VALUES ($1)", prefix);
 	if (check(PQprepare(c, "sink", sql, 1, NULL), "prepare sink"))
 		goto out;
-	snprintf(sql, sizeof(sql),
-	         "INSERT INTO %s_outbox (id, exchange, routing_key, body) SELECT n.id, $1, $2, "
-	         "'{\"eventId\":\"' || n.id || '\",\"eventTime\":\"' || to_char(clock_timestamp() AT "
-	         "TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || '\",\"eventType\":' || "
-	         "to_json($2::text) || ',\"aggregate\":' || to_json($1::text) || ',\"payload\":' || "
-	         "$3 || '}' FROM (SELECT nextval('%s_outbox_id_seq') AS id) n RETURNING id",
-	         prefix, prefix);
+	snprintf(
+	    sql, sizeof(sql),
+	    "INSERT INTO %s_outbox (id, exchange, routing_key, body) SELECT n.id, $1, $2, "
+	    "'{\"eventId\":\"' || n.id || '\",\"eventTime\":\"' || to_char(clock_timestamp() AT "
+	    "TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || '\",\"eventType\":' || "
+	    "to_json($2::text) || ',\"aggregate\":' || to_json($1::text) || ',\"payload\":' || "
+	    "$3 || '}' FROM (SELECT nextval('%s_outbox_id_seq') AS id) n RETURNING id",
+	    prefix, prefix);
 	if (check(PQprepare(c, "outbox", sql, 3, NULL), "prepare outbox"))
 		goto out;
-	t0 = now();
+	t0 = bench_now();
 	while (done < count) {
 		if (exec(c, "BEGIN"))
 			goto out;
@@ -146,13 +119,14 @@ int main(int argc, char **argv)
 			snprintf(id, sizeof(id), "%ld", done + 1);
 			snprintf(payload, sizeof(payload), "{\"id\":\"%ld\"}", done + 1);
 			if (check(PQexecPrepared(c, "sink", 1, ps, NULL, NULL, 0), "sink insert") ||
-			    check(PQexecPrepared(c, "outbox", 3, po, NULL, NULL, 0), "outbox insert"))
+			    check(PQexecPrepared(c, "outbox", 3, po, NULL, NULL, 0),
+			          "outbox insert"))
 				goto out;
 		}
 		if (exec(c, "COMMIT"))
 			goto out;
 	}
-	secs = now() - t0;
+	secs = bench_now() - t0;
 	fprintf(stderr, "pg_handler: %ld messages in %.3f s = %.0f msg/s (commit every %ld)\n",
 	        count, secs, count / secs, batch);
 	printf("{\"bench\":\"pg_handler\",\"count\":%ld,\"batch\":%ld,\"rate\":%.1f}\n", count,
@@ -162,7 +136,8 @@ out:
 	if (rc)
 		printf("{\"bench\":\"pg_handler\",\"error\":\"see stderr\"}\n");
 	if (c && PQstatus(c) == CONNECTION_OK) {
-		snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS %s_sink, %s_outbox", prefix, prefix);
+		snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS %s_sink, %s_outbox", prefix,
+		         prefix);
 		PQclear(PQexec(c, sql));
 	}
 	PQfinish(c);

@@ -17,39 +17,9 @@
 
 #include <libpq-fe.h>
 
+#include "bench_common.h"
+
 #define MAX_BATCHES 16
-
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long parse_long(const char *opt, const char *val)
-{
-	char *end = NULL;
-	long v = val ? strtol(val, &end, 10) : -1;
-
-	if (!val || end == val || *end || v <= 0) {
-		fprintf(stderr, "%s: expected a positive integer\n", opt);
-		exit(2);
-	}
-	return v;
-}
-
-static bool ident_ok(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n == 0 || n > 63 || !((*s >= 'a' && *s <= 'z') || *s == '_'))
-		return false;
-	for (; *s; s++)
-		if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_'))
-			return false;
-	return true;
-}
 
 /* Run a statement; returns 0 when it succeeded. Clears the result unless out is given. */
 static int run(PGconn *c, const char *sql, int n, const char *const *params, PGresult **out)
@@ -73,7 +43,7 @@ static int fill(PGconn *c, const char *t, long count, long size, double *secs)
 {
 	char sql[1024], cnt[32], sz[32];
 	const char *p[2] = {cnt, sz};
-	double t0 = now();
+	double t0 = bench_now();
 
 	snprintf(sql, sizeof(sql), "DROP TABLE IF EXISTS \"%s\"", t);
 	if (run(c, sql, 0, NULL, NULL))
@@ -104,7 +74,7 @@ static int fill(PGconn *c, const char *t, long count, long size, double *secs)
 	snprintf(sql, sizeof(sql), "VACUUM ANALYZE \"%s\"", t);
 	if (run(c, sql, 0, NULL, NULL))
 		return -1;
-	*secs = now() - t0;
+	*secs = bench_now() - t0;
 	return 0;
 }
 
@@ -117,7 +87,7 @@ static int drain_select_delete(PGconn *c, const char *t, long count, long batch,
 	char claim[1024], del[256], last[32] = "0", lim[32];
 	char *ids = malloc((size_t)batch * 21 + 3);
 	long done = 0;
-	double t0 = now();
+	double t0 = bench_now();
 	int rc = -1;
 
 	if (!ids)
@@ -162,7 +132,7 @@ static int drain_select_delete(PGconn *c, const char *t, long count, long batch,
 			goto out;
 		done += n;
 	}
-	*secs = now() - t0;
+	*secs = bench_now() - t0;
 	rc = 0;
 out:
 	free(ids);
@@ -174,7 +144,7 @@ static int drain_delete_returning(PGconn *c, const char *t, long count, long bat
 	char sql[1024], lim[32];
 	const char *p[1] = {lim};
 	long done = 0;
-	double t0 = now();
+	double t0 = bench_now();
 
 	snprintf(
 	    sql, sizeof(sql),
@@ -197,7 +167,7 @@ static int drain_delete_returning(PGconn *c, const char *t, long count, long bat
 		}
 		done += n;
 	}
-	*secs = now() - t0;
+	*secs = bench_now() - t0;
 	return 0;
 }
 
@@ -218,9 +188,9 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--table") && v)
 			table = argv[++i];
 		else if (!strcmp(a, "--count"))
-			count = parse_long(a, argv[++i]);
+			count = bench_parse_long(a, argv[++i]);
 		else if (!strcmp(a, "--size"))
-			size = parse_long(a, argv[++i]);
+			size = bench_parse_long(a, argv[++i]);
 		else if (!strcmp(a, "--batch") && v)
 			batches = argv[++i];
 		else {
@@ -230,7 +200,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (!url || !ident_ok(table) || size < 40) {
+	if (!url || !bench_ident_ok(table, 63) || size < 40) {
 		fprintf(stderr, "pg_outbox: need --url (or SVCCOMM_DATABASE_URL), a lower-case "
 		                "table name and --size >= 40\n");
 		return 2;
@@ -239,7 +209,7 @@ int main(int argc, char **argv)
 	     tok = strtok(NULL, ",")) {
 		if (nb == MAX_BATCHES)
 			return 2;
-		b[nb++] = parse_long("--batch", tok);
+		b[nb++] = bench_parse_long("--batch", tok);
 	}
 	c = PQconnectdb(url);
 	if (PQstatus(c) != CONNECTION_OK) {

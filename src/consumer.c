@@ -1096,9 +1096,10 @@ static int process(struct svc_consumer *c, struct svc_delivery *d)
 	if (touched && !failed && !svc_pg_poisoned(c->pg) &&
 	    PQtransactionStatus(c->pg) == PQTRANS_INERROR) {
 		failed = true;
-		snprintf(err, sizeof(c->pending_error),
-		         "the handler left the transaction aborted (a failed statement was caught): "
-		         "its work is rolled back");
+		snprintf(
+		    err, sizeof(c->pending_error),
+		    "the handler left the transaction aborted (a failed statement was caught): "
+		    "its work is rolled back");
 	}
 	bool undo = failed || !(strcmp(status, "ok") == 0 || strcmp(status, "skipped") == 0 ||
 	                        strcmp(status, "unrouted") == 0);

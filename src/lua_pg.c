@@ -238,9 +238,9 @@ static int conn_transaction_status(lua_State *L)
 	if (c->conn && svc_pg_prelude_pending(c->conn))
 		lua_pushliteral(L, "intrans");
 	else
-		lua_pushstring(L, c->conn ? svc_pg_transaction_status_name(
-		                                PQtransactionStatus(c->conn))
-		                          : "unknown");
+		lua_pushstring(L, c->conn
+		                      ? svc_pg_transaction_status_name(PQtransactionStatus(c->conn))
+		                      : "unknown");
 	return 1;
 }
 
@@ -703,10 +703,14 @@ static int conn_rows_drop(lua_State *L)
 }
 
 static const luaL_Reg conn_methods[] = {
-    {"query", conn_query}, {"exec", conn_exec},
-    {"_rows_mark", conn_rows_mark}, {"_rows_drop", conn_rows_drop},
-    {"close", conn_close}, {"transaction_status", conn_transaction_status},
-    {"pid", conn_pid},     {"ok", conn_ok},
+    {"query", conn_query},
+    {"exec", conn_exec},
+    {"_rows_mark", conn_rows_mark},
+    {"_rows_drop", conn_rows_drop},
+    {"close", conn_close},
+    {"transaction_status", conn_transaction_status},
+    {"pid", conn_pid},
+    {"ok", conn_ok},
     {NULL, NULL},
 };
 

@@ -264,10 +264,9 @@ static void jb_field(struct jbuf *b, const char *key, const char *v)
 static int defer_row(PGconn *conn, const char *qname, long long id, const char *const *params,
                      char *err, size_t errsz, char *sqlstate)
 {
-	static const char *const keys[] = {"send_after", "exchange",   "routing_key",
-	                                   NULL,         "event_time", "body",
-	                                   "message_id", "correlation_id", "headers",
-	                                   "tags"};
+	static const char *const keys[] = {
+	    "send_after", "exchange",   "routing_key",    NULL,      "event_time",
+	    "body",       "message_id", "correlation_id", "headers", "tags"};
 	char sql[sizeof(rows_fmt) + SVC_OUTBOX_QNAME_MAX], num[40];
 	struct jbuf b = {0};
 	int rc;
@@ -341,7 +340,8 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 			params[12] = svc_outbox_now_iso(now_iso, sizeof(now_iso));
 	}
 	if (row->id_sequence && svc_pg_deferral(conn)) {
-		/* the consumer's connection: the row is written with the batch, before its COMMIT */
+		/* the consumer's connection: the row is written with the batch, before its COMMIT
+		 */
 		rc = svc_pg_reserve_id(conn, row->id_sequence, &id, err, errsz, sqlstate);
 		if (rc == 0)
 			rc = defer_row(conn, qname, id, params, err, errsz, sqlstate);

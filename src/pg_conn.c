@@ -228,7 +228,8 @@ int svc_pg_result_error(PGconn *conn, const PGresult *res, ExecStatusType want, 
 	return lost ? SVC_ECONN : SVC_EDB;
 }
 
-/* ---- per-connection state: prelude, prepared statements, deferred rows ------------------------ */
+/* ---- per-connection state: prelude, prepared statements, deferred rows ------------------------
+ */
 
 #define MAX_PREPARED  16
 #define ID_BLOCK_MIN  8         /* ids reserved by the first reservation of a transaction */
@@ -698,15 +699,15 @@ int svc_pg_reserve_id(PGconn *conn, const char *sequence, long long *id, char *e
 		*id = s->ids[s->ids_next++];
 		return 0;
 	}
-	s->id_block = s->id_block ? s->id_block * 2
+	s->id_block = s->id_block         ? s->id_block * 2
 	              : s->id_first_block ? s->id_first_block
 	                                  : ID_BLOCK_MIN;
 	if (s->id_block > ID_BLOCK_MAX)
 		s->id_block = ID_BLOCK_MAX;
 	snprintf(block, sizeof(block), "%d", s->id_block);
-	r = svc_pg_query(conn,
-	                 "SELECT nextval($1::regclass) FROM generate_series(1, $2::int4) ORDER BY 1",
-	                 2, params, true);
+	r = svc_pg_query(
+	    conn, "SELECT nextval($1::regclass) FROM generate_series(1, $2::int4) ORDER BY 1", 2,
+	    params, true);
 	rc = svc_pg_result_error(conn, r, PGRES_TUPLES_OK, err, errsz, sqlstate);
 	if (rc < 0) {
 		PQclear(r);

@@ -80,7 +80,6 @@ PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *c
  * (sent in the same text). Returns the last result, as PQexec. */
 PGresult *svc_pg_query_text(PGconn *conn, const char *sql);
 
-
 /* Deferred rows. With deferral on (the consumer turns it on for the connection it lends to
  * handlers), an outbox row costs no round trip of its own: svc_pg_defer_row() appends its JSON
  * object to a buffer, and svc_pg_flush() writes all of them with one statement that takes the
@@ -110,7 +109,8 @@ const char *svc_pg_poisoned(PGconn *conn);
 void svc_pg_transaction_reset(PGconn *conn);
 /* An id from `sequence` reserved inside the current transaction: ids are taken in blocks
  * by one statement (first as many as the previous transaction used, at least 8, then doubling
- * up to 128); unused ones are dropped at the end of the transaction, so an id is never used by a later transaction than the one that took it. */
+ * up to 128); unused ones are dropped at the end of the transaction, so an id is never used by a
+ * later transaction than the one that took it. */
 int svc_pg_reserve_id(PGconn *conn, const char *sequence, long long *id, char *err, size_t errsz,
                       char *sqlstate);
 
