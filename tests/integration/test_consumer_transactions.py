@@ -6,10 +6,13 @@ scenarios pin down what that must not change (a failed message rolls back only i
 nested db.transaction and multi-statement exec as the first statement; a handler that never
 touches the database) and what it adds (no transaction is open while such a handler runs).
 """
+import json
+import os
+import subprocess
 import time
 
-from test_consumer_support import (DATABASE_URL, Project, broker, projects, sql,  # noqa: F401
-                                   wait_for)
+from test_consumer_support import (BIN, DATABASE_URL, Project, broker, projects,  # noqa: F401
+                                   sql, wait_for)
 
 MIXED = """
 local svccomm = require "svccomm"
@@ -154,9 +157,6 @@ end)
 
 
 def migrate(p):
-    import subprocess
-    from test_consumer_support import BIN
-    import os
     r = subprocess.run([BIN, "--settings", os.path.join(p.dir, "settings.lua"), "migrate"],
                        cwd=p.dir, env=p.env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -189,7 +189,6 @@ def test_outbox_rows_of_a_batch_commit_with_it_and_a_bad_row_is_isolated(tmp_pat
         emitted = [i for i in range(30) if kinds[i % len(kinds)] in ("emit", "emit_and_read")]
         wait_for(lambda: p.count() == len(emitted) + 5, 10, what="the handlers' rows")
         rows = sql("SELECT id, body FROM %s ORDER BY id" % outbox)
-        import json
         bodies = [json.loads(b) for _, b in rows]
         assert sorted(b["payload"]["n"] for b in bodies) == emitted
         assert all(b["eventId"] == str(i) for (i, _), b in zip(rows, bodies))
@@ -228,7 +227,6 @@ def test_failed_message_whose_rows_were_already_written_leaves_none(tmp_path, br
         wait_for(lambda: broker.count(p.queue) == 0 and broker.count(p.queue + ".dlq") == 1,
                  30, what="all 11 messages settled")
         wait_for(lambda: p.count() == 10, 10, what="the rows of the 10 good messages")
-        import json
         rows = sql("SELECT body FROM %s ORDER BY id" % outbox)
         assert sorted(json.loads(b)["payload"]["n"] for (b,) in rows) == \
             [i for i, k in enumerate(kinds) if k == "emit"]
