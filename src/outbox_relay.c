@@ -199,12 +199,6 @@ static int part_array(struct svc_relay_buf *b, const bool *parts)
 	return 0;
 }
 
-void svc_relay_session_reset(struct svc_relay_sql *q)
-{
-	memset(q->prepared, 0, sizeof(q->prepared));
-	q->no_prepare = false;
-}
-
 static const char *stmt_sql(const struct svc_relay_sql *q, enum svc_relay_stmt st)
 {
 	switch (st) {
@@ -219,41 +213,20 @@ static const char *stmt_sql(const struct svc_relay_sql *q, enum svc_relay_stmt s
 	}
 }
 
-/* Runs statement st through its prepared form (preparing it first on a new session). */
+/* Runs statement st as a prepared statement of the session (pg_conn's cache). */
 static int exec_stmt(struct svc_pg *pg, struct svc_relay_sql *q, enum svc_relay_stmt st,
                      int nparams, const char *const *params, PGresult **res)
 {
 	ExecStatusType want = st == SVC_RELAY_ST_DEL ? PGRES_COMMAND_OK : PGRES_TUPLES_OK;
-	char name[48];
 	PGresult *r;
 	int rc;
 
+	if (!pg->conn)
+		return svc_pg_exec(pg, stmt_sql(q, st), nparams, params, res);
 	if (res)
 		*res = NULL;
-	if (q->no_prepare || !pg->conn)
-		return svc_pg_exec(pg, stmt_sql(q, st), nparams, params, res);
-	snprintf(name, sizeof(name), "svc_relay_%d_%u", (int)st, q->gen);
-	if (!q->prepared[st]) {
-		r = PQprepare(pg->conn, name, stmt_sql(q, st), 0, NULL);
-		rc = svc_pg_result_error(pg->conn, r, PGRES_COMMAND_OK, pg->error,
-		                         sizeof(pg->error), pg->sqlstate);
-		PQclear(r);
-		if (rc)
-			return rc;
-		q->prepared[st] = true;
-	}
-	r = PQexecPrepared(pg->conn, name, nparams, params, NULL, NULL, 0);
+	r = svc_pg_query(pg->conn, stmt_sql(q, st), nparams, params, true);
 	rc = svc_pg_result_error(pg->conn, r, want, pg->error, sizeof(pg->error), pg->sqlstate);
-	if (rc == SVC_EDB) {
-		/* 26000: the statement is gone although this session prepared it, as behind a
-		 * pooler that hands out other server sessions: use unnamed statements. Otherwise
-		 * (e.g. "cached plan must not change result type" after the table changed) prepare
-		 * everything again, under new names. */
-		if (strcmp(pg->sqlstate, "26000") == 0)
-			q->no_prepare = true;
-		memset(q->prepared, 0, sizeof(q->prepared));
-		q->gen++;
-	}
 	if (rc < 0 || !res)
 		PQclear(r);
 	else

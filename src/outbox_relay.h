@@ -12,10 +12,10 @@
  * tables in one database never meet.
  *
  * Prepared statements: the statements of the hot path (claim, delete, next due) are prepared on
- * the session at their first use (one extra round trip per session) and executed by name from
- * then on, so PostgreSQL neither parses nor plans them again. The caller must call
- * svc_relay_session_reset() whenever it opens a new session. A session that refuses them (a
- * pooler that does not keep prepared statements) falls back to unnamed statements.
+ * the session at their first use (pg_conn's prepared-statement cache, which lives and dies
+ * with the PGconn) and executed by name from then on, so PostgreSQL neither parses nor plans
+ * them again. A session that loses them (a pooler that does not keep prepared statements)
+ * falls back to unnamed statements.
  *
  * Ownership: struct svc_relay_sql owns its SQL texts and scratch buffers for array
  * parameters; the struct svc_pg connection is the caller's. Every function returns 0 or a
@@ -54,7 +54,6 @@ enum svc_relay_stmt {
 	SVC_RELAY_ST_CLAIM_PART,
 	SVC_RELAY_ST_DEL,
 	SVC_RELAY_ST_NEXT_DUE,
-	SVC_RELAY_N_STMT,
 };
 
 /* A growable text buffer for one array parameter. */
@@ -78,18 +77,12 @@ struct svc_relay_sql {
 	char *health;
 	char *listen;
 	struct svc_relay_buf buf, del_buf, part_buf; /* scratch for array literals */
-	bool prepared[SVC_RELAY_N_STMT];             /* on the current session */
-	bool no_prepare;                             /* the session refused: unnamed statements */
-	unsigned gen;                                /* in the names, bumped after a failure */
 };
 
 /* Validates table ([schema.]identifier, each [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes) and
  * builds the statements. Returns 0, SVC_EINVAL (bad name) or SVC_ENOMEM. */
 int svc_relay_sql_init(struct svc_relay_sql *q, const char *table);
 void svc_relay_sql_release(struct svc_relay_sql *q);
-
-/* The caller opened a new session: nothing is prepared on it yet. */
-void svc_relay_session_reset(struct svc_relay_sql *q);
 
 /* Stable 31-bit hash of a string (FNV-1a), used for the advisory lock keys. */
 int32_t svc_relay_key(const char *prefix, const char *table);

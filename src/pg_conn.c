@@ -247,6 +247,7 @@ struct conn_state {
 	struct prepared prep[MAX_PREPARED];
 	int n_prep;
 	unsigned next_name;
+	bool no_prepare; /* the session lost a prepared statement: unnamed ones only */
 	/* deferred rows: JSON objects for one statement that takes them as a JSON array ($1) */
 	bool deferral;
 	char *rows_sql;
@@ -473,14 +474,35 @@ static PGresult *run_pipeline(PGconn *conn, struct conn_state *s, const char *sq
 	return keep ? keep : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
 }
 
+/* A cached statement whose execution failed is forgotten (prepared again, under a new name, at
+ * its next use: e.g. "cached plan must not change result type" after the table changed). When
+ * the server no longer knows a statement this session prepared (26000, as behind a pooler that
+ * hands out other server sessions), the connection stops preparing statements. */
+static void forget_failed(struct conn_state *s, const char *sql, const PGresult *r)
+{
+	const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	struct prepared *stmt = find_prepared(s, sql);
+
+	if (code && strcmp(code, "26000") == 0) {
+		for (int i = 0; i < s->n_prep; i++)
+			free(s->prep[i].sql);
+		s->n_prep = 0;
+		s->no_prepare = true;
+	} else if (stmt) {
+		free(stmt->sql);
+		*stmt = s->prep[--s->n_prep];
+	}
+}
+
 PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
                        bool prepare)
 {
 	struct conn_state *s = conn_state(conn, prepare);
 	struct prepared *stmt = NULL;
 	bool parse = false;
+	PGresult *r;
 
-	if (s && prepare) {
+	if (s && prepare && !s->no_prepare) {
 		stmt = find_prepared(s, sql);
 		if (!stmt && s->n_prep < MAX_PREPARED) {
 			stmt = &s->prep[s->n_prep];
@@ -490,10 +512,14 @@ PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *c
 		}
 	}
 	if (s && (s->n_prelude > 0 || parse))
-		return run_pipeline(conn, s, sql, nparams, params, stmt, parse);
-	if (stmt)
-		return PQexecPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0);
-	return PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+		r = run_pipeline(conn, s, sql, nparams, params, stmt, parse);
+	else if (stmt)
+		r = PQexecPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0);
+	else
+		return PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (stmt && PQresultStatus(r) == PGRES_FATAL_ERROR)
+		forget_failed(s, sql, r);
+	return r;
 }
 
 PGresult *svc_pg_query_text(PGconn *conn, const char *sql)

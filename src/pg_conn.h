@@ -73,7 +73,9 @@ void svc_pg_clear_prelude(PGconn *conn);
 /* Runs one statement with text parameters, after any pending prelude, like PQexecParams.
  * prepare: keep a named prepared statement for this SQL text on conn and use it from then on
  * (the parse and plan of a complex statement cost more than its execution); the Parse travels
- * in the same round trip as the first execution. Never NULL except out of memory. */
+ * in the same round trip as the first execution. A statement whose execution fails is prepared
+ * again at its next use; a session that lost one (26000, a pooler) gets unnamed statements
+ * from then on. Never NULL except out of memory. */
 PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
                        bool prepare);
 /* Runs a text of one or more statements (simple query protocol), after the pending prelude

@@ -734,7 +734,6 @@ static void db_connect(struct relay *r)
 		return;
 	}
 	r->db_up = true;
-	svc_relay_session_reset(&r->q);
 	/* Deletes of confirmed rows need no fsync: after a crash a lost delete only means the
 	 * row is published again, which consumers already handle (at-least-once). The claim's
 	 * plan does not depend on its arrays (always the id order), so the prepared statements

@@ -298,12 +298,6 @@ static void claim_deletes_confirmed_rows_and_skips_them(void **state)
 		assert_non_null(strstr(t, "ORDER BY id LIMIT $2"));
 	}
 	assert_non_null(strstr(q.claim_part, "= ANY($4::int4[])"));
-	/* a new session has nothing prepared */
-	q.prepared[SVC_RELAY_ST_CLAIM_ALL] = true;
-	q.no_prepare = true;
-	svc_relay_session_reset(&q);
-	assert_false(q.prepared[SVC_RELAY_ST_CLAIM_ALL]);
-	assert_false(q.no_prepare);
 	svc_relay_sql_release(&q);
 }
 
