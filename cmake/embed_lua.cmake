@@ -1,8 +1,8 @@
 # Turns lua/svccomm/*.lua into a C table {module name, chunk name, source} that
-# lua_runtime.c registers in package.preload.
+# src/lua/runtime.c registers in package.preload.
 file(GLOB files ${SRC}/lua/svccomm/*.lua)
 list(SORT files)
-set(body "/* Generated from the files in lua/svccomm by cmake/embed_lua.cmake. */\n#include <stddef.h>\n#include \"embedded.h\"\n")
+set(body "/* Generated from the files in lua/svccomm by cmake/embed_lua.cmake. */\n#include <stddef.h>\n#include \"lua/embedded.h\"\n")
 set(table "const struct svc_embedded svc_embedded_lua[] = {\n")
 set(i 0)
 foreach(f ${files})

@@ -1,7 +1,7 @@
 # Turns sql/NNN_name.sql into the ordered migration list that outbox.c applies.
 file(GLOB files ${SRC}/sql/*.sql)
 list(SORT files)
-set(body "/* Generated from the files in sql by cmake/embed_sql.cmake. */\n#include <stddef.h>\n#include \"embedded.h\"\n")
+set(body "/* Generated from the files in sql by cmake/embed_sql.cmake. */\n#include <stddef.h>\n#include \"lua/embedded.h\"\n")
 set(table "const struct svc_embedded svc_embedded_sql[] = {\n")
 set(i 0)
 foreach(f ${files})

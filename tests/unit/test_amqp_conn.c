@@ -8,8 +8,8 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "amqp_conn.h"
-#include "svc_error.h"
+#include "amqp/conn.h"
+#include "util/error.h"
 
 static void invalid_url_is_einval(void **state)
 {

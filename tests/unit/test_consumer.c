@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "consumer.h"
-#include "svc_error.h"
+#include "consumer/consumer.h"
+#include "util/error.h"
 
 static void test_failure_action(void **state)
 {

@@ -9,7 +9,7 @@
 #include <lauxlib.h>
 #include <string.h>
 
-#include "lua_runtime.h"
+#include "lua/runtime.h"
 
 static int setup(void **state)
 {

@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "embedded.h"
-#include "migrate.h"
-#include "outbox.h"
-#include "svc_error.h"
+#include "lua/embedded.h"
+#include "outbox/migrate.h"
+#include "outbox/write.h"
+#include "util/error.h"
 
 static void test_check_table_accepts(void **state)
 {

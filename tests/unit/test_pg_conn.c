@@ -8,8 +8,8 @@
 
 #include <string.h>
 
-#include "pg_conn.h"
-#include "svc_error.h"
+#include "pg/conn.h"
+#include "util/error.h"
 
 static void test_sqlstate_classes(void **state)
 {

@@ -8,9 +8,9 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "outbox_relay.h"
-#include "publisher.h"
-#include "svc_error.h"
+#include "outbox/relay_sql.h"
+#include "relay/relay.h"
+#include "util/error.h"
 
 static void add_rows(struct svc_flight *f, uint64_t first_seq, int64_t first_id, int n, int part)
 {

@@ -1,0 +1,41 @@
+#include <libpq-fe.h>
+#include <stdio.h>
+
+#include "cli/cli.h"
+#include "util/secret.h"
+#include "outbox/migrate.h"
+#include "pg/conn.h"
+#include "util/error.h"
+
+int svc_cmd_migrate(int argc, char **argv, struct svc_cli_ctx *ctx)
+{
+	const struct svc_config *cfg = ctx->config;
+	char err[4096], masked[1024];
+	PGconn *conn;
+	int rc;
+
+	if (argc > 1) {
+		fprintf(stderr, "svccomm migrate: unexpected argument '%s'\n", argv[1]);
+		return SVC_EXIT_USAGE;
+	}
+	if (!cfg->database_url) {
+		fprintf(stderr, "svccomm migrate: %s: DATABASE_URL: required by migrate, not set\n",
+		        cfg->path);
+		return SVC_EXIT_USAGE;
+	}
+	conn = svc_pg_open(cfg->database_url, "svccomm migrate", err, sizeof(err));
+	if (!conn) {
+		fprintf(stderr, "svccomm migrate: cannot connect to %s: %s\n",
+		        svc_secret_mask(cfg->database_url, masked, sizeof(masked)), err);
+		return SVC_EXIT_FAILURE;
+	}
+	rc = svc_migrate(conn, cfg->outbox_table, cfg->inbox_table, err, sizeof(err));
+	PQfinish(conn);
+	if (rc != 0) {
+		fprintf(stderr, "svccomm migrate: %s\n", err);
+		return SVC_EXIT_FAILURE;
+	}
+	printf("migrated: outbox %s and inbox %s are up to date\n", cfg->outbox_table,
+	       cfg->inbox_table);
+	return SVC_EXIT_OK;
+}

@@ -1,0 +1,303 @@
+#include "config/config.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/error.h"
+
+/* Scalar settings copied into struct svc_config: key, kind, offset. The schema itself (types,
+ * defaults, checks) is lua/svccomm/settings.lua; by the time a value gets here it is valid. */
+enum field_kind { F_STRING, F_OPT_STRING, F_INTEGER, F_NUMBER, F_BOOLEAN };
+
+struct field {
+	const char *key;
+	enum field_kind kind;
+	size_t offset;
+};
+
+#define FIELD(key, kind, member)                                                                   \
+	{                                                                                          \
+		key, kind, offsetof(struct svc_config, member)                                     \
+	}
+
+static const struct field fields[] = {
+    FIELD("_PATH", F_STRING, path),
+    FIELD("_DIR", F_STRING, dir),
+    FIELD("APP_ID", F_STRING, app_id),
+    FIELD("BROKER_CONNECTION_URL", F_STRING, broker_url),
+    FIELD("DATABASE_URL", F_OPT_STRING, database_url),
+    FIELD("QUEUE", F_OPT_STRING, queue),
+    FIELD("DO_NOT_DECLARE", F_BOOLEAN, do_not_declare),
+    FIELD("PREFETCH_COUNT", F_INTEGER, prefetch_count),
+    FIELD("MAX_ATTEMPTS", F_INTEGER, max_attempts),
+    FIELD("HANDLER_TIMEOUT", F_NUMBER, handler_timeout),
+    FIELD("LUA_MEMORY_LIMIT_MB", F_INTEGER, lua_memory_limit_mb),
+    FIELD("UNROUTED", F_STRING, unrouted),
+    FIELD("KEY_STYLE", F_STRING, key_style),
+    FIELD("MAX_JSON_DEPTH", F_INTEGER, max_json_depth),
+    FIELD("MAX_MESSAGE_BYTES", F_INTEGER, max_message_bytes),
+    FIELD("INBOX", F_BOOLEAN, inbox),
+    FIELD("INBOX_TABLE", F_STRING, inbox_table),
+    FIELD("INBOX_RETENTION", F_NUMBER, inbox_retention),
+    FIELD("HEARTBEAT", F_INTEGER, heartbeat),
+    FIELD("SHUTDOWN_TIMEOUT", F_NUMBER, shutdown_timeout),
+    FIELD("CONSUMER_COMMIT_INTERVAL", F_NUMBER, consumer_commit_interval),
+    FIELD("RECONNECT_MAX_DELAY", F_NUMBER, reconnect_max_delay),
+    FIELD("OUTBOX_TABLE", F_STRING, outbox_table),
+    FIELD("PUBLISHER_MODE", F_STRING, publisher_mode),
+    FIELD("PUBLISHER_POLL_INTERVAL", F_NUMBER, publisher_poll_interval),
+    FIELD("PUBLISHER_BATCH_SIZE", F_INTEGER, publisher_batch_size),
+    FIELD("PUBLISHER_WINDOW", F_INTEGER, publisher_window),
+    FIELD("PUBLISHER_UNROUTABLE", F_STRING, publisher_unroutable),
+    FIELD("STATS_INTERVAL", F_NUMBER, stats_interval),
+    FIELD("LOG_LEVEL", F_STRING, log_level),
+};
+
+/* Copies t[key] (a string) into *out; missing is an error unless optional. */
+static int copy_string(lua_State *L, int t, const char *key, bool optional, char **out)
+{
+	int rc = 0;
+
+	lua_getfield(L, t, key);
+	if (lua_isnil(L, -1) && optional)
+		*out = NULL;
+	else if (lua_type(L, -1) != LUA_TSTRING)
+		rc = SVC_ECONFIG;
+	else if (!(*out = strdup(lua_tostring(L, -1))))
+		rc = SVC_ENOMEM;
+	lua_pop(L, 1);
+	return rc;
+}
+
+static int copy_field(lua_State *L, int t, const struct field *f, struct svc_config *cfg)
+{
+	char *base = (char *)cfg + f->offset;
+	int rc = 0;
+
+	switch (f->kind) {
+	case F_STRING:
+	case F_OPT_STRING:
+		return copy_string(L, t, f->key, f->kind == F_OPT_STRING, (char **)(void *)base);
+	case F_INTEGER:
+		lua_getfield(L, t, f->key);
+		if (lua_isinteger(L, -1))
+			*(long *)(void *)base = (long)lua_tointeger(L, -1);
+		else
+			rc = SVC_ECONFIG;
+		break;
+	case F_NUMBER:
+		lua_getfield(L, t, f->key);
+		if (lua_type(L, -1) == LUA_TNUMBER)
+			*(double *)(void *)base = lua_tonumber(L, -1);
+		else
+			rc = SVC_ECONFIG;
+		break;
+	case F_BOOLEAN:
+		lua_getfield(L, t, f->key);
+		if (lua_isboolean(L, -1))
+			*(bool *)(void *)base = lua_toboolean(L, -1);
+		else
+			rc = SVC_ECONFIG;
+		break;
+	}
+	lua_pop(L, 1);
+	return rc;
+}
+
+/* Copies the list t[key] of records {a=..., b=...} into an array of string pairs. */
+static int copy_pairs(lua_State *L, int t, const char *key, const char *a, const char *b,
+                      char ***out_a, size_t stride, size_t *n_out)
+{
+	size_t n;
+	char *arr;
+	int rc = 0;
+
+	lua_getfield(L, t, key);
+	if (!lua_istable(L, -1)) {
+		lua_pop(L, 1);
+		return SVC_ECONFIG;
+	}
+	n = (size_t)luaL_len(L, -1);
+	arr = calloc(n ? n : 1, stride);
+	if (!arr) {
+		lua_pop(L, 1);
+		return SVC_ENOMEM;
+	}
+	*out_a = (char **)(void *)arr;
+	*n_out = n;
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		char **pair = (char **)(void *)(arr + i * stride);
+		int e = (lua_rawgeti(L, -1, (lua_Integer)i + 1), lua_gettop(L));
+
+		rc = copy_string(L, e, a, false, &pair[0]);
+		if (rc == 0)
+			rc = copy_string(L, e, b, false, &pair[1]);
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	return rc;
+}
+
+static int copy_queue_args(lua_State *L, int t, struct svc_config *cfg)
+{
+	size_t n = 0;
+	int rc = 0;
+
+	lua_getfield(L, t, "QUEUE_ARGUMENTS");
+	if (!lua_istable(L, -1)) {
+		lua_pop(L, 1);
+		return SVC_ECONFIG;
+	}
+	for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1))
+		n++;
+	cfg->queue_args = calloc(n ? n : 1, sizeof(*cfg->queue_args));
+	if (!cfg->queue_args) {
+		lua_pop(L, 1);
+		return SVC_ENOMEM;
+	}
+	for (lua_pushnil(L); rc == 0 && lua_next(L, -2); lua_pop(L, 1)) {
+		struct svc_queue_arg *qa = &cfg->queue_args[cfg->n_queue_args];
+
+		if (lua_type(L, -2) != LUA_TSTRING) {
+			rc = SVC_ECONFIG;
+			continue;
+		}
+		if (!(qa->key = strdup(lua_tostring(L, -2)))) {
+			rc = SVC_ENOMEM;
+			continue;
+		}
+		cfg->n_queue_args++;
+		if (lua_isinteger(L, -1)) {
+			qa->kind = 'i';
+			qa->num = (long long)lua_tointeger(L, -1);
+		} else if (lua_isboolean(L, -1)) {
+			qa->kind = 'b';
+			qa->num = lua_toboolean(L, -1);
+		} else if (lua_type(L, -1) == LUA_TSTRING) {
+			qa->kind = 's';
+			if (!(qa->str = strdup(lua_tostring(L, -1))))
+				rc = SVC_ENOMEM;
+		} else {
+			rc = SVC_ECONFIG;
+		}
+	}
+	if (rc != 0)
+		lua_pop(L, 1); /* the key lua_next left */
+	lua_pop(L, 1);
+	return rc;
+}
+
+static int copy_delays(lua_State *L, int t, struct svc_config *cfg)
+{
+	size_t n;
+
+	lua_getfield(L, t, "RETRY_DELAYS");
+	if (!lua_istable(L, -1)) {
+		lua_pop(L, 1);
+		return SVC_ECONFIG;
+	}
+	n = (size_t)luaL_len(L, -1);
+	cfg->retry_delays = calloc(n ? n : 1, sizeof(double));
+	if (!cfg->retry_delays) {
+		lua_pop(L, 1);
+		return SVC_ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++) {
+		lua_rawgeti(L, -1, (lua_Integer)i + 1);
+		cfg->retry_delays[i] = lua_tonumber(L, -1);
+		lua_pop(L, 1);
+	}
+	cfg->n_retry_delays = n;
+	lua_pop(L, 1);
+	return 0;
+}
+
+/* Runs require("svccomm.host").load_settings(path) under a protected call: it validates
+ * with lua/svccomm/settings.lua and configures the other Lua modules. */
+static int load_settings(lua_State *L)
+{
+	const char *path = lua_tostring(L, 1);
+
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "svccomm.host");
+	lua_call(L, 1, 1);
+	lua_getfield(L, -1, "load_settings");
+	lua_pushstring(L, path);
+	lua_call(L, 1, 1);
+	return 1;
+}
+
+int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char *err, size_t errsz)
+{
+	int top = lua_gettop(L), t, rc = 0;
+	const char *bad = NULL;
+
+	memset(cfg, 0, sizeof(*cfg));
+	lua_pushcfunction(L, load_settings);
+	lua_pushstring(L, path);
+	if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+		snprintf(err, errsz, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+		lua_settop(L, top);
+		return SVC_ECONFIG;
+	}
+	t = lua_gettop(L);
+	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]) && rc == 0; i++) {
+		rc = copy_field(L, t, &fields[i], cfg);
+		bad = fields[i].key;
+	}
+	if (rc == 0) {
+		bad = "EXCHANGES";
+		rc =
+		    copy_pairs(L, t, "EXCHANGES", "name", "type", (char ***)(void *)&cfg->exchanges,
+		               sizeof(*cfg->exchanges), &cfg->n_exchanges);
+	}
+	if (rc == 0) {
+		bad = "BINDS";
+		rc = copy_pairs(L, t, "BINDS", "exchange", "routing_key",
+		                (char ***)(void *)&cfg->binds, sizeof(*cfg->binds), &cfg->n_binds);
+	}
+	if (rc == 0) {
+		bad = "QUEUE_ARGUMENTS";
+		rc = copy_queue_args(L, t, cfg);
+	}
+	if (rc == 0) {
+		bad = "RETRY_DELAYS";
+		rc = copy_delays(L, t, cfg);
+	}
+	lua_settop(L, top);
+	if (rc != 0) {
+		snprintf(err, errsz, "%s: %s: %s", path, bad,
+		         rc == SVC_ENOMEM ? "out of memory" : "not in the normalized form");
+		svc_config_release(cfg);
+		return rc == SVC_ENOMEM ? SVC_ENOMEM : SVC_ECONFIG;
+	}
+	return 0;
+}
+
+void svc_config_release(struct svc_config *cfg)
+{
+	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+		if (fields[i].kind == F_STRING || fields[i].kind == F_OPT_STRING)
+			free(*(char **)(void *)((char *)cfg + fields[i].offset));
+	}
+	for (size_t i = 0; i < cfg->n_exchanges; i++) {
+		free(cfg->exchanges[i].name);
+		free(cfg->exchanges[i].type);
+	}
+	free(cfg->exchanges);
+	for (size_t i = 0; i < cfg->n_binds; i++) {
+		free(cfg->binds[i].exchange);
+		free(cfg->binds[i].routing_key);
+	}
+	free(cfg->binds);
+	for (size_t i = 0; i < cfg->n_queue_args; i++) {
+		free(cfg->queue_args[i].key);
+		free(cfg->queue_args[i].str);
+	}
+	free(cfg->queue_args);
+	free(cfg->retry_delays);
+	memset(cfg, 0, sizeof(*cfg));
+}

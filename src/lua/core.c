@@ -1,0 +1,219 @@
+#include "lua/core.h"
+
+#include <amqp.h>
+#include <dirent.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <libpq-fe.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua/pg.h"
+#include "util/ident.h"
+#include "util/secret.h"
+
+/* parse_amqp_url(url) -> {host, port, user, vhost, ssl} | nil, err. The password is
+ * deliberately not returned, so it cannot end up in output by accident. */
+static int core_parse_amqp_url(lua_State *L)
+{
+	size_t len;
+	const char *url = luaL_checklstring(L, 1, &len);
+	char *copy = malloc(len + 1);
+	struct amqp_connection_info info;
+	int rc;
+
+	if (!copy)
+		return luaL_error(L, "out of memory");
+	memcpy(copy, url, len + 1);
+	amqp_default_connection_info(&info);
+	rc = amqp_parse_url(copy, &info);
+	if (rc != AMQP_STATUS_OK) {
+		free(copy);
+		lua_pushnil(L);
+		lua_pushstring(L, "not a valid amqp:// or amqps:// URL");
+		return 2;
+	}
+	lua_createtable(L, 0, 5);
+	lua_pushstring(L, info.host);
+	lua_setfield(L, -2, "host");
+	lua_pushinteger(L, info.port);
+	lua_setfield(L, -2, "port");
+	lua_pushstring(L, info.user);
+	lua_setfield(L, -2, "user");
+	lua_pushstring(L, info.vhost);
+	lua_setfield(L, -2, "vhost");
+	lua_pushboolean(L, info.ssl);
+	lua_setfield(L, -2, "ssl");
+	free(copy);
+	return 1;
+}
+
+/* parse_conninfo(s) -> true | nil, err: libpq's own parser, for key=value strings and
+ * postgresql:// URLs alike. */
+static int core_parse_conninfo(lua_State *L)
+{
+	const char *s = luaL_checkstring(L, 1);
+	char *errmsg = NULL;
+	PQconninfoOption *opts = PQconninfoParse(s, &errmsg);
+
+	if (!opts) {
+		lua_pushnil(L);
+		if (errmsg) {
+			size_t n = strlen(errmsg);
+			while (n && errmsg[n - 1] == '\n')
+				n--;
+			lua_pushlstring(L, errmsg, n);
+			PQfreemem(errmsg);
+		} else {
+			lua_pushstring(L, "out of memory");
+		}
+		return 2;
+	}
+	PQconninfoFree(opts);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* listdir(path) -> sorted array of entry names (no "." or "..") | nil, err. The names are
+ * collected in C first, so the directory is closed before any Lua call that may raise. */
+static int core_listdir(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	DIR *d = opendir(path);
+	struct dirent *de;
+	char **names = NULL, **grown;
+	size_t n = 0, cap = 0;
+
+	if (!d) {
+		lua_pushnil(L);
+		lua_pushfstring(L, "%s: %s", path, strerror(errno));
+		return 2;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			grown = realloc(names, cap * sizeof(*names));
+			if (!grown)
+				goto oom;
+			names = grown;
+		}
+		names[n] = strdup(de->d_name);
+		if (!names[n])
+			goto oom;
+		n++;
+	}
+	closedir(d);
+	qsort(names, n, sizeof(*names), cmp_names);
+	lua_createtable(L, (int)n, 0);
+	for (size_t i = 0; i < n; i++) {
+		lua_pushstring(L, names[i]);
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return 1;
+oom:
+	closedir(d);
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return luaL_error(L, "out of memory");
+}
+
+static int core_versions(lua_State *L)
+{
+	lua_createtable(L, 0, 4);
+	lua_pushstring(L, SVCCOMM_VERSION);
+	lua_setfield(L, -2, "svccomm");
+	lua_pushstring(L, LUA_RELEASE);
+	lua_setfield(L, -2, "lua");
+	lua_pushstring(L, amqp_version());
+	lua_setfield(L, -2, "rabbitmq_c");
+	lua_pushfstring(L, "%d.%d", PQlibVersion() / 10000, PQlibVersion() % 10000);
+	lua_setfield(L, -2, "libpq");
+	return 1;
+}
+
+/* Runs a util function that writes into a buffer of need bytes and pushes the result. The
+ * buffer is a userdata, so nothing leaks if pushing raises. */
+static int push_buffered(lua_State *L, size_t need,
+                         char *(*fn)(const char *, const char *, char *, size_t), const char *a,
+                         const char *b)
+{
+	char *out = lua_newuserdatauv(L, need, 0);
+
+	fn(a, b, out, need);
+	lua_pushstring(L, out);
+	lua_remove(L, -2);
+	return 1;
+}
+
+static char *mask2(const char *url, const char *unused, char *out, size_t outsz)
+{
+	(void)unused;
+	return svc_secret_mask(url, out, outsz);
+}
+
+/* mask_secret(url) -> url with every password replaced by "****" (util/secret.h). */
+static int core_mask_secret(lua_State *L)
+{
+	size_t len;
+	const char *url = luaL_checklstring(L, 1, &len);
+
+	return push_buffered(L, len + 64, mask2, url, NULL);
+}
+
+/* scrub_secret(text, url) -> text without any password of url (util/secret.h). */
+static int core_scrub_secret(lua_State *L)
+{
+	size_t len, ulen;
+	const char *text = luaL_checklstring(L, 1, &len);
+	const char *url = luaL_checklstring(L, 2, &ulen);
+
+	return push_buffered(L, len + ulen + sizeof(SVC_SECRET_HIDDEN) + 64, svc_secret_scrub, text,
+	                     url);
+}
+
+/* quote_ident(name) -> "\"schema\".\"name\"" | nil, reason: the one identifier check. */
+static int core_quote_ident(lua_State *L)
+{
+	const char *name = luaL_checkstring(L, 1);
+	char out[SVC_IDENT_QUOTED_MAX], err[160];
+
+	if (svc_ident_check(name, err, sizeof(err)) < 0 ||
+	    svc_ident_quote(name, out, sizeof(out)) < 0) {
+		lua_pushnil(L);
+		lua_pushstring(L, err);
+		return 2;
+	}
+	lua_pushstring(L, out);
+	return 1;
+}
+
+static const luaL_Reg core_funcs[] = {
+    {"mask_secret", core_mask_secret},
+    {"scrub_secret", core_scrub_secret},
+    {"quote_ident", core_quote_ident},
+    {"parse_amqp_url", core_parse_amqp_url},
+    {"parse_conninfo", core_parse_conninfo},
+    {"listdir", core_listdir},
+    {"versions", core_versions},
+    {NULL, NULL},
+};
+
+int luaopen_svccomm_core(lua_State *L)
+{
+	luaL_newlib(L, core_funcs);
+	lua_pushstring(L, SVCCOMM_VERSION);
+	lua_setfield(L, -2, "VERSION");
+	svc_lua_pg_open(L);
+	return 1;
+}

@@ -1,0 +1,302 @@
+#include "lua/runtime.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lua/embedded.h"
+#include "lua/core.h"
+#include "util/error.h"
+
+int luaopen_cjson(lua_State *L);
+int luaopen_cjson_safe(lua_State *L);
+
+/* How many VM instructions run between two deadline checks: small enough to stop a runaway
+ * loop within a millisecond or so, large enough to cost nothing measurable. */
+#define HOOK_INSTRUCTIONS 10000
+
+struct svc_runtime {
+	lua_State *L;
+	size_t used;
+	size_t limit;
+	bool over_limit; /* an allocation failed because of the cap during the current call */
+	struct timespec deadline;
+	bool has_deadline;
+	bool timed_out;
+	double timeout_s;
+};
+
+/* The registry key under which the runtime pointer is stored, for the hook. */
+static const char runtime_key = 'r';
+
+static void *runtime_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	struct svc_runtime *rt = ud;
+	void *p;
+
+	if (ptr == NULL)
+		osize = 0;
+	if (nsize == 0) {
+		free(ptr);
+		rt->used -= osize;
+		return NULL;
+	}
+	if (rt->limit && nsize > osize && rt->used + (nsize - osize) > rt->limit) {
+		rt->over_limit = true;
+		return NULL;
+	}
+	p = realloc(ptr, nsize);
+	if (p)
+		rt->used = rt->used - osize + nsize;
+	return p;
+}
+
+static int preload_embedded(lua_State *L)
+{
+	const struct svc_embedded *e = lua_touserdata(L, lua_upvalueindex(1));
+
+	if (luaL_loadbuffer(L, e->data, e->len, e->path) != LUA_OK)
+		return lua_error(L);
+	lua_pushstring(L, e->name);
+	lua_call(L, 1, 1);
+	return 1;
+}
+
+static void add_path(lua_State *L, const char *field, const char *prefix_fmt, const char *dir)
+{
+	char buf[4096];
+	const char *old;
+
+	lua_getglobal(L, "package");
+	lua_getfield(L, -1, field);
+	old = lua_tostring(L, -1);
+	snprintf(buf, sizeof(buf), prefix_fmt, dir, dir, dir);
+	lua_pushfstring(L, "%s;%s", buf, old ? old : "");
+	lua_setfield(L, -3, field);
+	lua_pop(L, 2);
+}
+
+/* Runs inside lua_pcall so a memory error while building the state is reported, not fatal. */
+static int build_state(lua_State *L)
+{
+	const char *project_dir = lua_touserdata(L, 1);
+
+	luaL_openlibs(L);
+	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+	lua_pushcfunction(L, luaopen_cjson);
+	lua_setfield(L, -2, "cjson");
+	lua_pushcfunction(L, luaopen_cjson_safe);
+	lua_setfield(L, -2, "cjson.safe");
+	lua_pushcfunction(L, luaopen_svccomm_core);
+	lua_setfield(L, -2, "svccomm.core");
+	for (const struct svc_embedded *e = svc_embedded_lua; e->name; e++) {
+		lua_pushlightuserdata(L, (void *)e);
+		lua_pushcclosure(L, preload_embedded, 1);
+		lua_setfield(L, -2, e->name);
+	}
+	lua_pop(L, 1);
+	if (project_dir)
+		add_path(L, "path", "%s/apps/?.lua;%s/apps/?/init.lua;%s/?.lua", project_dir);
+	return 0;
+}
+
+struct svc_runtime *svc_runtime_new(const char *project_dir, char *err, size_t errsz)
+{
+	struct svc_runtime *rt = calloc(1, sizeof(*rt));
+
+	if (!rt) {
+		snprintf(err, errsz, "out of memory");
+		return NULL;
+	}
+	rt->L = lua_newstate(runtime_alloc, rt);
+	if (!rt->L) {
+		snprintf(err, errsz, "cannot create the Lua state: out of memory");
+		free(rt);
+		return NULL;
+	}
+	/* Generational collection: each message leaves only young garbage (the decoded body,
+	 * the message table), so a collection does not walk the long-lived handlers and routes;
+	 * with incremental collection, per-message cost grew with the number of routes. */
+	lua_gc(rt->L, LUA_GCGEN, 0, 0);
+	lua_pushlightuserdata(rt->L, rt);
+	lua_rawsetp(rt->L, LUA_REGISTRYINDEX, &runtime_key);
+	lua_pushcfunction(rt->L, build_state);
+	lua_pushlightuserdata(rt->L, (void *)project_dir);
+	if (lua_pcall(rt->L, 1, 0, 0) != LUA_OK) {
+		snprintf(err, errsz, "cannot set up Lua: %s", lua_tostring(rt->L, -1));
+		svc_runtime_free(rt);
+		return NULL;
+	}
+	return rt;
+}
+
+void svc_runtime_free(struct svc_runtime *rt)
+{
+	if (!rt)
+		return;
+	if (rt->L)
+		lua_close(rt->L);
+	free(rt);
+}
+
+lua_State *svc_runtime_state(struct svc_runtime *rt)
+{
+	return rt->L;
+}
+
+void svc_runtime_set_memory_limit(struct svc_runtime *rt, size_t bytes)
+{
+	rt->limit = bytes;
+}
+
+size_t svc_runtime_memory_used(const struct svc_runtime *rt)
+{
+	return rt->used;
+}
+
+/* Adds a traceback: appended to a string error, stored as field "traceback" of a table
+ * error (so C can still read fields such as `permanent`), tostring'ed otherwise. */
+static int msghandler(lua_State *L)
+{
+	if (lua_type(L, 1) == LUA_TTABLE) {
+		luaL_traceback(L, L, NULL, 1);
+		lua_setfield(L, 1, "traceback");
+		lua_settop(L, 1);
+		return 1;
+	}
+	if (lua_type(L, 1) != LUA_TSTRING) {
+		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+			lua_replace(L, 1);
+		else
+			lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+		lua_replace(L, 1);
+		lua_settop(L, 1);
+	}
+	luaL_traceback(L, L, lua_tostring(L, 1), 1);
+	return 1;
+}
+
+static bool deadline_passed(const struct timespec *d)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > d->tv_sec || (now.tv_sec == d->tv_sec && now.tv_nsec >= d->tv_nsec);
+}
+
+/* Once the deadline has passed the hook fires at every instruction and raises each time, so
+ * a handler that catches the error with pcall cannot keep running: the first instruction
+ * after its pcall raises again. */
+static void deadline_hook(lua_State *L, lua_Debug *ar)
+{
+	struct svc_runtime *rt;
+
+	(void)ar;
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &runtime_key);
+	rt = lua_touserdata(L, -1);
+	lua_pop(L, 1);
+	if (rt && rt->has_deadline && (rt->timed_out || deadline_passed(&rt->deadline))) {
+		rt->timed_out = true;
+		lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
+		/* lua_pushfstring has no %g precision: format here. */
+		char msg[64];
+		snprintf(msg, sizeof(msg), "timed out after %.3g s (HANDLER_TIMEOUT)",
+		         rt->timeout_s);
+		luaL_error(L, "%s", msg);
+	}
+}
+
+enum svc_lua_status svc_lua_pcall(struct svc_runtime *rt, int nargs, int nresults, double timeout_s)
+{
+	lua_State *L = rt->L;
+	int base = lua_gettop(L) - nargs; /* index of the function */
+	int rc;
+	enum svc_lua_status st = SVC_LUA_OK;
+
+	lua_pushcfunction(L, msghandler);
+	lua_insert(L, base);
+	rt->over_limit = false;
+	rt->timed_out = false;
+	rt->has_deadline = timeout_s > 0;
+	if (rt->has_deadline) {
+		double whole = (double)(long)timeout_s;
+
+		rt->timeout_s = timeout_s;
+		clock_gettime(CLOCK_MONOTONIC, &rt->deadline);
+		rt->deadline.tv_sec += (time_t)whole;
+		rt->deadline.tv_nsec += (long)((timeout_s - whole) * 1e9);
+		if (rt->deadline.tv_nsec >= 1000000000L) {
+			rt->deadline.tv_sec++;
+			rt->deadline.tv_nsec -= 1000000000L;
+		}
+		lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_INSTRUCTIONS);
+	}
+	rc = lua_pcall(L, nargs, nresults, base);
+	if (rt->has_deadline)
+		lua_sethook(L, NULL, 0, 0);
+	lua_remove(L, base);
+	if (rc != LUA_OK) {
+		if (rt->timed_out) {
+			st = SVC_LUA_TIMEOUT;
+		} else if (rc == LUA_ERRMEM || rt->over_limit) {
+			st = SVC_LUA_MEMORY;
+			if (rc == LUA_ERRMEM) {
+				lua_pop(L, 1);
+				lua_pushfstring(
+				    L, "Lua memory limit reached (%d MiB, LUA_MEMORY_LIMIT_MB)",
+				    (int)(rt->limit >> 20));
+			}
+		} else {
+			st = SVC_LUA_ERROR;
+		}
+		/* Memory use past the cap is released by the next collection; run it now so the
+		 * next message starts below the cap. */
+		if (st == SVC_LUA_MEMORY)
+			lua_gc(L, LUA_GCCOLLECT);
+	}
+	rt->has_deadline = false;
+	if (nresults != LUA_MULTRET && lua_gettop(L) != base - 1 + (rc == LUA_OK ? nresults : 1)) {
+		fprintf(stderr, "svccomm: Lua stack unbalanced after a call (%d, expected %d)\n",
+		        lua_gettop(L), base - 1 + (rc == LUA_OK ? nresults : 1));
+		abort();
+	}
+	return st;
+}
+
+int svc_runtime_require(struct svc_runtime *rt, const char *name, char *err, size_t errsz)
+{
+	lua_State *L = rt->L;
+
+	lua_getglobal(L, "require");
+	lua_pushstring(L, name);
+	if (svc_lua_pcall(rt, 1, 1, 0) != SVC_LUA_OK) {
+		svc_lua_error_text(L, err, errsz);
+		return SVC_ELUA;
+	}
+	return 0;
+}
+
+void svc_lua_error_text(lua_State *L, char *out, size_t outsz)
+{
+	if (lua_type(L, -1) == LUA_TTABLE) {
+		const char *msg, *tb;
+
+		if (luaL_callmeta(L, -1, "__tostring"))
+			msg = lua_tostring(L, -1);
+		else {
+			lua_getfield(L, -1, "message");
+			msg = lua_tostring(L, -1);
+		}
+		lua_getfield(L, -2, "traceback");
+		tb = lua_tostring(L, -1);
+		snprintf(out, outsz, "%s%s%s", msg ? msg : "(error table)", tb ? "\n" : "",
+		         tb ? tb : "");
+		lua_pop(L, 3);
+		return;
+	}
+	snprintf(out, outsz, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(no message)");
+	lua_pop(L, 1);
+}

@@ -1,7 +1,0 @@
-/* svccomm: RabbitMQ consumers in Lua and a PostgreSQL transactional outbox. */
-#include "cli.h"
-
-int main(int argc, char **argv)
-{
-	return svc_cli_run(argc, argv);
-}

@@ -1,0 +1,446 @@
+/* outbox_relay: the relay's SQL. See outbox_relay.h. */
+#include "outbox/relay_sql.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/error.h"
+
+#define PART_EXPR "(hashtext(exchange) & 63)"
+
+static bool ident_ok(const char *s, size_t len)
+{
+	if (len == 0 || len > 63)
+		return false;
+	if (!((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+		return false;
+	for (size_t i = 1; i < len; i++) {
+		char c = s[i];
+
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '_'))
+			return false;
+	}
+	return true;
+}
+
+static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
+
+static char *fmt(const char *f, ...)
+{
+	va_list ap;
+	char *s = NULL;
+	int n;
+
+	va_start(ap, f);
+	n = vsnprintf(NULL, 0, f, ap);
+	va_end(ap);
+	if (n < 0)
+		return NULL;
+	s = malloc((size_t)n + 1);
+	if (!s)
+		return NULL;
+	va_start(ap, f);
+	vsnprintf(s, (size_t)n + 1, f, ap);
+	va_end(ap);
+	return s;
+}
+
+int32_t svc_relay_key(const char *prefix, const char *table)
+{
+	uint32_t h = 2166136261u;
+
+	for (const char *p = prefix; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	for (const char *p = table; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	return (int32_t)(h & 0x7fffffff);
+}
+
+int svc_relay_sql_init(struct svc_relay_sql *q, const char *table)
+{
+	const char *dot = strchr(table, '.');
+	const char *name = dot ? dot + 1 : table;
+	size_t slen = dot ? (size_t)(dot - table) : 0;
+	const char *t;
+
+	memset(q, 0, sizeof(*q));
+	if ((dot && !ident_ok(table, slen)) || !ident_ok(name, strlen(name)))
+		return SVC_EINVAL;
+	if (dot)
+		q->table = fmt("\"%.*s\".\"%s\"", (int)slen, table, name);
+	else
+		q->table = fmt("\"%s\"", name);
+	q->channel = strdup(name);
+	if (!q->table || !q->channel)
+		goto nomem;
+	t = q->table;
+	q->key_part = svc_relay_key("svccomm-relay-partition:", table);
+	q->key_member = svc_relay_key("svccomm-relay-member:", table);
+	/* The claim also deletes the rows confirmed since the previous one ($3): one round trip
+	 * instead of two. Its SELECT reads the snapshot taken before the CTE's DELETE, so it
+	 * still sees those rows and must skip them ($3 again) as well as the rows in flight
+	 * ($1). The DELETE runs to completion whatever the LIMIT. The skip lists are read
+	 * through NOT IN (SELECT unnest(..)), a hashed subplan even in the generic plan of the
+	 * prepared statement (NOT (id = ANY($1)) is hashed only for a constant array: with a
+	 * parameter every row visited would scan the whole list). */
+#define CLAIM_COLS                                                                                 \
+	"WITH d AS (DELETE FROM %s WHERE id = ANY($3::int8[])) SELECT id, " PART_EXPR              \
+	", exchange, routing_key, body, coalesce(message_id, id::text), correlation_id, "          \
+	"headers::text, attempts, extract(epoch from created_at)::int8 FROM %s WHERE parked_at "   \
+	"IS "                                                                                      \
+	"NULL AND send_after <= now() AND id NOT IN (SELECT unnest($1::int8[]) UNION ALL SELECT "  \
+	"unnest($3::int8[]))"
+	q->claim_all = fmt(CLAIM_COLS " ORDER BY id LIMIT $2", t, t);
+	q->claim_part =
+	    fmt(CLAIM_COLS " AND " PART_EXPR " = ANY($4::int4[]) ORDER BY id LIMIT $2", t, t);
+	q->del = fmt("DELETE FROM %s WHERE id = ANY($1::int8[])", t);
+	q->resched =
+	    fmt("UPDATE %s SET attempts = attempts + 1, last_error = $3, send_after = now() "
+	        "+ least($2::float8, 0.5 * power(2, least(attempts, 30))) * interval '1 "
+	        "second' WHERE id = ANY($1::int8[])",
+	        t);
+	q->park = fmt("UPDATE %s SET attempts = attempts + 1, last_error = $2, parked_at = now() "
+	              "WHERE id = ANY($1::int8[])",
+	              t);
+	/* Runs right after a claim that came back short, in its own statement: a row that became
+	 * due between the claim's now() and this one's must not be lost (it would wait for the
+	 * next poll), so rows due within the last second count too, as "wake again soon". */
+	q->next_due = fmt("SELECT extract(epoch from min(send_after) - now())::float8 FROM %s "
+	                  "WHERE parked_at IS NULL AND send_after > now() - interval '1 second'",
+	                  t);
+	q->backlog = fmt("SELECT count(*), coalesce(extract(epoch from now() - min(send_after)), "
+	                 "0)::float8 FROM %s WHERE parked_at IS NULL AND send_after <= now()",
+	                 t);
+	q->health =
+	    fmt("SELECT count(*) FILTER (WHERE parked_at IS NULL AND send_after <= now() - "
+	        "$1::float8 * interval '1 second'), count(*) FILTER (WHERE parked_at IS "
+	        "NULL AND send_after <= now()), coalesce(extract(epoch from now() - "
+	        "min(send_after) FILTER (WHERE parked_at IS NULL AND send_after <= "
+	        "now())), 0)::float8, count(*) FILTER (WHERE parked_at IS NOT NULL) FROM %s",
+	        t);
+	q->listen = fmt("LISTEN \"%s\"", name);
+	if (!q->claim_all || !q->claim_part || !q->del || !q->resched || !q->park || !q->next_due ||
+	    !q->backlog || !q->health || !q->listen)
+		goto nomem;
+	return 0;
+nomem:
+	svc_relay_sql_release(q);
+	return SVC_ENOMEM;
+}
+
+void svc_relay_sql_release(struct svc_relay_sql *q)
+{
+	free(q->table);
+	free(q->channel);
+	free(q->claim_all);
+	free(q->claim_part);
+	free(q->del);
+	free(q->resched);
+	free(q->park);
+	free(q->next_due);
+	free(q->backlog);
+	free(q->health);
+	free(q->listen);
+	free(q->buf.p);
+	free(q->del_buf.p);
+	free(q->part_buf.p);
+	memset(q, 0, sizeof(*q));
+}
+
+static int reserve(struct svc_relay_buf *b, size_t need)
+{
+	char *p;
+
+	if (need <= b->cap)
+		return 0;
+	p = realloc(b->p, need * 2);
+	if (!p)
+		return SVC_ENOMEM;
+	b->p = p;
+	b->cap = need * 2;
+	return 0;
+}
+
+/* "{1,2,3}" into b. */
+static int id_array(struct svc_relay_buf *b, const int64_t *ids, size_t n)
+{
+	size_t pos = 0;
+
+	if (reserve(b, n * 21 + 3) != 0)
+		return SVC_ENOMEM;
+	b->p[pos++] = '{';
+	for (size_t i = 0; i < n; i++)
+		pos += (size_t)snprintf(b->p + pos, 22, i ? ",%" PRId64 : "%" PRId64, ids[i]);
+	b->p[pos++] = '}';
+	b->p[pos] = '\0';
+	return 0;
+}
+
+static int part_array(struct svc_relay_buf *b, const bool *parts)
+{
+	size_t pos = 0;
+	bool first = true;
+
+	if (reserve(b, SVC_RELAY_PARTITIONS * 4 + 3) != 0)
+		return SVC_ENOMEM;
+	b->p[pos++] = '{';
+	for (int p = 0; p < SVC_RELAY_PARTITIONS; p++) {
+		if (!parts[p])
+			continue;
+		pos += (size_t)snprintf(b->p + pos, 5, first ? "%d" : ",%d", p);
+		first = false;
+	}
+	b->p[pos++] = '}';
+	b->p[pos] = '\0';
+	return 0;
+}
+
+static const char *stmt_sql(const struct svc_relay_sql *q, enum svc_relay_stmt st)
+{
+	switch (st) {
+	case SVC_RELAY_ST_CLAIM_ALL:
+		return q->claim_all;
+	case SVC_RELAY_ST_CLAIM_PART:
+		return q->claim_part;
+	case SVC_RELAY_ST_DEL:
+		return q->del;
+	default:
+		return q->next_due;
+	}
+}
+
+/* Runs statement st as a prepared statement of the session (pg_conn's cache). */
+static int exec_stmt(struct svc_pg *pg, struct svc_relay_sql *q, enum svc_relay_stmt st,
+                     int nparams, const char *const *params, PGresult **res)
+{
+	ExecStatusType want = st == SVC_RELAY_ST_DEL ? PGRES_COMMAND_OK : PGRES_TUPLES_OK;
+	PGresult *r;
+	int rc;
+
+	if (!pg->conn)
+		return svc_pg_exec(pg, stmt_sql(q, st), nparams, params, res);
+	if (res)
+		*res = NULL;
+	r = svc_pg_query(pg->conn, stmt_sql(q, st), nparams, params, true);
+	rc = svc_pg_result_error(pg->conn, r, want, pg->error, sizeof(pg->error), pg->sqlstate);
+	if (rc < 0 || !res)
+		PQclear(r);
+	else
+		*res = r;
+	return rc;
+}
+
+int svc_relay_claim(struct svc_pg *pg, struct svc_relay_sql *q, long limit, const int64_t *skip,
+                    size_t n_skip, const int64_t *del, size_t n_del, const bool *parts,
+                    PGresult **res)
+{
+	char lim[24];
+	const char *params[4] = {NULL, lim, NULL, NULL};
+	int rc;
+
+	snprintf(lim, sizeof(lim), "%ld", limit);
+	if (parts) {
+		if ((rc = part_array(&q->part_buf, parts)) != 0)
+			return rc;
+		params[3] = q->part_buf.p;
+	}
+	if ((rc = id_array(&q->buf, skip, n_skip)) != 0 ||
+	    (rc = id_array(&q->del_buf, del, n_del)) != 0)
+		return rc;
+	params[0] = q->buf.p;
+	params[2] = q->del_buf.p;
+	return exec_stmt(pg, q, parts ? SVC_RELAY_ST_CLAIM_PART : SVC_RELAY_ST_CLAIM_ALL,
+	                 parts ? 4 : 3, params, res);
+}
+
+int svc_relay_delete(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n)
+{
+	const char *params[1];
+	int rc;
+
+	if (n == 0)
+		return 0;
+	if ((rc = id_array(&q->buf, ids, n)) != 0)
+		return rc;
+	params[0] = q->buf.p;
+	return exec_stmt(pg, q, SVC_RELAY_ST_DEL, 1, params, NULL);
+}
+
+int svc_relay_reschedule(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n,
+                         double cap, const char *reason)
+{
+	char capbuf[32];
+	const char *params[3];
+	int rc;
+
+	if (n == 0)
+		return 0;
+	if ((rc = id_array(&q->buf, ids, n)) != 0)
+		return rc;
+	snprintf(capbuf, sizeof(capbuf), "%.3f", cap > 0 ? cap : 1.0);
+	params[0] = q->buf.p;
+	params[1] = capbuf;
+	params[2] = reason;
+	return svc_pg_exec(pg, q->resched, 3, params, NULL);
+}
+
+int svc_relay_park(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n,
+                   const char *reason)
+{
+	const char *params[2];
+	int rc;
+
+	if (n == 0)
+		return 0;
+	if ((rc = id_array(&q->buf, ids, n)) != 0)
+		return rc;
+	params[0] = q->buf.p;
+	params[1] = reason;
+	return svc_pg_exec(pg, q->park, 2, params, NULL);
+}
+
+int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs)
+{
+	PGresult *res = NULL;
+	int rc = exec_stmt(pg, q, SVC_RELAY_ST_NEXT_DUE, 0, NULL, &res);
+
+	if (rc)
+		return rc;
+	*secs = PQgetisnull(res, 0, 0) ? -1.0 : strtod(PQgetvalue(res, 0, 0), NULL);
+	/* Already due: claim again shortly. Not at once: it may be a row still in flight, which
+	 * the claim skips, and that must not turn into a busy loop until its confirm. */
+	if (*secs < 0.05 && !PQgetisnull(res, 0, 0))
+		*secs = 0.05;
+	PQclear(res);
+	return 0;
+}
+
+int svc_relay_backlog(struct svc_pg *pg, struct svc_relay_sql *q, long *count, double *oldest)
+{
+	PGresult *res = NULL;
+	int rc = svc_pg_exec(pg, q->backlog, 0, NULL, &res);
+
+	if (rc)
+		return rc;
+	*count = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+	*oldest = strtod(PQgetvalue(res, 0, 1), NULL);
+	PQclear(res);
+	return 0;
+}
+
+int svc_relay_health(struct svc_pg *pg, struct svc_relay_sql *q, double max_delay, long *late,
+                     long *due, double *oldest, long *parked)
+{
+	char d[32];
+	const char *params[1] = {d};
+	PGresult *res = NULL;
+	int rc;
+
+	snprintf(d, sizeof(d), "%.6f", max_delay);
+	rc = svc_pg_exec(pg, q->health, 1, params, &res);
+	if (rc)
+		return rc;
+	*late = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+	*due = strtol(PQgetvalue(res, 0, 1), NULL, 10);
+	*oldest = strtod(PQgetvalue(res, 0, 2), NULL);
+	*parked = strtol(PQgetvalue(res, 0, 3), NULL, 10);
+	PQclear(res);
+	return 0;
+}
+
+int svc_relay_listen(struct svc_pg *pg, struct svc_relay_sql *q)
+{
+	return svc_pg_exec(pg, q->listen, 0, NULL, NULL);
+}
+
+int svc_relay_notify(struct svc_pg *pg, struct svc_relay_sql *q, const char *payload)
+{
+	const char *params[2] = {q->channel, payload};
+
+	return svc_pg_exec(pg, "SELECT pg_notify($1, $2)", 2, params, NULL);
+}
+
+int svc_relay_join(struct svc_pg *pg, struct svc_relay_sql *q)
+{
+	char k[16];
+	const char *params[1] = {k};
+
+	snprintf(k, sizeof(k), "%" PRId32, q->key_member);
+	return svc_pg_exec(pg, "SELECT pg_advisory_lock($1::int4, pg_backend_pid())", 1, params,
+	                   NULL);
+}
+
+int svc_relay_members(struct svc_pg *pg, struct svc_relay_sql *q, long *n)
+{
+	char k[16];
+	const char *params[1] = {k};
+	PGresult *res = NULL;
+	int rc;
+
+	snprintf(k, sizeof(k), "%" PRId32, q->key_member);
+	rc = svc_pg_exec(pg,
+	                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+	                 "AND objsubid = 2 AND classid = $1::int8::oid AND database = (SELECT oid "
+	                 "FROM pg_database WHERE datname = current_database())",
+	                 1, params, &res);
+	if (rc)
+		return rc;
+	*n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	return 0;
+}
+
+int svc_relay_lock_parts(struct svc_pg *pg, struct svc_relay_sql *q, const int *cand, size_t ncand,
+                         long want, int *got, size_t *ngot)
+{
+	char k[16], w[24];
+	const char *params[3] = {k, NULL, w};
+	PGresult *res = NULL;
+	size_t pos = 0;
+	int rc;
+
+	*ngot = 0;
+	if (ncand == 0 || want <= 0)
+		return 0;
+	if ((rc = reserve(&q->buf, ncand * 12 + 3)) != 0)
+		return rc;
+	q->buf.p[pos++] = '{';
+	for (size_t i = 0; i < ncand; i++)
+		pos += (size_t)snprintf(q->buf.p + pos, 13, i ? ",%d" : "%d", cand[i]);
+	q->buf.p[pos++] = '}';
+	q->buf.p[pos] = '\0';
+	snprintf(k, sizeof(k), "%" PRId32, q->key_part);
+	snprintf(w, sizeof(w), "%ld", want);
+	params[1] = q->buf.p;
+	/* The executor pulls rows lazily through LIMIT, so the locks are tried in order and no
+	 * more than want are taken. */
+	rc = svc_pg_exec(pg,
+	                 "SELECT c.p FROM unnest($2::int4[]) AS c(p) WHERE "
+	                 "pg_try_advisory_lock($1::int4, c.p) LIMIT $3",
+	                 3, params, &res);
+	if (rc)
+		return rc;
+	for (int i = 0; i < PQntuples(res) && (size_t)i < ncand; i++)
+		got[(*ngot)++] = (int)strtol(PQgetvalue(res, i, 0), NULL, 10);
+	PQclear(res);
+	return 0;
+}
+
+int svc_relay_unlock_part(struct svc_pg *pg, struct svc_relay_sql *q, int part)
+{
+	char k[16], p[16];
+	const char *params[2] = {k, p};
+
+	snprintf(k, sizeof(k), "%" PRId32, q->key_part);
+	snprintf(p, sizeof(p), "%d", part);
+	return svc_pg_exec(pg, "SELECT pg_advisory_unlock($1::int4, $2::int4)", 2, params, NULL);
+}
+
+int svc_relay_probe(struct svc_pg *pg)
+{
+	return svc_pg_exec(pg, "SELECT 1", 0, NULL, NULL);
+}

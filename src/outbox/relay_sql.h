@@ -1,0 +1,137 @@
+/* outbox_relay: every SQL statement the relay (publisher.c) runs against the outbox table.
+ *
+ * The write side (outbox.c) inserts rows; this module claims due rows, deletes confirmed ones,
+ * reschedules or parks rows that could not be sent, takes the partition advisory locks that let
+ * several relays share one table, and answers the health check. It knows SQL, not AMQP.
+ *
+ * Partitions: a row belongs to partition (hashtext(exchange) & 63), so every row of one
+ * aggregate (exchange) is in the same partition. A relay publishes only rows of partitions whose
+ * session-level advisory lock (two-key form: key_part, partition) it holds on its connection.
+ * Each relay also holds one membership lock (key_member, backend pid) so relays can count each
+ * other in pg_locks. Both keys are derived from the table name, so relays of different outbox
+ * tables in one database never meet.
+ *
+ * Prepared statements: the statements of the hot path (claim, delete, next due) are prepared on
+ * the session at their first use (pg_conn's prepared-statement cache, which lives and dies
+ * with the PGconn) and executed by name from then on, so PostgreSQL neither parses nor plans
+ * them again. A session that loses them (a pooler that does not keep prepared statements)
+ * falls back to unnamed statements.
+ *
+ * Ownership: struct svc_relay_sql owns its SQL texts and scratch buffers for array
+ * parameters; the struct svc_pg connection is the caller's. Every function returns 0 or a
+ * negative SVC_E* (SVC_ECONN: reconnect; SVC_EDB: the statement failed), the text being kept
+ * on the svc_pg. */
+#ifndef SVC_OUTBOX_RELAY_H
+#define SVC_OUTBOX_RELAY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#include "pg/conn.h"
+
+#define SVC_RELAY_PARTITIONS 64
+
+/* Columns of a claim result, in order. */
+enum svc_relay_col {
+	SVC_RELAY_COL_ID,
+	SVC_RELAY_COL_PART,
+	SVC_RELAY_COL_EXCHANGE,
+	SVC_RELAY_COL_ROUTING_KEY,
+	SVC_RELAY_COL_BODY,
+	SVC_RELAY_COL_MESSAGE_ID, /* coalesce(message_id, id::text) */
+	SVC_RELAY_COL_CORRELATION_ID,
+	SVC_RELAY_COL_HEADERS, /* headers::text or NULL */
+	SVC_RELAY_COL_ATTEMPTS,
+	SVC_RELAY_COL_CREATED, /* created_at as whole seconds since the epoch */
+};
+
+/* The statements kept prepared on the session. */
+enum svc_relay_stmt {
+	SVC_RELAY_ST_CLAIM_ALL,
+	SVC_RELAY_ST_CLAIM_PART,
+	SVC_RELAY_ST_DEL,
+	SVC_RELAY_ST_NEXT_DUE,
+};
+
+/* A growable text buffer for one array parameter. */
+struct svc_relay_buf {
+	char *p;
+	size_t cap;
+};
+
+struct svc_relay_sql {
+	char *table;   /* quoted, possibly schema-qualified: "public"."svccomm_outbox" */
+	char *channel; /* NOTIFY channel: the table name without schema (unquoted) */
+	int32_t key_part;
+	int32_t key_member;
+	char *claim_all;  /* delete the confirmed ids $3, claim from every partition */
+	char *claim_part; /* the same, from the partitions in $4 only */
+	char *del;
+	char *resched;
+	char *park;
+	char *next_due;
+	char *backlog;
+	char *health;
+	char *listen;
+	struct svc_relay_buf buf, del_buf, part_buf; /* scratch for array literals */
+};
+
+/* Validates table ([schema.]identifier, each [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes) and
+ * builds the statements. Returns 0, SVC_EINVAL (bad name) or SVC_ENOMEM. */
+int svc_relay_sql_init(struct svc_relay_sql *q, const char *table);
+void svc_relay_sql_release(struct svc_relay_sql *q);
+
+/* Stable 31-bit hash of a string (FNV-1a), used for the advisory lock keys. */
+int32_t svc_relay_key(const char *prefix, const char *table);
+
+/* In one statement (one round trip, one transaction): deletes the rows del[0..n_del) (confirmed
+ * by the broker) and claims up to limit due rows (send_after <= now(), not parked) in id order,
+ * skipping the ids in skip[0..n_skip) (rows this relay has in flight: still in the table until
+ * confirmed), the ids in del and, when parts is not NULL, rows outside the partitions with
+ * parts[p] true. On failure nothing was deleted (or, after SVC_ECONN, it is unknown). *res:
+ * caller clears. Columns: enum svc_relay_col. Nothing is locked: the partition lock makes this
+ * relay the only one publishing these rows. */
+int svc_relay_claim(struct svc_pg *pg, struct svc_relay_sql *q, long limit, const int64_t *skip,
+                    size_t n_skip, const int64_t *del, size_t n_del, const bool *parts,
+                    PGresult **res);
+/* Deletes the rows with these ids (one statement). */
+int svc_relay_delete(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n);
+/* Keeps the rows for a later attempt: attempts + 1, last_error = reason, send_after = now() +
+ * min(cap, 0.5 * 2^attempts) seconds. */
+int svc_relay_reschedule(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n,
+                         double cap, const char *reason);
+/* Sets rows aside for good: parked_at = now(), last_error = reason, attempts + 1. */
+int svc_relay_park(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n,
+                   const char *reason);
+/* Seconds until the earliest send_after of an unparked row that is not yet due, or 0.05 for one
+ * that became due within the last second; *secs < 0 when there is none. */
+int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs);
+/* Number of due unparked rows and the age in seconds of the oldest one (0 when none). */
+int svc_relay_backlog(struct svc_pg *pg, struct svc_relay_sql *q, long *count, double *oldest);
+/* For checkpublisher: rows due for longer than max_delay seconds (*late), due rows (*due), the
+ * oldest due age and the number of parked rows. */
+int svc_relay_health(struct svc_pg *pg, struct svc_relay_sql *q, double max_delay, long *late,
+                     long *due, double *oldest, long *parked);
+
+/* LISTEN on the table's channel. */
+int svc_relay_listen(struct svc_pg *pg, struct svc_relay_sql *q);
+/* NOTIFY the channel with payload (to check that notifications arrive). */
+int svc_relay_notify(struct svc_pg *pg, struct svc_relay_sql *q, const char *payload);
+
+/* Takes this relay's membership lock (released when the session ends). */
+int svc_relay_join(struct svc_pg *pg, struct svc_relay_sql *q);
+/* Counts the relays of this table (membership locks in pg_locks); at least 1 after join. */
+int svc_relay_members(struct svc_pg *pg, struct svc_relay_sql *q, long *n);
+/* Tries the partition locks of cand[0..ncand) in that order and stops after want successes;
+ * got[] receives the partitions locked, *ngot their count. */
+int svc_relay_lock_parts(struct svc_pg *pg, struct svc_relay_sql *q, const int *cand, size_t ncand,
+                         long want, int *got, size_t *ngot);
+/* Releases one partition lock. */
+int svc_relay_unlock_part(struct svc_pg *pg, struct svc_relay_sql *q, int part);
+/* A cheap round trip to detect a dead connection. */
+int svc_relay_probe(struct svc_pg *pg);
+
+#endif

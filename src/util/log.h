@@ -1,0 +1,33 @@
+/* Levelled logging to stderr: one line per event, "time level [component] message".
+ * The level check happens before any formatting, so a disabled debug line costs a compare.
+ * Never pass a secret (password, full connection string) to these functions: use
+ * svc_secret_mask() or svc_secret_scrub() (util/secret.h) first. */
+#ifndef SVC_LOG_H
+#define SVC_LOG_H
+
+#include <stddef.h>
+
+enum svc_log_level { SVC_LOG_DEBUG, SVC_LOG_INFO, SVC_LOG_WARNING, SVC_LOG_ERROR, SVC_LOG_OFF };
+
+extern enum svc_log_level svc_log_threshold;
+
+/* Parses "debug" | "info" | "warning" | "error" | "off"; returns 0 or SVC_EINVAL. */
+int svc_log_parse_level(const char *name, enum svc_log_level *out);
+
+/* Sets a prefix added to every line (e.g. "worker 2"); NULL clears it. Not thread-safe. */
+void svc_log_set_tag(const char *tag);
+
+void svc_log_write(enum svc_log_level level, const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define svc_log(level, component, ...)                                                             \
+	do {                                                                                       \
+		if ((level) >= svc_log_threshold)                                                  \
+			svc_log_write((level), (component), __VA_ARGS__);                          \
+	} while (0)
+#define svc_debug(c, ...) svc_log(SVC_LOG_DEBUG, c, __VA_ARGS__)
+#define svc_info(c, ...)  svc_log(SVC_LOG_INFO, c, __VA_ARGS__)
+#define svc_warn(c, ...)  svc_log(SVC_LOG_WARNING, c, __VA_ARGS__)
+#define svc_error(c, ...) svc_log(SVC_LOG_ERROR, c, __VA_ARGS__)
+
+#endif
