@@ -1,4 +1,4 @@
-/* outbox_relay: the relay's SQL. See outbox_relay.h. */
+/* relay_sql: the relay's SQL. See relay_sql.h. */
 #include "outbox/relay_sql.h"
 
 #include <inttypes.h>
@@ -8,24 +8,10 @@
 #include <string.h>
 
 #include "util/error.h"
+#include "util/hash.h"
+#include "util/ident.h"
 
 #define PART_EXPR "(hashtext(exchange) & 63)"
-
-static bool ident_ok(const char *s, size_t len)
-{
-	if (len == 0 || len > 63)
-		return false;
-	if (!((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
-		return false;
-	for (size_t i = 1; i < len; i++) {
-		char c = s[i];
-
-		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		      c == '_'))
-			return false;
-	}
-	return true;
-}
 
 static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
 
@@ -51,35 +37,16 @@ static char *fmt(const char *f, ...)
 
 int32_t svc_relay_key(const char *prefix, const char *table)
 {
-	uint32_t h = 2166136261u;
+	uint32_t h = svc_hash_str(svc_hash_str(SVC_HASH_INIT, prefix), table);
 
-	for (const char *p = prefix; *p; p++)
-		h = (h ^ (unsigned char)*p) * 16777619u;
-	for (const char *p = table; *p; p++)
-		h = (h ^ (unsigned char)*p) * 16777619u;
 	return (int32_t)(h & 0x7fffffff);
 }
 
-int svc_relay_sql_init(struct svc_relay_sql *q, const char *table)
+/* The statements of the hot path, kept prepared on the session (enum svc_relay_stmt). */
+static void build_prepared(struct svc_relay_sql *q)
 {
-	const char *dot = strchr(table, '.');
-	const char *name = dot ? dot + 1 : table;
-	size_t slen = dot ? (size_t)(dot - table) : 0;
-	const char *t;
+	const char *t = q->table;
 
-	memset(q, 0, sizeof(*q));
-	if ((dot && !ident_ok(table, slen)) || !ident_ok(name, strlen(name)))
-		return SVC_EINVAL;
-	if (dot)
-		q->table = fmt("\"%.*s\".\"%s\"", (int)slen, table, name);
-	else
-		q->table = fmt("\"%s\"", name);
-	q->channel = strdup(name);
-	if (!q->table || !q->channel)
-		goto nomem;
-	t = q->table;
-	q->key_part = svc_relay_key("svccomm-relay-partition:", table);
-	q->key_member = svc_relay_key("svccomm-relay-member:", table);
 	/* The claim also deletes the rows confirmed since the previous one ($3): one round trip
 	 * instead of two. Its SELECT reads the snapshot taken before the CTE's DELETE, so it
 	 * still sees those rows and must skip them ($3 again) as well as the rows in flight
@@ -91,13 +58,25 @@ int svc_relay_sql_init(struct svc_relay_sql *q, const char *table)
 	"WITH d AS (DELETE FROM %s WHERE id = ANY($3::int8[])) SELECT id, " PART_EXPR              \
 	", exchange, routing_key, body, coalesce(message_id, id::text), correlation_id, "          \
 	"headers::text, attempts, extract(epoch from created_at)::int8 FROM %s WHERE parked_at "   \
-	"IS "                                                                                      \
-	"NULL AND send_after <= now() AND id NOT IN (SELECT unnest($1::int8[]) UNION ALL SELECT "  \
-	"unnest($3::int8[]))"
+	"IS NULL AND send_after <= now() AND id NOT IN (SELECT unnest($1::int8[]) UNION ALL "      \
+	"SELECT unnest($3::int8[]))"
 	q->claim_all = fmt(CLAIM_COLS " ORDER BY id LIMIT $2", t, t);
 	q->claim_part =
 	    fmt(CLAIM_COLS " AND " PART_EXPR " = ANY($4::int4[]) ORDER BY id LIMIT $2", t, t);
 	q->del = fmt("DELETE FROM %s WHERE id = ANY($1::int8[])", t);
+	/* Runs right after a claim that came back short, in its own statement: a row that became
+	 * due between the claim's now() and this one's must not be lost (it would wait for the
+	 * next poll), so rows due within the last second count too, as "wake again soon". */
+	q->next_due = fmt("SELECT extract(epoch from min(send_after) - now())::float8 FROM %s "
+	                  "WHERE parked_at IS NULL AND send_after > now() - interval '1 second'",
+	                  t);
+}
+
+/* The other statements: rows that could not be sent, stats, health, LISTEN. */
+static void build_others(struct svc_relay_sql *q)
+{
+	const char *t = q->table;
+
 	q->resched =
 	    fmt("UPDATE %s SET attempts = attempts + 1, last_error = $3, send_after = now() "
 	        "+ least($2::float8, 0.5 * power(2, least(attempts, 30))) * interval '1 "
@@ -106,12 +85,6 @@ int svc_relay_sql_init(struct svc_relay_sql *q, const char *table)
 	q->park = fmt("UPDATE %s SET attempts = attempts + 1, last_error = $2, parked_at = now() "
 	              "WHERE id = ANY($1::int8[])",
 	              t);
-	/* Runs right after a claim that came back short, in its own statement: a row that became
-	 * due between the claim's now() and this one's must not be lost (it would wait for the
-	 * next poll), so rows due within the last second count too, as "wake again soon". */
-	q->next_due = fmt("SELECT extract(epoch from min(send_after) - now())::float8 FROM %s "
-	                  "WHERE parked_at IS NULL AND send_after > now() - interval '1 second'",
-	                  t);
 	q->backlog = fmt("SELECT count(*), coalesce(extract(epoch from now() - min(send_after)), "
 	                 "0)::float8 FROM %s WHERE parked_at IS NULL AND send_after <= now()",
 	                 t);
@@ -122,7 +95,25 @@ int svc_relay_sql_init(struct svc_relay_sql *q, const char *table)
 	        "min(send_after) FILTER (WHERE parked_at IS NULL AND send_after <= "
 	        "now())), 0)::float8, count(*) FILTER (WHERE parked_at IS NOT NULL) FROM %s",
 	        t);
-	q->listen = fmt("LISTEN \"%s\"", name);
+	q->listen = fmt("LISTEN \"%s\"", q->channel);
+}
+
+int svc_relay_sql_init(struct svc_relay_sql *q, const char *table)
+{
+	char schema[SVC_IDENT_MAX + 1], name[SVC_IDENT_MAX + 1], quoted[SVC_IDENT_QUOTED_MAX];
+
+	memset(q, 0, sizeof(*q));
+	if (svc_ident_split(table, schema, name) != 0 ||
+	    svc_ident_quote(table, quoted, sizeof(quoted)) != 0)
+		return SVC_EINVAL;
+	q->table = strdup(quoted);
+	q->channel = strdup(name);
+	if (!q->table || !q->channel)
+		goto nomem;
+	q->key_part = svc_relay_key("svccomm-relay-partition:", table);
+	q->key_member = svc_relay_key("svccomm-relay-member:", table);
+	build_prepared(q);
+	build_others(q);
 	if (!q->claim_all || !q->claim_part || !q->del || !q->resched || !q->park || !q->next_due ||
 	    !q->backlog || !q->health || !q->listen)
 		goto nomem;

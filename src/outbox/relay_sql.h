@@ -1,8 +1,9 @@
-/* outbox_relay: every SQL statement the relay (publisher.c) runs against the outbox table.
+/* relay_sql: every SQL statement the relay (src/relay/) runs against the outbox table.
  *
- * The write side (outbox.c) inserts rows; this module claims due rows, deletes confirmed ones,
- * reschedules or parks rows that could not be sent, takes the partition advisory locks that let
- * several relays share one table, and answers the health check. It knows SQL, not AMQP.
+ * The write side (outbox/write.c) inserts rows; this module claims due rows, deletes confirmed
+ * ones, reschedules or parks rows that could not be sent, takes the partition advisory locks
+ * that let several relays share one table, and answers the health check. It knows SQL, not
+ * AMQP.
  *
  * Partitions: a row belongs to partition (hashtext(exchange) & 63), so every row of one
  * aggregate (exchange) is in the same partition. A relay publishes only rows of partitions whose
@@ -12,7 +13,7 @@
  * tables in one database never meet.
  *
  * Prepared statements: the statements of the hot path (claim, delete, next due) are prepared on
- * the session at their first use (pg_conn's prepared-statement cache, which lives and dies
+ * the session at their first use (pg/conn's prepared-statement cache, which lives and dies
  * with the PGconn) and executed by name from then on, so PostgreSQL neither parses nor plans
  * them again. A session that loses them (a pooler that does not keep prepared statements)
  * falls back to unnamed statements.
@@ -82,9 +83,11 @@ struct svc_relay_sql {
 /* Validates table ([schema.]identifier, each [A-Za-z_][A-Za-z0-9_]*, at most 63 bytes) and
  * builds the statements. Returns 0, SVC_EINVAL (bad name) or SVC_ENOMEM. */
 int svc_relay_sql_init(struct svc_relay_sql *q, const char *table);
+/* Frees the statements and buffers and zeroes q (also after a failed init). */
 void svc_relay_sql_release(struct svc_relay_sql *q);
 
-/* Stable 31-bit hash of a string (FNV-1a), used for the advisory lock keys. */
+/* Stable 31-bit hash (FNV-1a) of prefix followed by table, used for the advisory lock keys.
+ * Relays of different versions must agree on it: never change its value. */
 int32_t svc_relay_key(const char *prefix, const char *table);
 
 /* In one statement (one round trip, one transaction): deletes the rows del[0..n_del) (confirmed
