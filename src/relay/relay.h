@@ -1,17 +1,89 @@
-/* publisher: the outbox relay loop (`svccomm runpublisher`), and the pure bookkeeping it is made
- * of (exposed for the unit tests): the in-flight window of published-but-unconfirmed rows, the
- * backoff and the parser for the headers column. The mechanism is described at the top of
- * publisher.c. */
-#ifndef SVC_PUBLISHER_H
-#define SVC_PUBLISHER_H
+/* relay: the outbox relay (`svccomm runpublisher`), which publishes the rows of the outbox table
+ * to RabbitMQ and deletes each once the broker confirmed it.
+ *
+ * Files: loop.c (the loop, timers, shutdown), conn.c (both connections), partitions.c
+ * (advisory locks shared between relays), claim.c (claim and publish), window.c (the confirm
+ * window), settle.c (what happens to decided rows), exchanges.c (exchange cache and checks),
+ * headers.c (the headers column's JSON); their shared state is in internal.h, the SQL in
+ * outbox/relay_sql.c.
+ *
+ * How it works
+ * ------------
+ * One process, one thread, two connections: a PostgreSQL session (claims, deletes, advisory
+ * locks, LISTEN) and a RabbitMQ channel in confirm mode. The loop waits with poll() on both
+ * sockets, so confirms and notifications are handled as they arrive.
+ *
+ * Claim -> publish -> confirm -> delete. Due rows (send_after <= now(), parked_at IS NULL) are
+ * read in id order, PUBLISHER_BATCH_SIZE at a time, and published at once (mandatory, persistent,
+ * content type application/json, app_id = APP_ID, message_id = coalesce(message_id, id),
+ * correlation_id and headers from the row, timestamp = created_at). Up to PUBLISHER_WINDOW
+ * messages may be unconfirmed; confirms (basic.ack/nack with `multiple`) are matched to rows
+ * through the channel's publish sequence numbers. Decided rows are handled in one statement per
+ * kind: nacked -> kept, retried after a backoff; returned as unroutable (basic.return, matched by
+ * the "x-svccomm-seq" header amqp_conn adds) -> deleted and counted with PUBLISHER_UNROUTABLE =
+ * "drop", kept with a backoff with "keep"; confirmed -> deleted by the next claim: the claim is
+ * one statement, WITH d AS (DELETE ... WHERE id = ANY($3)) SELECT ..., so a steady relay costs
+ * one database round trip per batch, not two. The SELECT reads the snapshot from before that
+ * DELETE and therefore skips the ids of $3 as well as those in flight. Confirmed rows wait for a
+ * claim only while one is sure to follow (more work, confirms outstanding) and at most
+ * DELETE_MAX_WAIT; otherwise (caught up, no partitions, shutdown, a partition to hand over, the
+ * list full) they are deleted by a DELETE of their own. The list survives reconnects: those rows
+ * were confirmed, deleting them late is correct and spares a second publish. A row is deleted
+ * only after a positive confirm, so a lost connection, a nack or a crash can only cause a second
+ * publish of the same row (same message_id), never a loss.
+ *
+ * Before each claim the relay reads the confirms that already arrived, so the rows they settle
+ * leave the skip list and their deletes ride on this claim. Claim, delete and next-due are
+ * prepared statements with a generic plan (plan_cache_mode = force_generic_plan on the relay's
+ * session): no parse or plan per batch, and no planning cost that grows with the skip list.
+ *
+ * Rows in flight are not claimed twice: every claim passes the ids still unconfirmed and
+ * skips exactly those (id NOT IN (SELECT unnest($1) ...), a hashed subplan: NOT (id = ANY($1))
+ * would be hashed only in a custom plan and scan the list per row in a generic one). There
+ * is no cursor: every claim starts from the lowest due id, so a row whose transaction commits
+ * late (with an id below rows already sent) is picked up by the next claim and never skipped.
+ * Rows of one aggregate written one transaction after the other therefore go out in id order,
+ * which is their commit order. (An earlier design excluded the id ranges of unconfirmed batches;
+ * a late row inside such a range then waited while newer rows of its aggregate went out.)
+ *
+ * Rows that cannot be sent. A missing exchange (404 on the passive check under DO_NOT_DECLARE,
+ * or on publish) keeps its rows with a growing delay (capped by RECONNECT_MAX_DELAY) and logs an
+ * error; they go out once the exchange exists. A row that can never be sent (a name longer than
+ * 255 bytes, headers that are not an object of scalars, a message the broker refuses by closing
+ * the channel, e.g. larger than its max message size) is parked: parked_at = now(),
+ * last_error = the reason, logged as an error; the others carry on. When the broker closes the
+ * channel while many messages are in flight, the culprit is unknown: the relay then publishes
+ * the rows up to the highest id that was in flight one at a time ("isolation"), so the next
+ * failure names exactly one row, which is parked.
+ *
+ * Several relays. Rows are split into 64 partitions by hash of their exchange
+ * ((hashtext(exchange) & 63)), so one aggregate lives in one partition. A relay publishes only
+ * the partitions whose session-level advisory lock it holds on its database connection. Each
+ * relay also holds a membership lock; every few seconds it counts the relays (membership locks
+ * in pg_locks), keeps at most ceil(64 / relays) partitions, stops claiming from the extra ones
+ * and unlocks each once none of its rows is in flight or waits for its delete, and tries to lock
+ * free ones. Within a
+ * partition only one relay publishes, in id order, so per-aggregate order holds and nothing is
+ * published twice in normal operation. A relay that dies loses its locks with its session; the
+ * others take its partitions at their next rebalance (REBALANCE_PERIOD seconds). Rows it had in
+ * flight are then published again (duplicates with the original message_id).
+ *
+ * Waking up. LISTEN on the channel named after the table (the insert trigger's NOTIFY) is a hint
+ * only: the relay also claims at start, after every reconnect, every PUBLISHER_POLL_INTERVAL, and
+ * at the earliest future send_after. PUBLISHER_MODE = "poll" skips LISTEN; in "listen" mode the
+ * relay first checks that its own NOTIFY comes back and falls back to polling with a warning when
+ * it does not (e.g. PgBouncer in transaction pooling). An idle database connection is probed
+ * with SELECT 1 (and libpq keepalives are on) so a half-open session is noticed.
+ *
+ * Both connections reconnect forever with jittered exponential backoff capped at
+ * RECONNECT_MAX_DELAY. On SIGTERM/SIGINT the relay stops claiming, waits up to SHUTDOWN_TIMEOUT
+ * for outstanding confirms, deletes what was confirmed and returns. Every STATS_INTERVAL it logs
+ * published, confirmed, returned, nacked, parked, backlog and the age of the oldest due row.
+ */
+#ifndef SVC_RELAY_H
+#define SVC_RELAY_H
 
 #include <signal.h>
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
-
-#include "amqp/conn.h"
-#include "outbox/relay_sql.h"
 
 struct svc_config;
 
@@ -19,92 +91,5 @@ struct svc_config;
  * SHUTDOWN_TIMEOUT). Reconnects to both servers forever. Returns 0 after a clean stop or a
  * negative SVC_E* for errors that retrying cannot fix (bad settings, out of memory). */
 int svc_publisher_run(const struct svc_config *cfg, volatile sig_atomic_t *stop);
-
-/* ---- in-flight bookkeeping ---------------------------------------------------------------- */
-
-enum svc_flight_state {
-	SVC_FLIGHT_PENDING,
-	SVC_FLIGHT_RETURNED, /* basic.return seen, confirm not yet */
-	SVC_FLIGHT_ACKED,
-	SVC_FLIGHT_RETURNED_ACKED,
-	SVC_FLIGHT_NACKED,
-};
-
-struct svc_flight_entry {
-	uint64_t seq; /* publish sequence number */
-	int64_t id;   /* outbox row id */
-	int16_t part; /* partition of the row */
-	uint8_t state;
-};
-
-/* A claimed batch: the range of row ids it published and its last sequence number. */
-struct svc_flight_batch {
-	int64_t lo, hi;
-	uint64_t last_seq;
-};
-
-/* Rows whose fate the broker decided, popped in publish order by svc_flight_harvest(). The
- * arrays are owned by struct svc_flight and reused. */
-struct svc_flight_out {
-	int64_t *acked; /* confirmed: delete */
-	size_t n_acked;
-	int64_t *returned; /* unroutable (returned, then acked) */
-	size_t n_returned;
-	int64_t *nacked; /* refused: keep */
-	size_t n_nacked;
-};
-
-/* Published rows awaiting their confirm, in sequence order (a ring of capacity = window). */
-struct svc_flight {
-	struct svc_flight_entry *ring;
-	size_t cap, head, count;
-	uint64_t resolved_upto; /* every seq <= this is decided */
-	struct svc_flight_batch *batches;
-	size_t bcap, bhead, bcount;
-	uint32_t part_count[SVC_RELAY_PARTITIONS]; /* rows in flight per partition */
-	struct svc_flight_out out;
-};
-
-/* Allocates for window entries. Returns 0 or SVC_ENOMEM. */
-int svc_flight_init(struct svc_flight *f, size_t window);
-void svc_flight_release(struct svc_flight *f);
-/* Forgets everything (connection lost: the rows stay in the table and are claimed again). */
-void svc_flight_clear(struct svc_flight *f);
-static inline size_t svc_flight_free(const struct svc_flight *f)
-{
-	return f->cap - f->count;
-}
-/* Adds a published row. seq must follow the previous one (first: any). SVC_EINVAL when full
- * or out of sequence. */
-int svc_flight_add(struct svc_flight *f, uint64_t seq, int64_t id, int part);
-/* Records a claimed batch (the ids it published span [lo, hi], last_seq its last message). */
-int svc_flight_add_batch(struct svc_flight *f, int64_t lo, int64_t hi, uint64_t last_seq);
-/* Applies a basic.ack / basic.nack. Unknown sequence numbers are ignored. */
-void svc_flight_confirm(struct svc_flight *f, uint64_t tag, bool multiple, bool ack);
-/* Applies a basic.return for seq. */
-void svc_flight_return(struct svc_flight *f, uint64_t seq);
-/* Pops every decided row from the head into f->out (reset first) and the batches whose rows
- * are all decided. Returns the number of rows popped. */
-size_t svc_flight_harvest(struct svc_flight *f);
-/* Copies the ids of every row in flight (decided or not) to out (room for the window);
- * returns their number. Claims skip exactly these. */
-size_t svc_flight_ids(const struct svc_flight *f, int64_t *out);
-/* The id range spanned by the unconfirmed batches (for diagnostics). False when none. */
-bool svc_flight_exclusion(const struct svc_flight *f, int64_t *lo, int64_t *hi);
-/* Highest row id still undecided (0 when none). */
-int64_t svc_flight_max_pending_id(const struct svc_flight *f);
-/* Number of undecided rows; *last receives the id of the last one when exactly one. */
-size_t svc_flight_pending(const struct svc_flight *f, int64_t *last);
-
-/* ---- helpers ------------------------------------------------------------------------------ */
-
-/* Capped exponential backoff with jitter: min(cap, base * 2^attempt) scaled by a factor in
- * [0.5, 1.0] chosen by rnd (in [0, 1]). */
-double svc_backoff(int attempt, double base, double cap, double rnd);
-
-/* Parses the headers column (a JSON object) in place: string values are unescaped; numbers,
- * true, false and null keep their JSON text. json is modified; out[i] points into it.
- * Returns 0, or SVC_EINVAL (not an object, nested value, bad JSON, more than max entries). */
-int svc_relay_parse_headers(char *json, struct svc_amqp_header *out, size_t max, size_t *n);
 
 #endif

@@ -1,0 +1,197 @@
+/* claim: claim -> publish. Each claim is one statement that also deletes the rows confirmed
+ * since the previous one, and skips the rows in flight; the rows it returns are published at
+ * once (mandatory, persistent, with the row's properties and headers) and enter the confirm
+ * window. After a channel error the rows up to r->isolate_upto go out one at a time, so the
+ * next failure names exactly one row. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "relay/headers.h"
+#include "relay/internal.h"
+#include "util/clock.h"
+#include "util/error.h"
+#include "util/log.h"
+
+/* Parses the row's headers column into r->hdrs (kept in r->hdrbuf). Returns 1, 0 when the row
+ * was parked (headers that can never be sent), or SVC_ENOMEM. */
+static int row_headers(struct relay *r, PGresult *res, int i, int64_t id,
+                       struct svc_amqp_props *props)
+{
+	const char *h = PQgetvalue(res, i, SVC_RELAY_COL_HEADERS);
+	size_t len = (size_t)PQgetlength(res, i, SVC_RELAY_COL_HEADERS);
+
+	if (len + 1 > r->hdrcap) {
+		char *b = realloc(r->hdrbuf, len + 1);
+
+		if (!b)
+			return SVC_ENOMEM;
+		r->hdrbuf = b;
+		r->hdrcap = len + 1;
+	}
+	memcpy(r->hdrbuf, h, len + 1);
+	if (svc_relay_parse_headers(r->hdrbuf, r->hdrs, MAX_HEADERS, &props->n_headers) != 0) {
+		relay_park_row(r, id, "headers must be a JSON object of at most 64 scalar values");
+		return 0;
+	}
+	props->headers = r->hdrs;
+	return 1;
+}
+
+/* Publishes row i of the claim. Returns 1 (published, *seq set), 0 (parked), or <0 (a lost
+ * connection, or out of memory). */
+static int publish_row(struct relay *r, PGresult *res, int i, uint64_t *seq)
+{
+	const char *exchange = PQgetvalue(res, i, SVC_RELAY_COL_EXCHANGE);
+	const char *rk = PQgetvalue(res, i, SVC_RELAY_COL_ROUTING_KEY);
+	int64_t id = strtoll(PQgetvalue(res, i, SVC_RELAY_COL_ID), NULL, 10);
+	struct svc_amqp_props props = {
+	    .content_type = "application/json",
+	    .message_id = PQgetvalue(res, i, SVC_RELAY_COL_MESSAGE_ID),
+	    .correlation_id = PQgetisnull(res, i, SVC_RELAY_COL_CORRELATION_ID)
+	                          ? NULL
+	                          : PQgetvalue(res, i, SVC_RELAY_COL_CORRELATION_ID),
+	    .app_id = r->cfg->app_id,
+	    .timestamp = strtoll(PQgetvalue(res, i, SVC_RELAY_COL_CREATED), NULL, 10),
+	    .persistent = true,
+	};
+	char reason[600];
+	int rc;
+
+	if (!PQgetisnull(res, i, SVC_RELAY_COL_HEADERS) &&
+	    (rc = row_headers(r, res, i, id, &props)) != 1)
+		return rc;
+	rc = svc_amqp_publish(r->mq, exchange, rk, PQgetvalue(res, i, SVC_RELAY_COL_BODY),
+	                      (size_t)PQgetlength(res, i, SVC_RELAY_COL_BODY), &props, true, seq);
+	if (rc == 0) {
+		r->published++;
+		return 1;
+	}
+	if (rc == SVC_EINVAL || rc == SVC_EPROTO) {
+		snprintf(reason, sizeof(reason), "%s", svc_amqp_error(r->mq));
+		relay_park_row(r, id, reason);
+		if (rc == SVC_EINVAL)
+			return 0;
+	}
+	relay_mq_lost(r, "publishing");
+	return SVC_ECONN;
+}
+
+long relay_claim_limit(struct relay *r)
+{
+	long batch = r->cfg->publisher_batch_size > 0 ? r->cfg->publisher_batch_size : 1;
+	long space = (long)svc_flight_free(&r->fl);
+
+	if (r->isolate_upto > 0)
+		return r->fl.count == 0 ? 1 : 0;
+	if (space < batch) {
+		/* Wait for a useful amount of room unless nothing is in flight. */
+		long want = batch < (long)r->fl.cap / 4 ? batch : (long)r->fl.cap / 4;
+
+		if (want < 1)
+			want = 1;
+		if (space < want && r->fl.count > 0)
+			return 0;
+		return space;
+	}
+	return batch;
+}
+
+/* Runs the claim, which also deletes the confirmed rows. Returns its result, or NULL after a
+ * failure (logged; the connection is dropped when lost). */
+static PGresult *claim(struct relay *r, long limit)
+{
+	size_t n_skip = svc_flight_ids(&r->fl, r->skip_ids);
+	PGresult *res = NULL;
+	int rc;
+
+	rc = svc_relay_claim(&r->pg, &r->q, limit, r->skip_ids, n_skip, r->del_ids, r->n_del,
+	                     r->n_claimable == SVC_RELAY_PARTITIONS ? NULL : r->claimable, &res);
+	if (rc) {
+		if (rc == SVC_ECONN)
+			relay_db_lost(r, "claiming rows");
+		else
+			svc_error(COMP, "claiming rows: %s", svc_pg_error(&r->pg));
+		r->work = false;
+		return NULL;
+	}
+	r->n_del = 0; /* deleted in the same transaction */
+	r->db_last_ok = svc_clock_mono();
+	return res;
+}
+
+/* Publishes the claimed rows in id order into the window, until a connection is lost.
+ * Returns the number published. */
+static int publish_rows(struct relay *r, PGresult *res, int n)
+{
+	int published = 0;
+
+	for (int i = 0; i < n && r->mq_up && r->db_up; i++) {
+		int64_t id = strtoll(PQgetvalue(res, i, SVC_RELAY_COL_ID), NULL, 10);
+		int part = (int)strtol(PQgetvalue(res, i, SVC_RELAY_COL_PART), NULL, 10);
+		uint64_t seq = 0;
+		int rc = relay_check_exchange(r, PQgetvalue(res, i, SVC_RELAY_COL_EXCHANGE), id);
+
+		if (rc == 1)
+			rc = publish_row(r, res, i, &seq);
+		if (rc < 0)
+			break;
+		if (rc == 0)
+			continue;
+		if (svc_flight_add(&r->fl, seq, id, part) != 0) {
+			/* cannot happen: the limit keeps the window */
+			svc_error(COMP, "in-flight window out of sync; reconnecting");
+			relay_mq_lost(r, "bookkeeping");
+			break;
+		}
+		published++;
+	}
+	return published;
+}
+
+/* After a short claim (caught up) or a lost connection: no more claims until the next due row,
+ * a notification or the poll, unless isolation goes on. */
+static void caught_up(struct relay *r, int n)
+{
+	double secs;
+	int rc;
+
+	r->work = r->isolate_upto > 0 && n > 0;
+	if (!r->db_up)
+		return;
+	rc = svc_relay_next_due(&r->pg, &r->q, &secs);
+	if (rc == SVC_ECONN)
+		relay_db_lost(r, "reading the next due time");
+	else if (rc == 0)
+		r->next_due = secs >= 0 ? svc_clock_mono() + secs + 0.001 : 0;
+}
+
+void relay_claim_and_publish(struct relay *r)
+{
+	long limit;
+	PGresult *res;
+	int n, published;
+
+	/* Confirms that already arrived first: rows they settle leave the skip list and are
+	 * deleted by this claim, and the window gets their room. */
+	relay_handle_confirms(r, 0);
+	limit = relay_claim_limit(r);
+	if (limit <= 0 || r->n_claimable == 0 || !r->mq_up || !r->db_up)
+		return;
+	if (!(res = claim(r, limit)))
+		return;
+	n = PQntuples(res);
+	if (r->isolate_upto > 0 &&
+	    (n == 0 || strtoll(PQgetvalue(res, 0, SVC_RELAY_COL_ID), NULL, 10) > r->isolate_upto)) {
+		svc_info(COMP, "isolation done: back to pipelined publishing");
+		r->isolate_upto = 0;
+	}
+	published = publish_rows(r, res, n);
+	svc_debug(COMP, "claimed %d of %ld, published %d, in flight %zu", n, limit, published,
+	          r->fl.count);
+	relay_flush_lists(r);
+	/* A full batch means more may be waiting; a short one means we caught up. */
+	if (n < limit || !r->db_up || !r->mq_up)
+		caught_up(r, n);
+	PQclear(res);
+}

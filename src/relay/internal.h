@@ -1,0 +1,143 @@
+/* internal: the relay's state and the functions its files call across each other. Not for use
+ * outside src/relay/ (the public API is relay.h).
+ *
+ * Every file of the relay works on the one struct relay that svc_publisher_run() (loop.c)
+ * allocates and owns: conn.c (both connections, their loss and reconnect), partitions.c
+ * (advisory locks and rebalancing), exchanges.c (exchange cache and checks), settle.c (decided
+ * rows: deletes, reschedules, parking, confirms and channel errors), claim.c (claim and
+ * publish). Single-threaded: nothing here is locked. */
+#ifndef SVC_RELAY_INTERNAL_H
+#define SVC_RELAY_INTERNAL_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "amqp/conn.h"
+#include "outbox/relay_sql.h"
+#include "pg/conn.h"
+#include "relay/window.h"
+
+#define COMP        "publisher"
+#define MAX_HEADERS 64
+#define N_CONFIRMS  512
+
+struct svc_config;
+
+enum ex_state { EX_KNOWN = 1, EX_MISSING = 2 };
+
+/* One exchange of the cache (exchanges.c). */
+struct ex_slot {
+	char *name; /* NULL = free */
+	uint8_t state;
+	int fails;
+	double until; /* EX_MISSING: do not try before */
+};
+
+struct relay {
+	const struct svc_config *cfg;
+	volatile sig_atomic_t *stop;
+
+	struct svc_pg pg;
+	bool db_up;
+	int db_fails;
+	double db_retry_at;
+	double db_last_ok;
+
+	struct svc_amqp *mq;
+	bool mq_up;
+	int mq_fails;
+	double mq_retry_at;
+	char conn_name[160];
+
+	struct svc_relay_sql q;
+	struct svc_flight fl;
+	struct svc_amqp_confirm conf[N_CONFIRMS];
+
+	struct ex_slot *ex; /* open addressing, power-of-two size */
+	size_t ex_cap, ex_used;
+
+	bool held[SVC_RELAY_PARTITIONS];
+	bool releasing[SVC_RELAY_PARTITIONS];
+	bool claimable[SVC_RELAY_PARTITIONS];
+	int n_claimable;
+	long members;
+
+	bool listen;        /* LISTEN active and verified */
+	bool listen_tested; /* the start-up check ran */
+	bool work;          /* claim as soon as possible */
+	double next_poll, next_due, next_rebalance, next_stats;
+	int64_t isolate_upto; /* publish one at a time up to this id (0 = off) */
+
+	int64_t *defer_ids; /* rows kept for later within the current batch */
+	size_t n_defer;
+	char defer_reason[300];
+	int64_t *park_ids;
+	size_t n_park;
+	int64_t *skip_ids; /* the ids in flight, for the claim */
+	char park_reason[300];
+	int64_t *del_ids; /* confirmed rows not deleted yet: the next claim deletes them */
+	size_t n_del, del_cap;
+	double del_since; /* when the oldest of them was confirmed */
+
+	struct svc_amqp_header hdrs[MAX_HEADERS];
+	char *hdrbuf;
+	size_t hdrcap;
+
+	uint64_t published, confirmed, returned, nacked, parked, deferred;
+	unsigned int seed;
+};
+
+/* ---- conn.c ---- */
+
+/* Connects to the database and sets the session up (settings, membership, LISTEN and its
+ * start-up check, first rebalance); on failure schedules the next attempt. */
+void relay_db_connect(struct relay *r);
+/* Connects to the broker with confirms on; on failure schedules the next attempt. */
+void relay_mq_connect(struct relay *r);
+/* Logs what failed, closes the session and forgets what it held (locks, window, lists). */
+void relay_db_lost(struct relay *r, const char *what);
+/* Logs what failed, closes the broker connection and forgets the window and known exchanges. */
+void relay_mq_lost(struct relay *r, const char *what);
+
+/* ---- partitions.c ---- */
+
+/* Counts the relays, gives back partitions beyond this relay's share and takes free ones.
+ * Returns 0 or the SVC_E* of the failure (already logged; SVC_ECONN: the session is lost). */
+int relay_rebalance(struct relay *r);
+
+/* ---- exchanges.c ---- */
+
+/* Makes sure the exchange can be published to. Returns 1 (go), 0 (row deferred or parked), or
+ * <0 when a connection was lost (SVC_ECONN) or memory ran out (SVC_ENOMEM). */
+int relay_check_exchange(struct relay *r, const char *name, int64_t id);
+/* Forgets which exchanges were checked (new connection or channel error); missing marks are
+ * kept so their backoff goes on. */
+void relay_ex_forget_known(struct relay *r);
+/* Frees the cache. */
+void relay_ex_free_all(struct relay *r);
+
+/* ---- settle.c ---- */
+
+/* Keeps row id for a later attempt (rescheduled with a backoff) with this reason. */
+void relay_defer_row(struct relay *r, int64_t id, const char *reason);
+/* Sets row id aside for good (parked) with this reason, logged as an error. */
+void relay_park_row(struct relay *r, int64_t id, const char *reason);
+/* Writes the deferred and parked rows to the table (one statement per kind). */
+void relay_flush_lists(struct relay *r);
+/* Deletes the confirmed rows waiting for a claim in a statement of their own. */
+void relay_flush_deletes(struct relay *r);
+/* Reads what the broker sent (waiting up to timeout_ms) and settles decided rows. */
+void relay_handle_confirms(struct relay *r, int timeout_ms);
+/* Blocks until nothing is in flight (or a connection is lost or the deadline passes). */
+void relay_drain(struct relay *r, double deadline);
+
+/* ---- claim.c ---- */
+
+/* How many rows the next claim may take (0: wait for room in the window). */
+long relay_claim_limit(struct relay *r);
+/* Deletes the confirmed rows, claims one batch and publishes it. */
+void relay_claim_and_publish(struct relay *r);
+
+#endif
