@@ -204,7 +204,7 @@ static const char *stmt_sql(const struct svc_relay_sql *q, enum svc_relay_stmt s
 	}
 }
 
-/* Runs statement st as a prepared statement of the session (pg_conn's cache). */
+/* Runs statement st as a prepared statement of the session (pg/conn's cache). */
 static int exec_stmt(struct svc_pg *pg, struct svc_relay_sql *q, enum svc_relay_stmt st,
                      int nparams, const char *const *params, PGresult **res)
 {

@@ -20,7 +20,7 @@
  * messages may be unconfirmed; confirms (basic.ack/nack with `multiple`) are matched to rows
  * through the channel's publish sequence numbers. Decided rows are handled in one statement per
  * kind: nacked -> kept, retried after a backoff; returned as unroutable (basic.return, matched by
- * the "x-svccomm-seq" header amqp_conn adds) -> deleted and counted with PUBLISHER_UNROUTABLE =
+ * the "x-svccomm-seq" header amqp/conn adds) -> deleted and counted with PUBLISHER_UNROUTABLE =
  * "drop", kept with a backoff with "keep"; confirmed -> deleted by the next claim: the claim is
  * one statement, WITH d AS (DELETE ... WHERE id = ANY($3)) SELECT ..., so a steady relay costs
  * one database round trip per batch, not two. The SELECT reads the snapshot from before that

@@ -171,7 +171,7 @@ static void on_return(void *ctx, uint64_t seq, const char *text)
 	svc_flight_return(&r->fl, seq);
 }
 
-/* The broker closed the channel (amqp_conn reopened it, sequence numbers restart). */
+/* The broker closed the channel (amqp/conn reopened it, sequence numbers restart). */
 static void channel_error(struct relay *r)
 {
 	int code = svc_amqp_reply_code(r->mq);
