@@ -9,8 +9,6 @@
 #ifndef SVC_CLI_H
 #define SVC_CLI_H
 
-#include <stdio.h>
-
 #include "config/config.h"
 
 struct svc_runtime;

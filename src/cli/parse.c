@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +48,12 @@ static void fail(struct svc_cli_parse *p, int usage, const char *fmt, ...)
 	p->err_usage = usage;
 }
 
+static struct option getopt_entry(const struct svc_opt *o, int val)
+{
+	return (struct option){o->name, o->kind == SVC_OPT_FLAG ? no_argument : required_argument,
+	                       NULL, val};
+}
+
 static void reader_init(struct reader *r, const struct svc_cmd *cmd, struct svc_cli_parse *p)
 {
 	int n = 0, n_opts = cmd ? cmd->n_opts : 0;
@@ -57,15 +64,9 @@ static void reader_init(struct reader *r, const struct svc_cmd *cmd, struct svc_
 	if (n_opts > SVC_CLI_MAX_OPTS)
 		n_opts = SVC_CLI_MAX_OPTS; /* the cmd_*.c files assert this at compile time */
 	for (int i = 0; i < n_opts; i++)
-		r->longopts[n++] = (struct option){
-		    cmd->opts[i].name,
-		    cmd->opts[i].kind == SVC_OPT_FLAG ? no_argument : required_argument, NULL,
-		    VAL_CMD + i};
+		r->longopts[n++] = getopt_entry(&cmd->opts[i], VAL_CMD + i);
 	for (int g = 0; g < SVC_GOPT_COUNT; g++)
-		r->longopts[n++] = (struct option){
-		    svc_cli_global_opts[g].name,
-		    svc_cli_global_opts[g].kind == SVC_OPT_FLAG ? no_argument : required_argument,
-		    NULL, VAL_GLOBAL + g};
+		r->longopts[n++] = getopt_entry(&svc_cli_global_opts[g], VAL_GLOBAL + g);
 	r->longopts[n] = (struct option){NULL, 0, NULL, 0};
 }
 
