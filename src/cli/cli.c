@@ -6,105 +6,47 @@
 
 #include <lauxlib.h>
 
-#include "util/log.h"
+#include "cli/parse.h"
+#include "cli/suggest.h"
+#include "cli/usage.h"
 #include "lua/runtime.h"
 #include "util/error.h"
+#include "util/log.h"
 
-struct svc_cmd {
-	const char *name;
-	svc_cmd_fn fn;
-	enum svc_cli_needs needs;
-	const char *summary;
-	const char *usage; /* options after "svccomm <name>", then a description */
+static const struct svc_cmd *const commands[] = {
+    &svc_cmd_runconsumer, &svc_cmd_runpublisher, &svc_cmd_checkpublisher, &svc_cmd_publish,
+    &svc_cmd_migrate,     &svc_cmd_check,        &svc_cmd_version,        &svc_cmd_help,
 };
 
-static const struct svc_cmd commands[] = {
-    {"runconsumer", svc_cmd_runconsumer, SVC_NEEDS_APPS,
-     "consume QUEUE and dispatch each message to the Lua handlers",
-     "[--workers N]\n\n"
-     "Declares the exchanges, QUEUE, bindings, retry and dead-letter queues, then hands every\n"
-     "message to the matching handler of apps/*/consumers.lua inside a database transaction\n"
-     "(when DATABASE_URL is set) and acks it after the commit.\n\n"
-     "  --workers N   run N worker processes under a supervisor (default 1)\n"},
-    {"runpublisher", svc_cmd_runpublisher, SVC_NEEDS_SETTINGS,
-     "relay committed outbox rows to RabbitMQ",
-     "\n\n"
-     "Publishes every due outbox row to the exchange named by its aggregate (routing key = event\n"
-     "type) with publisher confirms, and deletes a row once the broker confirmed it. Several\n"
-     "relays may run at once.\n"},
-    {"checkpublisher", svc_cmd_checkpublisher, SVC_NEEDS_SETTINGS,
-     "exit 1 when outbox rows wait too long (health check)",
-     "[--max-queue-size N] [--max-delay S]\n\n"
-     "Prints \"publisher healthy\" and exits 0 unless more than N rows (default 0) have been due\n"
-     "for longer than S seconds (default 10); then prints the counts and exits 1.\n"},
-    {"publish", svc_cmd_publish, SVC_NEEDS_SETTINGS,
-     "write one event to the outbox and print its eventId",
-     "<aggregate> <event_type> <payload-json> [--at TIME] [--tags JSON]\n\n"
-     "Writes one outbox row in its own transaction; `runpublisher` sends it.\n\n"
-     "  --at TIME     due time (ISO 8601, e.g. 2026-12-01T10:00:00Z): a scheduled event\n"
-     "  --tags JSON   tags of a scheduled event, a JSON object of strings (needs --at)\n"},
-    {"migrate", svc_cmd_migrate, SVC_NEEDS_SETTINGS,
-     "create or upgrade the outbox and inbox tables in DATABASE_URL",
-     "\n\n"
-     "Applies the versioned migrations that are missing; idempotent and safe to run from\n"
-     "several processes at once.\n"},
-    {"check", svc_cmd_check, SVC_NEEDS_APPS,
-     "load settings and apps; print the topology and routing table",
-     "\n\n"
-     "Validates settings.lua, loads every app and prints the exchanges, queue, bindings and\n"
-     "the routing table (exchange, routing key pattern, handler). Passwords are masked.\n"},
-    {"version", svc_cmd_version, SVC_NEEDS_NOTHING,
-     "print the versions of svccomm, Lua, rabbitmq-c and libpq", "\n"},
-    {"help", NULL, SVC_NEEDS_NOTHING, "show the usage of a command", "<command>\n"},
-};
+#define N_COMMANDS ((int)(sizeof(commands) / sizeof(commands[0])))
 
-#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
-
-static void print_main_usage(FILE *out)
+const struct svc_cmd *const *svc_cli_commands(int *n)
 {
-	fprintf(out, "usage: svccomm [--settings FILE] <command> [options]\n\n"
-	             "Commands:\n");
-	for (size_t i = 0; i < N_COMMANDS; i++)
-		fprintf(out, "  %-16s %s\n", commands[i].name, commands[i].summary);
-	fprintf(out,
-	        "\nGlobal options:\n"
-	        "  --settings FILE  settings file (env SVCCOMM_SETTINGS, default ./settings.lua)\n"
-	        "  -h, --help       this help; `svccomm <command> --help` for a command\n"
-	        "  --version        same as `svccomm version`\n"
-	        "\nEnvironment: SVCCOMM_BROKER_URL, SVCCOMM_DATABASE_URL and SVCCOMM_LOG_LEVEL\n"
-	        "override the settings file.\n"
-	        "\nExit codes: 0 success, 1 runtime failure, 2 usage or configuration error.\n");
+	*n = N_COMMANDS;
+	return commands;
 }
 
-static const struct svc_cmd *find_command(const char *name)
+const struct svc_cmd *svc_cli_find(const char *name)
 {
-	for (size_t i = 0; i < N_COMMANDS; i++)
-		if (strcmp(commands[i].name, name) == 0)
-			return &commands[i];
+	for (int i = 0; i < N_COMMANDS; i++)
+		if (strcmp(commands[i]->name, name) == 0)
+			return commands[i];
 	return NULL;
 }
 
-void svc_cli_usage(FILE *out, const char *command)
+int svc_cli_unknown_command(const char *name)
 {
-	const struct svc_cmd *cmd = find_command(command);
+	struct svc_suggest s;
+	const char *best;
 
-	if (!cmd) {
-		print_main_usage(out);
-		return;
-	}
-	fprintf(out, "usage: svccomm [--settings FILE] %s%s%s", cmd->name,
-	        cmd->usage[0] == '\n' ? "" : " ", cmd->usage);
-}
-
-int svc_cli_wants_help(int argc, char **argv)
-{
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--") == 0)
-			return 0;
-		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
-			return 1;
-	}
-	return 0;
+	svc_suggest_init(&s, name, strlen(name));
+	for (int i = 0; i < N_COMMANDS; i++)
+		svc_suggest_add(&s, commands[i]->name);
+	best = svc_suggest_best(&s);
+	fprintf(stderr, "svccomm: unknown command '%s'%s%s%s\n\n", name,
+	        best ? " (did you mean " : "", best ? best : "", best ? "?)" : "");
+	svc_cli_usage_main(stderr);
+	return SVC_EXIT_USAGE;
 }
 
 /* Calls require("svccomm.host").load_apps(), which answers true or nil and a message that
@@ -142,100 +84,103 @@ static const char *dirname_of(const char *path, char *buf, size_t bufsz)
 	return buf;
 }
 
-static int run_command(const struct svc_cmd *cmd, int argc, char **argv, const char *settings)
+/* Prepares what the command needs (settings, apps), runs it, and releases them. */
+static int run_command(struct svc_cli_ctx *ctx)
 {
-	struct svc_cli_ctx ctx = {.settings_path = settings, .command = cmd->name};
+	const struct svc_cmd *cmd = ctx->cmd;
 	struct svc_config config;
 	char err[8192], dirbuf[4096];
+	enum svc_log_level level;
 	int rc;
 
-	if (svc_cli_wants_help(argc, argv)) {
-		svc_cli_usage(stdout, cmd->name);
-		return SVC_EXIT_OK;
-	}
 	if (cmd->needs == SVC_NEEDS_NOTHING)
-		return cmd->fn(argc, argv, &ctx);
-
-	ctx.rt = svc_runtime_new(dirname_of(settings, dirbuf, sizeof(dirbuf)), err, sizeof(err));
-	if (!ctx.rt) {
+		return cmd->run(ctx);
+	ctx->rt = svc_runtime_new(dirname_of(ctx->settings_path, dirbuf, sizeof(dirbuf)), err,
+	                          sizeof(err));
+	if (!ctx->rt) {
 		fprintf(stderr, "svccomm: %s\n", err);
 		return SVC_EXIT_FAILURE;
 	}
-	rc = svc_config_load(svc_runtime_state(ctx.rt), settings, &config, err, sizeof(err));
+	rc = svc_config_load(svc_runtime_state(ctx->rt), ctx->settings_path, &config, err,
+	                     sizeof(err));
 	if (rc != 0) {
 		fprintf(stderr, "svccomm: %s\n", err);
-		svc_runtime_free(ctx.rt);
+		svc_runtime_free(ctx->rt);
 		return rc == SVC_ECONFIG ? SVC_EXIT_USAGE : SVC_EXIT_FAILURE;
 	}
-	ctx.config = &config;
-	{
-		enum svc_log_level level;
-		if (svc_log_parse_level(config.log_level, &level) == 0)
-			svc_log_threshold = level;
-	}
-	if (cmd->needs == SVC_NEEDS_APPS && load_apps(ctx.rt, err, sizeof(err)) != 0) {
+	ctx->config = &config;
+	if (svc_log_parse_level(config.log_level, &level) == 0)
+		svc_log_threshold = level;
+	if (cmd->needs == SVC_NEEDS_APPS && load_apps(ctx->rt, err, sizeof(err)) != 0) {
 		fprintf(stderr, "svccomm: %s\n", err);
 		rc = SVC_EXIT_USAGE;
 		goto out;
 	}
-	svc_runtime_set_memory_limit(ctx.rt, (size_t)config.lua_memory_limit_mb << 20);
-	rc = cmd->fn(argc, argv, &ctx);
+	svc_runtime_set_memory_limit(ctx->rt, (size_t)config.lua_memory_limit_mb << 20);
+	rc = cmd->run(ctx);
 out:
 	svc_config_release(&config);
-	svc_runtime_free(ctx.rt);
+	svc_runtime_free(ctx->rt);
 	return rc;
+}
+
+/* Prints the parser's first error (and the usage it calls for) on stderr. */
+static int usage_error(const struct svc_cli_parse *p, const struct svc_cmd *cmd)
+{
+	fprintf(stderr, "%s\n", p->err);
+	if (p->err_usage) {
+		fputc('\n', stderr);
+		if (cmd)
+			svc_cli_usage_cmd(stderr, cmd);
+		else
+			svc_cli_usage_main(stderr);
+	}
+	return SVC_EXIT_USAGE;
 }
 
 int svc_cli_run(int argc, char **argv)
 {
+	struct svc_cli_parse p;
+	struct svc_cli_ctx ctx = {0};
 	const char *settings = getenv("SVCCOMM_SETTINGS");
-	const struct svc_cmd *cmd;
-	int i;
+	int at;
 
 	/* Handlers print; keep their lines whole and timely when stdout is a file or pipe. */
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (!settings || !*settings)
-		settings = "./settings.lua";
-	for (i = 1; i < argc && argv[i][0] == '-'; i++) {
-		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-			print_main_usage(stdout);
-			return SVC_EXIT_OK;
-		} else if (strcmp(argv[i], "--version") == 0) {
-			return svc_cmd_version(1, argv + i, NULL);
-		} else if (strcmp(argv[i], "--settings") == 0) {
-			if (i + 1 >= argc) {
-				fprintf(stderr, "svccomm: --settings needs a file\n");
-				return SVC_EXIT_USAGE;
-			}
-			settings = argv[++i];
-		} else if (strncmp(argv[i], "--settings=", 11) == 0) {
-			settings = argv[i] + 11;
-		} else {
-			fprintf(stderr, "svccomm: unknown option '%s'\n\n", argv[i]);
-			print_main_usage(stderr);
-			return SVC_EXIT_USAGE;
-		}
-	}
-	if (i >= argc) {
-		print_main_usage(stderr);
-		return SVC_EXIT_USAGE;
-	}
-	cmd = find_command(argv[i]);
-	if (!cmd) {
-		fprintf(stderr, "svccomm: '%s' is not a command. See 'svccomm --help'.\n", argv[i]);
-		return SVC_EXIT_USAGE;
-	}
-	if (strcmp(cmd->name, "help") == 0) {
-		if (i + 1 < argc && !find_command(argv[i + 1])) {
-			fprintf(stderr, "svccomm: '%s' is not a command. See 'svccomm --help'.\n",
-			        argv[i + 1]);
-			return SVC_EXIT_USAGE;
-		}
-		if (i + 1 < argc)
-			svc_cli_usage(stdout, argv[i + 1]);
-		else
-			print_main_usage(stdout);
+	memset(&p, 0, sizeof(p));
+	at = svc_cli_parse_global(argc, argv, &p);
+	if (p.help) {
+		svc_cli_usage_main(stdout);
 		return SVC_EXIT_OK;
 	}
-	return run_command(cmd, argc - i, argv + i, settings);
+	if (p.err[0])
+		return usage_error(&p, NULL);
+	if (p.version)
+		return svc_cmd_version.run(&ctx);
+	if (at >= argc) {
+		svc_cli_usage_main(stderr);
+		return SVC_EXIT_USAGE;
+	}
+	ctx.cmd = svc_cli_find(argv[at]);
+	if (!ctx.cmd)
+		return svc_cli_unknown_command(argv[at]);
+	svc_cli_parse_command(ctx.cmd, argc - at, argv + at, &p);
+	/* --help answers before any other error and needs neither settings nor servers. */
+	if (p.help) {
+		svc_cli_usage_cmd(stdout, ctx.cmd);
+		return SVC_EXIT_OK;
+	}
+	if (p.err[0])
+		return usage_error(&p, ctx.cmd);
+	if (p.version)
+		return svc_cmd_version.run(&ctx);
+	if (p.settings)
+		settings = p.settings;
+	else if (!settings || !*settings)
+		settings = "./settings.lua";
+	ctx.settings_path = settings;
+	ctx.nargs = p.nargs;
+	ctx.arg = p.arg;
+	ctx.opt = p.opt;
+	return run_command(&ctx);
 }

@@ -1,18 +1,21 @@
-/* cli: the command table and what every command receives.
+/* cli: the command table, the option tables and what every command receives.
  *
- * main() calls svc_cli_run(); it parses the global options (--settings, --help, --version),
- * finds the command in a table of {name, fn, needs, summary, usage}, prepares what the
+ * main() calls svc_cli_run(). It reads the global options (parse.c), finds the command in the
+ * table, reads the command's options and arguments with the same parser, prepares what the
  * command needs (settings loaded and validated, the Lua runtime with every app loaded) and
- * calls it. Only cli.c and cmd_*.c may exit the process; commands return an exit code
- * (SVC_EXIT_*). */
+ * calls it with the values already checked. Each command is one `struct svc_cmd` in its own
+ * cmd_*.c: its options, its usage text and its function; usage.c prints the help from them.
+ * Only cli.c and cmd_*.c may exit the process; commands return an exit code (SVC_EXIT_*). */
 #ifndef SVC_CLI_H
 #define SVC_CLI_H
-
-#include <stdio.h>
 
 #include "config/config.h"
 
 struct svc_runtime;
+struct svc_cli_ctx;
+
+#define SVC_CLI_MAX_OPTS 8 /* options of one command, global options not counted */
+#define SVC_CLI_MAX_ARGS 3 /* positional arguments of one command */
 
 /* What a command asks the CLI to prepare before it runs. */
 enum svc_cli_needs {
@@ -21,33 +24,83 @@ enum svc_cli_needs {
 	SVC_NEEDS_APPS = 3,     /* settings, plus a Lua runtime with every app loaded */
 };
 
-struct svc_cli_ctx {
-	const char *settings_path; /* --settings, SVCCOMM_SETTINGS or ./settings.lua */
-	struct svc_config *config; /* NULL unless the command needs settings */
-	struct svc_runtime *rt;    /* the Lua runtime that loaded settings (and apps) or NULL */
-	const char *command;       /* the command's name */
+/* How an option's value is checked before the command sees it. */
+enum svc_opt_kind {
+	SVC_OPT_FLAG,    /* takes no value */
+	SVC_OPT_TEXT,    /* any text; the command (or Lua) checks it */
+	SVC_OPT_FILE,    /* a path */
+	SVC_OPT_INT,     /* an integer from min to max (strtol syntax) */
+	SVC_OPT_SECONDS, /* a finite number >= 0 (strtod syntax) */
 };
 
-/* A command: argv[0] is the command name; options follow. Returns an SVC_EXIT_* code. */
-typedef int (*svc_cmd_fn)(int argc, char **argv, struct svc_cli_ctx *ctx);
+/* One long option: `--name value` and `--name=value` both work; abbreviations do not. */
+struct svc_opt {
+	const char *name;       /* without the dashes: "workers" */
+	enum svc_opt_kind kind; /* SVC_OPT_FLAG takes no value, every other kind one */
+	const char *value;      /* the value's name in the usage ("N"), NULL for a flag */
+	const char *help;       /* one line for the usage */
+	long min, max;          /* bounds of an SVC_OPT_INT */
+	char short_name;        /* a one-letter alias ('h'), 0 for none */
+};
+
+/* What the parser made of one option; ctx->opt[i] belongs to cmd->opts[i]. */
+struct svc_optval {
+	int set;          /* given on the command line (when repeated, the last one counts) */
+	const char *text; /* the value as given, NULL for a flag */
+	long num;         /* SVC_OPT_INT */
+	double seconds;   /* SVC_OPT_SECONDS */
+};
+
+/* A command. The usage printed by `svccomm <name> --help` is built from these fields. */
+struct svc_cmd {
+	const char *name;
+	int (*run)(struct svc_cli_ctx *ctx); /* returns an SVC_EXIT_* code */
+	enum svc_cli_needs needs;
+	const char *summary;        /* one line for `svccomm --help` */
+	const char *args;           /* positional arguments in the synopsis, NULL for none */
+	int min_args, max_args;     /* how many positional arguments it takes */
+	const struct svc_opt *opts; /* the command's own options; global ones are added */
+	int n_opts;
+	const char *description; /* paragraphs after the synopsis, lines ending in '\n' */
+	const char *exit_codes;  /* the exit-code line, NULL for the common one */
+};
+
+/* What a command receives: checked arguments and options, settings and runtime. */
+struct svc_cli_ctx {
+	const struct svc_cmd *cmd;
+	const char *settings_path;    /* --settings, SVCCOMM_SETTINGS or ./settings.lua */
+	struct svc_config *config;    /* NULL unless the command needs settings */
+	struct svc_runtime *rt;       /* the Lua runtime that loaded settings (and apps) or NULL */
+	int nargs;                    /* positional arguments, min_args to max_args of them */
+	const char *const *arg;       /* arg[0..nargs-1] */
+	const struct svc_optval *opt; /* opt[i] is the value of cmd->opts[i] */
+};
+
+/* The exit-code line every command shares unless it sets its own. */
+#define SVC_CLI_EXIT_CODES                                                                         \
+	"Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error."
 
 /* Parses argv, runs the command, returns the process exit code. */
 int svc_cli_run(int argc, char **argv);
 
-/* Prints the command's usage (from the table) to out: stdout for --help, stderr on a usage
- * error. */
-void svc_cli_usage(FILE *out, const char *command);
+/* The command called name, or NULL. */
+const struct svc_cmd *svc_cli_find(const char *name);
 
-/* True when argv holds -h or --help (commands call this before parsing their options). */
-int svc_cli_wants_help(int argc, char **argv);
+/* The command table in the order `svccomm --help` lists it; *n receives its length. */
+const struct svc_cmd *const *svc_cli_commands(int *n);
 
-/* Commands, one per cmd_*.c file. */
-int svc_cmd_check(int argc, char **argv, struct svc_cli_ctx *ctx);
-int svc_cmd_migrate(int argc, char **argv, struct svc_cli_ctx *ctx);
-int svc_cmd_version(int argc, char **argv, struct svc_cli_ctx *ctx);
-int svc_cmd_publish(int argc, char **argv, struct svc_cli_ctx *ctx);
-int svc_cmd_runconsumer(int argc, char **argv, struct svc_cli_ctx *ctx);
-int svc_cmd_runpublisher(int argc, char **argv, struct svc_cli_ctx *ctx);
-int svc_cmd_checkpublisher(int argc, char **argv, struct svc_cli_ctx *ctx);
+/* Reports an unknown command (with the closest known name) and the main usage on stderr;
+ * returns SVC_EXIT_USAGE. */
+int svc_cli_unknown_command(const char *name);
+
+/* Commands, one per cmd_*.c file, in the order of the table. */
+extern const struct svc_cmd svc_cmd_runconsumer;
+extern const struct svc_cmd svc_cmd_runpublisher;
+extern const struct svc_cmd svc_cmd_checkpublisher;
+extern const struct svc_cmd svc_cmd_publish;
+extern const struct svc_cmd svc_cmd_migrate;
+extern const struct svc_cmd svc_cmd_check;
+extern const struct svc_cmd svc_cmd_version;
+extern const struct svc_cmd svc_cmd_help;
 
 #endif

@@ -1,3 +1,4 @@
+/* `svccomm check`: validates settings and apps and prints the topology and routing table. */
 #include <lua.h>
 #include <stdio.h>
 
@@ -6,15 +7,11 @@
 #include "util/error.h"
 
 /* The report is built by svccomm.host (Lua), which has the router's registrations at hand. */
-int svc_cmd_check(int argc, char **argv, struct svc_cli_ctx *ctx)
+static int run(struct svc_cli_ctx *ctx)
 {
 	lua_State *L = svc_runtime_state(ctx->rt);
 	char err[4096];
 
-	if (argc > 1) {
-		fprintf(stderr, "svccomm check: unexpected argument '%s'\n", argv[1]);
-		return SVC_EXIT_USAGE;
-	}
 	if (svc_runtime_require(ctx->rt, "svccomm.host", err, sizeof(err)) != 0) {
 		fprintf(stderr, "svccomm check: %s\n", err);
 		return SVC_EXIT_FAILURE;
@@ -30,3 +27,13 @@ int svc_cmd_check(int argc, char **argv, struct svc_cli_ctx *ctx)
 	lua_pop(L, 1);
 	return SVC_EXIT_OK;
 }
+
+const struct svc_cmd svc_cmd_check = {
+    .name = "check",
+    .run = run,
+    .needs = SVC_NEEDS_APPS,
+    .summary = "load settings and apps; print the topology and routing table",
+    .description =
+        "Validates settings.lua, loads every app and prints the exchanges, queue, bindings and\n"
+        "the routing table (exchange, routing key pattern, handler). Passwords are masked.\n",
+};

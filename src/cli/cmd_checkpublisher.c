@@ -2,84 +2,36 @@
  * for container probes and monitoring. Healthy unless more than N rows (default 0) have been
  * due for longer than S seconds (default 10). Parked rows are reported but do not count: they
  * wait for a person, not for the relay. */
-#include <errno.h>
-#include <math.h>
+#include <limits.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "cli/cli.h"
 #include "outbox/relay_sql.h"
 #include "pg/conn.h"
 #include "util/error.h"
 
-static const char usage[] =
-    "usage: svccomm [--settings FILE] checkpublisher [--max-queue-size N] [--max-delay S]\n\n"
-    "Prints \"publisher healthy\" and exits 0 unless more than N outbox rows (default 0) have\n"
-    "been due for longer than S seconds (default 10); then prints the counts and exits 1.\n\n"
-    "  --max-queue-size N  rows allowed to be late (integer >= 0)\n"
-    "  --max-delay S       seconds a due row may wait before it counts as late (>= 0)\n\n"
-    "Exit codes: 0 healthy, 1 unhealthy or the database cannot be reached, 2 usage error.\n";
+enum { OPT_MAX_QUEUE_SIZE, OPT_MAX_DELAY, N_OPTS };
 
-static int parse_long(const char *s, long *out)
+static const struct svc_opt opts[N_OPTS] = {
+    [OPT_MAX_QUEUE_SIZE] = {"max-queue-size", SVC_OPT_INT, "N",
+                            "rows allowed to be late (integer >= 0, default 0)", .min = 0,
+                            .max = LONG_MAX},
+    [OPT_MAX_DELAY] = {"max-delay", SVC_OPT_SECONDS, "S",
+                       "seconds a due row may wait before it counts as late (>= 0, default 10)"},
+};
+_Static_assert(N_OPTS <= SVC_CLI_MAX_OPTS, "too many options");
+
+static int run(struct svc_cli_ctx *ctx)
 {
-	char *end;
-
-	errno = 0;
-	*out = strtol(s, &end, 10);
-	return errno == 0 && end != s && *end == '\0' && *out >= 0 ? 0 : -1;
-}
-
-static int parse_double(const char *s, double *out)
-{
-	char *end;
-
-	errno = 0;
-	*out = strtod(s, &end);
-	return errno == 0 && end != s && *end == '\0' && isfinite(*out) && *out >= 0 ? 0 : -1;
-}
-
-int svc_cmd_checkpublisher(int argc, char **argv, struct svc_cli_ctx *ctx)
-{
+	const struct svc_optval *opt = ctx->opt;
+	long max_size = opt[OPT_MAX_QUEUE_SIZE].set ? opt[OPT_MAX_QUEUE_SIZE].num : 0;
+	double max_delay = opt[OPT_MAX_DELAY].set ? opt[OPT_MAX_DELAY].seconds : 10;
+	long late = 0, due = 0, parked = 0;
+	double oldest = 0;
 	struct svc_relay_sql q;
 	struct svc_pg pg;
-	long max_size = 0, late = 0, due = 0, parked = 0;
-	double max_delay = 10, oldest = 0;
 	int rc;
 
-	if (svc_cli_wants_help(argc, argv)) {
-		fputs(usage, stdout);
-		return SVC_EXIT_OK;
-	}
-	for (int i = 1; i < argc; i++) {
-		const char *opt = argv[i], *val = NULL;
-		size_t olen = strcspn(opt, "=");
-
-		if (opt[olen] == '=')
-			val = opt + olen + 1;
-		else if (i + 1 < argc)
-			val = argv[i + 1];
-		if (olen == 16 && strncmp(opt, "--max-queue-size", olen) == 0) {
-			if (!val || parse_long(val, &max_size) != 0) {
-				fprintf(stderr,
-				        "svccomm checkpublisher: --max-queue-size: expected "
-				        "an integer >= 0\n");
-				return SVC_EXIT_USAGE;
-			}
-		} else if (olen == 11 && strncmp(opt, "--max-delay", olen) == 0) {
-			if (!val || parse_double(val, &max_delay) != 0) {
-				fprintf(stderr, "svccomm checkpublisher: --max-delay: expected a "
-				                "number of seconds >= 0\n");
-				return SVC_EXIT_USAGE;
-			}
-		} else {
-			fprintf(stderr, "svccomm checkpublisher: unexpected argument '%s'\n%s", opt,
-			        usage);
-			return SVC_EXIT_USAGE;
-		}
-		if (opt[olen] != '=')
-			i++;
-	}
 	if (!ctx->config->database_url || !*ctx->config->database_url) {
 		fprintf(stderr, "svccomm: %s: DATABASE_URL: required by checkpublisher, not set\n",
 		        ctx->settings_path ? ctx->settings_path : "settings.lua");
@@ -114,3 +66,19 @@ int svc_cmd_checkpublisher(int argc, char **argv, struct svc_cli_ctx *ctx)
 	svc_relay_sql_release(&q);
 	return rc;
 }
+
+const struct svc_cmd svc_cmd_checkpublisher = {
+    .name = "checkpublisher",
+    .run = run,
+    .needs = SVC_NEEDS_SETTINGS,
+    .summary = "exit 1 when outbox rows wait too long (health check)",
+    .opts = opts,
+    .n_opts = N_OPTS,
+    .description =
+        "Prints \"publisher healthy\" and exits 0 unless more than N outbox rows (default 0) have\n"
+        "been due for longer than S seconds (default 10); then prints the counts and exits 1.\n"
+        "Parked rows are reported but do not count: they wait for a person, not for the relay.\n",
+    .exit_codes =
+        "Exit codes: 0 healthy, 1 unhealthy or the database cannot be reached, 2 usage or\n"
+        "configuration error.",
+};

@@ -1,23 +1,20 @@
+/* `svccomm migrate`: creates or upgrades the outbox and inbox tables (outbox/migrate.c). */
 #include <libpq-fe.h>
 #include <stdio.h>
 
 #include "cli/cli.h"
-#include "util/secret.h"
 #include "outbox/migrate.h"
 #include "pg/conn.h"
 #include "util/error.h"
+#include "util/secret.h"
 
-int svc_cmd_migrate(int argc, char **argv, struct svc_cli_ctx *ctx)
+static int run(struct svc_cli_ctx *ctx)
 {
 	const struct svc_config *cfg = ctx->config;
 	char err[4096], masked[1024];
 	PGconn *conn;
 	int rc;
 
-	if (argc > 1) {
-		fprintf(stderr, "svccomm migrate: unexpected argument '%s'\n", argv[1]);
-		return SVC_EXIT_USAGE;
-	}
 	if (!cfg->database_url) {
 		fprintf(stderr, "svccomm migrate: %s: DATABASE_URL: required by migrate, not set\n",
 		        cfg->path);
@@ -39,3 +36,13 @@ int svc_cmd_migrate(int argc, char **argv, struct svc_cli_ctx *ctx)
 	       cfg->inbox_table);
 	return SVC_EXIT_OK;
 }
+
+const struct svc_cmd svc_cmd_migrate = {
+    .name = "migrate",
+    .run = run,
+    .needs = SVC_NEEDS_SETTINGS,
+    .summary = "create or upgrade the outbox and inbox tables in DATABASE_URL",
+    .description =
+        "Applies the versioned migrations that are missing to OUTBOX_TABLE and INBOX_TABLE;\n"
+        "idempotent and safe to run from several processes at once.\n",
+};

@@ -1,8 +1,5 @@
 /* `svccomm runconsumer [--workers N]`: consume QUEUE with the loaded apps. */
-#include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "cli/cli.h"
 #include "config/config.h"
@@ -10,55 +7,25 @@
 #include "consumer/supervisor.h"
 #include "util/error.h"
 
-#define MAX_WORKERS 256
+enum { OPT_WORKERS, N_OPTS };
 
-struct worker_arg {
-	struct svc_cli_ctx *ctx;
+static const struct svc_opt opts[N_OPTS] = {
+    [OPT_WORKERS] = {"workers", SVC_OPT_INT, "N",
+                     "run N worker processes under a supervisor (1 to 256, default 1)", .min = 1,
+                     .max = 256},
 };
+_Static_assert(N_OPTS <= SVC_CLI_MAX_OPTS, "too many options");
 
 static int worker_main(int worker, void *arg)
 {
-	struct worker_arg *w = arg;
-	return svc_consumer_run(w->ctx->config, w->ctx->rt, worker);
+	struct svc_cli_ctx *ctx = arg;
+	return svc_consumer_run(ctx->config, ctx->rt, worker);
 }
 
-static int parse_workers(const char *s, int *out)
+static int run(struct svc_cli_ctx *ctx)
 {
-	char *end;
-	errno = 0;
-	long n = strtol(s, &end, 10);
-	if (errno || end == s || *end || n < 1 || n > MAX_WORKERS)
-		return SVC_EINVAL;
-	*out = (int)n;
-	return 0;
-}
+	int workers = ctx->opt[OPT_WORKERS].set ? (int)ctx->opt[OPT_WORKERS].num : 1;
 
-int svc_cmd_runconsumer(int argc, char **argv, struct svc_cli_ctx *ctx)
-{
-	int workers = 1;
-
-	for (int i = 1; i < argc; i++) {
-		const char *v = NULL;
-		if (strcmp(argv[i], "--workers") == 0) {
-			if (i + 1 >= argc) {
-				fprintf(stderr, "svccomm runconsumer: --workers needs a number\n");
-				return SVC_EXIT_USAGE;
-			}
-			v = argv[++i];
-		} else if (strncmp(argv[i], "--workers=", 10) == 0) {
-			v = argv[i] + 10;
-		} else {
-			fprintf(stderr, "svccomm runconsumer: unexpected argument '%s'\n", argv[i]);
-			return SVC_EXIT_USAGE;
-		}
-		if (parse_workers(v, &workers) != 0) {
-			fprintf(stderr,
-			        "svccomm runconsumer: --workers: expected a number from 1 to %d, "
-			        "got '%s'\n",
-			        MAX_WORKERS, v);
-			return SVC_EXIT_USAGE;
-		}
-	}
 	if (!ctx->config->queue) {
 		fprintf(stderr, "svccomm: %s: QUEUE: required by runconsumer, not set\n",
 		        ctx->config->path ? ctx->config->path : "settings.lua");
@@ -66,6 +33,20 @@ int svc_cmd_runconsumer(int argc, char **argv, struct svc_cli_ctx *ctx)
 	}
 	if (workers == 1)
 		return svc_consumer_run(ctx->config, ctx->rt, 0);
-	struct worker_arg arg = {.ctx = ctx};
-	return svc_supervisor_run(workers, worker_main, &arg);
+	return svc_supervisor_run(workers, worker_main, ctx);
 }
+
+const struct svc_cmd svc_cmd_runconsumer = {
+    .name = "runconsumer",
+    .run = run,
+    .needs = SVC_NEEDS_APPS,
+    .summary = "consume QUEUE and dispatch each message to the Lua handlers",
+    .opts = opts,
+    .n_opts = N_OPTS,
+    .description =
+        "Declares the exchanges, QUEUE, bindings, retry and dead-letter queues, then hands every\n"
+        "message to the matching handler of apps/*/consumers.lua inside a database transaction\n"
+        "(when DATABASE_URL is set) and acks it after the commit. --workers N runs N workers\n"
+        "under a supervisor that restarts a crashed one. SIGTERM/SIGINT: stop taking messages,\n"
+        "finish and commit the handler in progress, ack, exit 0 within SHUTDOWN_TIMEOUT.\n",
+};

@@ -15,7 +15,7 @@ from conftest import Project
 COMMANDS = ["runconsumer", "runpublisher", "checkpublisher", "publish", "migrate", "check",
             "version", "help"]
 EXIT_CODES_LINE = "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error."
-NOT_A_COMMAND = "svccomm: '{}' is not a command. See 'svccomm --help'.\n"
+UNKNOWN_COMMAND = "svccomm: unknown command '{}'\n\n"  # then the main usage
 
 
 def run(args, cwd, env=None, timeout=30):
@@ -91,18 +91,18 @@ def test_version_option_is_the_version_command(empty_dir):
     assert r.stdout == run(["version"], empty_dir).stdout
 
 
-def test_unknown_command_exits_2_and_points_to_help(empty_dir):
+def test_unknown_command_exits_2_with_the_usage(empty_dir):
     r = run(["frobnicate"], empty_dir)
     assert r.returncode == 2
     assert r.stdout == ""
-    assert r.stderr == NOT_A_COMMAND.format("frobnicate")
+    assert r.stderr == UNKNOWN_COMMAND.format("frobnicate") + run(["--help"], empty_dir).stdout
 
 
 def test_help_of_an_unknown_command_exits_2(empty_dir):
     r = run(["help", "frobnicate"], empty_dir)
     assert r.returncode == 2
     assert r.stdout == ""
-    assert r.stderr == NOT_A_COMMAND.format("frobnicate")
+    assert r.stderr == UNKNOWN_COMMAND.format("frobnicate") + run(["--help"], empty_dir).stdout
 
 
 def test_unknown_global_option_exits_2_with_the_usage(empty_dir):
@@ -156,11 +156,15 @@ def test_command_that_needs_settings_fails_with_2_when_the_file_is_missing(empty
                         "(No such file or directory)\n")
 
 
-def test_runconsumer_unexpected_argument_exits_2_before_connecting(project):
+def test_runconsumer_unknown_option_exits_2_before_connecting(project):
     r = run(["runconsumer", "--frobnicate"], project)
     assert r.returncode == 2
     assert r.stdout == ""
-    assert r.stderr == "svccomm runconsumer: unexpected argument '--frobnicate'\n"
+    assert r.stderr == ("svccomm: unknown option '--frobnicate' for runconsumer\n\n"
+                        + run(["runconsumer", "--help"], project).stdout)
+    r = run(["runconsumer", "surplus"], project)
+    assert r.returncode == 2
+    assert r.stderr == "svccomm runconsumer: unexpected argument 'surplus'\n"
 
 
 @pytest.mark.parametrize("workers", ["0", "many", "257"])
@@ -171,11 +175,16 @@ def test_runconsumer_bad_workers_exits_2_before_connecting(project, workers):
                         "got '%s'\n" % workers)
 
 
-def test_runpublisher_unexpected_argument_exits_2_before_connecting(project):
+def test_runpublisher_unknown_option_exits_2_before_connecting(project):
     r = run(["runpublisher", "--frobnicate"], project)
     assert r.returncode == 2
     assert r.stdout == ""
-    assert "unexpected argument '--frobnicate'" in r.stderr
+    assert r.stderr == ("svccomm: unknown option '--frobnicate' for runpublisher\n\n"
+                        + run(["runpublisher", "--help"], project).stdout)
+    r = run(["runpublisher", "surplus"], project)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert "unexpected argument 'surplus'" in r.stderr
 
 
 @pytest.mark.parametrize("command", ["check", "migrate"])
@@ -192,3 +201,239 @@ def test_runtime_failure_exits_1_not_2(project):
     assert r.stderr.startswith(
         "svccomm migrate: cannot connect to postgresql://u:****@127.0.0.1:1/db: ")
     assert ":pw@" not in r.stderr
+
+
+# -- one option parser: every command's options, global options after the command, did you mean
+
+OPTIONS = {  # each command's own options, as its --help lists them
+    "runconsumer": ["--workers N"],
+    "runpublisher": [],
+    "checkpublisher": ["--max-queue-size N", "--max-delay S"],
+    "publish": ["--at TIME", "--tags JSON"],
+    "migrate": [],
+    "check": [],
+    "version": [],
+    "help": [],
+}
+GLOBAL_OPTIONS = ["--settings FILE", "-h, --help", "--version"]
+EXIT_CODES = {  # commands whose exit codes say more than EXIT_CODES_LINE
+    "runpublisher": "Exit codes: 0 stopped by a signal, 1 runtime failure, 2 usage or "
+                    "configuration error.",
+    "checkpublisher": "Exit codes: 0 healthy, 1 unhealthy or the database cannot be reached, "
+                      "2 usage or configuration error.",
+}
+LATER = "2030-01-02T03:04:05Z"
+
+
+def option_block(text, title):
+    """[(left column, help)] of the option lines under `title` up to the next blank line."""
+    block = text.split("\n" + title + "\n", 1)[1].split("\n\n", 1)[0]
+    return [tuple(re.split(r" {2,}", line.strip(), maxsplit=1)) for line in block.splitlines()]
+
+
+@pytest.fixture
+def bare_project(tmp_path):
+    """Settings without QUEUE and DATABASE_URL: a command that accepted its options stops at
+    '<KEY>: required by <command>, not set' (exit 2) without connecting to anything."""
+    (tmp_path / "bare").mkdir()
+    proj = Project(tmp_path / "bare", "cli")
+    proj.write_settings(defaults=False, BROKER_CONNECTION_URL="amqp://u:pw@127.0.0.1:1/v")
+    return proj.dir
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help_shows_its_own_options_the_global_ones_and_its_exit_codes(empty_dir,
+                                                                            command):
+    r = run([command, "--help"], empty_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    synopsis = r.stdout.split("\n", 1)[0]
+    assert synopsis.startswith("usage: svccomm [--settings FILE] %s" % command)
+    assert re.findall(r"\[(--[^]]+)\]", synopsis)[1:] == OPTIONS[command]
+    if OPTIONS[command]:
+        own = option_block(r.stdout, "Options:")
+        assert [left for left, _ in own] == OPTIONS[command]
+        assert all(len(help_text) > 10 for _, help_text in own)
+    else:
+        assert "\nOptions:\n" not in r.stdout
+    glob = option_block(r.stdout, "Global options (before or after the command):")
+    assert [left for left, _ in glob] == GLOBAL_OPTIONS
+    assert " ".join(r.stdout.split()).endswith(EXIT_CODES.get(command, EXIT_CODES_LINE))
+    # --help wins over anything wrong beside it, and needs no settings.
+    assert run([command, "--frobnicate", "-h"], empty_dir).stdout == r.stdout
+    assert run(["help", command], empty_dir).stdout == r.stdout
+
+
+def test_detailed_usage_of_runpublisher_and_checkpublisher_is_the_one_shown(empty_dir):
+    r = run(["checkpublisher", "--help"], empty_dir)
+    assert r.returncode == 0
+    assert "Parked rows are reported but do not count" in r.stdout
+    assert ("--max-delay S       seconds a due row may wait before it counts as late"
+            in r.stdout)
+    r = run(["help", "runpublisher"], empty_dir)
+    assert r.returncode == 0
+    assert "SIGTERM/SIGINT: stop claiming, wait up to SHUTDOWN_TIMEOUT" in r.stdout
+
+
+def test_help_of_help_is_its_usage_not_an_error(empty_dir):
+    r = run(["help", "--help"], empty_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert r.stdout.startswith("usage: svccomm [--settings FILE] help [<command>]\n")
+    assert r.stdout == run(["help", "help"], empty_dir).stdout
+    r = run(["help", "check", "migrate"], empty_dir)
+    assert r.returncode == 2
+    assert r.stderr == "svccomm help: unexpected argument 'migrate'\n"
+
+
+@pytest.mark.parametrize("args, option, value, stops_at", [
+    (["runconsumer"], "--workers", "2", "QUEUE: required by runconsumer, not set"),
+    (["checkpublisher"], "--max-queue-size", "3",
+     "DATABASE_URL: required by checkpublisher, not set"),
+    (["checkpublisher"], "--max-delay", "2.5", "DATABASE_URL: required by checkpublisher, not set"),
+    (["publish", "agg", "ev", "{}"], "--at", LATER, "DATABASE_URL: required by publish, not set"),
+    (["publish", "agg", "ev", "{}", "--at", LATER], "--tags", '{"k": "v"}',
+     "DATABASE_URL: required by publish, not set"),
+])
+def test_option_value_may_follow_a_space_or_an_equals_sign(bare_project, args, option, value,
+                                                           stops_at):
+    spaced = run(args + [option, value], bare_project)
+    joined = run(args + ["%s=%s" % (option, value)], bare_project)
+    assert spaced.returncode == 2
+    assert stops_at in spaced.stderr, spaced.stderr
+    assert (joined.returncode, joined.stdout, joined.stderr) == (
+        spaced.returncode, spaced.stdout, spaced.stderr)
+
+
+def test_tags_without_at_is_refused_in_both_forms(bare_project):
+    for tags in (["--tags", "{}"], ["--tags={}"]):
+        r = run(["publish", "agg", "ev", "{}"] + tags, bare_project)
+        assert r.returncode == 2
+        assert r.stderr == "svccomm publish: --tags needs --at\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["runconsumer", "--workers=0"],
+     "svccomm runconsumer: --workers: expected a number from 1 to 256, got '0'"),
+    (["checkpublisher", "--max-queue-size", "-1"],
+     "svccomm checkpublisher: --max-queue-size: expected an integer >= 0, got '-1'"),
+    (["checkpublisher", "--max-queue-size=1.5"],
+     "svccomm checkpublisher: --max-queue-size: expected an integer >= 0, got '1.5'"),
+    (["checkpublisher", "--max-delay", "soon"],
+     "svccomm checkpublisher: --max-delay: expected a number of seconds >= 0, got 'soon'"),
+    (["checkpublisher", "--max-delay=-1"],
+     "svccomm checkpublisher: --max-delay: expected a number of seconds >= 0, got '-1'"),
+    (["checkpublisher", "--max-delay=inf"],
+     "svccomm checkpublisher: --max-delay: expected a number of seconds >= 0, got 'inf'"),
+    (["checkpublisher", "--max-delay"], "svccomm checkpublisher: --max-delay needs a number of "
+                                        "seconds"),
+    (["runconsumer", "--workers"], "svccomm runconsumer: --workers needs a number"),
+    (["publish", "agg", "ev", "{}", "--at"], "svccomm publish: --at needs a value"),
+    (["check", "--settings"], "svccomm: --settings needs a file"),
+    (["check", "--help=yes"], "svccomm: --help takes no value"),
+])
+def test_bad_option_value_exits_2_with_one_line_before_settings(empty_dir, args, message):
+    r = run(args, empty_dir)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr == message + "\n"
+
+
+@pytest.mark.parametrize("form", [["--settings", "{}", "check"], ["check", "--settings", "{}"],
+                                  ["check", "--settings={}"]])
+def test_settings_option_is_accepted_before_and_after_the_command(empty_dir, project, form):
+    settings = str(project / "settings.lua")
+    r = run([a.format(settings) for a in form], empty_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == run(["--settings", settings, "check"], empty_dir).stdout
+    assert "q" in r.stdout.split()
+
+
+def test_version_option_is_accepted_after_the_command(empty_dir):
+    r = run(["check", "--version"], empty_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == run(["version"], empty_dir).stdout
+
+
+@pytest.mark.parametrize("typed, meant", [("runconsumr", "runconsumer"), ("chek", "check"),
+                                          ("pubilsh", "publish"), ("RunPublisher", "runpublisher"),
+                                          ("checkpublsher", "checkpublisher")])
+def test_unknown_command_suggests_the_closest_one(empty_dir, typed, meant):
+    expected = ("svccomm: unknown command '%s' (did you mean %s?)\n\n" % (typed, meant)
+                + run(["--help"], empty_dir).stdout)
+    for args in ([typed], ["help", typed], ["--settings", "x.lua", typed, "--workers", "2"]):
+        r = run(args, empty_dir)
+        assert r.returncode == 2
+        assert r.stdout == ""
+        assert r.stderr == expected
+
+
+@pytest.mark.parametrize("args, typed, command, meant", [
+    (["runconsumer", "--worker", "3"], "--worker", "runconsumer", "--workers"),
+    (["runconsumer", "--wrokers=3"], "--wrokers", "runconsumer", "--workers"),
+    (["checkpublisher", "--max-dealy=5"], "--max-dealy", "checkpublisher", "--max-delay"),
+    (["checkpublisher", "--max-queue-sise", "1"], "--max-queue-sise", "checkpublisher",
+     "--max-queue-size"),
+    (["publish", "agg", "ev", "{}", "--tag", "{}"], "--tag", "publish", "--tags"),
+    (["check", "--setings=x.lua"], "--setings", "check", "--settings"),
+    (["runpublisher", "--verison"], "--verison", "runpublisher", "--version"),
+    (["migrate", "--frobnicate"], "--frobnicate", "migrate", None),
+    (["runconsumer", "--work=3"], "--work", "runconsumer", None),  # no abbreviations
+    (["checkpublisher", "--max", "3"], "--max", "checkpublisher", None),
+])
+def test_unknown_option_suggests_the_closest_one(empty_dir, args, typed, command, meant):
+    r = run(args, empty_dir)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    hint = " (did you mean %s?)" % meant if meant else ""
+    assert r.stderr == ("svccomm: unknown option '%s' for %s%s\n\n" % (typed, command, hint)
+                        + run([command, "--help"], empty_dir).stdout)
+
+
+def test_unknown_global_option_suggests_the_closest_one(empty_dir):
+    r = run(["--setings", "x.lua", "check"], empty_dir)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr == ("svccomm: unknown option '--setings' (did you mean --settings?)\n\n"
+                        + run(["--help"], empty_dir).stdout)
+
+
+@pytest.mark.parametrize("args", [
+    ["publish", "agg", "ev", "-5"],
+    ["publish", "agg", "ev", '{"a": 1}'],
+    ["publish", "agg", "ev", "[-1, 2]"],
+    ["publish", "--at", LATER, "agg", "ev", "{}"],
+    ["publish", "agg", "--at=" + LATER, "ev", "-5", "--tags", "{}"],
+    ["publish", "--", "agg", "ev", "-5"],
+    ["publish", "agg", "ev", "--", "-5"],
+])
+def test_publish_positional_arguments_may_look_like_options(bare_project, args):
+    # Every form gets past the arguments to the settings (no DATABASE_URL here).
+    r = run(args, bare_project)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr == "svccomm publish: ./settings.lua: DATABASE_URL: required by publish, not set\n"
+
+
+@pytest.mark.parametrize("args", [
+    ["publish", "agg", "ev", "-"],
+    ["publish", "agg", "ev", "--", "-h"],
+    ["publish", "agg", "ev", "--", "--at"],
+])
+def test_publish_payload_after_double_dash_is_a_payload_even_when_it_looks_like_an_option(
+        bare_project, args):
+    r = run(args, bare_project)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.startswith("svccomm publish: payload is not valid JSON: ")
+
+
+def test_publish_needs_its_three_arguments(empty_dir):
+    r = run(["publish", "agg", "ev"], empty_dir)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr == ("svccomm publish: expected <aggregate> <event_type> <payload-json>, "
+                        "got 2 arguments\n\n" + run(["publish", "--help"], empty_dir).stdout)
+    r = run(["publish", "agg", "ev", "{}", "{}"], empty_dir)
+    assert r.returncode == 2
+    assert r.stderr == "svccomm publish: unexpected argument '{}'\n"
