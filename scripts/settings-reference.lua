@@ -1,12 +1,13 @@
 -- Prints the settings reference of the README as a markdown table, from the one schema in
--- lua/svccomm/settings.lua, so the README never drifts from the code:
+-- lua/svccomm/settings_schema.lua, so the README never drifts from the code
+-- (tests/spec/settings_schema_spec.lua checks that it does not):
 --
 --   LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lua/?.so;;" \
 --     lua5.4 scripts/settings-reference.lua > /tmp/settings.md
 --
 -- Columns: key, type, default (Lua source text), environment variable that overrides it,
 -- description.
-local settings = require "svccomm.settings"
+local schema = require "svccomm.settings_schema"
 
 -- A markdown table cell: pipes escaped, newlines folded, inline code where asked, HTML
 -- characters escaped elsewhere.
@@ -25,7 +26,7 @@ local function cell(text, code)
 	return (text:gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
 end
 
--- The reference as a markdown table (rows of settings.reference()).
+-- The reference as a markdown table (rows of schema.reference()).
 local function render(rows)
 	local out = {
 		"| Key | Type | Default | Env override | Description |",
@@ -39,4 +40,4 @@ local function render(rows)
 	return table.concat(out, "\n") .. "\n"
 end
 
-io.write(render(settings.reference()))
+io.write(render(schema.reference()))

@@ -1,11 +1,15 @@
 --- App loader: finds apps/<name>/consumers.lua under the project directory and runs them, so
 --- their message_router registrations are attributed to the app.
+local chunks = require("svccomm.chunks")
+local router = require("svccomm.message_router")
+
 local M = {}
 
 local type, ipairs, error, format, tostring = type, ipairs, error, string.format, tostring
-local find, sub, match = string.find, string.sub, string.match
-
-local router = require("svccomm.message_router")
+local pcall, xpcall, loadfile, getmetatable = pcall, xpcall, loadfile, getmetatable
+local find, sub = string.find, string.sub
+local concat, sort, getinfo = table.concat, table.sort, debug.getinfo
+local unshorten, has_position = chunks.unshorten, chunks.has_position
 
 local loaded = {} -- apps of the last successful load_all
 
@@ -19,15 +23,21 @@ local function join(dir, rel)
 	return dir .. "/" .. rel
 end
 
+-- True when path is a file that can be read.
 local function readable(path)
-	local fh = io.open(path, "r")
+	local fh <close> = io.open(path, "r")
 	if not fh then
 		return false
 	end
 	-- a directory opens on Linux, but reading it fails ("Is a directory")
 	local _, err = fh:read(1)
-	fh:close()
 	return err == nil
+end
+
+-- True when path exists (a file or a directory) and can be opened.
+local function exists(path)
+	local fh <close> = io.open(path, "r")
+	return fh ~= nil
 end
 
 local function listdir(dir)
@@ -64,14 +74,14 @@ function M.discover(project_dir, installed_apps)
 		return out
 	end
 	local apps_dir = join(project_dir, "apps")
-	if not io.open(apps_dir, "r") then
+	if not exists(apps_dir) then
 		return out -- no apps/ directory: no apps
 	end
 	local names, err = listdir(apps_dir)
 	if not names then
 		error(format("apps: cannot list %s: %s", apps_dir, tostring(err)), 0)
 	end
-	table.sort(names)
+	sort(names)
 	for _, name in ipairs(names) do
 		if sub(name, 1, 1) ~= "." then
 			local path = join(project_dir, "apps/" .. name .. "/consumers.lua")
@@ -83,20 +93,6 @@ function M.discover(project_dir, installed_apps)
 	return out
 end
 
--- Lua shortens long chunk names in messages ("...tail/of/path.lua:3: msg"); put back the
--- full path when the shown name is the tail of `path`.
-local function unshorten(msg, path)
-	if type(msg) ~= "string" or sub(msg, 1, 3) ~= "..." then
-		return msg
-	end
-	local shown, line, rest = match(msg, "^%.%.%.(.-):(%d+): (.*)$")
-	if shown and #shown > 0 and #path > #shown and sub(path, -#shown) == shown then
-		return path .. ":" .. line .. ": " .. rest
-	end
-	return msg
-end
-
-
 --- Prepend <dir>/apps/?.lua;<dir>/apps/?/init.lua;<dir>/?.lua to package.path (once per dir).
 ---@param project_dir string
 function M.extend_path(project_dir)
@@ -106,10 +102,6 @@ function M.extend_path(project_dir)
 		return
 	end
 	package.path = pre .. package.path
-end
-
-local function has_position(msg)
-	return find(msg, "^[^\n]-:%d+: ") ~= nil
 end
 
 -- file of a stack frame, as loadfile named it
@@ -123,7 +115,7 @@ end
 local function app_traceback(level, chunk)
 	local lines = { "stack traceback:" }
 	while true do
-		local info = debug.getinfo(level + 1, "Slnf")
+		local info = getinfo(level + 1, "Slnf")
 		if not info then
 			break
 		end
@@ -149,7 +141,7 @@ local function app_traceback(level, chunk)
 		end
 		level = level + 1
 	end
-	return table.concat(lines, "\n")
+	return concat(lines, "\n")
 end
 
 -- A message handler for xpcall: keeps the message and a traceback, and gives a message without
@@ -170,7 +162,7 @@ local function error_handler(app_path, chunk)
 		if not has_position(msg) then
 			local first
 			for level = 2, 200 do
-				local info = debug.getinfo(level, "Sl")
+				local info = getinfo(level, "Sl")
 				if not info then
 					break
 				end

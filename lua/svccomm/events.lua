@@ -16,7 +16,7 @@
 --- AMQP message_id); eventTime is UTC with microseconds: the client's clock at insert
 --- (clock_gettime), or the due time of a scheduled event.
 ---
---- Payload encoding (svccomm.db.encode_json): any Lua value made of tables, strings (UTF-8),
+--- Payload encoding (svccomm.json.encode): any Lua value made of tables, strings (UTF-8),
 --- numbers, booleans and svccomm.null. An empty table is an object {}; use svccomm.array()
 --- (or svccomm.array(t)) for an empty array []. NaN/infinity, functions, userdata, cycles,
 --- mixed or sparse tables and tables nested deeper than MAX_JSON_DEPTH raise a clear error
@@ -28,16 +28,20 @@
 --- plus meta = {expired_time = "<ISO UTC>" | null}.
 --- Calls: exchange = service, routing key = "call.<method>", message_id = the call id, body =
 --- {call_id, service_name, method_name, reply_to, data, meta = {expired_time}}. The response,
---- written by call_consumer in the handler's transaction: exchange = reply_to, routing key =
+--- written by svccomm.handlers.call_consumer in the handler's transaction (through
+--- _write_call_response): exchange = reply_to, routing key =
 --- "call-response.<service>.<method>", correlation_id = the call id, body = {call_id,
 --- service_name, method_name, data = handler result, meta = {}}.
 local core = require "svccomm.core"
 local db = require "svccomm.db"
+local json = require "svccomm.json"
+local keys = require "svccomm.keys"
+local time = require "svccomm.time"
 
 local M = {}
 
 local type, error, tostring, pairs, pcall, format = type, error, tostring, pairs, pcall, string.format
-local math_type, floor = math.type, math.floor
+local math_type, huge = math.type, math.huge
 
 local config = {
 	OUTBOX_TABLE = "svccomm_outbox",
@@ -47,7 +51,7 @@ local config = {
 }
 
 --- Mark a table as a JSON array (an empty one encodes as []).
-M.array = db.array
+M.array = json.array
 
 --- Configure the outbox writes (the binary does it from settings.lua).
 ---@param opts {OUTBOX_TABLE: string|nil, KEY_STYLE: "preserve"|"snake"|nil, APP_ID: string|nil, MAX_JSON_DEPTH: integer|nil}
@@ -138,9 +142,9 @@ end
 local function to_json(fname, what, value, convert)
 	local ok, res = pcall(function()
 		if convert and config.KEY_STYLE == "snake" and type(value) == "table" then
-			value = require("svccomm.keys").to_camel(value)
+			value = keys.to_camel(value)
 		end
-		return db.encode_json(value, config.MAX_JSON_DEPTH, what)
+		return json.encode(value, config.MAX_JSON_DEPTH, what)
 	end)
 	if not ok then
 		error(fname .. ": " .. tostring(res), 3)
@@ -149,18 +153,18 @@ local function to_json(fname, what, value, convert)
 end
 
 local function quote(s)
-	return db.encode_json(s)
+	return json.encode(s)
 end
 
 -- seconds since the epoch for a time given as a number or an ISO 8601 string
 local function to_seconds(fname, what, t)
 	if type(t) == "number" then
-		if t ~= t or t == math.huge or t == -math.huge then
+		if t ~= t or t == huge or t == -huge then
 			error(format("%s: %s is not a finite number", fname, what), 3)
 		end
 		return t
 	elseif type(t) == "string" then
-		local s, err = require("svccomm.handlers").parse_time(t)
+		local s, err = time.parse(t)
 		if not s then
 			error(format("%s: %s %q: %s", fname, what, t, err), 3)
 		end
@@ -203,7 +207,7 @@ local function tags_json(fname, tags, required)
 		end
 		return nil
 	end
-	local ok, res = pcall(db.encode_json, t, 2, "tags")
+	local ok, res = pcall(json.encode, t, 2, "tags")
 	if not ok then
 		error(fname .. ": " .. res, 3)
 	end
@@ -350,7 +354,7 @@ local function expiry(F, opts)
 	local now = core.time()
 	local t
 	if timeout ~= nil then
-		if type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0 or timeout == math.huge then
+		if type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0 or timeout == huge then
 			error(F .. ": timeout must be a positive number of seconds", 3)
 		end
 		t = now + timeout
@@ -399,7 +403,7 @@ function M.send_command(service, arguments, opts)
 	local exp = expiry(F, opts)
 	local args = arguments
 	if config.KEY_STYLE == "snake" and type(args) == "table" then
-		local ok, res = pcall(require("svccomm.keys").to_camel, args)
+		local ok, res = pcall(keys.to_camel, args)
 		if not ok then
 			error(F .. ": arguments: " .. tostring(res), 2)
 		end
@@ -407,7 +411,7 @@ function M.send_command(service, arguments, opts)
 	end
 	local body = object_copy(F, "arguments", args)
 	local meta = object_copy(F, "arguments.meta", body.meta)
-	meta.expired_time = exp or db.null
+	meta.expired_time = exp or json.null
 	body.meta = meta
 	local bj = to_json(F, "arguments", body, false)
 	local d = current(F)
@@ -454,127 +458,27 @@ function M.send_call(service, method, data, opts)
 	return call_id
 end
 
-local permanent_mt = { __tostring = function(e) return e.message end }
-
-local function reject(msg)
-	error(setmetatable({ permanent = true, message = msg }, permanent_mt), 0)
-end
-
-local function field(body, snake, camel)
-	local v = body[snake]
-	if v == nil then
-		v = body[camel]
-	end
-	if v == db.null then
-		return nil
-	end
-	return v
-end
-
-local function wrapped(handler, fn)
-	local ok, router = pcall(require, "svccomm.message_router")
-	if ok and router.wrapped then
-		return router.wrapped(handler, fn)
-	end
-	return handler
-end
-
---- Wrap fn(data, meta) as the handler of calls: its return value is written, in the
---- handler's transaction, as the response to the caller's reply_to exchange. An expired call
---- is not executed (the handler returns "skipped", reason); an error in fn writes no
---- response (the transaction rolls back). meta = {service_name, method_name, call_id, meta,
---- message}.
----@param fn fun(data:any, meta:table):any
----@return function handler(routing_key, body, message)
-function M.call_consumer(fn)
-	if type(fn) ~= "function" then
-		error("call_consumer: expected a function, got " .. type(fn), 2)
-	end
-	local function handler(routing_key, body, message)
-		if type(body) ~= "table" then
-			reject("call_consumer: body is not a JSON object")
-		end
-		local call_id = field(body, "call_id", "callId")
-		local method = field(body, "method_name", "methodName")
-		if method == nil and type(routing_key) == "string" then
-			method = routing_key:match("^call%.(.+)$")
-		end
-		if type(call_id) ~= "string" or type(method) ~= "string" then
-			reject("call_consumer: not a call: no call_id or method_name")
-		end
-		local service = field(body, "service_name", "serviceName")
-		if service == nil and type(message) == "table" then
-			service = message.exchange
-		end
-		local reply_to = field(body, "reply_to", "replyTo")
-		local meta = body.meta
-		if type(meta) ~= "table" then
-			meta = {}
-		end
-		local expired = field(meta, "expired_time", "expiredTime")
-		if expired ~= nil then
-			local t = type(expired) == "number" and expired or require("svccomm.handlers").parse_time(expired)
-			if not t then
-				reject("call_consumer: meta.expired_time is not a time: " .. tostring(expired))
-			end
-			if t < core.time() then
-				return "skipped", "call expired at " .. tostring(expired)
-			end
-		end
-		local result = fn(body.data, {
-			service_name = service,
-			method_name = method,
-			call_id = call_id,
-			meta = meta,
-			message = message,
-		})
-		if type(reply_to) == "string" and reply_to ~= "" then
-			local F = "call_consumer"
-			local rj = to_json(F, "result", result, true)
-			local d = current(F)
-			insert(d, {
-				exchange = reply_to,
-				routing_key = "call-response." .. tostring(service) .. "." .. method,
-				body = '{"call_id":' .. quote(call_id) .. ',"data":' .. rj
-					.. ',"meta":{},"method_name":' .. quote(method) .. ',"service_name":'
-					.. quote(tostring(service)) .. "}",
-				correlation_id = call_id,
-			})
-		end
-	end
-	return wrapped(handler, fn)
-end
-
---- Wrap fn(data, info) as the handler of call responses; info = {service_name, method_name,
---- call_id, meta, message}.
----@param fn fun(data:any, info:table):any
----@return function handler(routing_key, body, message)
-function M.call_response_consumer(fn)
-	if type(fn) ~= "function" then
-		error("call_response_consumer: expected a function, got " .. type(fn), 2)
-	end
-	local function handler(routing_key, body, message)
-		if type(body) ~= "table" then
-			reject("call_response_consumer: body is not a JSON object")
-		end
-		local service, method = field(body, "service_name", "serviceName"), field(body, "method_name", "methodName")
-		if (service == nil or method == nil) and type(routing_key) == "string" then
-			local s, m = routing_key:match("^call%-response%.([^.]+)%.(.+)$")
-			service, method = service or s, method or m
-		end
-		local meta = body.meta
-		if type(meta) ~= "table" then
-			meta = {}
-		end
-		return fn(body.data, {
-			service_name = service,
-			method_name = method,
-			call_id = field(body, "call_id", "callId"),
-			meta = meta,
-			message = message,
-		})
-	end
-	return wrapped(handler, fn)
+--- (for svccomm.handlers.call_consumer) Write the response to a call in the current
+--- transaction: exchange = reply_to, routing key = "call-response.<service>.<method>",
+--- correlation_id = the call id, body = {call_id, data = result, meta = {}, method_name,
+--- service_name}.
+---@param reply_to string
+---@param service any  the called service (tostring'd)
+---@param method string
+---@param call_id string
+---@param result any  the handler's result
+function M._write_call_response(reply_to, service, method, call_id, result)
+	local F = "call_consumer"
+	local rj = to_json(F, "result", result, true)
+	local d = current(F)
+	insert(d, {
+		exchange = reply_to,
+		routing_key = "call-response." .. tostring(service) .. "." .. method,
+		body = '{"call_id":' .. quote(call_id) .. ',"data":' .. rj
+			.. ',"meta":{},"method_name":' .. quote(method) .. ',"service_name":'
+			.. quote(tostring(service)) .. "}",
+		correlation_id = call_id,
+	})
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -611,6 +515,5 @@ function M.set_traceparent(tp)
 	d._ctx = d._ctx or {}
 	d._ctx.traceparent = tp
 end
-
 
 return M

@@ -1,11 +1,16 @@
---- Handler wrappers (mirroring the Python library): event_consumer, command_consumer, and
---- permanent errors (failures that go straight to the dead-letter queue, without retries).
+--- Handler wrappers, the receiving side (mirroring the Python library): event_consumer,
+--- command_consumer, call_consumer, call_response_consumer, and permanent errors (failures
+--- that go straight to the dead-letter queue, without retries).
+local core = require "svccomm.core"
+local events = require "svccomm.events"
+local json = require "svccomm.json"
+local router = require "svccomm.message_router"
+local time = require "svccomm.time"
+
 local M = {}
 
 local type, error, tostring, setmetatable, pairs = type, error, tostring, setmetatable, pairs
-local format, match, tonumber = string.format, string.match, tonumber
-local tointeger, floor = math.tointeger, math.floor
-local router = require("svccomm.message_router")
+local debug_getinfo, format, match, tointeger = debug.getinfo, string.format, string.match, math.tointeger
 
 local permanent_mt = {
 	__tostring = function(self)
@@ -17,7 +22,7 @@ local permanent_mt = {
 --- The error value is a table {permanent = true, message = msg, where = "file:line"}.
 ---@param msg any  the reason (converted with tostring)
 function M.permanent_error(msg)
-	local info = debug.getinfo(2, "Sl")
+	local info = debug_getinfo(2, "Sl")
 	local where
 	if info and info.currentline and info.currentline > 0 then
 		where = info.short_src .. ":" .. info.currentline
@@ -103,80 +108,11 @@ function M.event_consumer(fn)
 	return router.wrapped(handler, fn)
 end
 
-local function is_leap(y)
-	return (y % 4 == 0 and y % 100 ~= 0) or y % 400 == 0
-end
-
-local mdays = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
-
--- days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
-local function days_from_civil(y, m, d)
-	if m <= 2 then
-		y = y - 1
-	end
-	local era = floor(y / 400)
-	local yoe = y - era * 400
-	local mp = (m + 9) % 12
-	local doy = (153 * mp + 2) // 5 + d - 1
-	local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-	return era * 146097 + doe - 719468
-end
-
---- Parse an ISO-8601 / RFC 3339 date-time to seconds since the epoch (UTC), with fraction.
---- Accepts "YYYY-MM-DDTHH:MM:SS[.fff][Z|+hh:mm|-hh:mm|+hhmm]" ('T' or space; a time without
---- a zone is taken as UTC).
+--- Parse an ISO-8601 / RFC 3339 date-time to seconds since the epoch (UTC), with fraction
+--- (svccomm.time.parse).
 ---@param s string
 ---@return number|nil seconds, string|nil err
-function M.parse_time(s)
-	if type(s) ~= "string" then
-		return nil, "not a string"
-	end
-	local y, mo, d, h, mi, sec, rest =
-		match(s, "^(%d%d%d%d)%-(%d%d)%-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)(.*)$")
-	if not y then
-		return nil, "not an ISO-8601 date-time"
-	end
-	y, mo, d, h, mi, sec = tonumber(y), tonumber(mo), tonumber(d), tonumber(h), tonumber(mi),
-		tonumber(sec)
-	local frac = 0
-	local f, after = match(rest, "^[.,](%d+)(.*)$")
-	if f then
-		frac = tonumber("0." .. f)
-		rest = after
-	end
-	local offset = 0
-	if rest == "Z" or rest == "z" or rest == "" then
-		offset = 0
-	else
-		local sign, oh, om = match(rest, "^([+-])(%d%d):?(%d%d)$")
-		if not sign then
-			return nil, "bad time zone designator"
-		end
-		oh, om = tonumber(oh), tonumber(om)
-		if oh > 23 or om > 59 then
-			return nil, "time zone offset out of range"
-		end
-		offset = (oh * 60 + om) * 60
-		if sign == "-" then
-			offset = -offset
-		end
-	end
-	if mo < 1 or mo > 12 then
-		return nil, "month out of range"
-	end
-	local dim = mdays[mo]
-	if mo == 2 and is_leap(y) then
-		dim = 29
-	end
-	if d < 1 or d > dim then
-		return nil, "day out of range"
-	end
-	if h > 23 or mi > 59 or sec > 60 then
-		return nil, "time out of range"
-	end
-	local days = days_from_civil(y, mo, d)
-	return days * 86400 + h * 3600 + mi * 60 + sec + frac - offset
-end
+M.parse_time = time.parse
 
 --- The clock used for command expiry (seconds since the epoch); replaceable in tests.
 M.now = os.time
@@ -226,6 +162,107 @@ function M.command_consumer(fn)
 			end
 		end
 		return fn(args, meta, message)
+	end
+	return router.wrapped(handler, fn)
+end
+
+-- A field of a call body under its snake_case or camelCase name; JSON null is nil.
+local function field(body, snake, camel)
+	local v = body[snake]
+	if v == nil then
+		v = body[camel]
+	end
+	if v == json.null then
+		return nil
+	end
+	return v
+end
+
+--- Wrap fn(data, meta) as the handler of calls: its return value is written, in the
+--- handler's transaction, as the response to the caller's reply_to exchange. An expired call
+--- is not executed (the handler returns "skipped", reason); an error in fn writes no
+--- response (the transaction rolls back). meta = {service_name, method_name, call_id, meta,
+--- message}.
+---@param fn fun(data:any, meta:table):any
+---@return function handler(routing_key, body, message)
+function M.call_consumer(fn)
+	if type(fn) ~= "function" then
+		error("call_consumer: expected a function, got " .. type(fn), 2)
+	end
+	local function handler(routing_key, body, message)
+		if type(body) ~= "table" then
+			reject("call_consumer: body is not a JSON object")
+		end
+		local call_id = field(body, "call_id", "callId")
+		local method = field(body, "method_name", "methodName")
+		if method == nil and type(routing_key) == "string" then
+			method = match(routing_key, "^call%.(.+)$")
+		end
+		if type(call_id) ~= "string" or type(method) ~= "string" then
+			reject("call_consumer: not a call: no call_id or method_name")
+		end
+		local service = field(body, "service_name", "serviceName")
+		if service == nil and type(message) == "table" then
+			service = message.exchange
+		end
+		local reply_to = field(body, "reply_to", "replyTo")
+		local meta = body.meta
+		if type(meta) ~= "table" then
+			meta = {}
+		end
+		local expired = field(meta, "expired_time", "expiredTime")
+		if expired ~= nil then
+			local t = type(expired) == "number" and expired or time.parse(expired)
+			if not t then
+				reject("call_consumer: meta.expired_time is not a time: " .. tostring(expired))
+			end
+			if t < core.time() then
+				return "skipped", "call expired at " .. tostring(expired)
+			end
+		end
+		local result = fn(body.data, {
+			service_name = service,
+			method_name = method,
+			call_id = call_id,
+			meta = meta,
+			message = message,
+		})
+		if type(reply_to) == "string" and reply_to ~= "" then
+			-- a tail call, so an error writing the response names the handler's caller
+			return events._write_call_response(reply_to, service, method, call_id, result)
+		end
+	end
+	return router.wrapped(handler, fn)
+end
+
+--- Wrap fn(data, info) as the handler of call responses; info = {service_name, method_name,
+--- call_id, meta, message}.
+---@param fn fun(data:any, info:table):any
+---@return function handler(routing_key, body, message)
+function M.call_response_consumer(fn)
+	if type(fn) ~= "function" then
+		error("call_response_consumer: expected a function, got " .. type(fn), 2)
+	end
+	local function handler(routing_key, body, message)
+		if type(body) ~= "table" then
+			reject("call_response_consumer: body is not a JSON object")
+		end
+		local service, method = field(body, "service_name", "serviceName"), field(body, "method_name", "methodName")
+		if (service == nil or method == nil) and type(routing_key) == "string" then
+			local s, m = match(routing_key, "^call%-response%.([^.]+)%.(.+)$")
+			service, method = service or s, method or m
+		end
+		local meta = body.meta
+		if type(meta) ~= "table" then
+			meta = {}
+		end
+		return fn(body.data, {
+			service_name = service,
+			method_name = method,
+			call_id = field(body, "call_id", "callId"),
+			meta = meta,
+			message = message,
+		})
 	end
 	return router.wrapped(handler, fn)
 end

@@ -1,8 +1,18 @@
 --- What the svccomm binary asks of the Lua side: load settings and apps, describe them for
 --- `svccomm check`, write an event for `svccomm publish`. Not part of the public API.
+local apps = require "svccomm.apps"
+local cjson_safe = require "cjson.safe"
+local dispatch = require "svccomm.dispatch"
+local events = require "svccomm.events"
+local router = require "svccomm.message_router"
 local settings_mod = require "svccomm.settings"
+local svccomm = require "svccomm"
 
 local M = {}
+
+local type, ipairs, pairs, pcall, tostring, assert = type, ipairs, pairs, pcall, tostring, assert
+local format, rep = string.format, string.rep
+local concat, sort, max = table.concat, table.sort, math.max
 
 ---@type table|nil the normalized settings once load_settings succeeded
 M.settings = nil
@@ -11,168 +21,176 @@ M.settings = nil
 ---@param path string
 ---@return table settings
 function M.load_settings(path)
-  local s = settings_mod.load(path)
-  M.settings = s
-  require("svccomm.events").configure {
-    OUTBOX_TABLE = s.OUTBOX_TABLE, KEY_STYLE = s.KEY_STYLE, APP_ID = s.APP_ID,
-  }
-  require("svccomm.dispatch").configure {
-    MAX_JSON_DEPTH = s.MAX_JSON_DEPTH, KEY_STYLE = s.KEY_STYLE, UNROUTED = s.UNROUTED,
-  }
-  return s
+	local s = settings_mod.load(path)
+	M.settings = s
+	events.configure {
+		OUTBOX_TABLE = s.OUTBOX_TABLE, KEY_STYLE = s.KEY_STYLE, APP_ID = s.APP_ID,
+		MAX_JSON_DEPTH = s.MAX_JSON_DEPTH,
+	}
+	dispatch.configure {
+		MAX_JSON_DEPTH = s.MAX_JSON_DEPTH, KEY_STYLE = s.KEY_STYLE, UNROUTED = s.UNROUTED,
+	}
+	return s
 end
 
 --- Loads every installed app. Returns true, or nil and a message naming the app.
 ---@return boolean|nil ok
 ---@return string|nil err
 function M.load_apps()
-  local s = assert(M.settings, "load_settings first")
-  local ok, err = pcall(require("svccomm.apps").load_all, s._DIR, s.INSTALLED_APPS)
-  if not ok then
-    return nil, tostring(err)
-  end
-  return true
+	local s = assert(M.settings, "load_settings first")
+	local ok, err = pcall(apps.load_all, s._DIR, s.INSTALLED_APPS)
+	if not ok then
+		return nil, tostring(err)
+	end
+	return true
 end
 
 local function rows_to_text(rows)
-  local widths = {}
-  for _, row in ipairs(rows) do
-    for i, cell in ipairs(row) do
-      widths[i] = math.max(widths[i] or 0, #cell)
-    end
-  end
-  local out = {}
-  for _, row in ipairs(rows) do
-    local cells = {}
-    for i, cell in ipairs(row) do
-      cells[i] = i < #row and cell .. string.rep(" ", widths[i] - #cell) or cell
-    end
-    out[#out + 1] = "  " .. table.concat(cells, "  ")
-  end
-  return table.concat(out, "\n")
+	local widths = {}
+	for _, row in ipairs(rows) do
+		for i, cell in ipairs(row) do
+			widths[i] = max(widths[i] or 0, #cell)
+		end
+	end
+	local out = {}
+	for _, row in ipairs(rows) do
+		local cells = {}
+		for i, cell in ipairs(row) do
+			cells[i] = i < #row and cell .. rep(" ", widths[i] - #cell) or cell
+		end
+		out[#out + 1] = "  " .. concat(cells, "  ")
+	end
+	return concat(out, "\n")
 end
 
 local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys)
-  return keys
+	local keys = {}
+	for k in pairs(t) do keys[#keys + 1] = k end
+	sort(keys)
+	return keys
 end
 
 --- The report `svccomm check` prints: settings, topology, routing table, warnings.
 ---@return string report
 ---@return integer warnings
 function M.check_report()
-  local s = assert(M.settings, "load_settings first")
-  local router = require "svccomm.message_router"
-  local lines, warnings = {}, 0
-  local function add(fmt, ...) lines[#lines + 1] = string.format(fmt, ...) end
+	local s = assert(M.settings, "load_settings first")
+	local lines, warnings = {}, 0
+	local function add(fmt, ...) lines[#lines + 1] = format(fmt, ...) end
 
-  add("settings: %s", s._PATH)
-  add("app id:   %s", s.APP_ID)
-  add("broker:   %s", settings_mod.mask_url(s.BROKER_CONNECTION_URL))
-  add("database: %s", s.DATABASE_URL and settings_mod.mask_url(s.DATABASE_URL) or "(none: handlers run without a transaction)")
-  local qargs = {}
-  for _, k in ipairs(sorted_keys(s.QUEUE_ARGUMENTS)) do
-    qargs[#qargs + 1] = k .. "=" .. tostring(s.QUEUE_ARGUMENTS[k])
-  end
-  add("queue:    %s%s", s.QUEUE or "(none: runconsumer needs QUEUE)",
-      #qargs > 0 and " (" .. table.concat(qargs, ", ") .. ")" or "")
-  add("declare:  %s", s.DO_NOT_DECLARE and "no (DO_NOT_DECLARE: checked passively)" or "yes")
+	add("settings: %s", s._PATH)
+	add("app id:   %s", s.APP_ID)
+	add("broker:   %s", settings_mod.mask_url(s.BROKER_CONNECTION_URL))
+	add("database: %s", s.DATABASE_URL and settings_mod.mask_url(s.DATABASE_URL) or "(none: handlers run without a transaction)")
+	local qargs = {}
+	for _, k in ipairs(sorted_keys(s.QUEUE_ARGUMENTS)) do
+		qargs[#qargs + 1] = k .. "=" .. tostring(s.QUEUE_ARGUMENTS[k])
+	end
+	add("queue:    %s%s", s.QUEUE or "(none: runconsumer needs QUEUE)",
+		#qargs > 0 and " (" .. concat(qargs, ", ") .. ")" or "")
+	add("declare:  %s", s.DO_NOT_DECLARE and "no (DO_NOT_DECLARE: checked passively)" or "yes")
 
-  add("")
-  add("exchanges:")
-  local declared = {}
-  if #s.EXCHANGES == 0 then add("  (none)") end
-  local ex_rows = {}
-  for _, ex in ipairs(s.EXCHANGES) do
-    declared[ex.name] = true
-    ex_rows[#ex_rows + 1] = { ex.name, ex.type, "durable" }
-  end
-  if #ex_rows > 0 then add("%s", rows_to_text(ex_rows)) end
+	add("")
+	add("exchanges:")
+	local declared = {}
+	if #s.EXCHANGES == 0 then add("  (none)") end
+	local ex_rows = {}
+	for _, ex in ipairs(s.EXCHANGES) do
+		declared[ex.name] = true
+		ex_rows[#ex_rows + 1] = { ex.name, ex.type, "durable" }
+	end
+	if #ex_rows > 0 then add("%s", rows_to_text(ex_rows)) end
 
-  add("")
-  add("bindings:")
-  local bound = {}
-  if #s.BINDS == 0 then add("  (none)") end
-  local bind_rows = {}
-  for _, b in ipairs(s.BINDS) do
-    bound[b.exchange] = true
-    bind_rows[#bind_rows + 1] = { s.QUEUE or "(QUEUE)", "<-", b.exchange, b.routing_key }
-  end
-  if #bind_rows > 0 then add("%s", rows_to_text(bind_rows)) end
+	add("")
+	add("bindings:")
+	local bound = {}
+	if #s.BINDS == 0 then add("  (none)") end
+	local bind_rows = {}
+	for _, b in ipairs(s.BINDS) do
+		bound[b.exchange] = true
+		bind_rows[#bind_rows + 1] = { s.QUEUE or "(QUEUE)", "<-", b.exchange, b.routing_key }
+	end
+	if #bind_rows > 0 then add("%s", rows_to_text(bind_rows)) end
 
-  add("")
-  add("routes:")
-  local routes = router.routes()
-  local route_rows = { { "EXCHANGE", "ROUTING KEY", "APP", "HANDLER" } }
-  local notes = {}
-  for _, r in ipairs(routes) do
-    local key = r.kind == "default" and "(no other match)" or (r.pattern or "(any)")
-    route_rows[#route_rows + 1] = { r.exchange or "(default)", key, r.app or "-", r.defined_at or "?" }
-    if r.exchange and not bound[r.exchange] then
-      notes[#notes + 1] = string.format(
-        "warning: %s handles exchange '%s', which BINDS does not bind to QUEUE: it will receive nothing",
-        r.defined_at or "a handler", r.exchange)
-    end
-  end
-  if #routes == 0 then
-    add("  (none: no app registered a consumer)")
-  else
-    add("%s", rows_to_text(route_rows))
-  end
+	add("")
+	add("routes:")
+	local routes = router.routes()
+	local route_rows = { { "EXCHANGE", "ROUTING KEY", "APP", "HANDLER" } }
+	local notes = {}
+	for _, r in ipairs(routes) do
+		local key = r.kind == "default" and "(no other match)" or (r.pattern or "(any)")
+		route_rows[#route_rows + 1] = { r.exchange or "(default)", key, r.app or "-", r.defined_at or "?" }
+		if r.exchange and not bound[r.exchange] then
+			notes[#notes + 1] = format(
+				"warning: %s handles exchange '%s', which BINDS does not bind to QUEUE: it will receive nothing",
+				r.defined_at or "a handler", r.exchange)
+		end
+	end
+	if #routes == 0 then
+		add("  (none: no app registered a consumer)")
+	else
+		add("%s", rows_to_text(route_rows))
+	end
 
-  local apps = require("svccomm.apps").loaded and require("svccomm.apps").loaded() or {}
-  add("")
-  if #apps > 0 then
-    local names = {}
-    for _, a in ipairs(apps) do names[#names + 1] = a.name end
-    add("apps:     %s", table.concat(names, ", "))
-  end
-  for _, n in ipairs(notes) do
-    add("%s", n)
-    warnings = warnings + 1
-  end
-  add("OK: %d exchange%s, %d binding%s, %d route%s%s", #s.EXCHANGES, #s.EXCHANGES == 1 and "" or "s",
-      #s.BINDS, #s.BINDS == 1 and "" or "s", #routes, #routes == 1 and "" or "s",
-      warnings > 0 and string.format(", %d warning%s", warnings, warnings == 1 and "" or "s") or "")
-  return table.concat(lines, "\n") .. "\n", warnings
+	local loaded = apps.loaded()
+	add("")
+	if #loaded > 0 then
+		local names = {}
+		for _, a in ipairs(loaded) do names[#names + 1] = a.name end
+		add("apps:     %s", concat(names, ", "))
+	end
+	for _, n in ipairs(notes) do
+		add("%s", n)
+		warnings = warnings + 1
+	end
+	add("OK: %d exchange%s, %d binding%s, %d route%s%s", #s.EXCHANGES, #s.EXCHANGES == 1 and "" or "s",
+		#s.BINDS, #s.BINDS == 1 and "" or "s", #routes, #routes == 1 and "" or "s",
+		warnings > 0 and format(", %d warning%s", warnings, warnings == 1 and "" or "s") or "")
+	return concat(lines, "\n") .. "\n", warnings
 end
 
 --- `svccomm publish`: writes one event (or a scheduled one) in its own transaction.
 --- Returns the eventId, or nil, message, kind ("usage" for bad input, "runtime" otherwise).
+---@param aggregate string
+---@param event_type string
+---@param payload_json string
+---@param at string|nil  the due time (ISO 8601) of a scheduled event
+---@param tags_json string|nil  a JSON object of tags (with at only)
+---@return string|nil event_id
+---@return string|nil err
+---@return "usage"|"runtime"|nil kind
 function M.publish(aggregate, event_type, payload_json, at, tags_json)
-  local s = assert(M.settings, "load_settings first")
-  local cjson = require("cjson.safe").new()
-  local payload, perr = cjson.decode(payload_json)
-  if payload == nil then
-    return nil, "payload is not valid JSON: " .. tostring(perr), "usage"
-  end
-  local tags
-  if tags_json then
-    if not at then return nil, "--tags needs --at", "usage" end
-    tags = cjson.decode(tags_json)
-    if type(tags) ~= "table" then return nil, "--tags is not a JSON object", "usage" end
-  end
-  if not s.DATABASE_URL then
-    return nil, s._PATH .. ": DATABASE_URL: required by publish, not set", "usage"
-  end
-  local svccomm = require "svccomm"
-  local db, err = svccomm.db.connect(s.DATABASE_URL)
-  if not db then return nil, err, "runtime" end
-  local ok, res = pcall(db.transaction, db, function()
-    if at then
-      return svccomm.publish_future_aggregate_event {
-        aggregate = aggregate, event_type = event_type, event_time = at, payload = payload, tags = tags,
-      }
-    end
-    return svccomm.publish_aggregate_event { aggregate = aggregate, event_type = event_type, payload = payload }
-  end)
-  db:close()
-  if not ok then
-    return nil, tostring(type(res) == "table" and (res.message or res) or res), "runtime"
-  end
-  return res
+	local s = assert(M.settings, "load_settings first")
+	local cjson = cjson_safe.new()
+	local payload, perr = cjson.decode(payload_json)
+	if payload == nil then
+		return nil, "payload is not valid JSON: " .. tostring(perr), "usage"
+	end
+	local tags
+	if tags_json then
+		if not at then return nil, "--tags needs --at", "usage" end
+		tags = cjson.decode(tags_json)
+		if type(tags) ~= "table" then return nil, "--tags is not a JSON object", "usage" end
+	end
+	local has_db, missing = pcall(settings_mod.require_keys, s, { "DATABASE_URL" }, "publish")
+	if not has_db then
+		return nil, missing, "usage"
+	end
+	local db, err = svccomm.db.connect(s.DATABASE_URL)
+	if not db then return nil, err, "runtime" end
+	local ok, res = pcall(db.transaction, db, function()
+		if at then
+			return svccomm.publish_future_aggregate_event {
+				aggregate = aggregate, event_type = event_type, event_time = at, payload = payload, tags = tags,
+			}
+		end
+		return svccomm.publish_aggregate_event { aggregate = aggregate, event_type = event_type, payload = payload }
+	end)
+	db:close()
+	if not ok then
+		return nil, tostring(type(res) == "table" and (res.message or res) or res), "runtime"
+	end
+	return res
 end
 
 return M

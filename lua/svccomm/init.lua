@@ -1,7 +1,7 @@
 --- svccomm: RabbitMQ consumers in Lua and a PostgreSQL transactional outbox.
 ---
 --- This is the public facade; every function lives in a module of its own:
---- message_router (routing), handlers (event/command wrappers), events (outbox writes,
+--- message_router (routing), handlers (event, command and call wrappers), events (outbox writes,
 --- commands and calls), db (PostgreSQL), keys (camelCase/snake_case).
 local router = require "svccomm.message_router"
 local handlers = require "svccomm.handlers"
@@ -24,8 +24,8 @@ M.event_consumer = handlers.event_consumer
 M.command_consumer = handlers.command_consumer
 M.permanent_error = handlers.permanent_error
 M.is_permanent = handlers.is_permanent
-M.call_consumer = events.call_consumer
-M.call_response_consumer = events.call_response_consumer
+M.call_consumer = handlers.call_consumer
+M.call_response_consumer = handlers.call_response_consumer
 
 --- Outbox writes (inside a transaction: a consumer handler or db:transaction()).
 M.publish_aggregate_event = events.publish_aggregate_event

@@ -58,6 +58,30 @@ describe("apps", function()
 			assert.are.equal("INSTALLED_APPS: app 'zz_missing' not found: apps/zz_missing/consumers.lua does not exist", err)
 		end)
 
+		it("closes every file it opens, the probe of apps/ included", function()
+			local opened = {}
+			local open = io.open
+			io.open = function(...)
+				local fh, err, code = open(...)
+				if fh then
+					opened[#opened + 1] = fh
+				end
+				return fh, err, code
+			end
+			local ok, err = pcall(function()
+				apps.discover(FIX .. "/project_ok", nil)
+				apps.discover(FIX .. "/project_ok", { "beta", "alpha" })
+				apps.discover(FIX .. "/project_noapps", nil)
+				pcall(apps.discover, FIX .. "/project_ok", { "gamma" })
+			end)
+			io.open = open
+			assert.is_true(ok, err)
+			assert.is_true(#opened >= 5)
+			for i, fh in ipairs(opened) do
+				assert.are.equal("closed file", io.type(fh), "handle " .. i .. " left open")
+			end
+		end)
+
 		it("checks its arguments at the caller", function()
 			assert.matches("apps_spec.lua:%d+: discover: project_dir must be a non%-empty string",
 				SPEC.error_of(function() apps.discover(nil) end))

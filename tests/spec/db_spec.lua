@@ -1,5 +1,5 @@
 -- svccomm.db against the real PostgreSQL of SVCCOMM_DATABASE_URL
--- (eval "$(scripts/servers.sh env)"), plus its JSON encoder (no database needed).
+-- (eval "$(scripts/servers.sh env)"); its JSON encoder is svccomm.json (json_spec.lua).
 local db = require "svccomm.db"
 local cjson = require "cjson"
 
@@ -10,68 +10,13 @@ local function connect()
 	return assert(db.connect(URL))
 end
 
-describe("svccomm.db.encode_json", function()
-	local enc = db.encode_json
-
-	it("writes integers exactly and floats that read back equal", function()
-		assert.equal("9223372036854775807", enc(math.maxinteger))
-		assert.equal("-9223372036854775808", enc(math.mininteger))
-		assert.equal("9007199254740993", enc(9007199254740993))
-		assert.equal("0.1", enc(0.1))
-		assert.equal(0.1 + 0.2, tonumber(enc(0.1 + 0.2)))
-		assert.equal("3", enc(3.0))
-		assert.equal(1e300, tonumber(enc(1e300)))
-	end)
-
-	it("writes empty tables as objects unless marked as arrays", function()
-		assert.equal("{}", enc({}))
-		assert.equal("[]", enc(db.array()))
-		assert.equal('{"a":[],"b":{}}', enc({ a = db.array({}), b = {} }))
-		assert.equal("[1,2]", enc(db.array({ 1, 2 })))
-	end)
-
-	it("sorts object keys, escapes strings and keeps UTF-8 and slashes", function()
-		assert.equal('{"a":1,"b":"x/y","c":"\\"\\\\\\n\\u0001","é":"ü€😀"}',
-			enc({ c = '"\\\n\1', b = "x/y", a = 1, ["é"] = "ü€😀" }))
-		assert.equal("null", enc(db.null))
-		assert.equal("[true,false,null]", enc({ true, false, cjson.null }))
-	end)
-
-	it("refuses values JSON cannot hold, naming the place", function()
-		local t = {}
-		t.self = t
-		local cases = {
-			{ { x = 0 / 0 }, "value%.x: NaN or infinity" },
-			{ { 1, math.huge }, "value%[2%]: NaN or infinity" },
-			{ { f = print }, "value%.f: a function cannot be encoded" },
-			{ { a = { t } }, "cycle" },
-			{ { [true] = 1 }, "table key of type boolean" },
-			{ { 1, 2, x = 3 }, "mixes string keys and array items" },
-			{ { [1] = 1, [3] = 3 }, "sparse array" },
-			{ { s = "\255\254" }, "value%.s: string is not valid UTF%-8" },
-			{ io.stdout, "userdata cannot be encoded" },
-		}
-		for _, c in ipairs(cases) do
-			local ok, err = pcall(enc, c[1])
-			assert.is_false(ok)
-			assert.truthy(tostring(err):find(c[2]), tostring(err))
-		end
-	end)
-
-	it("refuses nesting deeper than the limit", function()
-		local deep = {}
-		local cur = deep
-		for _ = 1, 10 do
-			cur.x = {}
-			cur = cur.x
-		end
-		assert.truthy(select(2, pcall(enc, deep, 5)):find("nested deeper than 5"))
-		assert.is_string(enc(deep, 20))
-	end)
-
-	it("shares a table between two parents without calling it a cycle", function()
-		local shared = { 1 }
-		assert.equal('{"a":[1],"b":[1]}', enc({ a = shared, b = shared }))
+describe("svccomm.db JSON", function()
+	it("encodes parameters and payloads with svccomm.json", function()
+		local json = require "svccomm.json"
+		assert.equal(json.encode, db.encode_json)
+		assert.equal(json.array, db.array)
+		assert.equal(json.array_mt, db.array_mt)
+		assert.equal(json.null, db.null)
 	end)
 end)
 

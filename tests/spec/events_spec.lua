@@ -3,6 +3,7 @@
 -- sql/001_outbox.sql and drops it at the end.
 local db = require "svccomm.db"
 local events = require "svccomm.events"
+local handlers = require "svccomm.handlers"
 local core = require "svccomm.core"
 local cjson = require "cjson"
 
@@ -76,7 +77,7 @@ describe("svccomm.events", function()
 		assert.equal("user", env.aggregate)
 		assert.same({ id = 1, name = "Ann" }, env.payload)
 		assert.truthy(env.eventTime:match(ISO), env.eventTime)
-		local t = require("svccomm.handlers").parse_time(env.eventTime)
+		local t = handlers.parse_time(env.eventTime)
 		assert.is_true(t >= before - 1 and t <= after + 1)
 		-- field order of the envelope is fixed
 		assert.truthy(r.body:match('^{"eventId":"%d+","eventTime":"[^"]+","eventType":"update.base","aggregate":"user","payload":{'))
@@ -244,7 +245,7 @@ describe("svccomm.events", function()
 		local b = cjson.decode(rs[1].body)
 		assert.equal(10, b.amount)
 		assert.equal("x", b.meta.source)
-		local exp = require("svccomm.handlers").parse_time(b.meta.expired_time)
+		local exp = handlers.parse_time(b.meta.expired_time)
 		assert.truthy(b.meta.expired_time:match(ISO))
 		assert.is_true(math.abs(exp - (t0 + 60)) < 2)
 		local b2 = cjson.decode(rs[2].body)
@@ -265,7 +266,7 @@ describe("svccomm.events", function()
 		assert.equal("me", call.reply_to)
 		d:exec("DELETE FROM " .. T)
 
-		local handler = events.call_consumer(function(data, meta)
+		local handler = handlers.call_consumer(function(data, meta)
 			assert.equal("add", meta.method_name)
 			assert.equal(call_id, meta.call_id)
 			if data.fail then
@@ -312,7 +313,7 @@ describe("svccomm.events", function()
 
 		-- the response consumer hands data and the call's identity
 		local got
-		local rh = events.call_response_consumer(function(data, info)
+		local rh = handlers.call_response_consumer(function(data, info)
 			got = { data = data, info = info }
 		end)
 		rh("call-response.calc.add", resp, { exchange = "me" })
@@ -320,6 +321,24 @@ describe("svccomm.events", function()
 		assert.equal("calc", got.info.service_name)
 		assert.equal("add", got.info.method_name)
 		assert.equal(call_id, got.info.call_id)
+	end)
+
+	it("call_consumer: a result JSON cannot hold fails the handler and writes no response", function()
+		local handler = handlers.call_consumer(function()
+			return { x = 0 / 0 }
+		end)
+		local call = { call_id = "c1", method_name = "add", service_name = "calc", reply_to = "me", data = {} }
+		d:exec("BEGIN")
+		db._enter_host(d.conn)
+		local ok, err = pcall(handler, "call.add", call, {})
+		db._leave_host()
+		d:exec("ROLLBACK")
+		assert.is_false(ok)
+		assert.matches("call_consumer: result%.x: NaN or infinity", err)
+		assert.equal(0, #rows())
+		-- outside a transaction the response cannot be written
+		assert.matches("call_consumer: no transaction", select(2, pcall(handlers.call_consumer(function() return 1 end),
+			"call.add", call, {})))
 	end)
 
 	it("KEY_STYLE snake camelCases outgoing payload keys", function()

@@ -111,43 +111,8 @@ describe("handlers", function()
 	end)
 
 	describe("parse_time", function()
-		local cases = {
-			{ "1970-01-01T00:00:00Z", 0 },
-			{ "2000-03-01T00:00:00Z", 951868800 },
-			{ "2024-02-29T12:00:00Z", 1709208000 },
-			{ "2026-11-27T17:50:26.588Z", 1795801826.588 },
-			{ "2026-11-27T18:50:26.588+01:00", 1795801826.588 },
-			{ "2026-11-27T12:50:26-0500", 1795801826 },
-			{ "2026-11-27 17:50:26", 1795801826 },
-			{ "1969-12-31T23:59:59Z", -1 },
-		}
-		for _, c in ipairs(cases) do
-			it(c[1], function()
-				local t = handlers.parse_time(c[1])
-				assert.is_true(math.abs(t - c[2]) < 1e-6, tostring(t))
-			end)
-		end
-
-		it("agrees with os.time in UTC for many dates", function()
-			for y = 1971, 2099, 7 do
-				for m = 1, 12, 5 do
-					local s = string.format("%04d-%02d-28T13:14:15Z", y, m)
-					-- "!*t" round trip: os.date gives UTC fields for the value we computed
-					local t = handlers.parse_time(s)
-					assert.are.equal(s, os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)))
-				end
-			end
-		end)
-
-		it("rejects malformed times", function()
-			for _, s in ipairs({ "yesterday", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z",
-				"2023-02-29T00:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T00:00:00+25:00",
-				"2026-01-01T00:00:00 UTC", "2026-01-01" }) do
-				local t, err = handlers.parse_time(s)
-				assert.is_nil(t, s)
-				assert.is_string(err)
-			end
-			assert.is_nil(handlers.parse_time(42))
+		it("is svccomm.time.parse", function()
+			assert.equal(require("svccomm.time").parse, handlers.parse_time)
 		end)
 	end)
 
@@ -198,6 +163,100 @@ describe("handlers", function()
 			assert.are.equal(0, #calls)
 			assert.matches("command_consumer: expected a function",
 				SPEC.error_of(handlers.command_consumer, 1))
+		end)
+	end)
+
+	-- Writing the response needs a transaction: events_spec.lua covers it against PostgreSQL.
+	describe("call_consumer", function()
+		local calls, h
+		before_each(function()
+			calls = {}
+			h = handlers.call_consumer(function(data, meta)
+				calls[#calls + 1] = { data = data, meta = meta }
+				return "result"
+			end)
+		end)
+
+		it("hands data and the call's identity; without reply_to it writes nothing", function()
+			local message = { exchange = "calc" }
+			assert.is_nil(h("call.add", { call_id = "c1", data = { a = 1 } }, message))
+			assert.are.equal(1, #calls)
+			assert.are.same({ a = 1 }, calls[1].data)
+			assert.are.equal("add", calls[1].meta.method_name)
+			assert.are.equal("calc", calls[1].meta.service_name)
+			assert.are.equal("c1", calls[1].meta.call_id)
+			assert.are.same({}, calls[1].meta.meta)
+			assert.are.equal(message, calls[1].meta.message)
+			h("x", { callId = "c2", methodName = "mul", serviceName = "s", replyTo = cjson.null }, message)
+			assert.are.equal("mul", calls[2].meta.method_name)
+			assert.are.equal("s", calls[2].meta.service_name)
+		end)
+
+		it("skips an expired call without calling fn", function()
+			local status, reason = h("call.add", { call_id = "c1", reply_to = "me",
+				meta = { expired_time = "2001-01-01T00:00:00Z" } }, {})
+			assert.are.equal("skipped", status)
+			assert.matches("call expired at 2001", reason)
+			assert.are.equal("skipped", (h("call.add", { call_id = "c1", meta = { expiredTime = 1 } }, {})))
+			assert.are.equal(0, #calls)
+		end)
+
+		it("a body that is not a call is a permanent error", function()
+			assert.matches("call_consumer: body is not a JSON object", permanent_message(h, "call.add", "x", {}))
+			assert.matches("not a call: no call_id or method_name",
+				permanent_message(h, "other", { call_id = "c1" }, {}))
+			assert.matches("not a call", permanent_message(h, "call.add", { call_id = 5 }, {}))
+			assert.matches("meta.expired_time is not a time: soon",
+				permanent_message(h, "call.add", { call_id = "c1", meta = { expired_time = "soon" } }, {}))
+			assert.are.equal(0, #calls)
+		end)
+
+		it("checks its argument and routes report the user's function", function()
+			assert.matches("handlers_spec.lua:%d+: call_consumer: expected a function, got nil",
+				SPEC.error_of(function() handlers.call_consumer() end))
+			local function user_fn() end
+			local line = debug.getinfo(user_fn, "S").linedefined
+			router.consumer("calc", "call.#")(handlers.call_consumer(user_fn))
+			assert.matches("handlers_spec.lua:" .. line .. "$", router.match("calc", "call.add").defined)
+		end)
+	end)
+
+	describe("call_response_consumer", function()
+		it("takes service and method from the body, else from the routing key", function()
+			local got
+			local h = handlers.call_response_consumer(function(data, info)
+				got = { data = data, info = info }
+				return "done"
+			end)
+			assert.are.equal("done", h("call-response.calc.add", { call_id = "c1", data = 3 }, {}))
+			assert.are.equal(3, got.data)
+			assert.are.equal("calc", got.info.service_name)
+			assert.are.equal("add", got.info.method_name)
+			assert.are.equal("c1", got.info.call_id)
+			h("call-response.calc.add", { serviceName = "s", methodName = "m", callId = "c2" }, {})
+			assert.are.equal("s", got.info.service_name)
+			assert.are.equal("m", got.info.method_name)
+			assert.are.equal("c2", got.info.call_id)
+		end)
+
+		it("a body that is not an object is a permanent error; checks its argument", function()
+			local h = handlers.call_response_consumer(function() end)
+			assert.matches("call_response_consumer: body is not a JSON object",
+				permanent_message(h, "call-response.a.b", 1, {}))
+			assert.matches("handlers_spec.lua:%d+: call_response_consumer: expected a function, got string",
+				SPEC.error_of(function() handlers.call_response_consumer("x") end))
+		end)
+	end)
+
+	describe("the svccomm facade", function()
+		it("exports the wrappers of this module", function()
+			local svccomm = require "svccomm"
+			assert.equal(handlers.event_consumer, svccomm.event_consumer)
+			assert.equal(handlers.command_consumer, svccomm.command_consumer)
+			assert.equal(handlers.call_consumer, svccomm.call_consumer)
+			assert.equal(handlers.call_response_consumer, svccomm.call_response_consumer)
+			assert.equal(handlers.permanent_error, svccomm.permanent_error)
+			assert.equal(handlers.is_permanent, svccomm.is_permanent)
 		end)
 	end)
 end)

@@ -354,25 +354,6 @@ describe("settings", function()
 		end)
 	end)
 
-	describe("mask_url", function()
-		local cases = {
-			{ "amqp://guest:guest@localhost:5672/%2f", "amqp://guest:****@localhost:5672/%2f" },
-			{ "amqps://u:p%40ss@h/v", "amqps://u:****@h/v" },
-			{ "amqp://u:p@ss@h/v", "amqp://u:****@h/v" },
-			{ "amqp://localhost", "amqp://localhost" },
-			{ "amqp://user@localhost", "amqp://user@localhost" },
-			{ "postgresql://svccomm:pw@db:5433/x?sslmode=require", "postgresql://svccomm:****@db:5433/x?sslmode=require" },
-			{ "postgresql://db/x?user=a&password=secret&x=1", "postgresql://db/x?user=a&password=****&x=1" },
-			{ "host=db password=secret dbname=x", "host=db password=**** dbname=x" },
-			{ "host=db password = 'se cret' dbname=x", "host=db password = **** dbname=x" },
-		}
-		for _, c in ipairs(cases) do
-			it(c[1], function()
-				assert.are.equal(c[2], settings.mask_url(c[1]))
-			end)
-		end
-	end)
-
 	describe("reference", function()
 		it("lists every key in schema order with type, default and doc", function()
 			local rows = settings.reference()

@@ -1,0 +1,326 @@
+--- svccomm.settings_checks: the checkers of the settings schema (svccomm.settings_schema).
+---
+--- A checker is `check(value, key) -> normalized value`; a mistake raises (through M.fail) a
+--- table {settings_error = true, key =, msg = "expected <what>, got <value>"} that
+--- svccomm.settings turns into "<path>: KEY: expected ..., got ...". URLs and table names are
+--- checked with svccomm.core when that native module is available (only their type
+--- otherwise); passwords never appear in a message (svccomm.secrets).
+local secrets = require "svccomm.secrets"
+
+local M = {}
+
+local type, pairs, ipairs, tostring, error, pcall, require = type, pairs, ipairs, tostring, error, pcall, require
+local format, find, sub, lower = string.format, string.find, string.sub, string.lower
+local tointeger, mtype, huge, floor = math.tointeger, math.type, math.huge, math.floor
+local concat = table.concat
+
+--- Raise a validation failure of `key` (the caller prefixes the settings path).
+---@param key string
+---@param msg string
+function M.fail(key, msg)
+	error({ settings_error = true, key = key, msg = msg }, 0)
+end
+local fail = M.fail
+
+-- svccomm.core, looked up at each check (nil when the native module is not available).
+local function load_core()
+	local ok, core = pcall(require, "svccomm.core")
+	if ok and type(core) == "table" then
+		return core
+	end
+	return nil
+end
+
+--- Describe a value for "got ..." (strings quoted and cut; never used for URLs).
+---@param v any
+---@return string
+function M.show(v)
+	local t = type(v)
+	if t == "string" then
+		if #v > 60 then
+			v = sub(v, 1, 57) .. "..."
+		end
+		return format("%q", v)
+	elseif t == "number" then
+		if mtype(v) == "float" and v == floor(v) and v > -1e15 and v < 1e15 then
+			return format("%.1f", v)
+		end
+		return tostring(v)
+	elseif t == "boolean" or t == "nil" then
+		return tostring(v)
+	end
+	return "a " .. t
+end
+local show = M.show
+
+local function expect(key, expected, v)
+	fail(key, format("expected %s, got %s", expected, show(v)))
+end
+
+-- checkers: (value, key) -> normalized value; raise with fail()
+
+local function check_string(opts)
+	opts = opts or {}
+	return function(v, key)
+		local what = opts.what or "a non-empty string"
+		if type(v) ~= "string" or v == "" then
+			expect(key, what, v)
+		end
+		if opts.max and #v > opts.max then
+			fail(key, format("expected %s of at most %d bytes, got %d bytes", what, opts.max, #v))
+		end
+		return v
+	end
+end
+
+local function check_integer(min, max)
+	local what
+	if max then
+		what = format("an integer from %d to %d", min, max)
+	else
+		what = format("an integer >= %d", min)
+	end
+	return function(v, key)
+		local i = type(v) == "number" and tointeger(v)
+		if not i or i < min or (max and i > max) then
+			expect(key, what, v)
+		end
+		return i
+	end
+end
+
+-- numbers: min_exclusive means v > min, else v >= min
+local function check_number(min, min_exclusive, max)
+	local what = format("a number %s %s", min_exclusive and ">" or ">=", tostring(min))
+	if max then
+		what = what .. format(" and <= %s", tostring(max))
+	end
+	what = what .. " (seconds)"
+	return function(v, key)
+		if type(v) ~= "number" or v ~= v or v == huge or v == -huge
+			or (min_exclusive and v <= min) or (not min_exclusive and v < min)
+			or (max and v > max) then
+			expect(key, what, v)
+		end
+		return v
+	end
+end
+
+local function check_boolean(v, key)
+	if type(v) ~= "boolean" then
+		expect(key, "true or false", v)
+	end
+	return v
+end
+
+local function check_enum(values, fold)
+	local set, quoted = {}, {}
+	for i, s in ipairs(values) do
+		set[s] = true
+		quoted[i] = format("%q", s)
+	end
+	local what = "one of " .. concat(quoted, ", ")
+	return function(v, key)
+		if type(v) == "string" and fold then
+			v = lower(v)
+		end
+		if type(v) ~= "string" or not set[v] then
+			expect(key, what, v)
+		end
+		return v
+	end
+end
+
+local function is_list(t)
+	if type(t) ~= "table" then
+		return false
+	end
+	local n = #t
+	for k in pairs(t) do
+		if tointeger(k) == nil or k < 1 or k > n then
+			return false
+		end
+	end
+	return true
+end
+
+-- The table name of OUTBOX_TABLE / INBOX_TABLE: svccomm.core.quote_ident is the one validator
+-- (util/ident.c, the C side uses it too); without the native module only the type is checked.
+local function check_identifier(v, key)
+	-- quote_ident reads a C string: a NUL byte would end the name early
+	local ok = type(v) == "string" and v ~= "" and not find(v, "\0", 1, true)
+	local core = ok and load_core()
+	if core and core.quote_ident then
+		ok = core.quote_ident(v) ~= nil
+	end
+	if not ok then
+		expect(key, "a table name ([A-Za-z_][A-Za-z0-9_]*, at most 63 characters, "
+			.. "optionally schema.table)", v)
+	end
+	return v
+end
+
+-- A URL checker: `what` (shown for a value that is not a string) and `parsed_what` (shown
+-- with the masked URL and the scrubbed reason when svccomm.core[parser] refuses it).
+local function check_url(what, parsed_what, parser)
+	return function(v, key)
+		if type(v) ~= "string" or v == "" then
+			expect(key, what, v)
+		end
+		local core = load_core()
+		if core and core[parser] then
+			local ok, err = core[parser](v)
+			if not ok then
+				fail(key, format("expected %s, got %q (%s)", parsed_what, secrets.mask(v),
+					secrets.scrub(err or "unparsable", v)))
+			end
+		end
+		return v
+	end
+end
+
+local check_amqp_url = check_url("an amqp:// or amqps:// URL", "an amqp:// or amqps:// URL", "parse_amqp_url")
+local check_database_url = check_url("a PostgreSQL connection string (postgresql://... or key=value ...)",
+	"a PostgreSQL connection string", "parse_conninfo")
+
+local EXCHANGE_TYPES = { direct = true, fanout = true, topic = true, headers = true }
+
+local function check_exchanges(v, key)
+	if not is_list(v) then
+		expect(key, "a list of exchanges", v)
+	end
+	local out, seen = {}, {}
+	for i, e in ipairs(v) do
+		local k = format("%s[%d]", key, i)
+		local name, etype
+		if type(e) == "string" then
+			name, etype = e, "topic"
+		elseif type(e) == "table" then
+			name = e[1] or e.name
+			etype = e[2] or e.type or "topic"
+			if type(name) ~= "string" then
+				expect(k, '"name" or {"name", "type"}', name == nil and e or name)
+			end
+		else
+			expect(k, '"name" or {"name", "type"}', e)
+		end
+		if name == "" or #name > 255 or sub(name, 1, 4) == "amq." then
+			expect(k, "an exchange name (1 to 255 bytes, not starting with \"amq.\")", name)
+		end
+		if type(etype) ~= "string" or not EXCHANGE_TYPES[etype] then
+			fail(k, format('expected an exchange type "direct", "fanout", "topic" or "headers", got %s',
+				show(etype)))
+		end
+		if seen[name] then
+			fail(k, format("exchange %q is listed twice (also %s[%d])", name, key, seen[name]))
+		end
+		seen[name] = i
+		out[i] = { name = name, type = etype }
+	end
+	return out
+end
+
+local function check_binds(v, key)
+	if not is_list(v) then
+		expect(key, "a list of binds", v)
+	end
+	local out = {}
+	for i, b in ipairs(v) do
+		local k = format("%s[%d]", key, i)
+		local ex, rk
+		if type(b) == "string" then
+			ex, rk = b, "#"
+		elseif type(b) == "table" then
+			ex = b[1] or b.exchange
+			rk = b[2] or b.routing_key or "#"
+			if type(ex) ~= "string" then
+				expect(k, '"exchange" or {"exchange", "routing_key"}', ex == nil and b or ex)
+			end
+		else
+			expect(k, '"exchange" or {"exchange", "routing_key"}', b)
+		end
+		if ex == "" or #ex > 255 then
+			expect(k, "an exchange name (1 to 255 bytes)", ex)
+		end
+		if type(rk) ~= "string" or #rk > 255 then
+			expect(k, "a routing key (a string of at most 255 bytes)", rk)
+		end
+		out[i] = { exchange = ex, routing_key = rk }
+	end
+	return out
+end
+
+local function check_queue_arguments(v, key)
+	if type(v) ~= "table" then
+		expect(key, "a table of queue arguments", v)
+	end
+	local out = {}
+	for k, val in pairs(v) do
+		if type(k) ~= "string" or k == "" then
+			expect(key, "string keys (argument names)", k)
+		end
+		local kk = format("%s[%q]", key, k)
+		local t = type(val)
+		if t == "number" then
+			local i = tointeger(val)
+			if not i then
+				expect(kk, "a string, an integer or a boolean", val)
+			end
+			val = i
+		elseif t ~= "string" and t ~= "boolean" then
+			expect(kk, "a string, an integer or a boolean", val)
+		end
+		out[k] = val
+	end
+	return out
+end
+
+local function check_retry_delays(v, key)
+	if not is_list(v) or #v == 0 then
+		expect(key, "a non-empty list of delays in seconds", v)
+	end
+	local out = {}
+	for i, d in ipairs(v) do
+		if type(d) ~= "number" or d ~= d or d <= 0 or d > 4294967 then
+			expect(format("%s[%d]", key, i), "a number of seconds > 0 and <= 4294967", d)
+		end
+		out[i] = d
+	end
+	return out
+end
+
+local function check_apps(v, key)
+	if not is_list(v) then
+		expect(key, "a list of app names", v)
+	end
+	local out, seen = {}, {}
+	for i, name in ipairs(v) do
+		local k = format("%s[%d]", key, i)
+		if type(name) ~= "string" or not find(name, "^[A-Za-z_][A-Za-z0-9_-]*$") then
+			expect(k, "an app name (a directory under apps/: letters, digits, _ and -)", name)
+		end
+		if seen[name] then
+			fail(k, format("app %q is listed twice (also %s[%d])", name, key, seen[name]))
+		end
+		seen[name] = i
+		out[i] = name
+	end
+	return out
+end
+
+-- The checkers by what they check; the schema names them.
+M.string = check_string
+M.integer = check_integer
+M.number = check_number
+M.boolean = check_boolean
+M.enum = check_enum
+M.identifier = check_identifier
+M.amqp_url = check_amqp_url
+M.database_url = check_database_url
+M.exchanges = check_exchanges
+M.binds = check_binds
+M.queue_arguments = check_queue_arguments
+M.retry_delays = check_retry_delays
+M.apps = check_apps
+
+return M

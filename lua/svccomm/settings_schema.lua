@@ -1,0 +1,191 @@
+--- svccomm.settings_schema: the one schema of the settings keys, in reference order: key, type
+--- (the text of the README reference), default, the environment variable that overrides it,
+--- its checker (svccomm.settings_checks) and its documentation. svccomm.settings loads and
+--- validates with it; scripts/settings-reference.lua prints the README table from it.
+local C = require "svccomm.settings_checks"
+
+local M = {}
+
+local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
+local format, concat = string.format, table.concat
+
+--- The rows {key, type, default, nullable, env, check, doc}. `nullable`: nil is a valid
+--- value (the default is nil). `check` normalizes a value or raises (settings_checks.fail).
+M.rows = {
+	{ key = "APP_ID", type = "string", default = "svccomm",
+		check = C.string { max = 255 },
+		doc = "AMQP app_id of published messages; names this service in logs." },
+	{ key = "BROKER_CONNECTION_URL", type = "URL", default = "amqp://guest:guest@localhost:5672/%2f",
+		check = C.amqp_url, env = "SVCCOMM_BROKER_URL",
+		doc = "RabbitMQ URL (amqp:// or amqps://). Env SVCCOMM_BROKER_URL overrides." },
+	{ key = "DATABASE_URL", type = "conninfo", nullable = true,
+		check = C.database_url, env = "SVCCOMM_DATABASE_URL",
+		doc = "PostgreSQL URL or key=value conninfo; unset = no transactions, no outbox. "
+			.. "Env SVCCOMM_DATABASE_URL overrides." },
+	{ key = "QUEUE", type = "string", nullable = true,
+		check = C.string { max = 255 },
+		doc = "The queue runconsumer consumes from (required by runconsumer)." },
+	{ key = "QUEUE_ARGUMENTS", type = "table", default = {},
+		check = C.queue_arguments,
+		doc = 'Queue arguments, e.g. { ["x-queue-type"] = "quorum" }.' },
+	{ key = "EXCHANGES", type = "list", default = {},
+		check = C.exchanges,
+		doc = 'Exchanges to declare: "name" or {"name", "type"} (type direct|fanout|topic|headers, '
+			.. "default topic)." },
+	{ key = "BINDS", type = "list", default = {},
+		check = C.binds,
+		doc = 'Bindings of QUEUE: "exchange" (routing key "#") or {"exchange", "routing_key"}.' },
+	{ key = "DO_NOT_DECLARE", type = "boolean", default = false,
+		check = C.boolean,
+		doc = "Do not declare exchanges, queue and binds; only check they exist." },
+	{ key = "INSTALLED_APPS", type = "list", nullable = true,
+		check = C.apps,
+		doc = "Apps to load (apps/<name>/consumers.lua); unset = every app, sorted by name." },
+	{ key = "PREFETCH_COUNT", type = "integer", default = 1000,
+		check = C.integer(1, 65535),
+		doc = "basic.qos prefetch: unacknowledged messages per consumer (also the largest "
+			.. "batch per transaction). Lower it for slow handlers so work spreads across "
+			.. "workers and consumers." },
+	{ key = "MAX_ATTEMPTS", type = "integer", default = 4,
+		check = C.integer(1, 1000),
+		doc = "Deliveries of a failing message before it goes to <QUEUE>.dlq." },
+	{ key = "RETRY_DELAYS", type = "list of seconds", default = { 1, 10, 60 },
+		check = C.retry_delays,
+		doc = "Delay before each retry; the last one repeats." },
+	{ key = "HANDLER_TIMEOUT", type = "seconds", default = 30,
+		check = C.number(0, true),
+		doc = "A handler running longer is stopped and counts as failed." },
+	{ key = "LUA_MEMORY_LIMIT_MB", type = "integer", default = 64,
+		check = C.integer(1, 1048576),
+		doc = "Memory cap of the Lua state, in MiB." },
+	{ key = "UNROUTED", type = "enum", default = "ack",
+		check = C.enum { "ack", "dead-letter" },
+		doc = 'A message no handler takes: "ack" (logged at warning) or "dead-letter".' },
+	{ key = "KEY_STYLE", type = "enum", default = "preserve",
+		check = C.enum { "preserve", "snake" },
+		doc = '"snake" converts incoming body keys from camelCase to snake_case.' },
+	{ key = "MAX_JSON_DEPTH", type = "integer", default = 128,
+		check = C.integer(1, 1000),
+		doc = "Deeper JSON bodies are dead-lettered as malformed." },
+	{ key = "MAX_MESSAGE_BYTES", type = "integer", default = 8388608,
+		check = C.integer(1, 536870912),
+		doc = "Larger bodies are dead-lettered without being read." },
+	{ key = "INBOX", type = "boolean", default = false,
+		check = C.boolean,
+		doc = "Record handled message ids and skip duplicates (needs DATABASE_URL)." },
+	{ key = "INBOX_TABLE", type = "identifier", default = "svccomm_inbox",
+		check = C.identifier,
+		doc = "Inbox table name (optionally schema.table)." },
+	{ key = "INBOX_RETENTION", type = "seconds", default = 604800,
+		check = C.number(0, true),
+		doc = "Inbox rows older than this are deleted." },
+	{ key = "HEARTBEAT", type = "integer", default = 30,
+		check = C.integer(0, 65535),
+		doc = "AMQP heartbeat in seconds (0 disables it)." },
+	{ key = "SHUTDOWN_TIMEOUT", type = "seconds", default = 30,
+		check = C.number(0, false),
+		doc = "On SIGTERM, time allowed to finish the handler in progress." },
+	{ key = "CONSUMER_COMMIT_INTERVAL", type = "seconds", default = 0.02,
+		check = C.number(0, false, 10),
+		doc = "Longest wait before committing (and acking) handled messages together." },
+	{ key = "RECONNECT_MAX_DELAY", type = "seconds", default = 30,
+		check = C.number(0, true),
+		doc = "Cap of the exponential reconnect backoff." },
+	{ key = "OUTBOX_TABLE", type = "identifier", default = "svccomm_outbox",
+		check = C.identifier,
+		doc = "Outbox table name (optionally schema.table)." },
+	{ key = "PUBLISHER_MODE", type = "enum", default = "listen",
+		check = C.enum { "listen", "poll" },
+		doc = '"listen" wakes on NOTIFY (and polls as a fallback); "poll" only polls.' },
+	{ key = "PUBLISHER_POLL_INTERVAL", type = "seconds", default = 1,
+		check = C.number(0, true),
+		doc = "Polling interval of the relay." },
+	{ key = "PUBLISHER_BATCH_SIZE", type = "integer", default = 500,
+		check = C.integer(1, 100000),
+		doc = "Outbox rows claimed per batch." },
+	{ key = "PUBLISHER_WINDOW", type = "integer", default = 2000,
+		check = C.integer(1, 1000000),
+		doc = "Most published messages awaiting broker confirmation." },
+	{ key = "PUBLISHER_UNROUTABLE", type = "enum", default = "drop",
+		check = C.enum { "drop", "keep" },
+		doc = 'A returned (unroutable) event: "drop" (logged) or "keep" (set aside in the outbox).' },
+	{ key = "STATS_INTERVAL", type = "seconds", default = 60,
+		check = C.number(0, false),
+		doc = "Seconds between stats log lines (0 = off)." },
+	{ key = "LOG_LEVEL", type = "enum", default = "info",
+		check = C.enum({ "debug", "info", "warning", "error" }, true), env = "SVCCOMM_LOG_LEVEL",
+		doc = 'debug, info, warning or error. Env SVCCOMM_LOG_LEVEL overrides.' },
+}
+
+--- The row of each key.
+---@type table<string, table>
+M.by_key = {}
+for _, row in ipairs(M.rows) do
+	M.by_key[row.key] = row
+end
+
+local function deep_copy(v)
+	if type(v) ~= "table" then
+		return v
+	end
+	local out = {}
+	for k, val in pairs(v) do
+		out[k] = deep_copy(val)
+	end
+	return out
+end
+
+--- A fresh copy of the default of a row (tables included: every load gets its own).
+---@param row table
+---@return any
+function M.default(row)
+	return deep_copy(row.default)
+end
+
+-- A default as Lua source text ("nil" when unset).
+local function render(v)
+	if v == nil then
+		return "nil"
+	end
+	if type(v) == "string" then
+		return format("%q", v)
+	end
+	if type(v) == "table" then
+		local parts = {}
+		for i, x in ipairs(v) do
+			parts[i] = render(x)
+		end
+		return "{" .. concat(parts, ", ") .. "}"
+	end
+	return tostring(v)
+end
+
+--- Rows {key, type, default, doc} of the schema, in schema order, for the README reference.
+--- `default` is rendered as Lua source text ("nil" when unset); `value` is the raw default.
+---@return table[]
+function M.reference()
+	local out = {}
+	for i, row in ipairs(M.rows) do
+		out[i] = {
+			key = row.key,
+			type = row.type,
+			default = render(row.default),
+			value = deep_copy(row.default),
+			doc = row.doc,
+			env = row.env,
+		}
+	end
+	return out
+end
+
+--- The settings keys in schema order.
+---@return string[]
+function M.keys()
+	local out = {}
+	for i, row in ipairs(M.rows) do
+		out[i] = row.key
+	end
+	return out
+end
+
+return M
