@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 import svc
-from conftest import Project
+from svc import Project
 
 REFERENCE_TYPE_ERROR = "expected a table name ([A-Za-z_][A-Za-z0-9_]*, at most 63 characters, " \
                        "optionally schema.table)"
@@ -31,7 +31,7 @@ def run(args, cwd, env=None):
 
 @pytest.fixture
 def project(tmp_path):
-    """conftest's Project in tmp_path, starting with an empty settings.lua, but without the
+    """A svc.Project in tmp_path, starting with an empty settings.lua, but without the
     `servers` fixture: check never connects, so these tests neither need the servers nor
     suffer when another suite restarts them."""
     proj = Project(tmp_path, "check")

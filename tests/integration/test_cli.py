@@ -10,7 +10,7 @@ import re
 import pytest
 
 import svc
-from conftest import Project
+from svc import Project
 
 COMMANDS = ["runconsumer", "runpublisher", "checkpublisher", "publish", "migrate", "check",
             "version", "help"]

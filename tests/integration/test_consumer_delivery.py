@@ -2,24 +2,21 @@
 import json
 import time
 
-import pytest
-
-from test_consumer_support import Broker, broker, lua_value, Project, projects, RECORDER, wait_for  # noqa: F401 (fixtures)
-
+import svc
+from svc import RECORDER
 
 
-def test_100_messages_with_headers_and_unicode_each_handled_once(tmp_path, broker, projects):
-    p = Project(tmp_path, RECORDER)
-    projects.append(p)
-    p.start()
+def test_100_messages_with_headers_and_unicode_each_handled_once(project, broker):
+    p = project.setup_consumer(RECORDER)
+    p.start_consumer()
     text = "Grüße, 世界 🌍 — \"quoted\" \\ back"
     for i in range(100):
-        broker.publish(p.exchange, "order.created", {"n": i, "text": text},
+        broker.publish(p.exchange(), "order.created", {"n": i, "text": text},
                        headers={"h": "héader %d" % i}, message_id="m-%d" % i,
                        correlation_id="corr-%d" % i)
-    wait_for(lambda: p.count() >= 100, 30, what="100 handled")
+    svc.wait_until(lambda: p.record_count() >= 100, 30, what="100 handled")
     time.sleep(0.5)
-    rows = p.rows()
+    rows = p.records()
     assert sorted(r[0] for r in rows) == list(range(100))  # each exactly once
     for n, attempt, rk, body, info in rows:
         info = json.loads(info)
@@ -29,23 +26,22 @@ def test_100_messages_with_headers_and_unicode_each_handled_once(tmp_path, broke
         assert info["corr"] == "corr-%d" % n and info["mid"] == "m-%d" % n
         assert json.loads(body)["text"] == text
     assert p.stop() == 0
-    assert broker.count(p.queue) == 0  # all acked: nothing came back on close
-    assert broker.count(p.queue + ".dlq") == 0
+    assert broker.count(p.queue()) == 0  # all acked: nothing came back on close
+    assert broker.count(p.queue() + ".dlq") == 0
     assert "stats: received=100 ok=100" in p.log()
 
 
-def test_prefetch_1_holds_back_the_second_message(tmp_path, broker, projects):
-    p = Project(tmp_path, RECORDER, {"PREFETCH_COUNT": 1})
-    projects.append(p)
-    p.start()
-    broker.publish(p.exchange, "slow", {"n": 1, "sleep": 2})
-    broker.publish(p.exchange, "slow", {"n": 2})
+def test_prefetch_1_holds_back_the_second_message(project, broker):
+    p = project.setup_consumer(RECORDER, {"PREFETCH_COUNT": 1})
+    p.start_consumer()
+    broker.publish(p.exchange(), "slow", {"n": 1, "sleep": 2})
+    broker.publish(p.exchange(), "slow", {"n": 2})
     time.sleep(1.0)
     # the first is in its handler (unacked); the second still waits in the queue
-    assert broker.count(p.queue) == 1
-    assert p.count() == 0
-    wait_for(lambda: p.count() == 2, 20, what="both handled")
-    assert [r[0] for r in p.rows()] == [1, 2]
+    assert broker.count(p.queue()) == 1
+    assert p.record_count() == 0
+    svc.wait_until(lambda: p.record_count() == 2, 20, what="both handled")
+    assert [r[0] for r in p.records()] == [1, 2]
     assert p.stop() == 0
 
 
@@ -65,28 +61,21 @@ router.default_consumer(rec("default"))
 """
 
 
-def test_wildcard_exchange_wide_and_default_routing(tmp_path, broker, projects):
-    handler = ROUTES.replace("$EXCHANGE_wide", "__WIDE__")
-    p = Project(tmp_path, handler)
-    wide = p.exchange + "_wide"
-    other = p.exchange + "_other"
-    code_path = tmp_path / "apps" / "rec" / "consumers.lua"
-    code_path.write_text(code_path.read_text().replace("__WIDE__", wide))
-    p.settings.update({
-        "EXCHANGES": [p.exchange, wide, [other, "fanout"]],
-        "BINDS": [[p.exchange, "event.*"], wide, other],
-    })
-    (tmp_path / "settings.lua").write_text("return " + lua_value(p.settings) + "\n")
-    projects.append(p)
-    p.start()
-    broker.publish(p.exchange, "event.created", {"n": 1})
-    broker.publish(p.exchange, "event.special", {"n": 2})
-    broker.publish(p.exchange, "other.thing", {"n": 3})  # not bound: never arrives
+def test_wildcard_exchange_wide_and_default_routing(project, broker):
+    wide = project.exchange("wide")
+    other = project.exchange("other")
+    p = project.setup_consumer(ROUTES.replace("$EXCHANGE_wide", wide))
+    p.write_settings(p.settings, EXCHANGES=[p.exchange(), wide, [other, "fanout"]],
+                     BINDS=[[p.exchange(), "event.*"], wide, other])
+    p.start_consumer()
+    broker.publish(p.exchange(), "event.created", {"n": 1})
+    broker.publish(p.exchange(), "event.special", {"n": 2})
+    broker.publish(p.exchange(), "other.thing", {"n": 3})  # not bound: never arrives
     broker.publish(wide, "anything.at.all", {"n": 4})
     broker.publish(other, "whatever", {"n": 5})
-    wait_for(lambda: p.count() >= 4, 20, what="4 handled")
+    svc.wait_until(lambda: p.record_count() >= 4, 20, what="4 handled")
     time.sleep(0.5)
-    got = {r[0]: (r[2], r[4]) for r in p.rows()}
+    got = {r[0]: (r[2], r[4]) for r in p.records()}
     assert got == {
         1: ("event.created", "wildcard"),
         2: ("event.special", "exact"),
@@ -109,17 +98,16 @@ svccomm.message_router.consumer("$EXCHANGE", "update.base", svccomm.event_consum
 """
 
 
-def test_python_library_envelope_reaches_event_consumer(tmp_path, broker, projects):
-    p = Project(tmp_path, EVENTS)
-    projects.append(p)
-    p.start()
+def test_python_library_envelope_reaches_event_consumer(project, broker):
+    p = project.setup_consumer(EVENTS)
+    p.start_consumer()
     envelope = {"eventId": 9103, "event_time": "2026-11-27T17:50:26.588Z",
                 "event_type": "update.base", "aggregate": "user",
                 "payload": {"userId": 42, "firstName": "Zoë"}}
-    broker.publish(p.exchange, "update.base", json.dumps(envelope).encode(),
+    broker.publish(p.exchange(), "update.base", json.dumps(envelope).encode(),
                    content_type="text/json", message_id="9103")
-    wait_for(lambda: p.count() == 1, 20, what="the event handled")
-    n, _, rk, body, info = p.rows()[0]
+    svc.wait_until(lambda: p.record_count() == 1, 20, what="the event handled")
+    n, _, rk, body, info = p.records()[0]
     assert n == 42 and rk == "update.base"
     assert json.loads(body) == {"userId": 42, "firstName": "Zoë"}
     info = json.loads(info)
@@ -129,18 +117,17 @@ def test_python_library_envelope_reaches_event_consumer(tmp_path, broker, projec
     assert p.stop() == 0
 
 
-def test_do_not_declare_reports_what_is_missing_and_exits_2(tmp_path, broker, projects):
-    p = Project(tmp_path, RECORDER, {"DO_NOT_DECLARE": True})
-    projects.append(p)
-    p.start(wait_consuming=False)
+def test_do_not_declare_reports_what_is_missing_and_exits_2(project, broker):
+    p = project.setup_consumer(RECORDER, {"DO_NOT_DECLARE": True})
+    p.start_consumer(wait_consuming=False)
     rc = p.proc.wait(30)
     assert rc == 2, p.log()
-    assert "exchange '%s'" % p.exchange in p.log()
-    assert "queue '%s'" % p.queue in p.log()
+    assert "exchange '%s'" % p.exchange() in p.log()
+    assert "queue '%s'" % p.queue() in p.log()
 
 
-def test_missing_queue_setting_is_a_usage_error(tmp_path, projects):
-    p = Project(tmp_path, RECORDER, {"QUEUE": None}, use_db=False)
-    p.start(wait_consuming=False)
+def test_missing_queue_setting_is_a_usage_error(project):
+    p = project.setup_consumer(RECORDER, {"QUEUE": None}, use_db=False)
+    p.start_consumer(wait_consuming=False)
     assert p.proc.wait(30) == 2
     assert "QUEUE: required by runconsumer, not set" in p.log()

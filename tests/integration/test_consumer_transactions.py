@@ -8,11 +8,10 @@ touches the database) and what it adds (no transaction is open while such a hand
 """
 import json
 import os
-import subprocess
 import time
 
-from test_consumer_support import (BIN, DATABASE_URL, Project, broker, projects,  # noqa: F401
-                                   sql, wait_for)
+import svc
+from svc import sql
 
 MIXED = """
 local svccomm = require "svccomm"
@@ -47,21 +46,20 @@ end)
 """
 
 
-def test_batch_of_mixed_handlers_keeps_each_message_own_work(tmp_path, broker, projects):
+def test_batch_of_mixed_handlers_keeps_each_message_own_work(project, broker):
     # MAX_ATTEMPTS 1: a failing message is dead-lettered at once, nothing comes back
-    p = Project(tmp_path, MIXED, {"MAX_ATTEMPTS": 1, "CONSUMER_COMMIT_INTERVAL": 0.5})
-    projects.append(p)
+    p = project.setup_consumer(MIXED, {"MAX_ATTEMPTS": 1, "CONSUMER_COMMIT_INTERVAL": 0.5})
     kinds = ["nodb", "nested", "exec", "fail", "plain", "status"]
-    p.start()  # declares the queue and the bindings
+    p.start_consumer()  # declares the queue and the bindings
     assert p.stop() == 0
     # Published while the consumer is down: they arrive together and share batches.
     for i in range(60):
-        broker.publish(p.exchange, kinds[i % len(kinds)], {"n": i})
-    p.start()
-    wait_for(lambda: broker.count(p.queue) == 0 and broker.count(p.queue + ".dlq") == 10, 30,
-             what="all 60 messages handled")
-    wait_for(lambda: p.count() == 50, 10, what="the rows of 50 messages")
-    rows = sql("SELECT n, info FROM %s ORDER BY n, id" % p.table)
+        broker.publish(p.exchange(), kinds[i % len(kinds)], {"n": i})
+    p.start_consumer()
+    svc.wait_until(lambda: broker.count(p.queue()) == 0 and broker.count(p.queue() + ".dlq") == 10,
+                   30, what="all 60 messages handled")
+    svc.wait_until(lambda: p.record_count() == 50, 10, what="the rows of 50 messages")
+    rows = sql("SELECT n, info FROM %s ORDER BY n, id" % p.table())
     expected = []
     for i in range(60):
         k = kinds[i % len(kinds)]
@@ -95,27 +93,24 @@ end)
 """
 
 
-def test_handler_without_database_work_runs_outside_any_transaction(tmp_path, broker,
-                                                                    projects):
+def test_handler_without_database_work_runs_outside_any_transaction(project, broker):
     app = "svctx_" + str(int(time.time() * 1000) % 10**9)
-    url = DATABASE_URL + ("&" if "?" in DATABASE_URL else "?") + "application_name=" + app
-    p = Project(tmp_path, SLOW_NODB)
-    projects.append(p)
-    base_env = p.env
-    p.env = lambda: dict(base_env(), SVCCOMM_DATABASE_URL=url)
-    p.start()
+    url = os.environ["SVCCOMM_DATABASE_URL"]
+    url += ("&" if "?" in url else "?") + "application_name=" + app
+    p = project.setup_consumer(SLOW_NODB)
+    p.start_consumer(env={"SVCCOMM_DATABASE_URL": url})
 
     def backend_state():
         rows = sql("SELECT state FROM pg_stat_activity WHERE application_name = %s", app)
         return rows[0][0] if rows else None
 
-    broker.publish(p.exchange, "slow", {"n": 1})
+    broker.publish(p.exchange(), "slow", {"n": 1})
     time.sleep(0.5)  # inside the 1.5 s handler
     assert backend_state() == "idle"  # no BEGIN / SAVEPOINT was sent for it
-    broker.publish(p.exchange, "plain", {"n": 2})
-    wait_for(lambda: p.count() == 1, 20, what="the plain message's row")
-    wait_for(lambda: backend_state() == "idle", 5, what="the batch to commit")
-    assert sql("SELECT n, info FROM %s" % p.table) == [(2, "plain")]
+    broker.publish(p.exchange(), "plain", {"n": 2})
+    svc.wait_until(lambda: p.record_count() == 1, 20, what="the plain message's row")
+    svc.wait_until(lambda: backend_state() == "idle", 5, what="the batch to commit")
+    assert sql("SELECT n, info FROM %s" % p.table()) == [(2, "plain")]
     assert p.stop() == 0
 
 
@@ -157,83 +152,69 @@ end)
 
 
 def migrate(p):
-    r = subprocess.run([BIN, "--settings", os.path.join(p.dir, "settings.lua"), "migrate"],
-                       cwd=p.dir, env=p.env(), capture_output=True, text=True, timeout=60)
+    r = p.run("migrate", timeout=60)
     assert r.returncode == 0, r.stderr
 
 
-def test_outbox_rows_of_a_batch_commit_with_it_and_a_bad_row_is_isolated(tmp_path, broker,
-                                                                         projects):
-    outbox = "ob_" + str(int(time.time() * 1000) % 10**9)
+def test_outbox_rows_of_a_batch_commit_with_it_and_a_bad_row_is_isolated(project, broker):
+    outbox = project.table("outbox")  # the project's OUTBOX_TABLE
     handler = OUTBOX_HANDLER.replace("$OUTBOX", outbox)
-    p = Project(tmp_path, handler, {"MAX_ATTEMPTS": 1, "OUTBOX_TABLE": outbox,
-                                    "CONSUMER_COMMIT_INTERVAL": 0.5})
-    projects.append(p)
+    p = project.setup_consumer(handler, {"MAX_ATTEMPTS": 1, "CONSUMER_COMMIT_INTERVAL": 0.5})
     migrate(p)
-    try:
-        # a row the database refuses only when it is written (not when it is queued)
-        sql("CREATE FUNCTION %s_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF NEW.routing_key = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; "
-            "RETURN NEW; END $$" % outbox)
-        sql("CREATE TRIGGER refuse BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s_refuse()"
-            % (outbox, outbox))
-        p.start()
-        assert p.stop() == 0
-        kinds = ["emit", "emit_then_fail", "emit_and_read", "emit", "poison", "emit"]
-        for i in range(30):
-            broker.publish(p.exchange, kinds[i % len(kinds)], {"n": i})
-        p.start()
-        # 5 emit_then_fail + 5 poison end in the DLQ (MAX_ATTEMPTS 1)
-        wait_for(lambda: broker.count(p.queue) == 0 and broker.count(p.queue + ".dlq") == 10,
-                 40, what="all 30 messages settled")
-        emitted = [i for i in range(30) if kinds[i % len(kinds)] in ("emit", "emit_and_read")]
-        wait_for(lambda: p.count() == len(emitted) + 5, 10, what="the handlers' rows")
-        rows = sql("SELECT id, body FROM %s ORDER BY id" % outbox)
-        bodies = [json.loads(b) for _, b in rows]
-        assert sorted(b["payload"]["n"] for b in bodies) == emitted
-        assert all(b["eventId"] == str(i) for (i, _), b in zip(rows, bodies))
-        assert all(b["eventType"] == "done" for b in bodies)
-        assert all(b["payload"]["s"] == 'q"uo\\te\n\t\x01 \u00fc\u20ac\U0001F600' for b in bodies)
-        seen = sql("SELECT info FROM %s WHERE info LIKE 'seen%%'" % p.table)
-        assert seen == [("seen 0 cancelled 1",)] * 5
-        dead = broker.get_all(p.queue + ".dlq")
-        poisoned = [json.loads(b)["n"] for props, b in dead
-                    if "poisoned row" in props.headers.get("x-svccomm-error", "")]
-        assert sorted(poisoned) == [i for i in range(30) if kinds[i % len(kinds)] == "poison"]
-        log = p.log()
-        assert log.count("writing the batch's outbox rows: ") >= 5
-        assert log.count("writing the batch's outbox rows: ") == \
-            log.count("writing the batch's outbox rows: poisoned row")
-        assert p.stop() == 0
-    finally:
-        sql("DROP TABLE IF EXISTS %s CASCADE" % outbox)
-        sql("DROP FUNCTION IF EXISTS %s_refuse() CASCADE" % outbox)
-        sql("DROP FUNCTION IF EXISTS %s_notify() CASCADE" % outbox)
+    # a row the database refuses only when it is written (not when it is queued)
+    sql("CREATE FUNCTION %s_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.routing_key = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; "
+        "RETURN NEW; END $$" % outbox)
+    sql("CREATE TRIGGER refuse BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION %s_refuse()"
+        % (outbox, outbox))
+    p.start_consumer()
+    assert p.stop() == 0
+    kinds = ["emit", "emit_then_fail", "emit_and_read", "emit", "poison", "emit"]
+    for i in range(30):
+        broker.publish(p.exchange(), kinds[i % len(kinds)], {"n": i})
+    p.start_consumer()
+    # 5 emit_then_fail + 5 poison end in the DLQ (MAX_ATTEMPTS 1)
+    svc.wait_until(lambda: broker.count(p.queue()) == 0 and broker.count(p.queue() + ".dlq") == 10,
+                   40, what="all 30 messages settled")
+    emitted = [i for i in range(30) if kinds[i % len(kinds)] in ("emit", "emit_and_read")]
+    svc.wait_until(lambda: p.record_count() == len(emitted) + 5, 10, what="the handlers' rows")
+    rows = sql("SELECT id, body FROM %s ORDER BY id" % outbox)
+    bodies = [json.loads(b) for _, b in rows]
+    assert sorted(b["payload"]["n"] for b in bodies) == emitted
+    assert all(b["eventId"] == str(i) for (i, _), b in zip(rows, bodies))
+    assert all(b["eventType"] == "done" for b in bodies)
+    assert all(b["payload"]["s"] == 'q"uo\\te\n\t\x01 \u00fc\u20ac\U0001F600' for b in bodies)
+    seen = sql("SELECT info FROM %s WHERE info LIKE 'seen%%'" % p.table())
+    assert seen == [("seen 0 cancelled 1",)] * 5
+    dead = broker.get_all(p.queue() + ".dlq")
+    poisoned = [json.loads(b)["n"] for props, b in dead
+                if "poisoned row" in props.headers.get("x-svccomm-error", "")]
+    assert sorted(poisoned) == [i for i in range(30) if kinds[i % len(kinds)] == "poison"]
+    log = p.log()
+    assert log.count("writing the batch's outbox rows: ") >= 5
+    assert log.count("writing the batch's outbox rows: ") == \
+        log.count("writing the batch's outbox rows: poisoned row")
+    assert p.stop() == 0
 
 
-def test_failed_message_whose_rows_were_already_written_leaves_none(tmp_path, broker, projects):
-    outbox = "ob_" + str(int(time.time() * 1000) % 10**9)
-    p = Project(tmp_path, OUTBOX_HANDLER.replace("$OUTBOX", outbox),
-                {"MAX_ATTEMPTS": 1, "OUTBOX_TABLE": outbox, "CONSUMER_COMMIT_INTERVAL": 0.5})
-    projects.append(p)
+def test_failed_message_whose_rows_were_already_written_leaves_none(project, broker):
+    outbox = project.table("outbox")  # the project's OUTBOX_TABLE
+    p = project.setup_consumer(OUTBOX_HANDLER.replace("$OUTBOX", outbox),
+                               {"MAX_ATTEMPTS": 1, "CONSUMER_COMMIT_INTERVAL": 0.5})
     migrate(p)
-    try:
-        p.start()
-        assert p.stop() == 0
-        kinds = ["emit"] * 5 + ["flush_then_fail"] + ["emit"] * 5
-        for i, k in enumerate(kinds):
-            broker.publish(p.exchange, k, {"n": i})
-        p.start()
-        wait_for(lambda: broker.count(p.queue) == 0 and broker.count(p.queue + ".dlq") == 1,
-                 30, what="all 11 messages settled")
-        wait_for(lambda: p.count() == 10, 10, what="the rows of the 10 good messages")
-        rows = sql("SELECT body FROM %s ORDER BY id" % outbox)
-        assert sorted(json.loads(b)["payload"]["n"] for (b,) in rows) == \
-            [i for i, k in enumerate(kinds) if k == "emit"]
-        (props, body), = broker.get_all(p.queue + ".dlq")
-        assert json.loads(body)["n"] == 5
-        assert "fails after its rows were written" in props.headers["x-svccomm-error"]
-        assert p.stop() == 0
-    finally:
-        sql("DROP TABLE IF EXISTS %s CASCADE" % outbox)
-        sql("DROP FUNCTION IF EXISTS %s_notify() CASCADE" % outbox)
+    p.start_consumer()
+    assert p.stop() == 0
+    kinds = ["emit"] * 5 + ["flush_then_fail"] + ["emit"] * 5
+    for i, k in enumerate(kinds):
+        broker.publish(p.exchange(), k, {"n": i})
+    p.start_consumer()
+    svc.wait_until(lambda: broker.count(p.queue()) == 0 and broker.count(p.queue() + ".dlq") == 1,
+                   30, what="all 11 messages settled")
+    svc.wait_until(lambda: p.record_count() == 10, 10, what="the rows of the 10 good messages")
+    rows = sql("SELECT body FROM %s ORDER BY id" % outbox)
+    assert sorted(json.loads(b)["payload"]["n"] for (b,) in rows) == \
+        [i for i, k in enumerate(kinds) if k == "emit"]
+    (props, body), = broker.get_all(p.queue() + ".dlq")
+    assert json.loads(body)["n"] == 5
+    assert "fails after its rows were written" in props.headers["x-svccomm-error"]
+    assert p.stop() == 0

@@ -1,6 +1,6 @@
 """`svccomm migrate` against the real local PostgreSQL, inspected with psycopg2.
 
-Each test migrates into its own schema (<prefix>_s, dropped by conftest's cleanup), so the
+Each test migrates into its own schema (<prefix>_s, dropped by the project's cleanup), so the
 bookkeeping table svccomm_migrations, the tables, indexes, trigger and function are all the
 test's own. The outbox and inbox tables carry the prefix too, so the NOTIFY channel (the bare
 outbox table name) is unique to the test.

@@ -5,13 +5,12 @@ import os
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 import svc
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = svc.ROOT
 LUA_CPATH = os.environ.get("SVCCOMM_LUA_CPATH", str(ROOT / "build" / "lua" / "?.so"))
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 

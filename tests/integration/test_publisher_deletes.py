@@ -4,11 +4,11 @@ a row or publishes a deleted one again."""
 import random
 import time
 
-from test_publisher_support import broker, db, make, suffix, wait_for  # noqa: F401 (fixtures)
+import svc
 
 
 def topology(broker, n):
-    s = suffix()
+    s = svc.suffix()
     exchanges = ["del%02d_%s" % (i, s) for i in range(n)]
     for ex in exchanges:
         broker.exchange(ex)
@@ -30,7 +30,7 @@ def first_deliveries_in_order(got):
 
 def relay_backends(table):
     """Backend pids of the relays of this table (their statements name it)."""
-    conn = db()
+    conn = svc.pg_connect()
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -42,7 +42,7 @@ def relay_backends(table):
 
 
 def terminate(pids):
-    conn = db()
+    conn = svc.pg_connect()
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -52,45 +52,47 @@ def terminate(pids):
         conn.close()
 
 
-def test_batches_of_one_each_row_once_and_table_empty_when_caught_up(make, broker):
+def test_batches_of_one_each_row_once_and_table_empty_when_caught_up(project, broker):
     # Batch 1: every claim carries the deletes of the rows confirmed since the previous one.
-    p = make({"PUBLISHER_BATCH_SIZE": 1, "PUBLISHER_WINDOW": 50})
+    p = project.setup_relay({"PUBLISHER_BATCH_SIZE": 1, "PUBLISHER_WINDOW": 50})
     exchanges, q = topology(broker, 3)
     ids = []
     for ex in exchanges:
-        ids += p.insert_many(ex, 150)
-    relay = p.start()
+        ids += p.outbox_insert_many(ex, 150)
+    relay = p.start_relay()
     got = broker.collect(q, len(ids), timeout=60, settle=1)
     mids = [int(props.message_id) for _, props, _ in got]
     assert sorted(mids) == sorted(ids)  # each exactly once: no loss, no second publish
     first_deliveries_in_order(got)
-    wait_for(lambda: p.count() == 0, 10, what="table empty")
+    svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     # Caught up: no claim follows, the last confirmed rows are deleted on their own at once.
-    more = p.insert_many(exchanges[0], 3)
+    more = p.outbox_insert_many(exchanges[0], 3)
     got = broker.collect(q, 3, timeout=10, settle=0.5)
     assert sorted(int(props.message_id) for _, props, _ in got) == more
-    wait_for(lambda: p.count() == 0, 2, what="the last rows deleted without a further claim")
+    svc.wait_until(lambda: p.outbox_count() == 0, 2,
+                   what="the last rows deleted without a further claim")
     assert p.stop(relay) == 0
 
 
-def test_database_session_killed_repeatedly_lost_zero_deleted_never_resent(make, broker):
-    p = make({"PUBLISHER_BATCH_SIZE": 20, "PUBLISHER_WINDOW": 100, "RECONNECT_MAX_DELAY": 0.5})
+def test_database_session_killed_repeatedly_lost_zero_deleted_never_resent(project, broker):
+    p = project.setup_relay({"PUBLISHER_BATCH_SIZE": 20, "PUBLISHER_WINDOW": 100,
+                             "RECONNECT_MAX_DELAY": 0.5})
     exchanges, q = topology(broker, 4)
     ids = []
     for ex in exchanges:
-        ids += p.insert_many(ex, 1500)
-    relay = p.start()
+        ids += p.outbox_insert_many(ex, 1500)
+    relay = p.start_relay()
     rnd = random.Random(7)
     kills = 0
     deadline = time.monotonic() + 60
-    while kills < 8 and p.count() > 500 and time.monotonic() < deadline:
+    while kills < 8 and p.outbox_count() > 500 and time.monotonic() < deadline:
         time.sleep(rnd.uniform(0.05, 0.3))
-        pids = relay_backends(p.table)
+        pids = relay_backends(p.table("outbox"))
         if pids:
             terminate(pids)
             kills += 1
     assert kills >= 3, "the relay drained before the sessions could be killed"
-    wait_for(lambda: p.count() == 0, 90, what="table empty after the reconnects")
+    svc.wait_until(lambda: p.outbox_count() == 0, 90, what="table empty after the reconnects")
     got = broker.collect(q, len(ids), timeout=60, settle=2)
     by_id = {}
     for _, props, body in got:
@@ -107,16 +109,16 @@ def test_database_session_killed_repeatedly_lost_zero_deleted_never_resent(make,
     assert p.stop(relay) == 0
 
 
-def test_two_relays_hand_over_partitions_without_resending_confirmed_rows(make, broker):
-    p = make({"PUBLISHER_BATCH_SIZE": 50, "PUBLISHER_WINDOW": 400})
+def test_two_relays_hand_over_partitions_without_resending_confirmed_rows(project, broker):
+    p = project.setup_relay({"PUBLISHER_BATCH_SIZE": 50, "PUBLISHER_WINDOW": 400})
     exchanges, q = topology(broker, 8)
     ids = []
     for ex in exchanges:
-        ids += p.insert_many(ex, 600)
-    a = p.start()
-    wait_for(lambda: p.count() < 4000, 30, what="first relay publishing")
-    b = p.start()  # takes half of the partitions from a while a has rows confirmed
-    wait_for(lambda: p.count() == 0, 60, what="table empty")
+        ids += p.outbox_insert_many(ex, 600)
+    a = p.start_relay()
+    svc.wait_until(lambda: p.outbox_count() < 4000, 30, what="first relay publishing")
+    b = p.start_relay()  # takes half of the partitions from a while a has rows confirmed
+    svc.wait_until(lambda: p.outbox_count() == 0, 60, what="table empty")
     got = broker.collect(q, len(ids), timeout=60, settle=2)
     mids = [int(props.message_id) for _, props, _ in got]
     assert sorted(mids) == sorted(ids)  # each exactly once

@@ -4,12 +4,11 @@ import time
 
 import pytest
 
-from test_publisher_support import Broker, broker, db, make, Project, suffix, wait_for  # noqa: F401 (fixtures)
-
+import svc
 
 
 def topology(broker, n_exchanges=1):
-    s = suffix()
+    s = svc.suffix()
     exchanges = ["agg%d_%s" % (i, s) for i in range(n_exchanges)]
     for ex in exchanges:
         broker.exchange(ex)
@@ -18,8 +17,8 @@ def topology(broker, n_exchanges=1):
     return exchanges, q
 
 
-def test_1_hundred_rows_exact_bodies_and_properties(make, broker):
-    p = make()
+def test_1_hundred_rows_exact_bodies_and_properties(project, broker):
+    p = project.setup_relay()
     (ex,), q = topology(broker)
     rows = []
     for i in range(100):
@@ -33,11 +32,11 @@ def test_1_hundred_rows_exact_bodies_and_properties(make, broker):
             r["message_id"] = "custom-id-7"
         rows.append(r)
     t0 = int(time.time())
-    ids = p.insert(rows)
-    relay = p.start()
+    ids = p.outbox_insert(rows)
+    relay = p.start_relay()
     got = broker.collect(q, 100)
     assert len(got) == 100
-    wait_for(lambda: p.count() == 0, 10, what="table empty")
+    svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     by_id = {}
     for method, props, body in got:
         by_id[props.message_id] = (method, props, body)
@@ -63,109 +62,111 @@ def test_1_hundred_rows_exact_bodies_and_properties(make, broker):
     assert p.stop(relay) == 0
 
 
-def test_2_nothing_sent_before_commit_and_never_after_rollback(make, broker):
-    p = make()
+def test_2_nothing_sent_before_commit_and_never_after_rollback(project, broker):
+    p = project.setup_relay()
     (ex,), q = topology(broker)
-    relay = p.start()
-    conn = db()
+    relay = p.start_relay()
+    conn = svc.pg_connect()
     conn.autocommit = False
     cur = conn.cursor()
     cur.execute("INSERT INTO %s (exchange, routing_key, body) VALUES (%%s, 'a', '\"c\"') "
-                "RETURNING id" % p.table, (ex,))
+                "RETURNING id" % p.table("outbox"), (ex,))
     committed_id = cur.fetchone()[0]
     time.sleep(2.5)  # several poll intervals pass while the transaction is open
     assert broker.count(q) == 0
     conn.commit()
     cur.execute("INSERT INTO %s (exchange, routing_key, body) VALUES (%%s, 'a', '\"r\"')"
-                % p.table, (ex,))
+                % p.table("outbox"), (ex,))
     conn.rollback()
     conn.close()
     got = broker.collect(q, 1, timeout=10, settle=2.5)
     assert [(props.message_id, body) for _, props, body in got] == [(str(committed_id), b'"c"')]
-    assert p.count() == 0
+    assert p.outbox_count() == 0
     assert p.stop(relay) == 0
 
 
-def test_8_rows_written_while_stopped_go_out_at_start(make, broker):
-    p = make()
+def test_8_rows_written_while_stopped_go_out_at_start(project, broker):
+    p = project.setup_relay()
     (ex,), q = topology(broker)
-    relay = p.start()
+    relay = p.start_relay()
     assert p.stop(relay) == 0
-    ids = p.insert_many(ex, 100)
+    ids = p.outbox_insert_many(ex, 100)
     time.sleep(0.5)
     assert broker.count(q) == 0
-    relay = p.start()
+    relay = p.start_relay()
     got = broker.collect(q, 100)
     assert sorted(int(props.message_id) for _, props, _ in got) == ids
-    wait_for(lambda: p.count() == 0, 10, what="table empty")
+    svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     assert p.stop(relay) == 0
 
 
 @pytest.mark.parametrize("mode,interval", [("listen", 30), ("poll", 1)])
-def test_9_scheduled_row_on_time_and_cancelled_never(make, broker, mode, interval):
+def test_9_scheduled_row_on_time_and_cancelled_never(project, broker, mode, interval):
     # LISTEN mode with a long poll interval: only the notification plus the due-time wake-up
     # can send the row on time. Poll mode learns of the row at the next poll.
-    p = make({"PUBLISHER_MODE": mode, "PUBLISHER_POLL_INTERVAL": interval})
+    p = project.setup_relay({"PUBLISHER_MODE": mode, "PUBLISHER_POLL_INTERVAL": interval})
     (ex,), q = topology(broker)
-    relay = p.start()
+    relay = p.start_relay()
     time.sleep(0.5)
-    conn = db()
+    conn = svc.pg_connect()
     with conn.cursor() as cur:
         cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after, tags) VALUES "
                     "(%%s, 'later', '\"cancelled\"', now() + interval '2 seconds', "
-                    "'{\"order\": \"7\"}') RETURNING id" % p.table, (ex,))
+                    "'{\"order\": \"7\"}') RETURNING id" % p.table("outbox"), (ex,))
         cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after) VALUES "
                     "(%%s, 'later', '\"due\"', now() + interval '2 seconds') RETURNING id"
-                    % p.table, (ex,))
+                    % p.table("outbox"), (ex,))
         due_id = cur.fetchone()[0]
         t0 = time.time()
-        cur.execute("DELETE FROM %s WHERE tags @> '{\"order\": \"7\"}'" % p.table)
+        cur.execute("DELETE FROM %s WHERE tags @> '{\"order\": \"7\"}'" % p.table("outbox"))
     conn.close()
-    wait_for(lambda: broker.count(q) >= 1, 10, interval=0.02, what="scheduled message")
+    svc.wait_until(lambda: broker.count(q) >= 1, 10, interval=0.02, what="scheduled message")
     elapsed = time.time() - t0
     assert 1.8 <= elapsed <= 2.0 + min(interval, 1) + 0.5, elapsed
     got = broker.collect(q, 1, timeout=10, settle=2.5)
     assert [body for _, _, body in got] == [b'"due"']
     assert got[0][1].message_id == str(due_id)
-    assert p.count() == 0
+    assert p.outbox_count() == 0
     log = p.log(relay)
     if mode == "listen":
         assert "falling back to polling" not in log
     assert p.stop(relay) == 0
 
 
-def test_9b_scheduled_row_not_sent_early(make, broker):
-    p = make({"PUBLISHER_POLL_INTERVAL": 0.2})
+def test_9b_scheduled_row_not_sent_early(project, broker):
+    p = project.setup_relay({"PUBLISHER_POLL_INTERVAL": 0.2})
     (ex,), q = topology(broker)
-    relay = p.start()
-    conn = db()
+    relay = p.start_relay()
+    conn = svc.pg_connect()
     with conn.cursor() as cur:
         cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after) VALUES "
-                    "(%%s, 'later', '\"due\"', now() + interval '2 seconds')" % p.table, (ex,))
+                    "(%%s, 'later', '\"due\"', now() + interval '2 seconds')" % p.table("outbox"),
+                    (ex,))
     t0 = time.time()
     conn.close()
-    wait_for(lambda: broker.count(q) == 1, 10, interval=0.02, what="scheduled message")
+    svc.wait_until(lambda: broker.count(q) == 1, 10, interval=0.02, what="scheduled message")
     elapsed = time.time() - t0
     assert 1.8 <= elapsed <= 3.0, elapsed
     assert p.stop(relay) == 0
 
 
-def test_12_checkpublisher_healthy_and_unhealthy(make):
-    p = make()
+def test_12_checkpublisher_healthy_and_unhealthy(project):
+    p = project.setup_relay()
     r = p.run("checkpublisher")
     assert r.returncode == 0, r.stderr
     assert "publisher healthy" in r.stdout
     # two rows due for a minute, one due for 5 s, one scheduled, one parked: no relay runs
-    p.insert([{"exchange": "x", "routing_key": "k", "body": "1"}] * 0)
-    conn = db()
+    p.outbox_insert([{"exchange": "x", "routing_key": "k", "body": "1"}] * 0)
+    conn = svc.pg_connect()
     with conn.cursor() as cur:
         for ago in (60, 60, 5):
             cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after) VALUES "
-                        "('x', 'k', '1', now() - make_interval(secs => %%s))" % p.table, (ago,))
+                        "('x', 'k', '1', now() - make_interval(secs => %%s))" % p.table("outbox"),
+                        (ago,))
         cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after) VALUES "
-                    "('x', 'k', '1', now() + interval '1 hour')" % p.table)
+                    "('x', 'k', '1', now() + interval '1 hour')" % p.table("outbox"))
         cur.execute("INSERT INTO %s (exchange, routing_key, body, send_after, parked_at) VALUES "
-                    "('x', 'k', '1', now() - interval '1 hour', now())" % p.table)
+                    "('x', 'k', '1', now() - interval '1 hour', now())" % p.table("outbox"))
     conn.close()
     r = p.run("checkpublisher")
     assert r.returncode == 1
@@ -185,25 +186,21 @@ def test_12_checkpublisher_healthy_and_unhealthy(make):
     assert r.returncode == 0 and "--max-queue-size" in r.stdout
 
 
-def test_12b_checkpublisher_database_down_is_failure(make, tmp_path):
-    p = make()
-    env = p.env()
-    env["SVCCOMM_DATABASE_URL"] = "postgresql://svccomm@127.0.0.1:1/svccomm"
-    import subprocess
-    from test_publisher_support import BIN
-    r = subprocess.run([BIN, "--settings", p.settings, "checkpublisher"], env=env,
-                       capture_output=True, text=True, timeout=30)
+def test_12b_checkpublisher_database_down_is_failure(project):
+    p = project.setup_relay()
+    r = p.run("checkpublisher",
+              env={"SVCCOMM_DATABASE_URL": "postgresql://svccomm@127.0.0.1:1/svccomm"})
     assert r.returncode == 1
     assert "publisher healthy" not in r.stdout
 
 
-def test_13_message_fits_the_python_library_consumer(make, broker):
-    p = make()
+def test_13_message_fits_the_python_library_consumer(project, broker):
+    p = project.setup_relay()
     (ex,), q = topology(broker)
     r = p.run("publish", ex, "update.base", '{"name": "Ann", "tags": ["a"]}')
     assert r.returncode == 0, r.stderr
     event_id = r.stdout.strip()
-    relay = p.start()
+    relay = p.start_relay()
     got = broker.collect(q, 1, timeout=15)
     assert len(got) == 1
     method, props, body = got[0]

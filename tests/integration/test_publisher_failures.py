@@ -5,22 +5,21 @@ import time
 
 import pytest
 
-from test_publisher_support import Broker, broker, db, make, Project, rabbitmqctl, suffix, wait_for  # noqa: F401 (fixtures)
+import svc
 
 
-
-def test_6_nacked_row_kept_and_delivered_once_the_queue_drains(make, broker):
-    p = make({"RECONNECT_MAX_DELAY": 1})
-    s = suffix()
+def test_6_nacked_row_kept_and_delivered_once_the_queue_drains(project, broker):
+    p = project.setup_relay({"RECONNECT_MAX_DELAY": 1})
+    s = svc.suffix()
     ex, q = "nack_" + s, "nackq_" + s
     broker.exchange(ex)
     broker.queue(q, [ex], arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
-    ids = p.insert_many(ex, 3)
-    relay = p.start()
-    wait_for(lambda: "refused by the broker" in p.log(relay), 15, what="a nack in the log")
+    ids = p.outbox_insert_many(ex, 3)
+    relay = p.start_relay()
+    svc.wait_until(lambda: "refused by the broker" in p.log(relay), 15, what="a nack in the log")
     assert broker.count(q) == 1
     # the refused rows are still there, marked with the reason
-    kept = p.rows("id, attempts, last_error, parked_at")
+    kept = p.outbox_rows("id, attempts, last_error, parked_at")
     assert 1 <= len(kept) <= 2
     for row_id, attempts, last_error, parked_at in kept:
         assert attempts >= 1 and "nack" in last_error and parked_at is None
@@ -34,20 +33,20 @@ def test_6_nacked_row_kept_and_delivered_once_the_queue_drains(make, broker):
         else:
             time.sleep(0.1)
     assert sorted(seen) == ids
-    wait_for(lambda: p.count() == 0, 10, what="table empty")
+    svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     assert p.stop(relay) == 0
 
 
-def test_7_missing_exchange_with_do_not_declare_kept_then_delivered(make, broker):
-    p = make({"DO_NOT_DECLARE": True, "RECONNECT_MAX_DELAY": 1})
-    s = suffix()
+def test_7_missing_exchange_with_do_not_declare_kept_then_delivered(project, broker):
+    p = project.setup_relay({"DO_NOT_DECLARE": True, "RECONNECT_MAX_DELAY": 1})
+    s = svc.suffix()
     ex, q = "late_" + s, "lateq_" + s
-    ids = p.insert_many(ex, 5)
-    relay = p.start()
-    wait_for(lambda: "does not exist" in p.log(relay) or "NOT_FOUND" in p.log(relay), 15,
-             what="missing exchange logged")
+    ids = p.outbox_insert_many(ex, 5)
+    relay = p.start_relay()
+    svc.wait_until(lambda: "does not exist" in p.log(relay) or "NOT_FOUND" in p.log(relay), 15,
+                   what="missing exchange logged")
     time.sleep(1.5)
-    rows = p.rows()
+    rows = p.outbox_rows()
     assert [r[0] for r in rows] == ids  # kept, none parked
     assert all(r[3] is None for r in rows)
     assert all(r[2] and ("NOT_FOUND" in r[2] or "does not exist" in r[2]) for r in rows)
@@ -60,52 +59,52 @@ def test_7_missing_exchange_with_do_not_declare_kept_then_delivered(make, broker
     broker.queue(q, [ex])
     got = broker.collect(q, 5, timeout=20)
     assert sorted(int(props.message_id) for _, props, _ in got) == ids
-    wait_for(lambda: p.count() == 0, 10, what="table empty")
+    svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     assert p.stop(relay) == 0
 
 
-def test_unroutable_dropped_by_default_kept_with_keep(make, broker):
-    s = suffix()
+def test_unroutable_dropped_by_default_kept_with_keep(make_project, broker):
+    s = svc.suffix()
     ex = "noroute_" + s
     broker.exchange(ex)
-    p = make()
-    p.insert_many(ex, 3)
-    relay = p.start()
-    wait_for(lambda: p.count() == 0, 15, what="unroutable rows dropped")
+    p = make_project().setup_relay()
+    p.outbox_insert_many(ex, 3)
+    relay = p.start_relay()
+    svc.wait_until(lambda: p.outbox_count() == 0, 15, what="unroutable rows dropped")
     assert "unroutable" in p.log(relay)
     assert p.stop(relay) == 0
 
-    k = make({"PUBLISHER_UNROUTABLE": "keep", "RECONNECT_MAX_DELAY": 1})
-    ids = k.insert_many(ex, 3)
-    relay = k.start()
-    wait_for(lambda: all(r[1] >= 1 for r in k.rows()), 15, what="unroutable rows kept")
-    assert all("unroutable" in r[2] for r in k.rows())
+    k = make_project().setup_relay({"PUBLISHER_UNROUTABLE": "keep", "RECONNECT_MAX_DELAY": 1})
+    ids = k.outbox_insert_many(ex, 3)
+    relay = k.start_relay()
+    svc.wait_until(lambda: all(r[1] >= 1 for r in k.outbox_rows()), 15, what="unroutable rows kept")
+    assert all("unroutable" in r[2] for r in k.outbox_rows())
     q = "noroute_q_" + s
     broker.queue(q, [ex])
     got = broker.collect(q, 3, timeout=20)
     assert sorted(int(props.message_id) for _, props, _ in got) == ids
-    wait_for(lambda: k.count() == 0, 10, what="table empty")
+    svc.wait_until(lambda: k.outbox_count() == 0, 10, what="table empty")
     assert k.stop(relay) == 0
 
 
-def test_impossible_rows_are_parked_and_do_not_block_others(make, broker):
-    s = suffix()
+def test_impossible_rows_are_parked_and_do_not_block_others(project, broker):
+    s = svc.suffix()
     ex, q = "ok_" + s, "okq_" + s
     broker.exchange(ex)
     broker.queue(q, [ex])
-    p = make()
+    p = project.setup_relay()
     rows = [
         {"exchange": ex, "routing_key": "a", "body": '"before"'},
         {"exchange": "x" * 300, "routing_key": "a", "body": '"long name"'},
         {"exchange": ex, "routing_key": "a", "body": '"bad headers"', "headers": ["not", "obj"]},
         {"exchange": ex, "routing_key": "a", "body": '"after"'},
     ]
-    ids = p.insert(rows)
-    relay = p.start()
+    ids = p.outbox_insert(rows)
+    relay = p.start_relay()
     got = broker.collect(q, 2, timeout=15, settle=1.5)
     assert sorted(body for _, _, body in got) == [b'"after"', b'"before"']
-    wait_for(lambda: p.count("parked_at IS NULL") == 0, 10, what="good rows deleted")
-    parked = p.rows()
+    svc.wait_until(lambda: p.outbox_count("parked_at IS NULL") == 0, 10, what="good rows deleted")
+    parked = p.outbox_rows()
     assert [r[0] for r in parked] == [ids[1], ids[2]]
     assert all(r[3] is not None and r[2] for r in parked)
     assert "255" in parked[0][2]
@@ -116,60 +115,60 @@ def test_impossible_rows_are_parked_and_do_not_block_others(make, broker):
     assert p.stop(relay) == 0
 
 
-def test_broker_closing_the_channel_parks_only_the_culprit(make, broker):
+def test_broker_closing_the_channel_parks_only_the_culprit(project, broker):
     # A message larger than the broker's max_message_size makes RabbitMQ close the channel
     # while other messages are in flight: the relay must find the culprit and park it alone.
-    s = suffix()
+    s = svc.suffix()
     ex, q = "big_" + s, "bigq_" + s
     broker.exchange(ex)
     broker.queue(q, [ex])
-    p = make()
-    rabbitmqctl("eval", "application:set_env(rabbit, max_message_size, 65536).")
+    p = project.setup_relay()
+    svc.rabbitmqctl("eval", "application:set_env(rabbit, max_message_size, 65536).")
     try:
         rows = [{"exchange": ex, "routing_key": "a", "body": json.dumps({"n": i})}
                 for i in range(20)]
         rows[10]["body"] = json.dumps({"big": "y" * 100000})
-        ids = p.insert(rows)
-        relay = p.start()
+        ids = p.outbox_insert(rows)
+        relay = p.start_relay()
         got = broker.collect(q, 19, timeout=30, settle=1.5)
         # Messages in flight when the channel closed lost their confirms and are sent again
         # (at least once, same message_id); the big one never arrives.
         assert set(int(props.message_id) for _, props, _ in got) == set(ids[:10] + ids[11:])
-        wait_for(lambda: p.count() == 1, 10, what="only the big row left")
-        (row_id, attempts, last_error, parked_at), = p.rows()
+        svc.wait_until(lambda: p.outbox_count() == 1, 10, what="only the big row left")
+        (row_id, attempts, last_error, parked_at), = p.outbox_rows()
         assert row_id == ids[10] and parked_at is not None
         assert "406" in last_error or "PRECONDITION" in last_error or "size" in last_error
         assert p.stop(relay) == 0
     finally:
-        rabbitmqctl("eval", "application:set_env(rabbit, max_message_size, 134217728).")
+        svc.rabbitmqctl("eval", "application:set_env(rabbit, max_message_size, 134217728).")
 
 
-def test_4_rows_pending_confirms_not_resent_on_wakeups(make, broker):
+def test_4_rows_pending_confirms_not_resent_on_wakeups(project, broker):
     # A disk alarm makes the broker stop reading from publishers: the relay's messages sit
     # unconfirmed while notifications and polls keep waking it up.
-    s = suffix()
+    s = svc.suffix()
     ex, q = "slow_" + s, "slowq_" + s
     broker.exchange(ex)
     broker.queue(q, [ex])
-    p = make({"PUBLISHER_POLL_INTERVAL": 0.1})
-    relay = p.start()
+    p = project.setup_relay({"PUBLISHER_POLL_INTERVAL": 0.1})
+    relay = p.start_relay()
     time.sleep(0.5)
-    rabbitmqctl("set_disk_free_limit", "10000GB")
+    svc.rabbitmqctl("set_disk_free_limit", "10000GB")
     try:
         time.sleep(2)
-        ids = p.insert_many(ex, 50)
+        ids = p.outbox_insert_many(ex, 50)
         for _ in range(30):  # more wake-ups: notifications from other inserts
-            conn = db()
+            conn = svc.pg_connect()
             with conn.cursor() as cur:
-                cur.execute("NOTIFY %s" % p.table)
+                cur.execute("NOTIFY %s" % p.table("outbox"))
             conn.close()
             time.sleep(0.05)
         time.sleep(1)
-        assert p.count() == 50  # nothing confirmed, nothing deleted
+        assert p.outbox_count() == 50  # nothing confirmed, nothing deleted
     finally:
-        rabbitmqctl("set_disk_free_limit", "50MB")
+        svc.rabbitmqctl("set_disk_free_limit", "50MB")
     got = broker.collect(q, 50, timeout=30, settle=2)
     mids = [int(props.message_id) for _, props, _ in got]
     assert sorted(mids) == ids  # each exactly once
-    wait_for(lambda: p.count() == 0, 10, what="table empty")
+    svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     assert p.stop(relay) == 0

@@ -32,9 +32,7 @@ def test_rabbitmq_accepts_the_test_user_and_round_trips_a_message(project):
 
 
 def test_project_cleanup_deletes_its_queues_and_exchanges(servers, tmp_path):
-    from conftest import Project
-
-    proj = Project(tmp_path, "tcleanup_" + os.urandom(3).hex())
+    proj = svc.Project(tmp_path, "tcleanup_" + os.urandom(3).hex())
     ch = proj.amqp()
     queue, exchange = proj.queue("q"), proj.exchange("ex")
     ch.exchange_declare(exchange, "topic")
@@ -55,9 +53,7 @@ def test_project_cleanup_deletes_its_queues_and_exchanges(servers, tmp_path):
 
 
 def test_postgresql_accepts_queries_and_cleanup_drops_prefixed_tables(servers, tmp_path):
-    from conftest import Project
-
-    proj = Project(tmp_path, "tcleanup_" + os.urandom(3).hex())
+    proj = svc.Project(tmp_path, "tcleanup_" + os.urandom(3).hex())
     conn = proj.pg()
     assert svc.pg_query(conn, "SELECT current_database(), current_user, %s::int + 1", (41,)) == [
         ("svccomm", "svccomm", 42)
