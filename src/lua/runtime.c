@@ -157,25 +157,29 @@ size_t svc_runtime_memory_used(const struct svc_runtime *rt)
 	return rt->used;
 }
 
-/* Adds a traceback: appended to a string error, stored as field "traceback" of a table
- * error (so C can still read fields such as `permanent`), tostring'ed otherwise. */
+/* Adds a traceback: a table error keeps its fields (C reads `permanent`) and gets the
+ * traceback as field "traceback"; any other error becomes its text with the traceback
+ * appended, in the shape of lua.c's msghandler: a string or a number as it is, another value
+ * through its __tostring, else "(error object is a <type> value)". */
 static int msghandler(lua_State *L)
 {
+	const char *msg;
+
 	if (lua_type(L, 1) == LUA_TTABLE) {
 		luaL_traceback(L, L, NULL, 1);
 		lua_setfield(L, 1, "traceback");
 		lua_settop(L, 1);
 		return 1;
 	}
-	if (lua_type(L, 1) != LUA_TSTRING) {
+	msg = lua_tostring(L, 1);
+	if (msg == NULL) {
 		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-			lua_replace(L, 1);
+			msg = lua_tostring(L, -1);
 		else
-			lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-		lua_replace(L, 1);
-		lua_settop(L, 1);
+			msg =
+			    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
 	}
-	luaL_traceback(L, L, lua_tostring(L, 1), 1);
+	luaL_traceback(L, L, msg, 1);
 	return 1;
 }
 
