@@ -1,5 +1,5 @@
 /* Unit tests for lua/runtime.c: protected calls, tracebacks and error texts, deadlines, the
- * memory cap and the embedded modules. */
+ * memory cap, the embedded modules and the project's package.path. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 #include <lauxlib.h>
+#include <lualib.h>
 #include <string.h>
 
 #include "lua/runtime.h"
@@ -134,6 +135,37 @@ static void table_errors_with_tostring_keep_fields_and_text(void **state)
 	assert_int_equal(lua_gettop(L), 0);
 }
 
+static void project_modules_are_on_the_path_and_the_state_knows_its_runtime(void **state)
+{
+	char err[256];
+	struct svc_runtime *rt = svc_runtime_new("/srv/proj", err, sizeof(err));
+	lua_State *L, *plain;
+	(void)state;
+
+	assert_non_null(rt);
+	L = svc_runtime_state(rt);
+	assert_ptr_equal(svc_runtime_of(L), rt);
+	assert_int_equal(run(rt, "return package.path", 0), SVC_LUA_OK);
+	assert_int_equal(strncmp(lua_tostring(L, -1),
+	                         "/srv/proj/apps/?.lua;/srv/proj/apps/?/init.lua;/srv/proj/?.lua;",
+	                         63),
+	                 0);
+	lua_pop(L, 1);
+	/* loading the apps later (svccomm.apps.load_all) does not add it twice */
+	assert_int_equal(run(rt,
+	                     "local before = package.path "
+	                     "require('svccomm.apps').extend_path('/srv/proj') "
+	                     "return package.path == before",
+	                     0),
+	                 SVC_LUA_OK);
+	assert_true(lua_toboolean(L, -1));
+	lua_pop(L, 1);
+	svc_runtime_free(rt);
+	plain = luaL_newstate();
+	assert_null(svc_runtime_of(plain));
+	lua_close(plain);
+}
+
 static void runaway_code_is_stopped_even_if_it_catches_the_error(void **state)
 {
 	struct svc_runtime *rt = *state;
@@ -192,6 +224,7 @@ int main(void)
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(table_errors_with_tostring_keep_fields_and_text, setup,
 	                                    teardown),
+	    cmocka_unit_test(project_modules_are_on_the_path_and_the_state_knows_its_runtime),
 	    cmocka_unit_test_setup_teardown(runaway_code_is_stopped_even_if_it_catches_the_error,
 	                                    setup, teardown),
 	    cmocka_unit_test_setup_teardown(memory_cap_fails_the_call_not_the_process, setup,
