@@ -88,13 +88,10 @@ static int build_state(lua_State *L)
 	if (project_dir) {
 		/* the project's modules are found from the start (settings.lua may require them);
 		 * svccomm.apps owns the path rule, for a plain lua5.4 as well */
-		lua_getglobal(L, "require");
-		lua_pushliteral(L, "svccomm.apps");
-		lua_call(L, 1, 1);
-		lua_getfield(L, -1, "extend_path");
+		if (luaL_loadstring(L, "require('svccomm.apps').extend_path(...)") != LUA_OK)
+			return lua_error(L);
 		lua_pushstring(L, project_dir);
 		lua_call(L, 1, 0);
-		lua_pop(L, 1);
 	}
 	return 0;
 }

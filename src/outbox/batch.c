@@ -1,8 +1,6 @@
 /* outbox/batch: deferred rows, poison and id reservation of a transaction. See batch.h. */
 #include "outbox/batch.h"
 
-#include <libpq-events.h>
-
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,8 +50,11 @@ static void transaction_reset(struct batch *s)
 	s->id_block = 0;
 }
 
-static void forget(struct batch *s)
+/* A new server session, or the connection is finished: the transaction is gone. */
+static void forget(void *state)
 {
+	struct batch *s = state;
+
 	transaction_reset(s);
 	free(s->id_seq);
 	free(s->rows_sql);
@@ -67,40 +68,12 @@ static void forget(struct batch *s)
 static int batch_proc(PGEventId id, void *info, void *pass)
 {
 	(void)pass;
-	if (id == PGEVT_REGISTER) {
-		struct batch *s = calloc(1, sizeof(*s));
-		PGEventRegister *e = info;
-
-		return s && PQsetInstanceData(e->conn, batch_proc, s) ? 1 : (free(s), 0);
-	}
-	if (id == PGEVT_CONNRESET) {
-		PGEventConnReset *e = info;
-		struct batch *s = PQinstanceData(e->conn, batch_proc);
-
-		if (s)
-			forget(s); /* a new session: the transaction is gone */
-	} else if (id == PGEVT_CONNDESTROY) {
-		PGEventConnDestroy *e = info;
-		struct batch *s = PQinstanceData(e->conn, batch_proc);
-
-		if (s) {
-			forget(s);
-			free(s);
-		}
-	}
-	return 1;
+	return svc_pg_state_event(id, info, batch_proc, sizeof(struct batch), forget);
 }
 
 static struct batch *batch_of(PGconn *conn, bool create)
 {
-	struct batch *s;
-
-	if (!conn)
-		return NULL;
-	s = PQinstanceData(conn, batch_proc);
-	if (!s && create && PQregisterEventProc(conn, batch_proc, "svccomm-batch", NULL))
-		s = PQinstanceData(conn, batch_proc);
-	return s;
+	return svc_pg_state(conn, batch_proc, "svccomm-batch", create);
 }
 
 void svc_outbox_set_deferral(PGconn *conn, bool on)

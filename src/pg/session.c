@@ -2,8 +2,6 @@
  * session.h. */
 #include "pg/session.h"
 
-#include <libpq-events.h>
-
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,32 +26,22 @@ struct session {
 	bool no_prepare; /* the session lost a prepared statement: unnamed ones only */
 };
 
-static void forget(struct session *s)
+int svc_pg_state_event(PGEventId id, void *info, PGEventProc proc, size_t size,
+                       void (*forget)(void *state))
 {
-	for (int i = 0; i < s->n_prep; i++)
-		free(s->prep[i].sql);
-	s->n_prep = 0;
-	s->n_prelude = 0;
-}
-
-static int session_proc(PGEventId id, void *info, void *pass)
-{
-	(void)pass;
 	if (id == PGEVT_REGISTER) {
-		struct session *s = calloc(1, sizeof(*s));
+		void *s = calloc(1, size);
 		PGEventRegister *e = info;
 
-		return s && PQsetInstanceData(e->conn, session_proc, s) ? 1 : (free(s), 0);
+		return s && PQsetInstanceData(e->conn, proc, s) ? 1 : (free(s), 0);
 	}
 	if (id == PGEVT_CONNRESET) {
-		PGEventConnReset *e = info;
-		struct session *s = PQinstanceData(e->conn, session_proc);
+		void *s = PQinstanceData(((PGEventConnReset *)info)->conn, proc);
 
 		if (s)
-			forget(s); /* a new session: its prepared statements are gone */
+			forget(s);
 	} else if (id == PGEVT_CONNDESTROY) {
-		PGEventConnDestroy *e = info;
-		struct session *s = PQinstanceData(e->conn, session_proc);
+		void *s = PQinstanceData(((PGEventConnDestroy *)info)->conn, proc);
 
 		if (s) {
 			forget(s);
@@ -63,16 +51,38 @@ static int session_proc(PGEventId id, void *info, void *pass)
 	return 1;
 }
 
-static struct session *session_of(PGconn *conn, bool create)
+void *svc_pg_state(PGconn *conn, PGEventProc proc, const char *name, bool create)
 {
-	struct session *s;
+	void *s;
 
 	if (!conn)
 		return NULL;
-	s = PQinstanceData(conn, session_proc);
-	if (!s && create && PQregisterEventProc(conn, session_proc, "svccomm-session", NULL))
-		s = PQinstanceData(conn, session_proc);
+	s = PQinstanceData(conn, proc);
+	if (!s && create && PQregisterEventProc(conn, proc, name, NULL))
+		s = PQinstanceData(conn, proc);
 	return s;
+}
+
+/* A new server session: its prepared statements are gone. */
+static void forget(void *state)
+{
+	struct session *s = state;
+
+	for (int i = 0; i < s->n_prep; i++)
+		free(s->prep[i].sql);
+	s->n_prep = 0;
+	s->n_prelude = 0;
+}
+
+static int session_proc(PGEventId id, void *info, void *pass)
+{
+	(void)pass;
+	return svc_pg_state_event(id, info, session_proc, sizeof(struct session), forget);
+}
+
+static struct session *session_of(PGconn *conn, bool create)
+{
+	return svc_pg_state(conn, session_proc, "svccomm-session", create);
 }
 
 int svc_pg_set_prelude(PGconn *conn, const char *const *stmts, int n)

@@ -1,8 +1,9 @@
 /* pg/session: running statements on an open session (a bare PGconn).
  *
  * Per-connection state (the prelude and the prepared statements) lives in libpq's instance
- * data (PQregisterEventProc), so it follows the PGconn wherever it is lent (the consumer lends
- * its connection to svccomm.db) and is freed with it; a PQreset() forgets it.
+ * data (PQregisterEventProc, svc_pg_state() below), so it follows the PGconn wherever it is
+ * lent (the consumer lends its connection to svccomm.db) and is freed with it; a PQreset()
+ * forgets it.
  *
  * Prelude: statements without parameters (static strings, at most SVC_PG_MAX_PRELUDE) that must
  * run before the next statement on conn, e.g. the consumer's "BEGIN" + "SAVEPOINT svc_msg".
@@ -20,11 +21,22 @@
 #ifndef SVC_PG_SESSION_H
 #define SVC_PG_SESSION_H
 
+#include <libpq-events.h>
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 #define SVC_PG_MAX_PRELUDE 3
+
+/* Per-connection state of a module (this one's, outbox/batch's): a block in libpq's instance
+ * data keyed by the module's own PGEventProc, whose body is svc_pg_state_event(). It makes a
+ * zeroed state of size bytes when proc is registered, calls forget(state) on PQreset (a new
+ * server session) and forget, then free, when the connection is finished. */
+int svc_pg_state_event(PGEventId id, void *info, PGEventProc proc, size_t size,
+                       void (*forget)(void *state));
+/* The state of proc on conn, registering proc (under name) first when create. NULL when conn
+ * is NULL, when there is none and create is false, or out of memory. */
+void *svc_pg_state(PGconn *conn, PGEventProc proc, const char *name, bool create);
 
 /* Replaces the pending prelude (n == 0 clears it). Returns 0 or SVC_ENOMEM / SVC_EINVAL. */
 int svc_pg_set_prelude(PGconn *conn, const char *const *stmts, int n);
