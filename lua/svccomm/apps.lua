@@ -94,6 +94,8 @@ function M.discover(project_dir, installed_apps)
 end
 
 --- Prepend <dir>/apps/?.lua;<dir>/apps/?/init.lua;<dir>/?.lua to package.path (once per dir).
+--- The one place that sets the path: load_all calls it, and so does the binary's runtime when
+--- it creates the Lua state (before settings.lua runs).
 ---@param project_dir string
 function M.extend_path(project_dir)
 	local pre = join(project_dir, "apps/?.lua") .. ";" .. join(project_dir, "apps/?/init.lua") .. ";"

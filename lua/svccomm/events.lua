@@ -249,9 +249,9 @@ local function id_string(id)
 	return format("%d", id)
 end
 
+-- the envelope's members after eventId and eventTime (outbox/envelope.h builds the envelope)
 local function event_body(event_type, aggregate, payload_json)
-	return '{"eventType":' .. quote(event_type) .. ',"aggregate":' .. quote(aggregate)
-		.. ',"payload":' .. payload_json .. "}"
+	return core.envelope_members(quote(event_type), quote(aggregate), payload_json)
 end
 
 -- ---------------------------------------------------------------------------------------

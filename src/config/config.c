@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua/runtime.h"
 #include "util/error.h"
 
 /* Scalar settings copied into struct svc_config: key, kind, offset. The schema itself (types,
@@ -215,8 +216,8 @@ static int copy_delays(lua_State *L, int t, struct svc_config *cfg)
 	return 0;
 }
 
-/* Runs require("svccomm.host").load_settings(path) under a protected call: it validates
- * with lua/svccomm/settings.lua and configures the other Lua modules. */
+/* require("svccomm.host").load_settings(path): validates with lua/svccomm/settings.lua and
+ * configures the other Lua modules. */
 static int load_settings(lua_State *L)
 {
 	const char *path = lua_tostring(L, 1);
@@ -230,18 +231,43 @@ static int load_settings(lua_State *L)
 	return 1;
 }
 
+/* Runs load_settings(path) and leaves the settings table on the stack; a settings error is
+ * SVC_ECONFIG with its message in err. The error of settings.lua is the user's, not a bug:
+ * Lua's pcall catches it, so it comes back as the message alone, without the traceback that
+ * svc_lua_pcall() adds to an error that escapes. */
+static int run_load_settings(lua_State *L, const char *path, char *err, size_t errsz)
+{
+	struct svc_runtime *rt = svc_runtime_of(L);
+
+	if (!rt) {
+		snprintf(err, errsz, "settings: not a state of svc_runtime_new()");
+		return SVC_EINVAL;
+	}
+	lua_getglobal(L, "pcall");
+	lua_pushcfunction(L, load_settings);
+	lua_pushstring(L, path);
+	if (svc_lua_pcall(rt, 2, 2, 0) != SVC_LUA_OK) {
+		svc_lua_error_text(L, err, errsz);
+		return SVC_ECONFIG;
+	}
+	if (!lua_toboolean(L, -2)) {
+		snprintf(err, errsz, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+		lua_pop(L, 2);
+		return SVC_ECONFIG;
+	}
+	lua_remove(L, -2);
+	return 0;
+}
+
 int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char *err, size_t errsz)
 {
 	int top = lua_gettop(L), t, rc = 0;
 	const char *bad = NULL;
 
 	memset(cfg, 0, sizeof(*cfg));
-	lua_pushcfunction(L, load_settings);
-	lua_pushstring(L, path);
-	if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-		snprintf(err, errsz, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+	if ((rc = run_load_settings(L, path, err, errsz)) < 0) {
 		lua_settop(L, top);
-		return SVC_ECONFIG;
+		return rc;
 	}
 	t = lua_gettop(L);
 	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]) && rc == 0; i++) {

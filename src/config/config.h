@@ -71,9 +71,9 @@ struct svc_config {
 	char *log_level;
 };
 
-/* Loads and validates path with lua/svccomm/settings.lua in the given state (the svccomm
- * modules must be loadable there) and fills cfg. On error returns SVC_ECONFIG with the
- * message (naming the key) in err. */
+/* Loads and validates path with lua/svccomm/settings.lua in the given state (made by
+ * svc_runtime_new(): the call goes through svc_lua_pcall()) and fills cfg. On error returns
+ * SVC_ECONFIG with the message (naming the key) in err. */
 int svc_config_load(struct lua_State *L, const char *path, struct svc_config *cfg, char *err,
                     size_t errsz);
 /* Frees every string and array of cfg and zeroes it. */

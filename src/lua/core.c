@@ -1,3 +1,4 @@
+/* lua/core: the svccomm.core module and its small helpers. See core.h. */
 #include "lua/core.h"
 
 #include <amqp.h>
@@ -5,10 +6,15 @@
 #include <errno.h>
 #include <lauxlib.h>
 #include <libpq-fe.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
+#include "lua/outbox.h"
 #include "lua/pg.h"
+#include "util/clock.h"
 #include "util/ident.h"
 #include "util/secret.h"
 
@@ -198,6 +204,74 @@ static int core_quote_ident(lua_State *L)
 	return 1;
 }
 
+/* ---- time and ids ------------------------------------------------------------------- */
+
+/* time() -> seconds since the epoch (float, microseconds) */
+static int core_time(lua_State *L)
+{
+	struct timespec ts = svc_clock_wall();
+
+	lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)(ts.tv_nsec / 1000) / 1e6);
+	return 1;
+}
+
+/* utc_iso([t]) -> "2024-01-02T03:04:05.123456Z" for t (seconds since the epoch; default now) */
+static int core_utc_iso(lua_State *L)
+{
+	struct timespec ts;
+	char buf[40];
+
+	if (lua_isnoneornil(L, 1)) {
+		ts = svc_clock_wall();
+	} else {
+		double t = luaL_checknumber(L, 1), sec;
+		long usec;
+
+		if (!isfinite(t) || t < -62135596800.0 || t > 253402300799.0)
+			return luaL_argerror(L, 1, "time out of range");
+		sec = floor(t);
+		usec = lround((t - sec) * 1e6);
+		if (usec >= 1000000) {
+			sec += 1;
+			usec -= 1000000;
+		}
+		ts.tv_sec = (time_t)sec;
+		ts.tv_nsec = usec * 1000;
+	}
+	if (!svc_clock_iso(ts, 6, buf, sizeof(buf)))
+		return luaL_error(L, "time out of range");
+	lua_pushstring(L, buf);
+	return 1;
+}
+
+/* uuid4() -> random UUID string */
+static int core_uuid4(lua_State *L)
+{
+	unsigned char b[16];
+	char out[37];
+	size_t got = 0;
+
+	while (got < sizeof(b)) {
+		ssize_t n = getrandom(b + got, sizeof(b) - got, 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return luaL_error(L, "uuid4: getrandom: %s", strerror(errno));
+		}
+		got += (size_t)n;
+	}
+	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+	snprintf(out, sizeof(out),
+	         "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+	         b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+	         b[15]);
+	lua_pushstring(L, out);
+	return 1;
+}
+
+/* ---- registration ------------------------------------------------------------------- */
+
 static const luaL_Reg core_funcs[] = {
     {"mask_secret", core_mask_secret},
     {"scrub_secret", core_scrub_secret},
@@ -206,6 +280,10 @@ static const luaL_Reg core_funcs[] = {
     {"parse_conninfo", core_parse_conninfo},
     {"listdir", core_listdir},
     {"versions", core_versions},
+    {"time", core_time},
+    {"utc_iso", core_utc_iso},
+    {"utc_now_iso", core_utc_iso},
+    {"uuid4", core_uuid4},
     {NULL, NULL},
 };
 
@@ -214,6 +292,10 @@ int luaopen_svccomm_core(lua_State *L)
 	luaL_newlib(L, core_funcs);
 	lua_pushstring(L, SVCCOMM_VERSION);
 	lua_setfield(L, -2, "VERSION");
+	/* the older name of quote_ident, which svccomm.events uses */
+	lua_getfield(L, -1, "quote_ident");
+	lua_setfield(L, -2, "outbox_check_table");
 	svc_lua_pg_open(L);
+	svc_lua_outbox_open(L);
 	return 1;
 }

@@ -1,19 +1,14 @@
+/* lua/pg: the PostgreSQL binding of svccomm.core. See pg.h. */
 #include "lua/pg.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <lauxlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "outbox/write.h"
+#include "lua/outbox.h"
 #include "pg/conn.h"
-#include "util/error.h"
 
 #define CONN_MT   "svccomm.pg.conn"
 #define RESULT_MT "svccomm.pg.result"
@@ -118,8 +113,7 @@ static int error_tostring(lua_State *L)
 
 static void ensure_metatables(lua_State *L);
 
-/* Pushes a new error value {message=, sqlstate=}. */
-static void push_error(lua_State *L, const char *msg, const char *sqlstate)
+void svc_lua_pg_push_error(lua_State *L, const char *msg, const char *sqlstate)
 {
 	lua_createtable(L, 0, 4);
 	lua_pushstring(L, msg && *msg ? msg : "database error");
@@ -147,7 +141,7 @@ static void push_result_error(lua_State *L, PGconn *conn, const PGresult *res)
 	char msg[SVC_PG_ERRSZ], st[6];
 
 	svc_pg_result_error(conn, res, PGRES_COMMAND_OK, msg, sizeof(msg), st);
-	push_error(L, msg, st);
+	svc_lua_pg_push_error(L, msg, st);
 	if (res) {
 		set_field_str(L, "detail", PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
 		set_field_str(L, "hint", PQresultErrorField(res, PG_DIAG_MESSAGE_HINT));
@@ -163,7 +157,7 @@ static int l_pg_error(lua_State *L)
 	const char *msg = luaL_checkstring(L, 1);
 	const char *st = luaL_optstring(L, 2, NULL);
 
-	push_error(L, msg, st);
+	svc_lua_pg_push_error(L, msg, st);
 	return 1;
 }
 
@@ -460,7 +454,7 @@ static int run_statement(lua_State *L, bool want_rows)
 		PQclear(box->res);
 		box->res = NULL;
 		abort_copy(conn, st);
-		push_error(L, "COPY is not supported through svccomm.db", NULL);
+		svc_lua_pg_push_error(L, "COPY is not supported through svccomm.db", NULL);
 		return lua_error(L);
 	}
 	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
@@ -511,206 +505,12 @@ static int l_connect(lua_State *L)
 	return 1;
 }
 
-/* ---- outbox ------------------------------------------------------------------------- */
-
-/* Pushes row[key] and returns it as a string or NULL; the value stays on the stack. */
-static const char *row_field(lua_State *L, int row, const char *key)
-{
-	int t = lua_getfield(L, row, key);
-
-	if (t == LUA_TNIL)
-		return NULL;
-	if (t != LUA_TSTRING)
-		luaL_error(L, "outbox_insert: row.%s must be a string, got %s", key,
-		           luaL_typename(L, -1));
-	return lua_tostring(L, -1);
-}
-
-/* core.outbox_insert(conn, table, row) -> id */
-static int l_outbox_insert(lua_State *L)
-{
-	PGconn *conn = svc_lua_pg_check(L, 1);
-	const char *table = luaL_checkstring(L, 2);
-	struct svc_outbox_row row;
-	char err[SVC_PG_ERRSZ], st[6];
-	long long id = 0;
-	int rc;
-
-	luaL_checktype(L, 3, LUA_TTABLE);
-	memset(&row, 0, sizeof(row));
-	row.exchange = row_field(L, 3, "exchange");
-	row.routing_key = row_field(L, 3, "routing_key");
-	row.body = row_field(L, 3, "body_rest");
-	if (!row.body)
-		row.body = row_field(L, 3, "body");
-	lua_getfield(L, 3, "envelope");
-	row.envelope = lua_toboolean(L, -1);
-	row.event_time = row_field(L, 3, "event_time");
-	row.send_after = row_field(L, 3, "send_after");
-	row.message_id = row_field(L, 3, "message_id");
-	row.correlation_id = row_field(L, 3, "correlation_id");
-	row.headers_json = row_field(L, 3, "headers_json");
-	row.tags_json = row_field(L, 3, "tags_json");
-	row.id_sequence = row_field(L, 3, "id_sequence");
-	if (!row.exchange || !row.routing_key || !row.body)
-		return luaL_error(L,
-		                  "outbox_insert: row needs exchange, routing_key and body_rest");
-	rc = svc_outbox_insert_st(conn, table, &row, &id, err, sizeof(err), st);
-	if (rc < 0) {
-		push_error(L, err, st);
-		return lua_error(L);
-	}
-	lua_pushinteger(L, (lua_Integer)id);
-	return 1;
-}
-
-/* core.outbox_cancel(conn, table, exchange, routing_key, tags_json) -> count */
-static int l_outbox_cancel(lua_State *L)
-{
-	PGconn *conn = svc_lua_pg_check(L, 1);
-	const char *table = luaL_checkstring(L, 2);
-	const char *exchange = luaL_checkstring(L, 3);
-	const char *rk = luaL_checkstring(L, 4);
-	const char *tags = luaL_checkstring(L, 5);
-	char err[SVC_PG_ERRSZ], st[6];
-	long long n;
-
-	n = svc_outbox_cancel(conn, table, exchange, rk, tags, err, sizeof(err), st);
-	if (n < 0) {
-		push_error(L, err, st);
-		return lua_error(L);
-	}
-	lua_pushinteger(L, (lua_Integer)n);
-	return 1;
-}
-
-/* core.outbox_check_table(name) -> quoted | nil, err */
-static int l_outbox_check_table(lua_State *L)
-{
-	const char *name = luaL_checkstring(L, 1);
-	char err[256], q[SVC_OUTBOX_QNAME_MAX];
-
-	if (svc_outbox_check_table(name, err, sizeof(err)) < 0 ||
-	    svc_outbox_quote_table(name, q, sizeof(q)) < 0) {
-		lua_pushnil(L);
-		lua_pushstring(L, err);
-		return 2;
-	}
-	lua_pushstring(L, q);
-	return 1;
-}
-
-/* ---- time and ids ------------------------------------------------------------------- */
-
-static int l_time(lua_State *L)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)(ts.tv_nsec / 1000) / 1e6);
-	return 1;
-}
-
-/* Formats seconds since the epoch as UTC ISO 8601 with microseconds and "Z". */
-static void push_iso(lua_State *L, long long sec, long usec)
-{
-	char buf[64];
-	struct tm tm;
-	time_t t = (time_t)sec;
-
-	if (!gmtime_r(&t, &tm))
-		luaL_error(L, "time out of range");
-	snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900,
-	         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, usec);
-	lua_pushstring(L, buf);
-}
-
-/* core.utc_iso([t]) -> ISO text of t (seconds since the epoch; default now) */
-static int l_utc_iso(lua_State *L)
-{
-	if (lua_isnoneornil(L, 1)) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		push_iso(L, (long long)ts.tv_sec, ts.tv_nsec / 1000);
-	} else {
-		double t = luaL_checknumber(L, 1);
-		double sec;
-		long usec;
-
-		if (!isfinite(t) || t < -62135596800.0 || t > 253402300799.0)
-			return luaL_argerror(L, 1, "time out of range");
-		sec = floor(t);
-		usec = lround((t - sec) * 1e6);
-		if (usec >= 1000000) {
-			sec += 1;
-			usec -= 1000000;
-		}
-		push_iso(L, (long long)sec, usec);
-	}
-	return 1;
-}
-
-static int l_uuid4(lua_State *L)
-{
-	unsigned char b[16];
-	char out[37];
-	size_t got = 0;
-
-	while (got < sizeof(b)) {
-		ssize_t n = getrandom(b + got, sizeof(b) - got, 0);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return luaL_error(L, "uuid4: getrandom: %s", strerror(errno));
-		}
-		got += (size_t)n;
-	}
-	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-	snprintf(out, sizeof(out),
-	         "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-	         b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
-	         b[15]);
-	lua_pushstring(L, out);
-	return 1;
-}
-
 /* ---- registration ------------------------------------------------------------------- */
 
-/* conn:_rows_mark() -> mark: writes the outbox rows deferred so far (the consumer's connection)
- * so none of them lands inside a savepoint about to open, and returns the position that
- * conn:_rows_drop(mark) goes back to when that savepoint is rolled back. */
-static int conn_rows_mark(lua_State *L)
-{
-	PGconn *conn = svc_lua_pg_check(L, 1);
-	char err[SVC_PG_ERRSZ], st[6];
-
-	if (svc_pg_flush(conn, err, sizeof(err), st) < 0) {
-		push_error(L, err, st);
-		return lua_error(L);
-	}
-	lua_pushinteger(L, (lua_Integer)svc_pg_deferred_mark(conn));
-	return 1;
-}
-
-static int conn_rows_drop(lua_State *L)
-{
-	PGconn *conn = svc_lua_pg_check(L, 1);
-	lua_Integer mark = luaL_checkinteger(L, 2);
-
-	svc_pg_deferred_truncate(conn, mark < 0 ? 0 : (size_t)mark);
-	return 0;
-}
-
 static const luaL_Reg conn_methods[] = {
-    {"query", conn_query},
-    {"exec", conn_exec},
-    {"_rows_mark", conn_rows_mark},
-    {"_rows_drop", conn_rows_drop},
-    {"close", conn_close},
-    {"transaction_status", conn_transaction_status},
-    {"pid", conn_pid},
-    {"ok", conn_ok},
+    {"query", conn_query}, {"exec", conn_exec},
+    {"close", conn_close}, {"transaction_status", conn_transaction_status},
+    {"pid", conn_pid},     {"ok", conn_ok},
     {NULL, NULL},
 };
 
@@ -724,12 +524,6 @@ static const luaL_Reg conn_meta[] = {
 static const luaL_Reg pg_funcs[] = {
     {"connect", l_connect},
     {"pg_error", l_pg_error},
-    {"outbox_insert", l_outbox_insert},
-    {"outbox_cancel", l_outbox_cancel},
-    {"outbox_check_table", l_outbox_check_table},
-    {"time", l_time},
-    {"utc_iso", l_utc_iso},
-    {"uuid4", l_uuid4},
     {NULL, NULL},
 };
 
@@ -738,6 +532,7 @@ static void ensure_metatables(lua_State *L)
 	if (luaL_newmetatable(L, CONN_MT)) {
 		luaL_setfuncs(L, conn_meta, 0);
 		luaL_newlib(L, conn_methods);
+		luaL_setfuncs(L, svc_lua_outbox_conn_methods, 0);
 		lua_setfield(L, -2, "__index");
 		lua_pushliteral(L, CONN_MT);
 		lua_setfield(L, -2, "__name");
@@ -761,8 +556,6 @@ void svc_lua_pg_open(lua_State *L)
 	luaL_setfuncs(L, pg_funcs, 0);
 	lua_pushlightuserdata(L, NULL);
 	lua_setfield(L, -2, "null");
-	lua_pushcfunction(L, l_utc_iso);
-	lua_setfield(L, -2, "utc_now_iso");
 	luaL_getmetatable(L, ERROR_MT);
 	lua_setfield(L, -2, "pg_error_mt");
 }

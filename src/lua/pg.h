@@ -1,16 +1,12 @@
-/* lua_pg: the PostgreSQL binding of `svccomm.core` (and the outbox write calls).
+/* lua/pg: the PostgreSQL binding of `svccomm.core` (svccomm.db builds on it).
  *
  * Registered by svc_lua_pg_open() into the core table:
  *   core.connect(conninfo [, application_name]) -> conn | nil, err, sqlstate
  *   conn:query(sql, ...) -> rows, columns      conn:exec(sql, ...) -> affected count
- *   conn:close(), conn:transaction_status(), conn:pid(); __gc, __close, __tostring
- *   core.outbox_insert(conn, table, row) -> id        core.outbox_cancel(conn, table,
- *   exchange, routing_key, tags_json) -> count        core.outbox_check_table(name) ->
- *   quoted | nil, err       core.pg_error(message [, sqlstate]) -> error value
+ *   conn:close(), conn:transaction_status(), conn:pid(), conn:ok(); __gc, __close, __tostring
+ *   (and the deferred-rows methods of lua/outbox.h)
+ *   core.pg_error(message [, sqlstate]) -> error value      core.pg_error_mt
  *   core.null (SQL NULL / JSON null: the same light userdata as cjson.null)
- *   core.time() -> seconds since the epoch (float, microseconds)
- *   core.utc_iso([t]) -> "2024-01-02T03:04:05.123456Z"   core.utc_now_iso()
- *   core.uuid4() -> random UUID string
  *
  * Parameters ($1, $2, ... after sql): nil or core.null -> NULL, booleans, integers, floats
  * ("%.17g"; NaN and infinities spelled as PostgreSQL reads them), strings without zero
@@ -49,6 +45,9 @@ PGconn *svc_lua_pg_check(lua_State *L, int idx);
  * lent, the caller keeps ownership and must call svc_lua_pg_detach() before PQfinish.
  * Returns 1 (values pushed). May raise on memory errors (conn is not freed then). */
 int svc_lua_pg_push(lua_State *L, PGconn *conn, bool owned);
+
+/* Pushes a new error value {message=, sqlstate=, connection_lost=} (see above). */
+void svc_lua_pg_push_error(lua_State *L, const char *msg, const char *sqlstate);
 
 /* Makes the conn userdata at idx closed (without PQfinish when lent): later use from Lua
  * raises "connection is closed" instead of touching freed memory. */

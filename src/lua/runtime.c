@@ -1,3 +1,4 @@
+/* lua/runtime: the lua_State, its allocator and every call into it. See runtime.h. */
 #include "lua/runtime.h"
 
 #include <lauxlib.h>
@@ -5,10 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "lua/embedded.h"
 #include "lua/core.h"
+#include "lua/embedded.h"
+#include "util/clock.h"
 #include "util/error.h"
 
 int luaopen_cjson(lua_State *L);
@@ -23,7 +24,7 @@ struct svc_runtime {
 	size_t used;
 	size_t limit;
 	bool over_limit; /* an allocation failed because of the cap during the current call */
-	struct timespec deadline;
+	double deadline; /* svc_clock_mono() seconds */
 	bool has_deadline;
 	bool timed_out;
 	double timeout_s;
@@ -65,20 +66,6 @@ static int preload_embedded(lua_State *L)
 	return 1;
 }
 
-static void add_path(lua_State *L, const char *field, const char *prefix_fmt, const char *dir)
-{
-	char buf[4096];
-	const char *old;
-
-	lua_getglobal(L, "package");
-	lua_getfield(L, -1, field);
-	old = lua_tostring(L, -1);
-	snprintf(buf, sizeof(buf), prefix_fmt, dir, dir, dir);
-	lua_pushfstring(L, "%s;%s", buf, old ? old : "");
-	lua_setfield(L, -3, field);
-	lua_pop(L, 2);
-}
-
 /* Runs inside lua_pcall so a memory error while building the state is reported, not fatal. */
 static int build_state(lua_State *L)
 {
@@ -98,8 +85,14 @@ static int build_state(lua_State *L)
 		lua_setfield(L, -2, e->name);
 	}
 	lua_pop(L, 1);
-	if (project_dir)
-		add_path(L, "path", "%s/apps/?.lua;%s/apps/?/init.lua;%s/?.lua", project_dir);
+	if (project_dir) {
+		/* the project's modules are found from the start (settings.lua may require them);
+		 * svccomm.apps owns the path rule, for a plain lua5.4 as well */
+		if (luaL_loadstring(L, "require('svccomm.apps').extend_path(...)") != LUA_OK)
+			return lua_error(L);
+		lua_pushstring(L, project_dir);
+		lua_call(L, 1, 0);
+	}
 	return 0;
 }
 
@@ -147,6 +140,13 @@ lua_State *svc_runtime_state(struct svc_runtime *rt)
 	return rt->L;
 }
 
+struct svc_runtime *svc_runtime_of(lua_State *L)
+{
+	void *ud;
+
+	return lua_getallocf(L, &ud) == runtime_alloc ? ud : NULL;
+}
+
 void svc_runtime_set_memory_limit(struct svc_runtime *rt, size_t bytes)
 {
 	rt->limit = bytes;
@@ -157,34 +157,30 @@ size_t svc_runtime_memory_used(const struct svc_runtime *rt)
 	return rt->used;
 }
 
-/* Adds a traceback: appended to a string error, stored as field "traceback" of a table
- * error (so C can still read fields such as `permanent`), tostring'ed otherwise. */
+/* Adds a traceback: a table error keeps its fields (C reads `permanent`) and gets the
+ * traceback as field "traceback"; any other error becomes its text with the traceback
+ * appended, in the shape of lua.c's msghandler: a string or a number as it is, another value
+ * through its __tostring, else "(error object is a <type> value)". */
 static int msghandler(lua_State *L)
 {
+	const char *msg;
+
 	if (lua_type(L, 1) == LUA_TTABLE) {
 		luaL_traceback(L, L, NULL, 1);
 		lua_setfield(L, 1, "traceback");
 		lua_settop(L, 1);
 		return 1;
 	}
-	if (lua_type(L, 1) != LUA_TSTRING) {
+	msg = lua_tostring(L, 1);
+	if (msg == NULL) {
 		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-			lua_replace(L, 1);
+			msg = lua_tostring(L, -1);
 		else
-			lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-		lua_replace(L, 1);
-		lua_settop(L, 1);
+			msg =
+			    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
 	}
-	luaL_traceback(L, L, lua_tostring(L, 1), 1);
+	luaL_traceback(L, L, msg, 1);
 	return 1;
-}
-
-static bool deadline_passed(const struct timespec *d)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return now.tv_sec > d->tv_sec || (now.tv_sec == d->tv_sec && now.tv_nsec >= d->tv_nsec);
 }
 
 /* Once the deadline has passed the hook fires at every instruction and raises each time, so
@@ -198,7 +194,7 @@ static void deadline_hook(lua_State *L, lua_Debug *ar)
 	lua_rawgetp(L, LUA_REGISTRYINDEX, &runtime_key);
 	rt = lua_touserdata(L, -1);
 	lua_pop(L, 1);
-	if (rt && rt->has_deadline && (rt->timed_out || deadline_passed(&rt->deadline))) {
+	if (rt && rt->has_deadline && (rt->timed_out || svc_clock_mono() >= rt->deadline)) {
 		rt->timed_out = true;
 		lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
 		/* lua_pushfstring has no %g precision: format here. */
@@ -222,16 +218,8 @@ enum svc_lua_status svc_lua_pcall(struct svc_runtime *rt, int nargs, int nresult
 	rt->timed_out = false;
 	rt->has_deadline = timeout_s > 0;
 	if (rt->has_deadline) {
-		double whole = (double)(long)timeout_s;
-
 		rt->timeout_s = timeout_s;
-		clock_gettime(CLOCK_MONOTONIC, &rt->deadline);
-		rt->deadline.tv_sec += (time_t)whole;
-		rt->deadline.tv_nsec += (long)((timeout_s - whole) * 1e9);
-		if (rt->deadline.tv_nsec >= 1000000000L) {
-			rt->deadline.tv_sec++;
-			rt->deadline.tv_nsec -= 1000000000L;
-		}
+		rt->deadline = svc_clock_mono() + timeout_s;
 		lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_INSTRUCTIONS);
 	}
 	rc = lua_pcall(L, nargs, nresults, base);

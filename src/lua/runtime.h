@@ -1,10 +1,11 @@
-/* lua_runtime: the one lua_State of a process and every call into it.
+/* lua/runtime: the one lua_State of a process and every call into it.
  *
- * svc_runtime_new() builds the state inside a protected call: the chosen standard
- * libraries, cjson and the svccomm modules in package.preload (compiled into the binary),
- * package.path extended with the project's apps/ folder, and an allocator with a memory cap.
- * All calls from C into Lua go through svc_lua_pcall(), which adds a traceback, enforces a
- * deadline with a count hook and checks that the stack is balanced. */
+ * svc_runtime_new() builds the state inside a protected call: the standard libraries, cjson
+ * and the svccomm modules in package.preload (compiled into the binary), package.path
+ * extended with the project's apps/ folder (svccomm.apps.extend_path, the rule a plain
+ * lua5.4 uses too), and an allocator with a memory cap. All calls from C into Lua go through
+ * svc_lua_pcall(), which adds a traceback, enforces a deadline with a count hook and checks
+ * that the stack is balanced. */
 #ifndef SVC_LUA_RUNTIME_H
 #define SVC_LUA_RUNTIME_H
 
@@ -19,6 +20,8 @@ struct svc_runtime;
 struct svc_runtime *svc_runtime_new(const char *project_dir, char *err, size_t errsz);
 void svc_runtime_free(struct svc_runtime *rt);
 lua_State *svc_runtime_state(struct svc_runtime *rt);
+/* The runtime whose state L is, or NULL when svc_runtime_new() did not make L. */
+struct svc_runtime *svc_runtime_of(lua_State *L);
 
 /* Caps Lua's memory (bytes; 0 = no cap). An allocation past the cap fails, which Lua raises
  * as a "not enough memory" error in the code that asked for it. */
@@ -34,9 +37,9 @@ enum svc_lua_status {
 };
 
 /* Calls the function below nargs arguments like lua_pcall(L, nargs, nresults, 0), with a
- * traceback appended to string errors (error tables get a "traceback" field) and a deadline
- * of timeout_s seconds (<= 0: none). On failure exactly one value (the error) is left on
- * the stack. */
+ * traceback (error tables get a "traceback" field; any other error becomes its text, as
+ * lua.c's message handler makes it, with the traceback appended) and a deadline of timeout_s
+ * seconds (<= 0: none). On failure exactly one value (the error) is left on the stack. */
 enum svc_lua_status svc_lua_pcall(struct svc_runtime *rt, int nargs, int nresults,
                                   double timeout_s);
 

@@ -6,22 +6,22 @@
 #include <string.h>
 
 #include "lua/embedded.h"
-#include "util/log.h"
-#include "outbox/write.h"
 #include "pg/conn.h"
 #include "util/error.h"
+#include "util/ident.h"
+#include "util/log.h"
 
 struct names {
-	char quoted[SVC_OUTBOX_QNAME_MAX];
-	char schema[64];
-	char table[64];
-	char prefix[70]; /* "schema". or "" */
+	char quoted[SVC_IDENT_QUOTED_MAX];
+	char schema[SVC_IDENT_MAX + 1];
+	char table[SVC_IDENT_MAX + 1];
+	char prefix[SVC_IDENT_MAX + 4]; /* "schema". or "" */
 };
 
 static int names_of(const char *name, struct names *n)
 {
-	if (svc_outbox_quote_table(name, n->quoted, sizeof(n->quoted)) < 0 ||
-	    svc_outbox_split_table(name, n->schema, n->table) < 0)
+	if (svc_ident_quote(name, n->quoted, sizeof(n->quoted)) < 0 ||
+	    svc_ident_split(name, n->schema, n->table) < 0)
 		return SVC_EINVAL;
 	if (n->schema[0])
 		snprintf(n->prefix, sizeof(n->prefix), "\"%s\".", n->schema);
@@ -218,10 +218,10 @@ int svc_migrate(PGconn *conn, const char *outbox_table, const char *inbox_table,
 	struct names o, i;
 	int n = 0, rc;
 
-	if (svc_outbox_check_table(outbox_table, err, errsz) < 0 || names_of(outbox_table, &o) < 0)
+	if (svc_ident_check(outbox_table, err, errsz) < 0 || names_of(outbox_table, &o) < 0)
 		return SVC_EINVAL;
 	if (inbox_table &&
-	    (svc_outbox_check_table(inbox_table, err, errsz) < 0 || names_of(inbox_table, &i) < 0))
+	    (svc_ident_check(inbox_table, err, errsz) < 0 || names_of(inbox_table, &i) < 0))
 		return SVC_EINVAL;
 	if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
 		snprintf(err, errsz, "migrate needs a connection without an open transaction");
@@ -239,48 +239,5 @@ int svc_migrate(PGconn *conn, const char *outbox_table, const char *inbox_table,
 		svc_info("migrate", "%d migration%s applied", n, n == 1 ? "" : "s");
 	else
 		svc_debug("migrate", "nothing to apply");
-	return 0;
-}
-
-int svc_migrate_status(PGconn *conn, const char *outbox_table, const char *inbox_table,
-                       int *applied, int *total, char *err, size_t errsz)
-{
-	struct names o;
-	char sql[512], reg[SVC_OUTBOX_QNAME_MAX + 32];
-	const char *params[3];
-	PGresult *res = NULL;
-	int rc;
-
-	*applied = 0;
-	*total = 0;
-	if (svc_outbox_check_table(outbox_table, err, errsz) < 0 || names_of(outbox_table, &o) < 0)
-		return SVC_EINVAL;
-	if (inbox_table && svc_outbox_check_table(inbox_table, err, errsz) < 0)
-		return SVC_EINVAL;
-	for (const struct svc_embedded *m = svc_embedded_sql; m->name; m++)
-		if (!is_inbox_migration(m->name) || inbox_table)
-			(*total)++;
-	snprintf(reg, sizeof(reg), "%ssvccomm_migrations", o.prefix);
-	params[0] = reg;
-	rc = svc_pg_exec_params(conn, "SELECT to_regclass($1) IS NOT NULL", 1, params, &res, err,
-	                        errsz, NULL);
-	if (rc < 0)
-		return rc;
-	if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
-		PQclear(res);
-		return 0;
-	}
-	PQclear(res);
-	snprintf(sql, sizeof(sql),
-	         "SELECT count(*) FROM %ssvccomm_migrations WHERE table_name = $1 OR "
-	         "(table_name = $2 AND version LIKE '%%\\_inbox%%')",
-	         o.prefix);
-	params[0] = outbox_table;
-	params[1] = inbox_table ? inbox_table : "";
-	rc = svc_pg_exec_params(conn, sql, 2, params, &res, err, errsz, NULL);
-	if (rc < 0)
-		return rc;
-	*applied = atoi(PQgetvalue(res, 0, 0));
-	PQclear(res);
 	return 0;
 }

@@ -28,11 +28,6 @@
 int svc_migrate(PGconn *conn, const char *outbox_table, const char *inbox_table, char *err,
                 size_t errsz);
 
-/* Counts the migrations for these tables: *applied already recorded, *total compiled in.
- * Returns 0 or a negative SVC_E* with the message in err. */
-int svc_migrate_status(PGconn *conn, const char *outbox_table, const char *inbox_table,
-                       int *applied, int *total, char *err, size_t errsz);
-
 /* Replaces the placeholders of sql for the given table names (each may be NULL when sql does
  * not use it). Returns a malloc'd string (caller frees) or NULL: a bad name, an unknown
  * placeholder, a placeholder of a NULL name, or out of memory. */

@@ -1,115 +1,30 @@
+/* outbox/write: the INSERT of one row (at once or deferred) and the cancel. See write.h. */
 #include "outbox/write.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "outbox/batch.h"
+#include "outbox/envelope.h"
 #include "pg/conn.h"
 #include "util/error.h"
+#include "util/ident.h"
 
-static void set_err(char *err, size_t errsz, const char *msg)
-{
-	if (err && errsz)
-		snprintf(err, errsz, "%s", msg);
-}
-
-static bool ident_start(char c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-}
-
-static bool ident_char(char c)
-{
-	return ident_start(c) || (c >= '0' && c <= '9');
-}
-
-/* Length of the identifier at s (stopping at '.' or NUL), or -1 when it is not one. */
-static int ident_len(const char *s)
-{
-	int n = 0;
-
-	if (!ident_start(*s))
-		return -1;
-	while (s[n] && s[n] != '.') {
-		if (!ident_char(s[n]))
-			return -1;
-		n++;
-	}
-	return n > 63 ? -1 : n;
-}
-
-int svc_outbox_check_table(const char *name, char *err, size_t errsz)
-{
-	int a, b;
-
-	if (!name || !*name) {
-		set_err(err, errsz, "table name is empty");
-		return SVC_EINVAL;
-	}
-	a = ident_len(name);
-	if (a < 0)
-		goto bad;
-	if (name[a] == '\0')
-		return 0;
-	b = ident_len(name + a + 1);
-	if (b < 0 || name[a + 1 + b] != '\0')
-		goto bad;
-	return 0;
-bad:
-	if (err && errsz)
-		snprintf(
-		    err, errsz,
-		    "invalid table name (want name or schema.name, each [A-Za-z_][A-Za-z0-9_]* "
-		    "of at most 63 bytes)");
-	return SVC_EINVAL;
-}
-
-int svc_outbox_split_table(const char *name, char *schema, char *table)
-{
-	const char *dot;
-
-	if (svc_outbox_check_table(name, NULL, 0) < 0)
-		return SVC_EINVAL;
-	dot = strchr(name, '.');
-	if (dot) {
-		memcpy(schema, name, (size_t)(dot - name));
-		schema[dot - name] = '\0';
-		strcpy(table, dot + 1);
-	} else {
-		schema[0] = '\0';
-		strcpy(table, name);
-	}
-	return 0;
-}
-
-int svc_outbox_quote_table(const char *name, char *out, size_t outsz)
-{
-	char schema[64], table[64];
-	int n;
-
-	if (svc_outbox_split_table(name, schema, table) < 0)
-		return SVC_EINVAL;
-	if (schema[0])
-		n = snprintf(out, outsz, "\"%s\".\"%s\"", schema, table);
-	else
-		n = snprintf(out, outsz, "\"%s\"", table);
-	return (n < 0 || (size_t)n >= outsz) ? SVC_EINVAL : 0;
-}
+/* The envelope of each statement (outbox/envelope.h), from its own columns. */
+#define INSERT_ENVELOPE SVC_ENVELOPE_SQL("n.id", "$13", "$5", "$1", "$6")
+#define ROWS_ENVELOPE                                                                              \
+	SVC_ENVELOPE_SQL("r.id", "r.event_time_utc", "r.event_time", "r.send_after", "r.body")
 
 /* $1 send_after, $2 exchange, $3 routing_key, $4 envelope?, $5 event_time, $6 body or
- * envelope suffix, $7 message_id, $8 correlation_id, $9 headers, $10 tags, $11 table name
+ * envelope tail, $7 message_id, $8 correlation_id, $9 headers, $10 tags, $11 table name
  * (quoted, for pg_get_serial_sequence), $12 the id sequence when known (COALESCE does not
- * evaluate the lookup then), $13 eventTime already formatted in C (to_char per row costs
- * about as much as the insert itself; it is the fallback for other time texts). The eventTime
- * format is fixed here: UTC, six fractional digits, "Z". */
+ * evaluate the lookup then), $13 eventTime already formatted in C (svc_envelope_time()). */
 static const char insert_fmt[] =
     "INSERT INTO %s (id, send_after, exchange, routing_key, body, message_id, "
     "correlation_id, headers, tags) "
     "SELECT n.id, coalesce($1::timestamptz, now()), $2, $3, "
-    "CASE WHEN $4::boolean THEN '{\"eventId\":\"' || n.id || '\",\"eventTime\":\"' || "
-    "COALESCE($13, to_char(coalesce($5::timestamptz, $1::timestamptz, clock_timestamp()) "
-    "AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) || '\"' || $6 ELSE $6 END, "
+    "CASE WHEN $4::boolean THEN " INSERT_ENVELOPE " ELSE $6 END, "
     "$7, $8, $9::jsonb, $10::jsonb "
     "FROM (SELECT nextval(COALESCE($12::regclass, "
     "pg_get_serial_sequence($11, 'id')::regclass)) AS id) n RETURNING id";
@@ -121,10 +36,7 @@ static const char rows_fmt[] =
     "INSERT INTO %s (id, send_after, exchange, routing_key, body, message_id, "
     "correlation_id, headers, tags) "
     "SELECT r.id, coalesce(r.send_after::timestamptz, now()), r.exchange, r.routing_key, "
-    "CASE WHEN r.envelope THEN '{\"eventId\":\"' || r.id || '\",\"eventTime\":\"' || "
-    "COALESCE(r.event_time_utc, to_char(coalesce(r.event_time::timestamptz, "
-    "r.send_after::timestamptz, clock_timestamp()) AT TIME ZONE 'UTC', "
-    "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) || '\"' || r.body ELSE r.body END, "
+    "CASE WHEN r.envelope THEN " ROWS_ENVELOPE " ELSE r.body END, "
     "r.message_id, r.correlation_id, r.headers::jsonb, r.tags::jsonb "
     "FROM json_to_recordset($1::json) AS r(id int8, send_after text, exchange text, "
     "routing_key text, envelope boolean, event_time text, body text, message_id text, "
@@ -137,67 +49,7 @@ int svc_outbox_insert_sql(const char *quoted_table, char *out, size_t outsz)
 	return (n < 0 || (size_t)n >= outsz) ? SVC_EINVAL : 0;
 }
 
-bool svc_outbox_is_iso_utc(const char *s)
-{
-	static const char pat[] = "dddd-dd-ddTdd:dd:dd.ddddddZ";
-
-	if (!s || strlen(s) != sizeof(pat) - 1)
-		return false;
-	for (size_t i = 0; pat[i]; i++) {
-		if (pat[i] == 'd' ? (s[i] < '0' || s[i] > '9') : s[i] != pat[i])
-			return false;
-	}
-	return true;
-}
-
-char *svc_outbox_now_iso(char *out, size_t outsz)
-{
-	struct timespec ts;
-	struct tm tm;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	snprintf(out, outsz, "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900,
-	         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000);
-	return out;
-}
-
-static bool is_ws(char c)
-{
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-char *svc_outbox_envelope_suffix(const char *body)
-{
-	const char *p = body, *end;
-	char *out;
-	size_t n;
-
-	if (!body)
-		return NULL;
-	end = body + strlen(body);
-	while (p < end && is_ws(*p))
-		p++;
-	while (end > p && is_ws(end[-1]))
-		end--;
-	if (end - p < 2 || *p != '{' || end[-1] != '}')
-		return NULL;
-	p++;
-	while (p < end && is_ws(*p))
-		p++;
-	if (*p == '}')
-		return strdup("}");
-	n = (size_t)(end - p);
-	out = malloc(n + 2);
-	if (!out)
-		return NULL;
-	out[0] = ',';
-	memcpy(out + 1, p, n);
-	out[n + 1] = '\0';
-	return out;
-}
-
-/* ---- deferred rows as JSON ---- */
+/* ---- deferred rows as JSON (outbox/batch.h) ---------------------------------------------- */
 
 struct jbuf {
 	char *p;
@@ -267,7 +119,7 @@ static int defer_row(PGconn *conn, const char *qname, long long id, const char *
 	static const char *const keys[] = {
 	    "send_after", "exchange",   "routing_key",    NULL,      "event_time",
 	    "body",       "message_id", "correlation_id", "headers", "tags"};
-	char sql[sizeof(rows_fmt) + SVC_OUTBOX_QNAME_MAX], num[40];
+	char sql[sizeof(rows_fmt) + SVC_IDENT_QUOTED_MAX], num[40];
 	struct jbuf b = {0};
 	int rc;
 
@@ -283,10 +135,10 @@ static int defer_row(PGconn *conn, const char *qname, long long id, const char *
 	jb_put(&b, "}", 1);
 	if (b.failed) {
 		free(b.p);
-		set_err(err, errsz, "out of memory");
+		svc_pg_set_error(err, errsz, "out of memory");
 		return SVC_ENOMEM;
 	}
-	rc = svc_pg_defer_row(conn, sql, b.p, err, errsz, sqlstate);
+	rc = svc_outbox_defer_row(conn, sql, b.p, err, errsz, sqlstate);
 	free(b.p);
 	return rc;
 }
@@ -294,9 +146,9 @@ static int defer_row(PGconn *conn, const char *qname, long long id, const char *
 int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbox_row *row,
                          long long *id_out, char *err, size_t errsz, char *sqlstate)
 {
-	char qname[SVC_OUTBOX_QNAME_MAX];
-	char sql[sizeof(insert_fmt) + SVC_OUTBOX_QNAME_MAX];
-	char *suffix = NULL;
+	char qname[SVC_IDENT_QUOTED_MAX];
+	char sql[sizeof(insert_fmt) + SVC_IDENT_QUOTED_MAX];
+	char *tail = NULL;
 	const char *params[13];
 	char now_iso[40];
 	long long id;
@@ -305,18 +157,18 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 
 	if (sqlstate)
 		sqlstate[0] = '\0';
-	if (svc_outbox_check_table(table, err, errsz) < 0)
+	if (svc_ident_check(table, err, errsz) < 0)
 		return SVC_EINVAL;
 	if (!row || !row->exchange || !row->routing_key || !row->body) {
-		set_err(err, errsz, "outbox row needs exchange, routing_key and body");
+		svc_pg_set_error(err, errsz, "outbox row needs exchange, routing_key and body");
 		return SVC_EINVAL;
 	}
-	svc_outbox_quote_table(table, qname, sizeof(qname));
+	svc_ident_quote(table, qname, sizeof(qname));
 	svc_outbox_insert_sql(qname, sql, sizeof(sql));
 	if (row->envelope) {
-		suffix = svc_outbox_envelope_suffix(row->body);
-		if (!suffix) {
-			set_err(err, errsz, "envelope body is not a JSON object text");
+		tail = svc_envelope_tail(row->body);
+		if (!tail) {
+			svc_pg_set_error(err, errsz, "envelope body is not a JSON object text");
 			return SVC_EINVAL;
 		}
 	}
@@ -325,24 +177,20 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 	params[2] = row->routing_key;
 	params[3] = row->envelope ? "true" : "false";
 	params[4] = row->event_time;
-	params[5] = row->envelope ? suffix : row->body;
+	params[5] = row->envelope ? tail : row->body;
 	params[6] = row->message_id;
 	params[7] = row->correlation_id;
 	params[8] = row->headers_json;
 	params[9] = row->tags_json;
 	params[10] = qname;
 	params[11] = row->id_sequence;
-	params[12] = NULL;
-	if (row->envelope) {
-		if (row->event_time && svc_outbox_is_iso_utc(row->event_time))
-			params[12] = row->event_time;
-		else if (!row->event_time && !row->send_after)
-			params[12] = svc_outbox_now_iso(now_iso, sizeof(now_iso));
-	}
-	if (row->id_sequence && svc_pg_deferral(conn)) {
+	params[12] = row->envelope ? svc_envelope_time(row->event_time, row->send_after, now_iso,
+	                                               sizeof(now_iso))
+	                           : NULL;
+	if (row->id_sequence && svc_outbox_deferral(conn)) {
 		/* the consumer's connection: the row is written with the batch, before its COMMIT
 		 */
-		rc = svc_pg_reserve_id(conn, row->id_sequence, &id, err, errsz, sqlstate);
+		rc = svc_outbox_reserve_id(conn, row->id_sequence, &id, err, errsz, sqlstate);
 		if (rc == 0)
 			rc = defer_row(conn, qname, id, params, err, errsz, sqlstate);
 		if (rc == 0 && id_out)
@@ -354,7 +202,7 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 	if (rc < 0)
 		goto out;
 	if (PQntuples(res) != 1) {
-		set_err(err, errsz, "outbox insert returned no row");
+		svc_pg_set_error(err, errsz, "outbox insert returned no row");
 		rc = SVC_EDB;
 		goto out;
 	}
@@ -362,7 +210,7 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 		*id_out = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 out:
 	PQclear(res);
-	free(suffix);
+	free(tail);
 	return rc;
 }
 
@@ -376,31 +224,32 @@ long long svc_outbox_cancel(PGconn *conn, const char *table, const char *exchang
                             const char *routing_key, const char *tags_json, char *err, size_t errsz,
                             char *sqlstate)
 {
-	char qname[SVC_OUTBOX_QNAME_MAX];
-	char sql[256 + SVC_OUTBOX_QNAME_MAX];
+	char qname[SVC_IDENT_QUOTED_MAX];
+	char sql[256 + SVC_IDENT_QUOTED_MAX];
 	const char *params[3];
-	char *suffix;
+	char *tail;
 	PGresult *res = NULL;
 	long long n;
 	int rc;
 
 	if (sqlstate)
 		sqlstate[0] = '\0';
-	if (svc_outbox_check_table(table, err, errsz) < 0)
+	if (svc_ident_check(table, err, errsz) < 0)
 		return SVC_EINVAL;
 	if (!exchange || !routing_key || !tags_json) {
-		set_err(err, errsz, "cancel needs exchange, routing_key and tags");
+		svc_pg_set_error(err, errsz, "cancel needs exchange, routing_key and tags");
 		return SVC_EINVAL;
 	}
-	/* An empty subset would match every scheduled row of the key: refuse it. */
-	suffix = svc_outbox_envelope_suffix(tags_json);
-	if (!suffix || strcmp(suffix, "}") == 0) {
-		free(suffix);
-		set_err(err, errsz, "cancel needs a non-empty JSON object of tags");
+	/* An empty subset would match every scheduled row of the key: refuse it (the tail of an
+	 * object without members is "}"). */
+	tail = svc_envelope_tail(tags_json);
+	if (!tail || strcmp(tail, "}") == 0) {
+		free(tail);
+		svc_pg_set_error(err, errsz, "cancel needs a non-empty JSON object of tags");
 		return SVC_EINVAL;
 	}
-	free(suffix);
-	svc_outbox_quote_table(table, qname, sizeof(qname));
+	free(tail);
+	svc_ident_quote(table, qname, sizeof(qname));
 	snprintf(sql, sizeof(sql),
 	         "DELETE FROM %s WHERE exchange = $1 AND routing_key = $2 AND tags @> $3::jsonb",
 	         qname);
@@ -408,7 +257,7 @@ long long svc_outbox_cancel(PGconn *conn, const char *table, const char *exchang
 	params[1] = routing_key;
 	params[2] = tags_json;
 	/* rows this transaction deferred must be there to be cancelled */
-	if ((rc = svc_pg_flush(conn, err, errsz, sqlstate)) < 0)
+	if ((rc = svc_outbox_flush(conn, err, errsz, sqlstate)) < 0)
 		return rc;
 	rc = svc_pg_exec_params(conn, sql, 3, params, &res, err, errsz, sqlstate);
 	if (rc < 0)

@@ -1,11 +1,11 @@
-/* pg_conn: the libpq layer every database user goes through.
+/* pg/conn: opening PostgreSQL sessions, their errors, and the connection object.
  *
  * Two levels:
- *  - functions on a bare PGconn (svc_pg_open(), svc_pg_result_error(), svc_pg_exec_params()):
- *    used by outbox.c, migrate.c and the Lua binding, which report errors into a caller buffer;
+ *  - functions on a bare PGconn (svc_pg_open(), svc_pg_result_error()): used by the outbox,
+ *    the migrations and the Lua binding, which report errors into a caller buffer;
  *  - struct svc_pg, a connection object that keeps its conninfo (for reconnecting) and the text
- *    and SQLSTATE of its last error, as PQerrorMessage() does for libpq. The consumer and the
- *    relay use this one.
+ *    and SQLSTATE of its last error, as PQerrorMessage() does for libpq. The relay uses it.
+ * Statements on a session (prepared statements, prelude, pipeline) are in pg/session.h.
  *
  * Every session is opened with TimeZone=UTC and DateStyle=ISO (so timestamps come back as
  * "2024-01-02 03:04:05.123456+00"), TCP keepalives, a connect timeout and
@@ -24,6 +24,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "pg/session.h"
+
 #define SVC_PG_ERRSZ 1024
 
 /* Opens a session. conninfo: "key=value ..." or a postgresql:// URL; application_name is used
@@ -40,81 +42,12 @@ bool svc_pg_sqlstate_is_conn(const char *sqlstate);
 int svc_pg_result_error(PGconn *conn, const PGresult *res, ExecStatusType want, char *err,
                         size_t errsz, char *sqlstate);
 
-/* PQexecParams with text parameters and text results. Returns 0 with *res set (caller clears;
- * res may be NULL to discard the result) or a negative SVC_E* with the message in err.
- * On failure *res is NULL and nothing needs clearing. */
-int svc_pg_exec_params(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                       PGresult **res, char *err, size_t errsz, char *sqlstate);
+/* Copies msg (NULL: "unknown error") into err (may be NULL) without libpq's trailing newline,
+ * cut to errsz. */
+void svc_pg_set_error(char *err, size_t errsz, const char *msg);
 
-/* Runs a statement without parameters (several statements separated by ';' allowed). */
-int svc_pg_exec_simple(PGconn *conn, const char *sql, char *err, size_t errsz, char *sqlstate);
-
-/* ---- statements on a bare PGconn: deferred prelude, prepared-statement cache -----------------
- *
- * Per-connection state lives in libpq's instance data (PQregisterEventProc), so it follows the
- * PGconn wherever it is lent (the consumer lends its connection to svccomm.db) and is freed
- * with it; a PQreset() forgets it.
- *
- * Prelude: statements without parameters (static strings, at most SVC_PG_MAX_PRELUDE) that must
- * run before the next statement on conn, e.g. the consumer's "BEGIN" + "SAVEPOINT svc_msg".
- * They are not sent on their own: svc_pg_query() sends them together with the next statement in
- * one libpq pipeline (one round trip), and a message whose handler never touches the database
- * costs no round trip at all. When a prelude statement fails, the statement after it is not
- * run and the prelude's error is returned for it. */
-#define SVC_PG_MAX_PRELUDE 3
-
-/* Replaces the pending prelude (n == 0 clears it). Returns 0 or SVC_ENOMEM / SVC_EINVAL. */
-int svc_pg_set_prelude(PGconn *conn, const char *const *stmts, int n);
-/* True while a prelude waits for the next statement. */
-bool svc_pg_prelude_pending(PGconn *conn);
-/* Drops the pending prelude without running it. */
-void svc_pg_clear_prelude(PGconn *conn);
-
-/* Runs one statement with text parameters, after any pending prelude, like PQexecParams.
- * prepare: keep a named prepared statement for this SQL text on conn and use it from then on
- * (the parse and plan of a complex statement cost more than its execution); the Parse travels
- * in the same round trip as the first execution. A statement whose execution fails is prepared
- * again at its next use; a session that lost one (26000, a pooler) gets unnamed statements
- * from then on. Never NULL except out of memory. */
-PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                       bool prepare);
-/* Runs a text of one or more statements (simple query protocol), after the pending prelude
- * (sent in the same text). Returns the last result, as PQexec. */
-PGresult *svc_pg_query_text(PGconn *conn, const char *sql);
-
-/* Deferred rows. With deferral on (the consumer turns it on for the connection it lends to
- * handlers), an outbox row costs no round trip of its own: svc_pg_defer_row() appends its JSON
- * object to a buffer, and svc_pg_flush() writes all of them with one statement that takes the
- * array as $1 (the consumer flushes before its COMMIT; the outbox cancel flushes before it
- * looks). Other SQL does not flush: it does not see the rows until then. A flush that fails
- * poisons the transaction: every row of the batch is then suspect and the caller must roll
- * the whole transaction back (svc_pg_poisoned() gives the reason). */
-void svc_pg_set_deferral(PGconn *conn, bool on);
-bool svc_pg_deferral(PGconn *conn);
-/* Appends one row for sql (a statement with one parameter, a JSON array of row objects).
- * Rows for another statement, or past 1 MiB, are flushed first. */
-int svc_pg_defer_row(PGconn *conn, const char *sql, const char *json_object, char *err,
-                     size_t errsz, char *sqlstate);
-/* Writes the deferred rows now (one statement, one round trip). */
-int svc_pg_flush(PGconn *conn, char *err, size_t errsz, char *sqlstate);
-/* Queue position, and dropping what was queued after it (a message that failed). */
-size_t svc_pg_deferred_mark(PGconn *conn);
-void svc_pg_deferred_truncate(PGconn *conn, size_t mark);
-/* Flushes so far on conn: a message whose rows may have been written (by a flush during it)
- * cannot be undone with ROLLBACK TO SAVEPOINT. */
-unsigned long svc_pg_flush_count(PGconn *conn);
-/* Marks the transaction as poisoned (see above). */
-void svc_pg_poison(PGconn *conn, const char *reason);
-/* The error of a failed deferred write in this transaction, or NULL. */
-const char *svc_pg_poisoned(PGconn *conn);
-/* End of a transaction: drops queued writes, reserved ids and the poison. */
-void svc_pg_transaction_reset(PGconn *conn);
-/* An id from `sequence` reserved inside the current transaction: ids are taken in blocks
- * by one statement (first as many as the previous transaction used, at least 8, then doubling
- * up to 128); unused ones are dropped at the end of the transaction, so an id is never used by a
- * later transaction than the one that took it. */
-int svc_pg_reserve_id(PGconn *conn, const char *sequence, long long *id, char *err, size_t errsz,
-                      char *sqlstate);
+/* "idle" | "active" | "intrans" | "inerror" | "unknown" for PQtransactionStatus(). */
+const char *svc_pg_transaction_status_name(PGTransactionStatusType st);
 
 /* A connection that remembers its conninfo and its last error. Embed it; _init before use. */
 struct svc_pg {
@@ -147,15 +80,17 @@ const char *svc_pg_sqlstate(const struct svc_pg *pg);
 int svc_pg_exec(struct svc_pg *pg, const char *sql, int nparams, const char *const *params,
                 PGresult **res);
 
-/* Transaction helpers. Savepoint names must be plain identifiers ([A-Za-z_][A-Za-z0-9_]*). */
-int svc_pg_begin(struct svc_pg *pg);
-int svc_pg_commit(struct svc_pg *pg);
-int svc_pg_rollback(struct svc_pg *pg);
-int svc_pg_savepoint(struct svc_pg *pg, const char *name);
-int svc_pg_release_savepoint(struct svc_pg *pg, const char *name);
-int svc_pg_rollback_to(struct svc_pg *pg, const char *name);
-
-/* "idle" | "active" | "intrans" | "inerror" | "unknown" for PQtransactionStatus(). */
-const char *svc_pg_transaction_status_name(PGTransactionStatusType st);
+/* ---- former names ------------------------------------------------------------------------
+ * The deferred rows, poison and id reservation of the consumer's transaction moved to
+ * outbox/batch.h; these names stay until their callers use the svc_outbox_* ones. */
+#include "outbox/batch.h"
+#define svc_pg_set_deferral      svc_outbox_set_deferral
+#define svc_pg_flush             svc_outbox_flush
+#define svc_pg_deferred_mark     svc_outbox_deferred_mark
+#define svc_pg_deferred_truncate svc_outbox_deferred_truncate
+#define svc_pg_flush_count       svc_outbox_flush_count
+#define svc_pg_poison            svc_outbox_poison
+#define svc_pg_poisoned          svc_outbox_poisoned
+#define svc_pg_transaction_reset svc_outbox_transaction_reset
 
 #endif

@@ -1,5 +1,5 @@
-/* Unit tests for lua_runtime.c: protected calls, tracebacks, deadlines, the memory cap and
- * the embedded modules. */
+/* Unit tests for lua/runtime.c: protected calls, tracebacks and error texts, deadlines, the
+ * memory cap, the embedded modules and the project's package.path. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 #include <lauxlib.h>
+#include <lualib.h>
 #include <string.h>
 
 #include "lua/runtime.h"
@@ -73,6 +74,98 @@ static void table_errors_keep_their_fields(void **state)
 	lua_pop(L, 3);
 }
 
+/* Error values other than tables become text with a traceback, in the shape of lua.c's
+ * message handler: strings and numbers as they are, other values through __tostring, else
+ * "(error object is a <type> value)". */
+static void other_error_values_become_text_with_a_traceback(void **state)
+{
+	static const struct {
+		const char *chunk, *text;
+	} cases[] = {
+	    {"error('x', 0)", "x\nstack traceback:\n"},
+	    {"error('x')", "[string \"error('x')\"]:1: x\nstack traceback:\n"},
+	    {"error(42)", "42\nstack traceback:\n"},
+	    {"error(4.5)", "4.5\nstack traceback:\n"},
+	    {"error(io.stdout)", "file (0x"},
+	    {"error(true)", "(error object is a boolean value)\nstack traceback:\n"},
+	    {"error()", "(error object is a nil value)\nstack traceback:\n"},
+	    {"error(print)", "(error object is a function value)\nstack traceback:\n"},
+	};
+	struct svc_runtime *rt = *state;
+	lua_State *L = svc_runtime_state(rt);
+	char text[2048];
+	int wrong = 0;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(run(rt, cases[i].chunk, 0), SVC_LUA_ERROR);
+		assert_int_equal(lua_type(L, -1), LUA_TSTRING);
+		svc_lua_error_text(L, text, sizeof(text));
+		assert_int_equal(lua_gettop(L), 0);
+		if (strncmp(text, cases[i].text, strlen(cases[i].text)) != 0 ||
+		    !strstr(text, "\nstack traceback:\n")) {
+			print_error("%s gave: %s\n", cases[i].chunk, text);
+			wrong++;
+		}
+	}
+	assert_int_equal(wrong, 0);
+}
+
+static void table_errors_with_tostring_keep_fields_and_text(void **state)
+{
+	struct svc_runtime *rt = *state;
+	lua_State *L = svc_runtime_state(rt);
+	char text[2048];
+
+	assert_int_equal(
+	    run(rt,
+	        "error(setmetatable({code = 7}, {__tostring = function() return 'custom' end}))",
+	        0),
+	    SVC_LUA_ERROR);
+	assert_int_equal(lua_type(L, -1), LUA_TTABLE);
+	lua_getfield(L, -1, "code");
+	assert_int_equal(lua_tointeger(L, -1), 7);
+	lua_pop(L, 1);
+	svc_lua_error_text(L, text, sizeof(text));
+	assert_int_equal(strncmp(text, "custom\nstack traceback:\n", 24), 0);
+	/* a table without __tostring or message */
+	assert_int_equal(run(rt, "error({})", 0), SVC_LUA_ERROR);
+	assert_int_equal(lua_type(L, -1), LUA_TTABLE);
+	svc_lua_error_text(L, text, sizeof(text));
+	assert_int_equal(strncmp(text, "(error table)\nstack traceback:\n", 31), 0);
+	assert_int_equal(lua_gettop(L), 0);
+}
+
+static void project_modules_are_on_the_path_and_the_state_knows_its_runtime(void **state)
+{
+	char err[256];
+	struct svc_runtime *rt = svc_runtime_new("/srv/proj", err, sizeof(err));
+	lua_State *L, *plain;
+	(void)state;
+
+	assert_non_null(rt);
+	L = svc_runtime_state(rt);
+	assert_ptr_equal(svc_runtime_of(L), rt);
+	assert_int_equal(run(rt, "return package.path", 0), SVC_LUA_OK);
+	assert_int_equal(strncmp(lua_tostring(L, -1),
+	                         "/srv/proj/apps/?.lua;/srv/proj/apps/?/init.lua;/srv/proj/?.lua;",
+	                         63),
+	                 0);
+	lua_pop(L, 1);
+	/* loading the apps later (svccomm.apps.load_all) does not add it twice */
+	assert_int_equal(run(rt,
+	                     "local before = package.path "
+	                     "require('svccomm.apps').extend_path('/srv/proj') "
+	                     "return package.path == before",
+	                     0),
+	                 SVC_LUA_OK);
+	assert_true(lua_toboolean(L, -1));
+	lua_pop(L, 1);
+	svc_runtime_free(rt);
+	plain = luaL_newstate();
+	assert_null(svc_runtime_of(plain));
+	lua_close(plain);
+}
+
 static void runaway_code_is_stopped_even_if_it_catches_the_error(void **state)
 {
 	struct svc_runtime *rt = *state;
@@ -127,6 +220,11 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(returns_results_and_balances_stack, setup, teardown),
 	    cmocka_unit_test_setup_teardown(string_errors_get_a_traceback, setup, teardown),
 	    cmocka_unit_test_setup_teardown(table_errors_keep_their_fields, setup, teardown),
+	    cmocka_unit_test_setup_teardown(other_error_values_become_text_with_a_traceback, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(table_errors_with_tostring_keep_fields_and_text, setup,
+	                                    teardown),
+	    cmocka_unit_test(project_modules_are_on_the_path_and_the_state_knows_its_runtime),
 	    cmocka_unit_test_setup_teardown(runaway_code_is_stopped_even_if_it_catches_the_error,
 	                                    setup, teardown),
 	    cmocka_unit_test_setup_teardown(memory_cap_fails_the_call_not_the_process, setup,

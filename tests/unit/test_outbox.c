@@ -1,5 +1,6 @@
-/* Unit tests of outbox.c and migrate.c pure functions: table name rules and quoting, the
- * envelope suffix, the INSERT text and the migration placeholder rendering. No database. */
+/* Unit tests of the outbox's pure functions: table name rules and quoting (util/ident.h, which
+ * the outbox relies on), the envelope (outbox/envelope.h), the INSERT text, eventTime texts and
+ * the migration placeholder rendering. No database. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,21 +11,24 @@
 #include <string.h>
 
 #include "lua/embedded.h"
+#include "outbox/envelope.h"
 #include "outbox/migrate.h"
 #include "outbox/write.h"
+#include "util/clock.h"
 #include "util/error.h"
+#include "util/ident.h"
 
 static void test_check_table_accepts(void **state)
 {
 	(void)state;
-	assert_int_equal(svc_outbox_check_table("svccomm_outbox", NULL, 0), 0);
-	assert_int_equal(svc_outbox_check_table("_x1", NULL, 0), 0);
-	assert_int_equal(svc_outbox_check_table("MySchema.Outbox_2", NULL, 0), 0);
+	assert_int_equal(svc_ident_check("svccomm_outbox", NULL, 0), 0);
+	assert_int_equal(svc_ident_check("_x1", NULL, 0), 0);
+	assert_int_equal(svc_ident_check("MySchema.Outbox_2", NULL, 0), 0);
 	/* 63 bytes is the PostgreSQL identifier limit */
 	char name[64];
 	memset(name, 'a', 63);
 	name[63] = '\0';
-	assert_int_equal(svc_outbox_check_table(name, NULL, 0), 0);
+	assert_int_equal(svc_ident_check(name, NULL, 0), 0);
 }
 
 static void test_check_table_refuses(void **state)
@@ -40,55 +44,107 @@ static void test_check_table_refuses(void **state)
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		err[0] = '\0';
-		assert_int_equal(svc_outbox_check_table(bad[i], err, sizeof(err)), SVC_EINVAL);
+		assert_int_equal(svc_ident_check(bad[i], err, sizeof(err)), SVC_EINVAL);
 		assert_true(strlen(err) > 0);
 	}
-	assert_int_equal(svc_outbox_check_table(NULL, err, sizeof(err)), SVC_EINVAL);
+	assert_int_equal(svc_ident_check(NULL, err, sizeof(err)), SVC_EINVAL);
 	char name[65];
 	memset(name, 'a', 64);
 	name[64] = '\0';
-	assert_int_equal(svc_outbox_check_table(name, NULL, 0), SVC_EINVAL);
+	assert_int_equal(svc_ident_check(name, NULL, 0), SVC_EINVAL);
 }
 
 static void test_quote_and_split(void **state)
 {
-	char q[SVC_OUTBOX_QNAME_MAX], s[64], t[64];
+	char q[SVC_IDENT_QUOTED_MAX], s[SVC_IDENT_MAX + 1], t[SVC_IDENT_MAX + 1];
 	(void)state;
-	assert_int_equal(svc_outbox_quote_table("svccomm_outbox", q, sizeof(q)), 0);
+	assert_int_equal(svc_ident_quote("svccomm_outbox", q, sizeof(q)), 0);
 	assert_string_equal(q, "\"svccomm_outbox\"");
-	assert_int_equal(svc_outbox_quote_table("Ops.Outbox", q, sizeof(q)), 0);
+	assert_int_equal(svc_ident_quote("Ops.Outbox", q, sizeof(q)), 0);
 	assert_string_equal(q, "\"Ops\".\"Outbox\"");
-	assert_int_equal(svc_outbox_split_table("Ops.Outbox", s, t), 0);
+	assert_int_equal(svc_ident_split("Ops.Outbox", s, t), 0);
 	assert_string_equal(s, "Ops");
 	assert_string_equal(t, "Outbox");
-	assert_int_equal(svc_outbox_split_table("plain", s, t), 0);
+	assert_int_equal(svc_ident_split("plain", s, t), 0);
 	assert_string_equal(s, "");
 	assert_string_equal(t, "plain");
-	assert_int_equal(svc_outbox_quote_table("x\"y", q, sizeof(q)), SVC_EINVAL);
-	assert_int_equal(svc_outbox_quote_table("abc", q, 4), SVC_EINVAL); /* too small */
+	assert_int_equal(svc_ident_quote("x\"y", q, sizeof(q)), SVC_EINVAL);
+	assert_int_equal(svc_ident_quote("abc", q, 4), SVC_EINVAL); /* too small */
 }
 
-static void test_envelope_suffix(void **state)
+static void test_envelope_tail(void **state)
 {
 	char *s;
 	(void)state;
-	s = svc_outbox_envelope_suffix("{\"eventType\":\"a\",\"payload\":{}}");
+	s = svc_envelope_tail("{\"eventType\":\"a\",\"payload\":{}}");
 	assert_non_null(s);
 	assert_string_equal(s, ",\"eventType\":\"a\",\"payload\":{}}");
 	free(s);
-	s = svc_outbox_envelope_suffix("  { \"a\" : 1 }\n");
+	s = svc_envelope_tail("  { \"a\" : 1 }\n");
 	assert_non_null(s);
 	assert_string_equal(s, ",\"a\" : 1 }");
 	free(s);
-	s = svc_outbox_envelope_suffix("{ }");
+	s = svc_envelope_tail("{ }");
 	assert_non_null(s);
 	assert_string_equal(s, "}");
 	free(s);
-	assert_null(svc_outbox_envelope_suffix("[1,2]"));
-	assert_null(svc_outbox_envelope_suffix("{"));
-	assert_null(svc_outbox_envelope_suffix("\"x\""));
-	assert_null(svc_outbox_envelope_suffix(""));
-	assert_null(svc_outbox_envelope_suffix(NULL));
+	assert_null(svc_envelope_tail("[1,2]"));
+	assert_null(svc_envelope_tail("{"));
+	assert_null(svc_envelope_tail("\"x\""));
+	assert_null(svc_envelope_tail(""));
+	assert_null(svc_envelope_tail(NULL));
+}
+
+static void test_envelope_members(void **state)
+{
+	char out[128];
+	size_t n;
+	(void)state;
+	/* the bytes Python library consumers and svccomm's handlers read: order and names fixed */
+	n = svc_envelope_members("\"update.base\"", "\"user\"", "{\"name\":\"Ada\"}", out,
+	                         sizeof(out));
+	assert_int_equal(n, strlen(out));
+	assert_string_equal(out, "{\"eventType\":\"update.base\",\"aggregate\":\"user\","
+	                         "\"payload\":{\"name\":\"Ada\"}}");
+	/* snprintf's contract: the whole length, a cut text when out is too small */
+	assert_int_equal(svc_envelope_members("\"t\"", "\"a\"", "{}", out, 8), 46);
+	assert_string_equal(out, "{\"event");
+	assert_int_equal(svc_envelope_members("\"t\"", "\"a\"", "{}", NULL, 0), 46);
+}
+
+/* Both statements that write events expand SVC_ENVELOPE_SQL: it must stay the text they had. */
+static void test_envelope_sql_is_the_statements_text(void **state)
+{
+	(void)state;
+	assert_string_equal(
+	    SVC_ENVELOPE_SQL("n.id", "$13", "$5", "$1", "$6"),
+	    "'{\"eventId\":\"' || n.id || '\",\"eventTime\":\"' || "
+	    "COALESCE($13, to_char(coalesce($5::timestamptz, $1::timestamptz, clock_timestamp()) "
+	    "AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) || '\"' || $6");
+	assert_string_equal(
+	    SVC_ENVELOPE_SQL("r.id", "r.event_time_utc", "r.event_time", "r.send_after", "r.body"),
+	    "'{\"eventId\":\"' || r.id || '\",\"eventTime\":\"' || "
+	    "COALESCE(r.event_time_utc, to_char(coalesce(r.event_time::timestamptz, "
+	    "r.send_after::timestamptz, clock_timestamp()) AT TIME ZONE 'UTC', "
+	    "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) || '\"' || r.body");
+}
+
+static void test_envelope_time(void **state)
+{
+	char buf[40];
+	const char *t;
+	(void)state;
+	/* already in the envelope's form: used as it is */
+	t = svc_envelope_time("2023-06-02T10:58:58.340174Z", NULL, buf, sizeof(buf));
+	assert_string_equal(t, "2023-06-02T10:58:58.340174Z");
+	/* another timestamptz text: the SQL formats it */
+	assert_null(svc_envelope_time("2023-06-02 10:58:58+02", NULL, buf, sizeof(buf)));
+	/* scheduled: eventTime is the due time, formatted by the SQL */
+	assert_null(svc_envelope_time(NULL, "2023-06-02 10:58:58+02", buf, sizeof(buf)));
+	/* neither: now, from the client's clock */
+	t = svc_envelope_time(NULL, NULL, buf, sizeof(buf));
+	assert_ptr_equal(t, buf);
+	assert_true(svc_clock_is_iso_micro(t));
 }
 
 static void test_insert_sql(void **state)
@@ -136,12 +192,12 @@ static void test_iso_utc(void **state)
 {
 	char buf[40];
 	(void)state;
-	assert_true(svc_outbox_is_iso_utc("2023-06-02T10:58:58.340174Z"));
-	assert_false(svc_outbox_is_iso_utc("2023-06-02T10:58:58Z"));
-	assert_false(svc_outbox_is_iso_utc("2023-06-02 10:58:58.340174Z"));
-	assert_false(svc_outbox_is_iso_utc("2023-06-02T10:58:58.340174\""));
-	assert_false(svc_outbox_is_iso_utc(NULL));
-	assert_true(svc_outbox_is_iso_utc(svc_outbox_now_iso(buf, sizeof(buf))));
+	assert_true(svc_clock_is_iso_micro("2023-06-02T10:58:58.340174Z"));
+	assert_false(svc_clock_is_iso_micro("2023-06-02T10:58:58Z"));
+	assert_false(svc_clock_is_iso_micro("2023-06-02 10:58:58.340174Z"));
+	assert_false(svc_clock_is_iso_micro("2023-06-02T10:58:58.340174\""));
+	assert_false(svc_clock_is_iso_micro(NULL));
+	assert_true(svc_clock_is_iso_micro(svc_clock_iso(svc_clock_wall(), 6, buf, sizeof(buf))));
 }
 
 static void test_migrate_render(void **state)
@@ -187,7 +243,10 @@ int main(void)
 	    cmocka_unit_test(test_check_table_accepts),
 	    cmocka_unit_test(test_check_table_refuses),
 	    cmocka_unit_test(test_quote_and_split),
-	    cmocka_unit_test(test_envelope_suffix),
+	    cmocka_unit_test(test_envelope_tail),
+	    cmocka_unit_test(test_envelope_members),
+	    cmocka_unit_test(test_envelope_sql_is_the_statements_text),
+	    cmocka_unit_test(test_envelope_time),
 	    cmocka_unit_test(test_insert_sql),
 	    cmocka_unit_test(test_insert_refuses_bad_input_without_sql),
 	    cmocka_unit_test(test_iso_utc),

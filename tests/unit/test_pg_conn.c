@@ -1,5 +1,5 @@
-/* Unit tests of pg_conn.c without a server: SQLSTATE classification, error texts that never
- * carry the password, and the transaction helpers' argument checks. */
+/* Unit tests of pg/conn.c and pg/session.c without a server: SQLSTATE classification, error
+ * texts that never carry the password, statements on a closed connection, the prelude. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +10,7 @@
 
 #include "pg/conn.h"
 #include "util/error.h"
+#include "util/ident.h"
 
 static void test_sqlstate_classes(void **state)
 {
@@ -66,9 +67,15 @@ static void test_refused_connection(void **state)
 	assert_null(strstr(svc_pg_error(&pg), "hunter2secret"));
 	/* statements on a closed connection are connection errors, not statement errors */
 	assert_int_equal(svc_pg_exec(&pg, "SELECT 1", 0, NULL, NULL), SVC_ECONN);
-	assert_int_equal(svc_pg_begin(&pg), SVC_ECONN);
-	assert_int_equal(svc_pg_savepoint(&pg, "bad name; drop"), SVC_EINVAL);
-	assert_int_equal(svc_pg_rollback_to(&pg, "1x"), SVC_EINVAL);
+	assert_int_equal(
+	    svc_pg_exec_simple(pg.conn, "BEGIN", pg.error, sizeof(pg.error), pg.sqlstate),
+	    SVC_ECONN);
+	assert_string_equal(svc_pg_sqlstate(&pg), "08003");
+	/* savepoint names were checked as plain identifiers (the rule of util/ident.h) before
+	 * any SQL was built */
+	assert_false(svc_ident_part_ok("bad name; drop", strlen("bad name; drop")));
+	assert_false(svc_ident_part_ok("1x", 2));
+	assert_true(svc_ident_part_ok("svc_msg", 7));
 	svc_pg_release(&pg);
 	assert_null(pg.conninfo);
 }
@@ -82,6 +89,52 @@ static void test_result_error_without_result(void **state)
 	assert_string_equal(err, "no connection");
 }
 
+static void test_exec_without_connection(void **state)
+{
+	char err[64] = "", st[6] = "x";
+	PGresult *res = (PGresult *)1;
+	(void)state;
+	assert_int_equal(svc_pg_exec_params(NULL, "SELECT 1", 0, NULL, &res, err, sizeof(err), st),
+	                 SVC_ECONN);
+	assert_null(res);
+	assert_string_equal(err, "not connected");
+	assert_string_equal(st, "08003");
+	assert_int_equal(svc_pg_exec_simple(NULL, "SELECT 1", NULL, 0, NULL), SVC_ECONN);
+}
+
+/* The prelude is state of the PGconn (libpq instance data): it exists on a connection that
+ * failed too, and nothing is sent until the next statement. */
+static void test_prelude_state(void **state)
+{
+	static const char *const stmts[] = {"BEGIN", "SAVEPOINT svc_msg", "SELECT 1", "SELECT 2"};
+	PGconn *conn = PQconnectdb("host=127.0.0.1 port=1 connect_timeout=2");
+	PGresult *r;
+	(void)state;
+	assert_non_null(conn);
+	assert_int_equal(PQstatus(conn), CONNECTION_BAD);
+	assert_false(svc_pg_prelude_pending(conn));
+	assert_int_equal(svc_pg_set_prelude(conn, stmts, SVC_PG_MAX_PRELUDE + 1), SVC_EINVAL);
+	assert_int_equal(svc_pg_set_prelude(conn, stmts, -1), SVC_EINVAL);
+	assert_int_equal(svc_pg_set_prelude(conn, stmts, 2), 0);
+	assert_true(svc_pg_prelude_pending(conn));
+	svc_pg_clear_prelude(conn);
+	assert_false(svc_pg_prelude_pending(conn));
+	/* a statement takes the prelude with it, also when it fails */
+	assert_int_equal(svc_pg_set_prelude(conn, stmts, 2), 0);
+	r = svc_pg_query(conn, "SELECT 1", 0, NULL, true);
+	assert_int_not_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+	PQclear(r);
+	assert_false(svc_pg_prelude_pending(conn));
+	/* ahead of the prelude: it stays pending */
+	assert_int_equal(svc_pg_set_prelude(conn, stmts, 1), 0);
+	r = svc_pg_query_before_prelude(conn, "SELECT 1", 0, NULL, false);
+	PQclear(r);
+	assert_true(svc_pg_prelude_pending(conn));
+	assert_int_equal(svc_pg_set_prelude(NULL, stmts, 1), SVC_ENOMEM);
+	assert_int_equal(svc_pg_set_prelude(NULL, stmts, 0), 0);
+	PQfinish(conn);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -90,6 +143,8 @@ int main(void)
 	    cmocka_unit_test(test_bad_conninfo_hides_password),
 	    cmocka_unit_test(test_refused_connection),
 	    cmocka_unit_test(test_result_error_without_result),
+	    cmocka_unit_test(test_exec_without_connection),
+	    cmocka_unit_test(test_prelude_state),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,49 @@
+/* outbox/envelope: the event envelope, the body of an event's outbox row. The one place that
+ * knows its members, their order and their formats:
+ *
+ *   {"eventId":"<row id>","eventTime":"<UTC, microseconds, Z>",
+ *    "eventType":<event type>,"aggregate":<aggregate>,"payload":<payload>}
+ *
+ * The head (eventId, eventTime) is written by the INSERT itself, because the row id comes from
+ * the table's sequence in that statement: SVC_ENVELOPE_SQL is its SQL expression, used by
+ * every statement that writes events. The members after it come from the writer (the Lua
+ * side, through svccomm.core.envelope_members) as a JSON object text, which
+ * svc_envelope_tail() turns into what the statement appends. Python library consumers read
+ * the same members.
+ */
+#ifndef SVC_OUTBOX_ENVELOPE_H
+#define SVC_OUTBOX_ENVELOPE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* SQL expression of the envelope. Arguments are SQL expressions (string literals): id (the row
+ * id), time_utc (eventTime already formatted, or NULL), event_time and send_after (timestamptz
+ * texts or NULL: eventTime is the first of them, else the database clock) and tail (text of
+ * svc_envelope_tail()). */
+#define SVC_ENVELOPE_SQL(id, time_utc, event_time, send_after, tail)                               \
+	"'{\"eventId\":\"' || " id " || '\",\"eventTime\":\"' || COALESCE(" time_utc               \
+	", to_char(coalesce(" event_time "::timestamptz, " send_after "::timestamptz, "            \
+	"clock_timestamp()) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) || '\"' "    \
+	"|| " tail
+
+/* Writes the members of an event, {"eventType":<type_json>,"aggregate":<aggregate_json>,
+ * "payload":<payload_json>} (each argument a JSON text), into out. Returns the length of the
+ * whole text, as snprintf: the text is complete when that is less than outsz. */
+size_t svc_envelope_members(const char *type_json, const char *aggregate_json,
+                            const char *payload_json, char *out, size_t outsz);
+
+/* Turns a JSON object text of members into the tail the INSERT appends after the eventTime
+ * member: "," + members + "}" or "}" for an empty object. Returns a malloc'd string (caller
+ * frees) or NULL when members is not a JSON object text (starts with '{', ends with '}',
+ * white space around allowed). */
+char *svc_envelope_tail(const char *members);
+
+/* eventTime as the C side formats it (to_char per row costs about as much as the insert
+ * itself): event_time when it is already "YYYY-MM-DDTHH:MM:SS.ffffffZ", the current time
+ * when neither event_time nor send_after is given (written into buf), else NULL (the SQL
+ * formats it). */
+const char *svc_envelope_time(const char *event_time, const char *send_after, char *buf,
+                              size_t bufsz);
+
+#endif

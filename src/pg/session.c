@@ -1,0 +1,359 @@
+/* pg/session: statements on a session: prelude, prepared-statement cache, pipeline. See
+ * session.h. */
+#include "pg/session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pg/conn.h"
+#include "util/error.h"
+
+#define MAX_PREPARED 16
+
+struct prepared {
+	char *sql;
+	char name[24];
+};
+
+/* The per-connection state (libpq instance data of session_proc). */
+struct session {
+	const char *prelude[SVC_PG_MAX_PRELUDE];
+	int n_prelude;
+	struct prepared prep[MAX_PREPARED];
+	int n_prep;
+	unsigned next_name;
+	bool no_prepare; /* the session lost a prepared statement: unnamed ones only */
+};
+
+int svc_pg_state_event(PGEventId id, void *info, PGEventProc proc, size_t size,
+                       void (*forget)(void *state))
+{
+	if (id == PGEVT_REGISTER) {
+		void *s = calloc(1, size);
+		PGEventRegister *e = info;
+
+		return s && PQsetInstanceData(e->conn, proc, s) ? 1 : (free(s), 0);
+	}
+	if (id == PGEVT_CONNRESET) {
+		void *s = PQinstanceData(((PGEventConnReset *)info)->conn, proc);
+
+		if (s)
+			forget(s);
+	} else if (id == PGEVT_CONNDESTROY) {
+		void *s = PQinstanceData(((PGEventConnDestroy *)info)->conn, proc);
+
+		if (s) {
+			forget(s);
+			free(s);
+		}
+	}
+	return 1;
+}
+
+void *svc_pg_state(PGconn *conn, PGEventProc proc, const char *name, bool create)
+{
+	void *s;
+
+	if (!conn)
+		return NULL;
+	s = PQinstanceData(conn, proc);
+	if (!s && create && PQregisterEventProc(conn, proc, name, NULL))
+		s = PQinstanceData(conn, proc);
+	return s;
+}
+
+/* A new server session: its prepared statements are gone. */
+static void forget(void *state)
+{
+	struct session *s = state;
+
+	for (int i = 0; i < s->n_prep; i++)
+		free(s->prep[i].sql);
+	s->n_prep = 0;
+	s->n_prelude = 0;
+}
+
+static int session_proc(PGEventId id, void *info, void *pass)
+{
+	(void)pass;
+	return svc_pg_state_event(id, info, session_proc, sizeof(struct session), forget);
+}
+
+static struct session *session_of(PGconn *conn, bool create)
+{
+	return svc_pg_state(conn, session_proc, "svccomm-session", create);
+}
+
+int svc_pg_set_prelude(PGconn *conn, const char *const *stmts, int n)
+{
+	struct session *s;
+
+	if (n < 0 || n > SVC_PG_MAX_PRELUDE)
+		return SVC_EINVAL;
+	s = session_of(conn, n > 0);
+	if (!s)
+		return n > 0 ? SVC_ENOMEM : 0;
+	for (int i = 0; i < n; i++)
+		s->prelude[i] = stmts[i];
+	s->n_prelude = n;
+	return 0;
+}
+
+bool svc_pg_prelude_pending(PGconn *conn)
+{
+	struct session *s = session_of(conn, false);
+
+	return s && s->n_prelude > 0;
+}
+
+void svc_pg_clear_prelude(PGconn *conn)
+{
+	struct session *s = session_of(conn, false);
+
+	if (s)
+		s->n_prelude = 0;
+}
+
+/* The cached statement for sql, or NULL. */
+static struct prepared *find_prepared(struct session *s, const char *sql)
+{
+	for (int i = 0; i < s->n_prep; i++) {
+		if (strcmp(s->prep[i].sql, sql) == 0)
+			return &s->prep[i];
+	}
+	return NULL;
+}
+
+/* Reads results up to the pipeline's PGRES_PIPELINE_SYNC (at most `queued` query results and
+ * their terminating NULLs before it), or until the connection fails. */
+static void drain_to_sync(PGconn *conn, int queued)
+{
+	int nulls = 0;
+	PGresult *r;
+
+	while (nulls <= queued) {
+		r = PQgetResult(conn);
+		if (!r) {
+			if (PQstatus(conn) != CONNECTION_OK)
+				return;
+			nulls++;
+			continue;
+		}
+		if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+			PQclear(r);
+			return;
+		}
+		PQclear(r);
+	}
+}
+
+/* One round trip: the prelude, an optional Parse and the statement. Returns the statement's
+ * result, or the first error of the pipeline. */
+static PGresult *run_pipeline(PGconn *conn, struct session *s, const char *sql, int nparams,
+                              const char *const *params, struct prepared *stmt, bool parse)
+{
+	PGresult *keep = NULL, *err = NULL, *r;
+	int total = 0, n_prelude = s->n_prelude;
+	bool sent;
+
+	s->n_prelude = 0; /* sent now, or failed with the statement */
+	if (PQenterPipelineMode(conn) != 1) {
+		/* not possible now (e.g. a COPY in progress): one statement after the other */
+		for (int i = 0; i < n_prelude; i++) {
+			r = PQexec(conn, s->prelude[i]);
+			if (PQresultStatus(r) != PGRES_COMMAND_OK)
+				return r;
+			PQclear(r);
+		}
+		return PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	}
+	sent = true;
+	for (int i = 0; sent && i < n_prelude; i++, total++)
+		sent = PQsendQueryParams(conn, s->prelude[i], 0, NULL, NULL, NULL, NULL, 0) == 1;
+	if (sent && parse) {
+		sent = PQsendPrepare(conn, stmt->name, sql, nparams, NULL) == 1;
+		total++;
+	}
+	if (sent) {
+		sent = stmt ? PQsendQueryPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0)
+		            : PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+		total++;
+	}
+	if (sent)
+		sent = PQpipelineSync(conn) == 1;
+	if (!sent) {
+		/* out of memory or the connection is gone: settle what was queued */
+		err = PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+		if (PQpipelineSync(conn) == 1)
+			drain_to_sync(conn, total);
+		PQexitPipelineMode(conn);
+		return err;
+	}
+	for (int k = 0; k < total; k++) {
+		ExecStatusType st;
+
+		r = PQgetResult(conn);
+		if (!r)
+			break; /* the connection failed: libpq already gave the error */
+		st = PQresultStatus(r);
+		if (parse && k == n_prelude && st == PGRES_COMMAND_OK && !err) {
+			stmt->sql = strdup(sql);
+			if (stmt->sql)
+				s->n_prep++;
+		}
+		if ((st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED) && !err)
+			err = r;
+		else if (k == total - 1 && !err)
+			keep = r;
+		else
+			PQclear(r);
+		while ((r = PQgetResult(conn)) != NULL) /* the NULL that ends each query */
+			PQclear(r);
+	}
+	drain_to_sync(conn, 0);
+	PQexitPipelineMode(conn);
+	if (err) {
+		PQclear(keep);
+		return err;
+	}
+	return keep ? keep : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+}
+
+/* A cached statement whose execution failed is forgotten (prepared again, under a new name, at
+ * its next use: e.g. "cached plan must not change result type" after the table changed). When
+ * the server no longer knows a statement this session prepared (26000, as behind a pooler that
+ * hands out other server sessions), the connection stops preparing statements. */
+static void forget_failed(struct session *s, const char *sql, const PGresult *r)
+{
+	const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+	struct prepared *stmt = find_prepared(s, sql);
+
+	if (code && strcmp(code, "26000") == 0) {
+		for (int i = 0; i < s->n_prep; i++)
+			free(s->prep[i].sql);
+		s->n_prep = 0;
+		s->no_prepare = true;
+	} else if (stmt) {
+		free(stmt->sql);
+		*stmt = s->prep[--s->n_prep];
+	}
+}
+
+PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       bool prepare)
+{
+	struct session *s = session_of(conn, prepare);
+	struct prepared *stmt = NULL;
+	bool parse = false;
+	PGresult *r;
+
+	if (s && prepare && !s->no_prepare) {
+		stmt = find_prepared(s, sql);
+		if (!stmt && s->n_prep < MAX_PREPARED) {
+			stmt = &s->prep[s->n_prep];
+			snprintf(stmt->name, sizeof(stmt->name), "svccomm_%u", s->next_name++);
+			stmt->sql = NULL; /* recorded once the Parse succeeded */
+			parse = true;
+		}
+	}
+	if (s && (s->n_prelude > 0 || parse))
+		r = run_pipeline(conn, s, sql, nparams, params, stmt, parse);
+	else if (stmt)
+		r = PQexecPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0);
+	else
+		return PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	if (stmt && PQresultStatus(r) == PGRES_FATAL_ERROR)
+		forget_failed(s, sql, r);
+	return r;
+}
+
+PGresult *svc_pg_query_text(PGconn *conn, const char *sql)
+{
+	struct session *s = session_of(conn, false);
+	PGresult *r;
+	size_t len;
+	char *text;
+
+	if (!s || s->n_prelude == 0)
+		return PQexec(conn, sql);
+	len = strlen(sql) + 1;
+	for (int i = 0; i < s->n_prelude; i++)
+		len += strlen(s->prelude[i]) + 2;
+	text = malloc(len);
+	if (!text)
+		return NULL;
+	text[0] = '\0';
+	for (int i = 0; i < s->n_prelude; i++) {
+		strcat(text, s->prelude[i]);
+		strcat(text, "; ");
+	}
+	strcat(text, sql);
+	s->n_prelude = 0;
+	r = PQexec(conn, text);
+	free(text);
+	return r;
+}
+
+PGresult *svc_pg_query_before_prelude(PGconn *conn, const char *sql, int nparams,
+                                      const char *const *params, bool prepare)
+{
+	struct session *s = session_of(conn, false);
+	int n_prelude = s ? s->n_prelude : 0;
+	PGresult *r;
+
+	if (s)
+		s->n_prelude = 0;
+	r = svc_pg_query(conn, sql, nparams, params, prepare);
+	if (s)
+		s->n_prelude = n_prelude;
+	return r;
+}
+
+/* ---- checked statements ---------------------------------------------------------------- */
+
+static int not_connected(char *err, size_t errsz, char *sqlstate)
+{
+	svc_pg_set_error(err, errsz, "not connected");
+	if (sqlstate)
+		strcpy(sqlstate, "08003");
+	return SVC_ECONN;
+}
+
+int svc_pg_exec_params(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       PGresult **res, char *err, size_t errsz, char *sqlstate)
+{
+	PGresult *r;
+	int rc;
+
+	if (res)
+		*res = NULL;
+	if (!conn)
+		return not_connected(err, errsz, sqlstate);
+	r = svc_pg_query(conn, sql, nparams, params, false);
+	if (r && PQresultStatus(r) == PGRES_TUPLES_OK)
+		rc = svc_pg_result_error(conn, r, PGRES_TUPLES_OK, err, errsz, sqlstate);
+	else
+		rc = svc_pg_result_error(conn, r, PGRES_COMMAND_OK, err, errsz, sqlstate);
+	if (rc < 0 || !res)
+		PQclear(r);
+	else
+		*res = r;
+	return rc;
+}
+
+int svc_pg_exec_simple(PGconn *conn, const char *sql, char *err, size_t errsz, char *sqlstate)
+{
+	PGresult *r;
+	int rc;
+
+	if (!conn)
+		return not_connected(err, errsz, sqlstate);
+	r = svc_pg_query_text(conn, sql);
+	if (r && PQresultStatus(r) == PGRES_TUPLES_OK)
+		rc = 0;
+	else
+		rc = svc_pg_result_error(conn, r, PGRES_COMMAND_OK, err, errsz, sqlstate);
+	PQclear(r);
+	return rc;
+}
