@@ -2,6 +2,7 @@
 #include "consumer/supervisor.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -12,8 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "util/log.h"
+#include "util/backoff.h"
+#include "util/clock.h"
 #include "util/error.h"
+#include "util/log.h"
 
 #define LOG            "supervisor"
 #define STABLE_AFTER_S 30.0 /* a worker that ran this long starts a fresh backoff */
@@ -34,19 +37,11 @@ static void on_signal(int sig)
 	signals_seen++;
 }
 
-static double now_s(void)
+/* Restart delay after `crashes` failures in a row (1, 2, ...): 0.5 s doubling, no jitter. */
+static double restart_delay(unsigned crashes)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-double svc_supervisor_backoff(unsigned crashes, double max_s)
-{
-	double d = 0.5;
-	for (unsigned i = 1; i < crashes && d < max_s; i++)
-		d *= 2;
-	return d > max_s ? max_s : d;
+	return svc_backoff((crashes > INT_MAX ? INT_MAX : (int)crashes) - 1, 0.5, MAX_BACKOFF_S,
+	                   1.0);
 }
 
 static void spawn(struct slot *s, int worker, svc_worker_fn fn, void *arg)
@@ -56,7 +51,7 @@ static void spawn(struct slot *s, int worker, svc_worker_fn fn, void *arg)
 	if (pid < 0) {
 		svc_error(LOG, "fork: %s", strerror(errno));
 		s->crashes++;
-		s->restart_at = now_s() + svc_supervisor_backoff(s->crashes, MAX_BACKOFF_S);
+		s->restart_at = svc_clock_mono() + restart_delay(s->crashes);
 		return;
 	}
 	if (pid == 0) {
@@ -70,7 +65,7 @@ static void spawn(struct slot *s, int worker, svc_worker_fn fn, void *arg)
 		_exit(code);
 	}
 	s->pid = pid;
-	s->started = now_s();
+	s->started = svc_clock_mono();
 	svc_info(LOG, "worker %d started (pid %d)", worker, (int)pid);
 }
 
@@ -142,9 +137,9 @@ int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
 				signal_all(slots, n, SIGTERM);
 				continue;
 			}
-			double now = now_s();
+			double now = svc_clock_mono();
 			s->crashes = now - s->started >= STABLE_AFTER_S ? 1 : s->crashes + 1;
-			double delay = svc_supervisor_backoff(s->crashes, MAX_BACKOFF_S);
+			double delay = restart_delay(s->crashes);
 			s->restart_at = now + delay;
 			svc_info(LOG, "restarting worker %d in %.1f s", i + 1, delay);
 		}
@@ -154,7 +149,7 @@ int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
 		if (stopping && live == 0)
 			break;
 		if (!stopping) {
-			double now = now_s();
+			double now = svc_clock_mono();
 			for (int i = 0; i < n; i++)
 				if (slots[i].pid == 0 && now >= slots[i].restart_at)
 					spawn(&slots[i], i + 1, fn, arg);
