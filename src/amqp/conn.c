@@ -1,4 +1,4 @@
-/* amqp_conn: one RabbitMQ connection with one channel (rabbitmq-c 0.11). See amqp_conn.h.
+/* amqp_conn: one RabbitMQ connection with one channel (rabbitmq-c 0.11). See amqp/conn.h.
  *
  * Confirms are read from frames: rabbitmq-c 0.11 has no confirm API. basic.ack / basic.nack
  * carry the publish sequence number (delivery tag) and the multiple flag. A basic.return is
@@ -285,8 +285,9 @@ fail:
 	drop_state(c);
 out:
 	if (copy) {
-		/* the copy holds the decoded password */
-		memset(copy, 0, strlen(url ? url : ""));
+		/* The copy holds the decoded password. A memset right before free() is a dead store
+		 * the compiler may drop (GCC does at -O2); explicit_bzero is never dropped. */
+		explicit_bzero(copy, strlen(url ? url : ""));
 		free(copy);
 	}
 	return rc;

@@ -1,9 +1,9 @@
 /* amqp_conn: one RabbitMQ connection with one channel, on rabbitmq-c 0.11.
  *
  * Owns the socket, the amqp_connection_state_t and the text of the last error. It knows
- * AMQP only: no SQL, no Lua. Used by the relay (publisher.c: publish with pipelined
- * confirms) and by the consumer (consumer.c: the consume side is in amqp_consume.c and uses
- * svc_amqp_state()).
+ * AMQP only: no SQL, no Lua. Used by the relay (src/relay/: publish with pipelined
+ * confirms) and by the consumer (src/consumer/: the consume side is in amqp/consume.c and
+ * uses svc_amqp_state()).
  *
  * Error model: functions return 0 or a negative SVC_E* code. SVC_ECONN means the connection
  * is unusable (closed by the peer, socket error, heartbeat missed, channel closed): call
@@ -64,7 +64,7 @@ int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const c
 void svc_amqp_close(struct svc_amqp *c);
 bool svc_amqp_is_open(const struct svc_amqp *c);
 const char *svc_amqp_error(const struct svc_amqp *c);
-/* The underlying state for the consume loop (amqp_consume.c). */
+/* The underlying state for the consume loop (amqp/consume.c). */
 amqp_connection_state_t svc_amqp_state(struct svc_amqp *c);
 amqp_channel_t svc_amqp_channel(const struct svc_amqp *c);
 

@@ -1,4 +1,4 @@
-/* amqp_consume: the consume side of a connection; see amqp_consume.h. */
+/* amqp_consume: the consume side of a connection; see amqp/consume.h. */
 #include "amqp/consume.h"
 
 #include <inttypes.h>
@@ -93,12 +93,6 @@ int svc_amqp_consumer_cancel(struct svc_amqp_consumer *cs)
 	return rpc_check(cs, "basic.cancel");
 }
 
-bool svc_amqp_consumer_pending(struct svc_amqp_consumer *cs)
-{
-	amqp_connection_state_t st = svc_amqp_state(cs->conn);
-	return amqp_frames_enqueued(st) || amqp_data_in_buffer(st);
-}
-
 static int send_status(struct svc_amqp_consumer *cs, const char *what, int status)
 {
 	if (status == AMQP_STATUS_OK)
@@ -119,13 +113,6 @@ int svc_amqp_consumer_nack(struct svc_amqp_consumer *cs, uint64_t tag, bool mult
 	return send_status(cs, "basic.nack",
 	                   amqp_basic_nack(svc_amqp_state(cs->conn), svc_amqp_channel(cs->conn),
 	                                   tag, multiple, requeue));
-}
-
-int svc_amqp_consumer_reject(struct svc_amqp_consumer *cs, uint64_t tag, bool requeue)
-{
-	return send_status(
-	    cs, "basic.reject",
-	    amqp_basic_reject(svc_amqp_state(cs->conn), svc_amqp_channel(cs->conn), tag, requeue));
 }
 
 void svc_delivery_release(struct svc_delivery *d)

@@ -1,6 +1,6 @@
 /* amqp_consume: the consume side of one svc_amqp connection (rabbitmq-c 0.11).
  *
- * basic.qos, basic.consume, reading deliveries frame by frame, ack/nack/reject and
+ * basic.qos, basic.consume, reading deliveries frame by frame, ack/nack and
  * basic.cancel in both directions. A delivery is read method -> content header -> body
  * frames; the declared body size is checked against a limit BEFORE any body byte is kept,
  * and an oversize body is drained frame by frame without being buffered.
@@ -88,11 +88,11 @@ int svc_amqp_consumer_start(struct svc_amqp_consumer *cs, struct svc_amqp *conn,
  * the consumer, or SVC_ECONN (connection or channel lost; text in cs->err). */
 int svc_amqp_consumer_next(struct svc_amqp_consumer *cs, struct svc_delivery *d, size_t max_body,
                            int timeout_ms);
-/* True when a frame is already buffered, so svc_amqp_consumer_next(.., 0) will not block. */
-bool svc_amqp_consumer_pending(struct svc_amqp_consumer *cs);
+/* Acks tag (and, with multiple, every earlier unacked tag); 0 or SVC_ECONN. */
 int svc_amqp_consumer_ack(struct svc_amqp_consumer *cs, uint64_t tag, bool multiple);
+/* Nacks tag (multiple as for ack), requeueing it or letting the broker drop or dead-letter it;
+ * 0 or SVC_ECONN. */
 int svc_amqp_consumer_nack(struct svc_amqp_consumer *cs, uint64_t tag, bool multiple, bool requeue);
-int svc_amqp_consumer_reject(struct svc_amqp_consumer *cs, uint64_t tag, bool requeue);
 /* Cancels the consumer (basic.cancel and its -ok). Deliveries arriving meanwhile are left
  * unacked: they return to the queue when the channel closes. */
 int svc_amqp_consumer_cancel(struct svc_amqp_consumer *cs);

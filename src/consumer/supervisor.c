@@ -2,6 +2,7 @@
 #include "consumer/supervisor.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -12,8 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "util/log.h"
+#include "util/backoff.h"
+#include "util/clock.h"
 #include "util/error.h"
+#include "util/log.h"
 
 #define LOG            "supervisor"
 #define STABLE_AFTER_S 30.0 /* a worker that ran this long starts a fresh backoff */
@@ -34,19 +37,11 @@ static void on_signal(int sig)
 	signals_seen++;
 }
 
-static double now_s(void)
+/* Restart delay after `crashes` failures in a row (1, 2, ...): 0.5 s doubling, no jitter. */
+static double restart_delay(unsigned crashes)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-double svc_supervisor_backoff(unsigned crashes, double max_s)
-{
-	double d = 0.5;
-	for (unsigned i = 1; i < crashes && d < max_s; i++)
-		d *= 2;
-	return d > max_s ? max_s : d;
+	return svc_backoff((crashes > INT_MAX ? INT_MAX : (int)crashes) - 1, 0.5, MAX_BACKOFF_S,
+	                   1.0);
 }
 
 static void spawn(struct slot *s, int worker, svc_worker_fn fn, void *arg)
@@ -56,7 +51,7 @@ static void spawn(struct slot *s, int worker, svc_worker_fn fn, void *arg)
 	if (pid < 0) {
 		svc_error(LOG, "fork: %s", strerror(errno));
 		s->crashes++;
-		s->restart_at = now_s() + svc_supervisor_backoff(s->crashes, MAX_BACKOFF_S);
+		s->restart_at = svc_clock_mono() + restart_delay(s->crashes);
 		return;
 	}
 	if (pid == 0) {
@@ -70,26 +65,105 @@ static void spawn(struct slot *s, int worker, svc_worker_fn fn, void *arg)
 		_exit(code);
 	}
 	s->pid = pid;
-	s->started = now_s();
+	s->started = svc_clock_mono();
 	svc_info(LOG, "worker %d started (pid %d)", worker, (int)pid);
 }
 
-static void signal_all(struct slot *slots, int n, int sig)
+struct supervisor {
+	struct slot *slots;
+	int n;
+	svc_worker_fn fn;
+	void *arg;
+	bool stopping;
+	int result;
+};
+
+static void signal_all(struct supervisor *sv, int sig)
 {
-	for (int i = 0; i < n; i++)
-		if (slots[i].pid > 0)
-			kill(slots[i].pid, sig);
+	for (int i = 0; i < sv->n; i++)
+		if (sv->slots[i].pid > 0)
+			kill(sv->slots[i].pid, sig);
+}
+
+/* Logs how worker i + 1 ended; true when it exited with 0. */
+static bool log_exit(int i, pid_t pid, int status)
+{
+	bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	if (WIFEXITED(status))
+		svc_log(clean ? SVC_LOG_INFO : SVC_LOG_WARNING, LOG,
+		        "worker %d (pid %d) exited with %d", i + 1, (int)pid, WEXITSTATUS(status));
+	else if (WIFSIGNALED(status))
+		svc_warn(LOG, "worker %d (pid %d) killed by signal %d", i + 1, (int)pid,
+		         WTERMSIG(status));
+	return clean;
+}
+
+/* Worker i + 1 ended: while stopping it only counts towards the result; a configuration error
+ * stops all; otherwise it is restarted after its backoff. */
+static void worker_ended(struct supervisor *sv, int i, pid_t pid, int status)
+{
+	struct slot *s = &sv->slots[i];
+	bool clean = log_exit(i, pid, status);
+	if (sv->stopping) {
+		if (!clean && sv->result == SVC_EXIT_OK)
+			sv->result = SVC_EXIT_FAILURE;
+		return;
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == SVC_EXIT_USAGE) {
+		svc_error(LOG, "configuration error in worker %d: stopping all", i + 1);
+		sv->result = SVC_EXIT_USAGE;
+		sv->stopping = true;
+		signal_all(sv, SIGTERM);
+		return;
+	}
+	double now = svc_clock_mono();
+	s->crashes = now - s->started >= STABLE_AFTER_S ? 1 : s->crashes + 1;
+	double delay = restart_delay(s->crashes);
+	s->restart_at = now + delay;
+	svc_info(LOG, "restarting worker %d in %.1f s", i + 1, delay);
+}
+
+/* Collects every worker that ended since the last call. */
+static void reap(struct supervisor *sv)
+{
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		int i;
+		for (i = 0; i < sv->n && sv->slots[i].pid != pid; i++)
+			;
+		if (i == sv->n)
+			continue;
+		sv->slots[i].pid = 0;
+		worker_ended(sv, i, pid, status);
+	}
+}
+
+static int live_workers(const struct supervisor *sv)
+{
+	int live = 0;
+	for (int i = 0; i < sv->n; i++)
+		live += sv->slots[i].pid > 0;
+	return live;
+}
+
+/* Starts again every ended worker whose backoff has passed. */
+static void restart_due(struct supervisor *sv)
+{
+	double now = svc_clock_mono();
+	for (int i = 0; i < sv->n; i++)
+		if (sv->slots[i].pid == 0 && now >= sv->slots[i].restart_at)
+			spawn(&sv->slots[i], i + 1, sv->fn, sv->arg);
 }
 
 int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
 {
 	struct sigaction sa;
-	struct slot *slots = calloc((size_t)n, sizeof(*slots));
-	int result = SVC_EXIT_OK;
-	bool stopping = false;
+	struct supervisor sv = {.n = n, .fn = fn, .arg = arg, .result = SVC_EXIT_OK};
 	sig_atomic_t forwarded = 0;
 
-	if (!slots) {
+	sv.slots = calloc((size_t)n, sizeof(*sv.slots));
+	if (!sv.slots) {
 		svc_error(LOG, "out of memory");
 		return SVC_EXIT_FAILURE;
 	}
@@ -101,67 +175,24 @@ int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
 	signals_seen = 0;
 
 	for (int i = 0; i < n; i++)
-		spawn(&slots[i], i + 1, fn, arg);
+		spawn(&sv.slots[i], i + 1, fn, arg);
 
 	for (;;) {
 		if (signals_seen != forwarded) {
 			forwarded = signals_seen;
-			if (!stopping)
+			if (!sv.stopping)
 				svc_info(LOG, "stopping %d worker(s)", n);
-			stopping = true;
-			signal_all(slots, n, SIGTERM);
+			sv.stopping = true;
+			signal_all(&sv, SIGTERM);
 		}
-		int status;
-		pid_t pid;
-		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-			int i;
-			for (i = 0; i < n && slots[i].pid != pid; i++)
-				;
-			if (i == n)
-				continue;
-			struct slot *s = &slots[i];
-			s->pid = 0;
-			bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-			if (WIFEXITED(status))
-				svc_log(clean ? SVC_LOG_INFO : SVC_LOG_WARNING, LOG,
-				        "worker %d (pid %d) exited with %d", i + 1, (int)pid,
-				        WEXITSTATUS(status));
-			else if (WIFSIGNALED(status))
-				svc_warn(LOG, "worker %d (pid %d) killed by signal %d", i + 1,
-				         (int)pid, WTERMSIG(status));
-			if (stopping) {
-				if (!clean && result == SVC_EXIT_OK)
-					result = SVC_EXIT_FAILURE;
-				continue;
-			}
-			if (WIFEXITED(status) && WEXITSTATUS(status) == SVC_EXIT_USAGE) {
-				svc_error(LOG, "configuration error in worker %d: stopping all",
-				          i + 1);
-				result = SVC_EXIT_USAGE;
-				stopping = true;
-				signal_all(slots, n, SIGTERM);
-				continue;
-			}
-			double now = now_s();
-			s->crashes = now - s->started >= STABLE_AFTER_S ? 1 : s->crashes + 1;
-			double delay = svc_supervisor_backoff(s->crashes, MAX_BACKOFF_S);
-			s->restart_at = now + delay;
-			svc_info(LOG, "restarting worker %d in %.1f s", i + 1, delay);
-		}
-		int live = 0;
-		for (int i = 0; i < n; i++)
-			live += slots[i].pid > 0;
-		if (stopping && live == 0)
+		reap(&sv);
+		if (sv.stopping && live_workers(&sv) == 0)
 			break;
-		if (!stopping) {
-			double now = now_s();
-			for (int i = 0; i < n; i++)
-				if (slots[i].pid == 0 && now >= slots[i].restart_at)
-					spawn(&slots[i], i + 1, fn, arg);
-		}
+		if (!sv.stopping)
+			restart_due(&sv);
 		struct timespec ts = {.tv_sec = 0, .tv_nsec = 50 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
-	free(slots);
-	return result;
+	free(sv.slots);
+	return sv.result;
 }

@@ -15,8 +15,4 @@ typedef int (*svc_worker_fn)(int worker, void *arg);
  * configuration error, SVC_EXIT_FAILURE otherwise. */
 int svc_supervisor_run(int n, svc_worker_fn fn, void *arg);
 
-/* Restart delay for a slot that failed `crashes` times in a row: 0.5 s doubling, at most
- * max_s. */
-double svc_supervisor_backoff(unsigned crashes, double max_s);
-
 #endif

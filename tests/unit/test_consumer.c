@@ -1,4 +1,6 @@
-/* Unit tests for the pure decisions of consumer.c */
+/* Unit tests for the pure decisions of the consumer (src/consumer/retry.c, batch.c, inbox.c)
+ * and of the util functions it uses with its own parameters (reconnect backoff, inbox table
+ * quoting). The envelope scanner's tests are in test_json_scan.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,7 +11,9 @@
 #include <string.h>
 
 #include "consumer/consumer.h"
+#include "util/backoff.h"
 #include "util/error.h"
+#include "util/ident.h"
 
 static void test_failure_action(void **state)
 {
@@ -61,64 +65,25 @@ static void test_should_commit(void **state)
 	assert_true(svc_consumer_should_commit(1, 0, 0, 0.02)); /* limit 0 acts as 1 */
 }
 
+/* The consumer reconnects after failure f (1, 2, ...) in svc_backoff(f - 1, 0.5, max, rnd). */
 static void test_backoff(void **state)
 {
 	(void)state;
-	assert_true(svc_consumer_backoff(1, 30, 0) >= 0.25);
-	assert_true(svc_consumer_backoff(1, 30, 0.999) <= 0.5);
-	assert_true(svc_consumer_backoff(3, 30, 0) >= 1.0);
-	assert_true(svc_consumer_backoff(3, 30, 0.999) <= 2.0);
+	assert_true(svc_backoff(0, 0.5, 30, 0) >= 0.25);
+	assert_true(svc_backoff(0, 0.5, 30, 0.999) <= 0.5);
+	assert_true(svc_backoff(2, 0.5, 30, 0) >= 1.0);
+	assert_true(svc_backoff(2, 0.5, 30, 0.999) <= 2.0);
 	/* capped, however many failures */
 	for (unsigned f = 1; f < 100; f++) {
-		double d = svc_consumer_backoff(f, 30, 0.999);
+		double d = svc_backoff((int)f - 1, 0.5, 30, 0.999);
 		assert_true(d <= 30.0);
-		assert_true(d >= svc_consumer_backoff(f, 30, 0.0));
+		assert_true(d >= svc_backoff((int)f - 1, 0.5, 30, 0.0));
 	}
-	assert_true(svc_consumer_backoff(1000, 30, 0) >= 15.0);
-}
-
-static void test_json_top_field(void **state)
-{
-	char out[64];
-	(void)state;
-	const char *env = "{\"payload\": {\"eventId\": \"inner\", \"x\": [1, {\"a\": \"}\"}]},"
-	                  " \"eventId\": \"42\", \"aggregate\": \"user\"}";
-	assert_int_equal(svc_json_top_field(env, strlen(env), "eventId", out, sizeof(out)), 0);
-	assert_string_equal(out, "42");
-	const char *py = "{\"eventId\": 9103, \"event_type\": \"update.base\"}";
-	assert_int_equal(svc_json_top_field(py, strlen(py), "eventId", out, sizeof(out)), 0);
-	assert_string_equal(out, "9103");
-	assert_int_equal(svc_json_top_field(py, strlen(py), "missing", out, sizeof(out)),
-	                 SVC_EINVAL);
-	const char *bad = "{\"eventId\": ";
-	assert_int_equal(svc_json_top_field(bad, strlen(bad), "eventId", out, sizeof(out)),
-	                 SVC_EINVAL);
-	assert_int_equal(svc_json_top_field("[1,2]", 5, "eventId", out, sizeof(out)), SVC_EINVAL);
-	const char *esc = "{\"a\": \"x\\\"y\", \"eventId\": \"7\"}";
-	assert_int_equal(svc_json_top_field(esc, strlen(esc), "eventId", out, sizeof(out)), 0);
-	assert_string_equal(out, "7");
-	const char *obj = "{\"eventId\": {\"n\": 1}}";
-	assert_int_equal(svc_json_top_field(obj, strlen(obj), "eventId", out, sizeof(out)),
-	                 SVC_EINVAL);
-}
-
-static void test_json_deep_nesting(void **state)
-{
-	(void)state;
-	size_t depth = 100000;
-	size_t len = 2 * depth + 64;
-	char *buf = malloc(len);
-	assert_non_null(buf);
-	size_t n = (size_t)sprintf(buf, "{\"deep\": ");
-	for (size_t i = 0; i < depth; i++)
-		buf[n++] = '[';
-	for (size_t i = 0; i < depth; i++)
-		buf[n++] = ']';
-	n += (size_t)sprintf(buf + n, ", \"eventId\": 5}");
-	char out[16];
-	assert_int_equal(svc_json_top_field(buf, n, "eventId", out, sizeof(out)), 0);
-	assert_string_equal(out, "5");
-	free(buf);
+	assert_true(svc_backoff(999, 0.5, 30, 0) >= 15.0);
+	/* the supervisor restarts after crash n in svc_backoff(n - 1, 0.5, 30, 1): no jitter */
+	assert_true(svc_backoff(0, 0.5, 30, 1.0) == 0.5);
+	assert_true(svc_backoff(2, 0.5, 30, 1.0) == 2.0);
+	assert_true(svc_backoff(99, 0.5, 30, 1.0) == 30.0);
 }
 
 static void test_message_id(void **state)
@@ -143,20 +108,21 @@ static void test_message_id(void **state)
 	                 SVC_EINVAL);
 }
 
+/* INBOX_TABLE goes through svc_ident_quote before it is put into the inbox statements. */
 static void test_quote_ident(void **state)
 {
 	char out[160];
 	(void)state;
-	assert_int_equal(svc_consumer_quote_ident("svccomm_inbox", out, sizeof(out)), 0);
+	assert_int_equal(svc_ident_quote("svccomm_inbox", out, sizeof(out)), 0);
 	assert_string_equal(out, "\"svccomm_inbox\"");
-	assert_int_equal(svc_consumer_quote_ident("app.Inbox_2", out, sizeof(out)), 0);
+	assert_int_equal(svc_ident_quote("app.Inbox_2", out, sizeof(out)), 0);
 	assert_string_equal(out, "\"app\".\"Inbox_2\"");
-	assert_int_equal(svc_consumer_quote_ident("inbox\"; DROP TABLE x; --", out, sizeof(out)),
+	assert_int_equal(svc_ident_quote("inbox\"; DROP TABLE x; --", out, sizeof(out)),
 	                 SVC_EINVAL);
-	assert_int_equal(svc_consumer_quote_ident("1abc", out, sizeof(out)), SVC_EINVAL);
-	assert_int_equal(svc_consumer_quote_ident("a.b.c", out, sizeof(out)), SVC_EINVAL);
-	assert_int_equal(svc_consumer_quote_ident("", out, sizeof(out)), SVC_EINVAL);
-	assert_int_equal(svc_consumer_quote_ident(".a", out, sizeof(out)), SVC_EINVAL);
+	assert_int_equal(svc_ident_quote("1abc", out, sizeof(out)), SVC_EINVAL);
+	assert_int_equal(svc_ident_quote("a.b.c", out, sizeof(out)), SVC_EINVAL);
+	assert_int_equal(svc_ident_quote("", out, sizeof(out)), SVC_EINVAL);
+	assert_int_equal(svc_ident_quote(".a", out, sizeof(out)), SVC_EINVAL);
 }
 
 static void test_error_excerpt(void **state)
@@ -245,14 +211,52 @@ static void test_attempt_and_headers(void **state)
 	assert_string_equal(find(out, n, "x-svccomm-routing-key"), "update.base");
 }
 
+/* Both paths that need a message's first exchange and routing key (processing it, and blaming
+ * it after a failed COMMIT) read them here; both headers must be strings. */
+static void test_origin(void **state)
+{
+	(void)state;
+	struct svc_delivery_header hs[2] = {
+	    hdr("x-svccomm-exchange", 's', "user", 0),
+	    hdr("x-svccomm-routing-key", 's', "update.base", 0),
+	};
+	struct svc_delivery d = {
+	    .exchange = "", .routing_key = "orders", .headers = hs, .n_headers = 2};
+	const char *ex = NULL, *rk = NULL;
+
+	svc_consumer_origin(&d, &ex, &rk);
+	assert_string_equal(ex, "user");
+	assert_string_equal(rk, "update.base");
+	/* one of the two is not enough */
+	d.n_headers = 1;
+	svc_consumer_origin(&d, &ex, &rk);
+	assert_string_equal(ex, "");
+	assert_string_equal(rk, "orders");
+	d.n_headers = 2;
+	/* another kind is no name, although it has a string form ("5", or "" for a table) */
+	hs[0] = hdr("x-svccomm-exchange", 'i', "5", 5);
+	svc_consumer_origin(&d, &ex, &rk);
+	assert_string_equal(ex, "");
+	assert_string_equal(rk, "orders");
+	hs[0] = hdr("x-svccomm-exchange", 's', "user", 0);
+	hs[1] = hdr("x-svccomm-routing-key", 'n', "", 0);
+	svc_consumer_origin(&d, &ex, &rk);
+	assert_string_equal(ex, "");
+	assert_string_equal(rk, "orders");
+	d.n_headers = 0;
+	svc_consumer_origin(&d, &ex, &rk);
+	assert_string_equal(ex, "");
+	assert_string_equal(rk, "orders");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_failure_action), cmocka_unit_test(test_delay_and_names),
 	    cmocka_unit_test(test_should_commit),  cmocka_unit_test(test_backoff),
-	    cmocka_unit_test(test_json_top_field), cmocka_unit_test(test_json_deep_nesting),
 	    cmocka_unit_test(test_message_id),     cmocka_unit_test(test_quote_ident),
 	    cmocka_unit_test(test_error_excerpt),  cmocka_unit_test(test_attempt_and_headers),
+	    cmocka_unit_test(test_origin),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,240 @@
+/* batch: the open batch of deliveries, its transaction and its acks. Messages share one
+ * transaction, each under its own savepoint; the batch is committed, then acked with one
+ * multiple ack. A message whose outcome was republished (retry or dead letter) is "settled": it
+ * is acked even when the COMMIT fails. A failed COMMIT requeues the rest and commits them one at
+ * a time ("solo") to find the message that causes it. */
+#include "consumer/internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "util/clock.h"
+#include "util/error.h"
+#include "util/log.h"
+
+bool svc_consumer_should_commit(size_t batch_len, size_t limit, double elapsed_s, double interval_s)
+{
+	if (batch_len == 0)
+		return false;
+	return batch_len >= (limit ? limit : 1) || elapsed_s >= interval_s;
+}
+
+void svc_consumer_batch_add(struct svc_consumer *c, uint64_t tag)
+{
+	if (c->batch_n == 0) {
+		c->batch_start = svc_clock_mono();
+		c->batch_gen = c->generation;
+	}
+	c->tags[c->batch_n] = tag;
+	c->settled[c->batch_n] = false;
+	c->batch_n++;
+}
+
+/* The statements wait on the connection (pg_conn's prelude) and travel with the message's
+ * first statement, in the same round trip: a handler that never touches the database costs no
+ * round trip. */
+int svc_consumer_begin_message(struct svc_consumer *c)
+{
+	static const char *const begin[] = {"BEGIN", "SAVEPOINT svc_msg"};
+	static const char *const next[] = {"RELEASE SAVEPOINT svc_msg", "SAVEPOINT svc_msg"};
+	static const char *const first[] = {"SAVEPOINT svc_msg"};
+
+	if (!c->pg.conn)
+		return 0;
+	int rc = !c->in_tx    ? svc_pg_set_prelude(c->pg.conn, begin, 2)
+	         : c->sp_open ? svc_pg_set_prelude(c->pg.conn, next, 2)
+	                      : svc_pg_set_prelude(c->pg.conn, first, 1);
+	if (rc) {
+		snprintf(c->pg.error, sizeof(c->pg.error), "out of memory");
+		return rc;
+	}
+	return 0;
+}
+
+bool svc_consumer_end_message(struct svc_consumer *c)
+{
+	if (!c->pg.conn)
+		return false;
+	if (svc_pg_prelude_pending(c->pg.conn)) {
+		svc_pg_clear_prelude(c->pg.conn);
+		return false;
+	}
+	c->in_tx = true;
+	c->sp_open = true;
+	return true;
+}
+
+int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_msg *m,
+                             const char *reason, const char *handler, const char *error)
+{
+	struct svc_failure_info info = {
+	    .dead_letter = true,
+	    .attempts = m->attempt,
+	    .exchange = m->exchange,
+	    .routing_key = m->routing_key,
+	    .error = error,
+	    .handler = handler,
+	    .reason = reason,
+	};
+	int rc = svc_consumer_publish_copy(c, m->d, c->dlq, &info);
+	if (rc == 0) {
+		c->dead++;
+		c->settled[c->batch_n - 1] = true;
+	}
+	return rc;
+}
+
+int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consumer_msg *m,
+                                bool permanent, const char *handler, const char *error_text)
+{
+	char excerpt[1024], first[256], queue[300];
+	size_t di = 0;
+	svc_consumer_error_excerpt(error_text, ERROR_LINES, excerpt, sizeof(excerpt));
+	svc_consumer_error_excerpt(error_text, 1, first, sizeof(first));
+	enum svc_failure_action a = svc_consumer_failure_action(
+	    m->attempt, c->cfg->max_attempts, c->cfg->n_retry_delays, permanent, &di);
+	if (a == SVC_FAIL_DEAD_LETTER) {
+		svc_warn(LOG, "message %s (%s %s) failed in %s, attempt %ld, dead-lettered: %s",
+		         MSG_ID(m->d), m->exchange, m->routing_key, handler ? handler : "-",
+		         m->attempt, first);
+		return svc_consumer_dead_letter(
+		    c, m, permanent ? "permanent-error" : "max-attempts", handler, excerpt);
+	}
+	svc_consumer_retry_queue(c->cfg->queue, c->delay_ms[di], queue, sizeof(queue));
+	svc_warn(LOG, "message %s (%s %s) failed in %s, attempt %ld, retry in %ld ms: %s",
+	         MSG_ID(m->d), m->exchange, m->routing_key, handler ? handler : "-", m->attempt,
+	         c->delay_ms[di], first);
+	struct svc_failure_info info = {
+	    .dead_letter = false,
+	    .next_attempt = m->attempt + 1,
+	    .exchange = m->exchange,
+	    .routing_key = m->routing_key,
+	    .error = excerpt,
+	};
+	int rc = svc_consumer_publish_copy(c, m->d, queue, &info);
+	if (rc == 0) {
+		c->retried++;
+		c->settled[c->batch_n - 1] = true;
+	}
+	return rc;
+}
+
+/* The batch's outbox rows could not all be written: nothing of it may commit. Returns 0 or
+ * SVC_ECONN; the reason is left in c->pg.error. */
+static int rollback_poisoned(struct svc_consumer *c, const char *poison)
+{
+	char why[sizeof(c->pg.error)];
+	snprintf(why, sizeof(why), "writing the batch's outbox rows: %s", poison);
+	c->in_tx = false;
+	c->sp_open = false;
+	svc_pg_transaction_reset(c->pg.conn); /* poison points into it: copied above */
+	int rc = svc_consumer_db_cmd(c, "ROLLBACK");
+	if (rc == SVC_ECONN)
+		return rc;
+	snprintf(c->pg.error, sizeof(c->pg.error), "%s", why);
+	return 0;
+}
+
+/* COMMIT; a COMMIT that answers ROLLBACK (an aborted transaction) failed too. Returns 0 or
+ * SVC_ECONN, *failed with the reason in c->pg.error. */
+static int commit(struct svc_consumer *c, bool *failed)
+{
+	PGresult *r = PQexec(c->pg.conn, "COMMIT");
+	int rc = 0;
+	c->in_tx = false;
+	c->sp_open = false;
+	svc_pg_transaction_reset(c->pg.conn);
+	if (PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0) {
+		PQclear(r);
+		return 0;
+	}
+	if (PQresultStatus(r) == PGRES_COMMAND_OK) {
+		PQclear(r);
+		snprintf(c->pg.error, sizeof(c->pg.error),
+		         "COMMIT: the transaction was rolled back");
+	} else {
+		rc = svc_consumer_db_fail(c, r, "COMMIT");
+	}
+	if (rc == SVC_ECONN)
+		return rc;
+	*failed = true;
+	return 0;
+}
+
+/* Ends the batch's transaction, if any. Returns 0 or SVC_ECONN; *failed when it did not
+ * commit (reason in c->pg.error). */
+static int end_transaction(struct svc_consumer *c, bool *failed)
+{
+	*failed = false;
+	if (c->pg.conn && c->in_tx) {
+		/* the outbox rows of the batch, in one statement; a failure poisons the batch */
+		char ferr[256];
+		svc_pg_flush(c->pg.conn, ferr, sizeof(ferr), NULL);
+	}
+	const char *poison = c->pg.conn ? svc_pg_poisoned(c->pg.conn) : NULL;
+	if (c->pg.conn && poison) {
+		*failed = true;
+		return rollback_poisoned(c, poison);
+	}
+	if (c->pg.conn && c->in_tx)
+		return commit(c, failed);
+	return 0;
+}
+
+/* Committed alone and failed again: this message is the cause. */
+static int blame_message(struct svc_consumer *c)
+{
+	char handler[HANDLER_SZ];
+	struct svc_consumer_msg m = {.d = &c->d, .attempt = svc_consumer_attempt(&c->d)};
+	svc_consumer_origin(&c->d, &m.exchange, &m.routing_key);
+	svc_consumer_lua_last_handler(c, handler, sizeof(handler));
+	int rc =
+	    svc_consumer_handle_failure(c, &m, false, handler[0] ? handler : NULL, c->pg.error);
+	if (rc)
+		return rc;
+	c->solo--;
+	rc = svc_amqp_consumer_ack(&c->cs, c->tags[0], false);
+	c->batch_n = 0;
+	return rc;
+}
+
+/* Nothing of the batch is committed: requeue what depends on the commit, ack what was already
+ * republished (retry/DLQ), then commit one by one to find the culprit. The connections are
+ * fine: the session goes on. */
+static int requeue_batch(struct svc_consumer *c)
+{
+	int rc = 0;
+	for (size_t i = 0; i < c->batch_n && rc == 0; i++)
+		rc = c->settled[i] ? svc_amqp_consumer_ack(&c->cs, c->tags[i], false)
+		                   : svc_amqp_consumer_nack(&c->cs, c->tags[i], false, true);
+	c->solo = c->batch_n;
+	c->batch_n = 0;
+	return rc;
+}
+
+int svc_consumer_commit_batch(struct svc_consumer *c)
+{
+	bool failed;
+	if (c->batch_n == 0)
+		return 0;
+	if (c->batch_gen != c->generation) {
+		/* tags of an older channel: never ack them */
+		c->batch_n = 0;
+		return 0;
+	}
+	int rc = end_transaction(c, &failed);
+	if (rc)
+		return rc;
+	if (!failed) {
+		rc = svc_amqp_consumer_ack(&c->cs, c->tags[c->batch_n - 1], true);
+		if (c->solo)
+			c->solo--;
+		c->batch_n = 0;
+		return rc;
+	}
+	svc_warn(LOG, "%s: %zu message(s) go back to the queue", c->pg.error, c->batch_n);
+	if (c->batch_n == 1 && c->solo && !c->settled[0] && c->d.tag == c->tags[0])
+		return blame_message(c);
+	return requeue_batch(c);
+}

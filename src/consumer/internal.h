@@ -1,0 +1,169 @@
+/* consumer/internal.h: the consumer's state and the functions its files share (not an API:
+ * only src/consumer/ includes it). One struct svc_consumer lives on svc_consumer_run()'s stack
+ * for the whole process; a session is one connection of each kind, from connect to loss. */
+#ifndef SVC_CONSUMER_INTERNAL_H
+#define SVC_CONSUMER_INTERNAL_H
+
+#include <lua.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "consumer/consumer.h"
+#include "lua/runtime.h"
+#include "pg/conn.h"
+
+#define LOG         "consumer"
+#define ERROR_LINES 6 /* lines of an error text a republished copy carries */
+#define HANDLER_SZ  256
+#define MSG_ID(d)   ((d)->message_id ? (d)->message_id : "-")
+
+struct svc_consumer {
+	const struct svc_config *cfg;
+	struct svc_runtime *rt;
+	lua_State *L;
+	int worker;
+	int ref_handle, ref_last_handler, ref_enter, ref_leave, ref_setctx, ref_clearctx;
+	int ref_conn; /* userdata lending pg to Lua for this session */
+
+	struct svc_amqp *in;  /* consumes */
+	struct svc_amqp *out; /* publishes retries and dead letters, confirm mode */
+	struct svc_amqp_consumer cs;
+	struct svc_pg pg; /* pg.conn NULL without DATABASE_URL or between sessions */
+	char inbox_table[160];
+	char inbox_sql[256];
+	char cleanup_sql[512];
+	unsigned generation;
+	bool connected_once;
+
+	struct svc_delivery d;
+
+	/* retry queues: one per distinct delay, in RETRY_DELAYS order */
+	long *delay_ms;
+	char dlq[260];
+	size_t limit; /* batch limit */
+	size_t solo;  /* messages to commit one by one after a failed COMMIT */
+
+	/* open batch */
+	bool in_tx;
+	bool sp_open;
+	size_t batch_n;
+	uint64_t *tags;
+	bool *settled; /* outcome published (retry/DLQ): ack even when the COMMIT fails */
+	double batch_start;
+	unsigned batch_gen;
+
+	/* stats */
+	unsigned long long received, ok, retried, dead, unrouted, dup, skipped;
+	unsigned long long last_received;
+	double last_stats, last_cleanup, last_out_poll, last_queue_check;
+	char pending_error[2048];
+};
+
+/* One delivery as the consumer handles it: where it was first published, which attempt. */
+struct svc_consumer_msg {
+	const struct svc_delivery *d;
+	const char *exchange;
+	const char *routing_key;
+	long attempt;
+};
+
+/* What a handler call returned. */
+struct svc_handler_result {
+	bool failed;    /* raised, timed out or ran out of memory */
+	bool permanent; /* raised an error table with permanent = true */
+	char status[16];
+	char reason[512];
+	/* the error text is in c->pending_error */
+};
+
+/* ---- signals.c ---- */
+
+/* Set by the first SIGTERM/SIGINT after svc_consumer_signals_install(). */
+extern volatile sig_atomic_t svc_consumer_stop;
+
+/* Clears the stop flag and installs the handlers: stop on the first SIGTERM/SIGINT, exit at
+ * once on the second or when shutdown_timeout seconds passed after the first. */
+void svc_consumer_signals_install(double shutdown_timeout);
+/* Cancels the shutdown alarm. */
+void svc_consumer_signals_disarm(void);
+/* Sleeps up to seconds, waking early on a stop signal. */
+void svc_consumer_nap(double seconds);
+
+/* ---- lua_bridge.c ---- */
+
+/* Requires svccomm.dispatch (and, when present, svccomm.db and svccomm.events) and keeps
+ * references to the functions the consumer calls; 0 or SVC_ELUA. */
+int svc_consumer_lua_setup(struct svc_consumer *c);
+/* Runs dispatch.handle() for m under the handler deadline and fills res. */
+void svc_consumer_lua_handle(struct svc_consumer *c, const struct svc_consumer_msg *m,
+                             struct svc_handler_result *res);
+/* Copies the name of the handler that ran last ("" when unknown) into out. */
+void svc_consumer_lua_last_handler(struct svc_consumer *c, char *out, size_t outsz);
+/* Lends c->pg.conn to Lua (svccomm.db inside handlers); 0 or SVC_ELUA with the text in
+ * c->pg.error. */
+int svc_consumer_lua_lend(struct svc_consumer *c);
+/* Takes the lent connection back: a userdata a handler kept raises from then on. */
+void svc_consumer_lua_unlend(struct svc_consumer *c);
+
+/* ---- db.c ---- */
+
+/* Opens the session's PostgreSQL connection and lends it to Lua; 0 or a negative code with the
+ * text in c->pg.error. */
+int svc_consumer_db_connect(struct svc_consumer *c);
+/* Takes the connection back from Lua, closes it and forgets the open transaction. */
+void svc_consumer_db_disconnect(struct svc_consumer *c);
+/* Records "what: message" of a failed result r (cleared; NULL: the connection's error) in
+ * c->pg.error and returns SVC_ECONN when the connection is gone, else SVC_EDB. */
+int svc_consumer_db_fail(struct svc_consumer *c, PGresult *r, const char *what);
+/* Runs sql (no parameters, no result rows); 0 or svc_consumer_db_fail()'s code. */
+int svc_consumer_db_cmd(struct svc_consumer *c, const char *sql);
+
+/* ---- inbox.c ---- */
+
+/* Checks INBOX and INBOX_TABLE and builds the inbox statements; 0 or SVC_ECONFIG (logged). */
+int svc_consumer_inbox_prepare(struct svc_consumer *c);
+/* Records m in the inbox: 1 when it was already there, 0 when new, < 0 on error. */
+int svc_consumer_inbox_seen(struct svc_consumer *c, const struct svc_consumer_msg *m);
+/* Deletes inbox rows older than INBOX_RETENTION, a bounded number per call. */
+void svc_consumer_inbox_cleanup(struct svc_consumer *c);
+
+/* ---- topology.c ---- */
+
+/* Declares (or, with DO_NOT_DECLARE, checks) the exchanges, QUEUE and its bindings, and always
+ * declares the DLQ and retry queues; 0 or a negative code (logged). */
+int svc_consumer_declare_topology(struct svc_consumer *c);
+/* Opens the publishing connection in confirm mode; 0 or a negative code (logged). */
+int svc_consumer_connect_out(struct svc_consumer *c);
+/* Publishes a copy of d to queue with the headers of info and waits for its confirm,
+ * reconnecting the publishing connection once if needed; 0 or a negative code. */
+int svc_consumer_publish_copy(struct svc_consumer *c, const struct svc_delivery *d,
+                              const char *queue, const struct svc_failure_info *info);
+
+/* ---- batch.c ---- */
+
+/* Adds a delivery tag to the open batch (starting it when empty). */
+void svc_consumer_batch_add(struct svc_consumer *c, uint64_t tag);
+/* Makes the transaction and this message's savepoint wait for its first statement; 0 or
+ * SVC_ENOMEM. */
+int svc_consumer_begin_message(struct svc_consumer *c);
+/* After the message: true when its statements (and so the savepoint) ran. */
+bool svc_consumer_end_message(struct svc_consumer *c);
+/* Publishes the last message of the batch to the DLQ with reason, handler and error. */
+int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_msg *m,
+                             const char *reason, const char *handler, const char *error);
+/* A handler (or its COMMIT) failed: republishes the last message of the batch to a retry
+ * queue or the DLQ, as the failure policy says. */
+int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consumer_msg *m,
+                                bool permanent, const char *handler, const char *error_text);
+/* Commits the open batch and acks it; 0, or SVC_ECONN when a connection is lost (then
+ * nothing is acked: the session ends and the broker redelivers). */
+int svc_consumer_commit_batch(struct svc_consumer *c);
+
+/* ---- message.c ---- */
+
+/* Takes one delivery through its stages (checks, inbox, handler, savepoint, outcome); 0, or
+ * a negative code that ends the session. */
+int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d);
+
+#endif

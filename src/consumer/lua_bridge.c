@@ -1,0 +1,273 @@
+/* lua_bridge: every call the consumer makes into Lua. The functions are kept as registry
+ * references taken once (dispatch.handle, dispatch.last_handler, db._enter_host/_leave_host,
+ * events._set_context/_clear_context); each call goes through svc_lua_pcall, and everything
+ * pushed for a handler is pushed inside the protected call, where a memory error is caught. */
+#include "consumer/internal.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+
+#include "config/config.h"
+#include "lua/pg.h"
+#include "util/error.h"
+#include "util/log.h"
+
+/* The function field `name` of the table on top of the stack as a reference, or LUA_NOREF. */
+static int ref_field(lua_State *L, const char *name)
+{
+	lua_getfield(L, -1, name);
+	if (lua_type(L, -1) != LUA_TFUNCTION) {
+		lua_pop(L, 1);
+		return LUA_NOREF;
+	}
+	return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+int svc_consumer_lua_setup(struct svc_consumer *c)
+{
+	char err[1024];
+	lua_State *L = c->L;
+	c->ref_handle = c->ref_last_handler = LUA_NOREF;
+	c->ref_enter = c->ref_leave = c->ref_setctx = c->ref_clearctx = LUA_NOREF;
+	c->ref_conn = LUA_NOREF;
+	if (svc_runtime_require(c->rt, "svccomm.dispatch", err, sizeof(err))) {
+		svc_error(LOG, "cannot load svccomm.dispatch: %s", err);
+		return SVC_ELUA;
+	}
+	c->ref_handle = ref_field(L, "handle");
+	c->ref_last_handler = ref_field(L, "last_handler");
+	lua_pop(L, 1);
+	if (c->ref_handle == LUA_NOREF) {
+		svc_error(LOG, "svccomm.dispatch has no handle()");
+		return SVC_ELUA;
+	}
+	if (svc_runtime_require(c->rt, "svccomm.db", err, sizeof(err)) == 0) {
+		c->ref_enter = ref_field(L, "_enter_host");
+		c->ref_leave = ref_field(L, "_leave_host");
+		lua_pop(L, 1);
+	} else {
+		svc_debug(LOG, "svccomm.db not available: %s", err);
+	}
+	if (svc_runtime_require(c->rt, "svccomm.events", err, sizeof(err)) == 0) {
+		c->ref_setctx = ref_field(L, "_set_context");
+		c->ref_clearctx = ref_field(L, "_clear_context");
+		lua_pop(L, 1);
+	} else {
+		svc_debug(LOG, "svccomm.events not available: %s", err);
+	}
+	return 0;
+}
+
+/* Calls a helper (registry ref) with the values above it; failures are logged only. */
+static void call_helper(struct svc_consumer *c, int ref, int nargs, const char *what)
+{
+	lua_State *L = c->L;
+	if (ref == LUA_NOREF) {
+		lua_pop(L, nargs);
+		return;
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+	lua_insert(L, -1 - nargs);
+	if (svc_lua_pcall(c->rt, nargs, 0, 0) != SVC_LUA_OK) {
+		char err[512];
+		svc_lua_error_text(L, err, sizeof(err));
+		svc_warn(LOG, "%s failed: %s", what, err);
+	}
+}
+
+static void set_str(lua_State *L, const char *k, const char *v)
+{
+	if (v) {
+		lua_pushstring(L, v);
+		lua_setfield(L, -2, k);
+	}
+}
+
+/* Pushes message.properties.headers: every header with a Lua form. */
+static void push_headers(lua_State *L, const struct svc_delivery *d)
+{
+	lua_createtable(L, 0, (int)d->n_headers);
+	for (size_t i = 0; i < d->n_headers; i++) {
+		const struct svc_delivery_header *h = &d->headers[i];
+		switch (h->kind) {
+		case 's':
+			lua_pushlstring(L, h->str, h->len);
+			break;
+		case 'i':
+			lua_pushinteger(L, (lua_Integer)h->i);
+			break;
+		case 'f':
+			lua_pushnumber(L, h->f);
+			break;
+		case 'b':
+			lua_pushboolean(L, h->b);
+			break;
+		default:
+			continue;
+		}
+		lua_setfield(L, -2, h->key);
+	}
+}
+
+/* Pushes the message table the handler receives. */
+static void push_message(lua_State *L, const struct svc_consumer_msg *m)
+{
+	const struct svc_delivery *d = m->d;
+	lua_createtable(L, 0, 8);
+	set_str(L, "exchange", m->exchange);
+	set_str(L, "routing_key", m->routing_key);
+	lua_pushboolean(L, d->redelivered);
+	lua_setfield(L, -2, "redelivered");
+	lua_pushinteger(L, m->attempt);
+	lua_setfield(L, -2, "attempt");
+	set_str(L, "correlation_id", d->correlation_id);
+	set_str(L, "message_id", d->message_id);
+	lua_pushinteger(L, (lua_Integer)d->tag);
+	lua_setfield(L, -2, "delivery_tag");
+
+	lua_createtable(L, 0, 7);
+	set_str(L, "content_type", d->content_type);
+	set_str(L, "message_id", d->message_id);
+	set_str(L, "correlation_id", d->correlation_id);
+	set_str(L, "app_id", d->app_id);
+	set_str(L, "reply_to", d->reply_to);
+	set_str(L, "type", d->type);
+	if (d->has_timestamp) {
+		lua_pushinteger(L, (lua_Integer)d->timestamp);
+		lua_setfield(L, -2, "timestamp");
+	}
+	push_headers(L, d);
+	lua_setfield(L, -2, "headers");
+	lua_setfield(L, -2, "properties");
+}
+
+struct invoke_ctx {
+	struct svc_consumer *c;
+	const struct svc_consumer_msg *m;
+};
+
+/* Runs under svc_lua_pcall: lends the connection, sets the correlation context, builds the
+ * arguments and calls dispatch.handle(exchange, routing_key, body, message) -> 2 values. */
+static int invoke_handler(lua_State *L)
+{
+	const struct invoke_ctx *ic = lua_touserdata(L, 1);
+	struct svc_consumer *c = ic->c;
+	const struct svc_delivery *d = ic->m->d;
+
+	if (c->ref_conn != LUA_NOREF && c->ref_enter != LUA_NOREF) {
+		lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_enter);
+		lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_conn);
+		lua_call(L, 1, 0);
+	}
+	if (c->ref_setctx != LUA_NOREF) {
+		const struct svc_delivery_header *tp = svc_delivery_header(d, "traceparent");
+		lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_setctx);
+		lua_createtable(L, 0, 2);
+		set_str(L, "correlation_id", d->correlation_id);
+		if (tp && tp->kind == 's')
+			set_str(L, "traceparent", tp->str);
+		lua_call(L, 1, 0);
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_handle);
+	lua_pushstring(L, ic->m->exchange);
+	lua_pushstring(L, ic->m->routing_key);
+	lua_pushlstring(L, d->body, d->body_len);
+	push_message(L, ic->m);
+	lua_call(L, 4, 2);
+	return 2;
+}
+
+/* Reads the outcome left on the stack by the protected call that returned st. */
+static void read_result(struct svc_consumer *c, enum svc_lua_status st,
+                        struct svc_handler_result *res)
+{
+	lua_State *L = c->L;
+	res->failed = st != SVC_LUA_OK;
+	res->permanent = false;
+	c->pending_error[0] = '\0';
+	snprintf(res->status, sizeof(res->status), "ok");
+	res->reason[0] = '\0';
+	if (res->failed) {
+		if (st == SVC_LUA_ERROR && lua_type(L, -1) == LUA_TTABLE) {
+			lua_pushliteral(L, "permanent");
+			lua_rawget(L, -2);
+			res->permanent = lua_toboolean(L, -1);
+			lua_pop(L, 1);
+		}
+		svc_lua_error_text(L, c->pending_error, sizeof(c->pending_error));
+		return;
+	}
+	const char *s = lua_tostring(L, -2);
+	const char *r = lua_tostring(L, -1);
+	if (s)
+		snprintf(res->status, sizeof(res->status), "%s", s);
+	if (r)
+		snprintf(res->reason, sizeof(res->reason), "%s", r);
+	lua_pop(L, 2);
+}
+
+void svc_consumer_lua_handle(struct svc_consumer *c, const struct svc_consumer_msg *m,
+                             struct svc_handler_result *res)
+{
+	lua_State *L = c->L;
+	struct invoke_ctx ic = {c, m};
+	int top = lua_gettop(L);
+
+	lua_pushcfunction(L, invoke_handler);
+	lua_pushlightuserdata(L, &ic);
+	enum svc_lua_status st = svc_lua_pcall(c->rt, 1, 2, c->cfg->handler_timeout);
+	if (st == SVC_LUA_MEMORY)
+		lua_gc(L, LUA_GCCOLLECT, 0);
+	read_result(c, st, res);
+	lua_settop(L, top);
+	if (c->ref_clearctx != LUA_NOREF)
+		call_helper(c, c->ref_clearctx, 0, "events._clear_context");
+	if (c->ref_leave != LUA_NOREF && c->ref_conn != LUA_NOREF)
+		call_helper(c, c->ref_leave, 0, "db._leave_host");
+}
+
+void svc_consumer_lua_last_handler(struct svc_consumer *c, char *out, size_t outsz)
+{
+	lua_State *L = c->L;
+	out[0] = '\0';
+	if (c->ref_last_handler == LUA_NOREF)
+		return;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_last_handler);
+	if (svc_lua_pcall(c->rt, 0, 1, 0) != SVC_LUA_OK) {
+		lua_pop(L, 1);
+		return;
+	}
+	const char *s = lua_tostring(L, -1);
+	if (s)
+		snprintf(out, outsz, "%s", s);
+	lua_pop(L, 1);
+}
+
+static int push_lent_conn(lua_State *L)
+{
+	return svc_lua_pg_push(L, lua_touserdata(L, 1), false);
+}
+
+int svc_consumer_lua_lend(struct svc_consumer *c)
+{
+	lua_pushcfunction(c->L, push_lent_conn);
+	lua_pushlightuserdata(c->L, c->pg.conn);
+	if (svc_lua_pcall(c->rt, 1, 1, 0) != SVC_LUA_OK) {
+		svc_lua_error_text(c->L, c->pg.error, sizeof(c->pg.error));
+		return SVC_ELUA;
+	}
+	c->ref_conn = luaL_ref(c->L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+void svc_consumer_lua_unlend(struct svc_consumer *c)
+{
+	if (c->ref_conn == LUA_NOREF)
+		return;
+	/* a handler may have kept the userdata: make it raise instead of using freed memory */
+	lua_rawgeti(c->L, LUA_REGISTRYINDEX, c->ref_conn);
+	svc_lua_pg_detach(c->L, -1);
+	lua_pop(c->L, 1);
+	luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref_conn);
+	c->ref_conn = LUA_NOREF;
+}

@@ -1,0 +1,200 @@
+/* message: one delivery, stage by stage. The body is checked in C first (size, UTF-8); then
+ * the message's savepoint is opened (lazily) and its inbox row written; the handler runs; its
+ * database work is kept or undone; last, its outcome is counted, logged, or republished. */
+#include "consumer/internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "util/utf8.h"
+
+/* Why the body cannot go to a handler (the x-svccomm-reason token, msg says more), or NULL. */
+static const char *body_problem(const struct svc_consumer *c, const struct svc_delivery *d,
+                                char *msg, size_t msgsz)
+{
+	size_t bad = 0;
+	if (d->oversize) {
+		snprintf(msg, msgsz, "body of %llu bytes exceeds MAX_MESSAGE_BYTES (%ld)",
+		         (unsigned long long)d->body_size, c->cfg->max_message_bytes);
+		return "too-large";
+	}
+	if (!svc_utf8_valid(d->body, d->body_len, &bad)) {
+		snprintf(msg, msgsz, "invalid UTF-8 at byte %zu", bad);
+		return "invalid-utf8";
+	}
+	return NULL;
+}
+
+/* Statuses whose database work is kept: the others (and failures) roll back. */
+static bool keeps_work(const char *status)
+{
+	return strcmp(status, "ok") == 0 || strcmp(status, "skipped") == 0 ||
+	       strcmp(status, "unrouted") == 0;
+}
+
+/* After the handler, whose statements ran when touched: the session must still be usable, and
+ * a transaction the handler left aborted (it caught a failed statement) fails the message. */
+static int check_session(struct svc_consumer *c, bool touched, struct svc_handler_result *res)
+{
+	if (touched && PQstatus(c->pg.conn) != CONNECTION_OK) {
+		snprintf(c->pg.error, sizeof(c->pg.error), "connection lost during a handler");
+		return SVC_ECONN;
+	}
+	if (touched && !res->failed && !svc_pg_poisoned(c->pg.conn) &&
+	    PQtransactionStatus(c->pg.conn) == PQTRANS_INERROR) {
+		res->failed = true;
+		snprintf(
+		    c->pending_error, sizeof(c->pending_error),
+		    "the handler left the transaction aborted (a failed statement was caught): "
+		    "its work is rolled back");
+	}
+	return 0;
+}
+
+/* Outbox rows were written during this message (a cancel, or a full buffer), some perhaps its
+ * own, outside its savepoint: only a whole rollback undoes them. Alone in the batch, it rolls
+ * back now (*touched: nothing left to undo); else the batch is poisoned. */
+static int undo_flushed(struct svc_consumer *c, bool *touched)
+{
+	if (c->batch_n != 1) {
+		svc_pg_poison(c->pg.conn, "rows of a failed message were already written");
+		return 0;
+	}
+	c->in_tx = c->sp_open = false;
+	svc_pg_transaction_reset(c->pg.conn);
+	int rc = svc_consumer_db_cmd(c, "ROLLBACK");
+	if (rc == 0)
+		*touched = false;
+	return rc;
+}
+
+/* Rolls the message's own work back: its savepoint, and its outbox rows never sent. */
+static int undo_message(struct svc_consumer *c, bool touched, size_t mark)
+{
+	if (touched) {
+		int rc = svc_consumer_db_cmd(c, "ROLLBACK TO SAVEPOINT svc_msg");
+		if (rc)
+			return rc;
+	}
+	if (c->pg.conn)
+		svc_pg_deferred_truncate(c->pg.conn, mark);
+	return 0;
+}
+
+/* "unrouted": acked with a warning, or dead-lettered with UNROUTED = "dead-letter". */
+static int unrouted(struct svc_consumer *c, const struct svc_consumer_msg *m, const char *reason)
+{
+	c->unrouted++;
+	if (strcmp(c->cfg->unrouted, "dead-letter") == 0) {
+		svc_warn(LOG, "message %s: %s: dead-lettered", MSG_ID(m->d), reason);
+		return svc_consumer_dead_letter(c, m, "unrouted", NULL, reason);
+	}
+	svc_warn(LOG, "message %s: %s: acked", MSG_ID(m->d), reason);
+	return 0;
+}
+
+/* "malformed" and any other status: dead-lettered, the reason token naming the kind. */
+static int malformed(struct svc_consumer *c, const struct svc_consumer_msg *m,
+                     const struct svc_handler_result *res)
+{
+	const char *reason = res->reason;
+	char kind[64];
+	snprintf(kind, sizeof(kind), "%s",
+	         strstr(reason, "nested") || strstr(reason, "depth") ? "too-deep"
+	         : strncmp(reason, "invalid JSON", 12) == 0          ? "invalid-json"
+	                                                             : res->status);
+	svc_warn(LOG, "message %s (%s %s) %s: %s: dead-lettered", MSG_ID(m->d), m->exchange,
+	         m->routing_key, kind, reason);
+	return svc_consumer_dead_letter(c, m, kind, NULL, reason);
+}
+
+/* Counts, logs or republishes the message as its handler's result says. */
+static int outcome(struct svc_consumer *c, const struct svc_consumer_msg *m,
+                   const struct svc_handler_result *res)
+{
+	if (res->failed) {
+		char handler[HANDLER_SZ];
+		svc_consumer_lua_last_handler(c, handler, sizeof(handler));
+		return svc_consumer_handle_failure(c, m, res->permanent,
+		                                   handler[0] ? handler : NULL, c->pending_error);
+	}
+	if (strcmp(res->status, "ok") == 0) {
+		c->ok++;
+		return 0;
+	}
+	if (strcmp(res->status, "skipped") == 0) {
+		c->skipped++;
+		svc_info(LOG, "message %s (%s %s) skipped%s%s", MSG_ID(m->d), m->exchange,
+		         m->routing_key, res->reason[0] ? ": " : "", res->reason);
+		return 0;
+	}
+	if (strcmp(res->status, "unrouted") == 0)
+		return unrouted(c, m, res->reason);
+	return malformed(c, m, res);
+}
+
+/* With INBOX: 1 when the message is a duplicate (counted, done), 0 to run the handler, < 0 on
+ * error. */
+static int inbox_check(struct svc_consumer *c, const struct svc_consumer_msg *m)
+{
+	if (!c->pg.conn || !c->cfg->inbox)
+		return 0;
+	int rc = svc_consumer_inbox_seen(c, m);
+	if (rc != 0)
+		svc_consumer_end_message(c);
+	if (rc == 1)
+		c->dup++;
+	return rc;
+}
+
+int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
+{
+	struct svc_consumer_msg m = {.d = d, .attempt = svc_consumer_attempt(d)};
+	struct svc_handler_result res;
+	char msg[160];
+
+	c->received++;
+	svc_consumer_batch_add(c, d->tag);
+	svc_consumer_origin(d, &m.exchange, &m.routing_key);
+	const char *problem = body_problem(c, d, msg, sizeof(msg));
+	if (problem) {
+		svc_warn(LOG, "message %s (%s %s): %s: dead-lettered", MSG_ID(d), m.exchange,
+		         m.routing_key, msg);
+		return svc_consumer_dead_letter(c, &m, problem, NULL, msg);
+	}
+
+	int rc = svc_consumer_begin_message(c);
+	if (rc)
+		return rc;
+	size_t mark = c->pg.conn ? svc_pg_deferred_mark(c->pg.conn) : 0;
+	unsigned long flushes = c->pg.conn ? svc_pg_flush_count(c->pg.conn) : 0;
+	rc = inbox_check(c, &m);
+	if (rc)
+		return rc == 1 ? 0 : rc;
+	svc_consumer_lua_handle(c, &m, &res);
+
+	bool touched = svc_consumer_end_message(c);
+	rc = check_session(c, touched, &res);
+	if (rc)
+		return rc;
+	bool undo = res.failed || !keeps_work(res.status);
+	if (c->pg.conn && undo && svc_pg_flush_count(c->pg.conn) != flushes) {
+		rc = undo_flushed(c, &touched);
+		if (rc)
+			return rc;
+	}
+	if (c->pg.conn && svc_pg_poisoned(c->pg.conn)) {
+		/* Any message's work may be wrong, so none of it commits: this rolls back and
+		 * requeues the batch (this message too, unblamed), then commits one at a time. */
+		return svc_consumer_commit_batch(c);
+	}
+	if (undo) {
+		rc = undo_message(c, touched, mark);
+		if (rc)
+			return rc;
+	}
+	return outcome(c, &m, &res);
+}

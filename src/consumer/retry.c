@@ -1,0 +1,142 @@
+/* retry: the failure policy of the consumer (retry or dead letter, which delay, which queue) and
+ * what a republished copy carries. Pure functions; see consumer.h. */
+#include "consumer/consumer.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/error.h"
+
+/* The x-svccomm-* headers a copy gets, at most: room is kept for them. */
+#define OWN_HEADERS 6
+
+enum svc_failure_action svc_consumer_failure_action(long attempt, long max_attempts,
+                                                    size_t n_delays, bool permanent,
+                                                    size_t *delay_index)
+{
+	if (permanent || n_delays == 0 || attempt >= max_attempts)
+		return SVC_FAIL_DEAD_LETTER;
+	if (attempt < 1)
+		attempt = 1;
+	size_t i = (size_t)(attempt - 1);
+	*delay_index = i < n_delays ? i : n_delays - 1;
+	return SVC_FAIL_RETRY;
+}
+
+long svc_consumer_delay_ms(double seconds)
+{
+	double ms = floor(seconds * 1000.0 + 0.5);
+	if (!(ms >= 1.0))
+		return 1;
+	if (ms > 2147483647.0)
+		return 2147483647L;
+	return (long)ms;
+}
+
+int svc_consumer_retry_queue(const char *queue, long delay_ms, char *out, size_t outsz)
+{
+	int n = snprintf(out, outsz, "%s.retry.%ld", queue, delay_ms);
+	return n < 0 || (size_t)n >= outsz || n > 255 ? SVC_EINVAL : 0;
+}
+
+int svc_consumer_dlq_name(const char *queue, char *out, size_t outsz)
+{
+	int n = snprintf(out, outsz, "%s.dlq", queue);
+	return n < 0 || (size_t)n >= outsz || n > 255 ? SVC_EINVAL : 0;
+}
+
+long svc_consumer_attempt(const struct svc_delivery *d)
+{
+	const struct svc_delivery_header *h = svc_delivery_header(d, "x-svccomm-attempt");
+	long n = 1;
+	if (!h)
+		return 1;
+	if (h->kind == 'i') {
+		n = (long)h->i;
+	} else if (h->kind == 's') {
+		char *end;
+		errno = 0;
+		n = strtol(h->str, &end, 10);
+		if (errno || end == h->str || *end)
+			return 1;
+	}
+	return n >= 1 ? n : 1;
+}
+
+void svc_consumer_origin(const struct svc_delivery *d, const char **exchange,
+                         const char **routing_key)
+{
+	const struct svc_delivery_header *hx = svc_delivery_header(d, "x-svccomm-exchange");
+	const struct svc_delivery_header *hr = svc_delivery_header(d, "x-svccomm-routing-key");
+	/* every header has a string form; only true strings are names (a table's form is "") */
+	bool copied = hx && hr && hx->kind == 's' && hr->kind == 's';
+
+	*exchange = copied ? hx->str : d->exchange;
+	*routing_key = copied ? hr->str : d->routing_key;
+}
+
+void svc_consumer_error_excerpt(const char *text, int max_lines, char *out, size_t outsz)
+{
+	size_t n = 0;
+	int lines = 0;
+	if (outsz == 0)
+		return;
+	while (text[n] && n < outsz - 1) {
+		if (text[n] == '\n' && ++lines >= max_lines)
+			break;
+		n++;
+	}
+	/* do not cut a UTF-8 sequence in two */
+	if (text[n] && text[n] != '\n')
+		while (n > 0 && ((unsigned char)text[n] & 0xC0) == 0x80)
+			n--;
+	memcpy(out, text, n);
+	out[n] = '\0';
+}
+
+static bool bookkeeping_header(const char *key)
+{
+	return strncmp(key, "x-death", 7) == 0 || strncmp(key, "x-first-death", 13) == 0 ||
+	       strncmp(key, "x-last-death", 12) == 0 || strncmp(key, "x-svccomm-", 10) == 0;
+}
+
+static void add_header(struct svc_amqp_header *out, size_t *n, size_t max, const char *key,
+                       const char *value)
+{
+	if (value && *n < max) {
+		out[*n].key = key;
+		out[*n].value = value;
+		(*n)++;
+	}
+}
+
+size_t svc_consumer_build_headers(const struct svc_delivery *d, const struct svc_failure_info *info,
+                                  struct svc_amqp_header *out, size_t max, char *numbuf)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < d->n_headers && n + OWN_HEADERS < max; i++) {
+		const struct svc_delivery_header *h = &d->headers[i];
+		if (h->kind == 'n' || bookkeeping_header(h->key))
+			continue;
+		out[n].key = h->key;
+		out[n].value = h->str;
+		n++;
+	}
+	if (info->dead_letter) {
+		snprintf(numbuf, 48, "%ld", info->attempts);
+		add_header(out, &n, max, "x-svccomm-reason", info->reason);
+		add_header(out, &n, max, "x-svccomm-handler", info->handler);
+		add_header(out, &n, max, "x-svccomm-error", info->error);
+		add_header(out, &n, max, "x-svccomm-attempts", numbuf);
+	} else {
+		snprintf(numbuf, 48, "%ld", info->next_attempt);
+		add_header(out, &n, max, "x-svccomm-attempt", numbuf);
+		add_header(out, &n, max, "x-svccomm-error", info->error);
+	}
+	add_header(out, &n, max, "x-svccomm-exchange", info->exchange);
+	add_header(out, &n, max, "x-svccomm-routing-key", info->routing_key);
+	return n;
+}
