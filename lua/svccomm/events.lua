@@ -64,7 +64,7 @@ function M.configure(opts)
 		new[k] = v
 	end
 	if opts.OUTBOX_TABLE ~= nil then
-		local ok, err = core.outbox_check_table(tostring(opts.OUTBOX_TABLE))
+		local ok, err = core.quote_ident(tostring(opts.OUTBOX_TABLE))
 		if type(opts.OUTBOX_TABLE) ~= "string" or not ok then
 			error("events.configure: OUTBOX_TABLE: " .. (err or "must be a string"), 2)
 		end
@@ -235,7 +235,7 @@ local function insert(d, row)
 	local seq = seqs[table_name]
 	if not seq then
 		local rs = d.conn:query("SELECT pg_get_serial_sequence($1, 'id') AS s",
-			core.outbox_check_table(table_name))
+			core.quote_ident(table_name))
 		seq = rs[1] and rs[1].s
 		if seq then
 			seqs[table_name] = seq

@@ -147,7 +147,7 @@ end
 -- The table name of OUTBOX_TABLE / INBOX_TABLE: svccomm.core.quote_ident is the one validator
 -- (util/ident.c, the C side uses it too); without the native module only the type is checked.
 local function check_identifier(v, key)
-	-- quote_ident reads a C string: a NUL byte would end the name early
+	-- a NUL byte is refused here too, so the check holds without the native module
 	local ok = type(v) == "string" and v ~= "" and not find(v, "\0", 1, true)
 	local core = ok and load_core()
 	if core and core.quote_ident then

@@ -128,7 +128,7 @@ static int rollback_poisoned(struct svc_consumer *c, const char *poison)
 	snprintf(why, sizeof(why), "writing the batch's outbox rows: %s", poison);
 	c->in_tx = false;
 	c->sp_open = false;
-	svc_pg_transaction_reset(c->pg.conn); /* poison points into it: copied above */
+	svc_outbox_transaction_reset(c->pg.conn); /* poison points into it: copied above */
 	int rc = svc_consumer_db_cmd(c, "ROLLBACK");
 	if (rc == SVC_ECONN)
 		return rc;
@@ -144,7 +144,7 @@ static int commit(struct svc_consumer *c, bool *failed)
 	int rc = 0;
 	c->in_tx = false;
 	c->sp_open = false;
-	svc_pg_transaction_reset(c->pg.conn);
+	svc_outbox_transaction_reset(c->pg.conn);
 	if (PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0) {
 		PQclear(r);
 		return 0;
@@ -170,9 +170,9 @@ static int end_transaction(struct svc_consumer *c, bool *failed)
 	if (c->pg.conn && c->in_tx) {
 		/* the outbox rows of the batch, in one statement; a failure poisons the batch */
 		char ferr[256];
-		svc_pg_flush(c->pg.conn, ferr, sizeof(ferr), NULL);
+		svc_outbox_flush(c->pg.conn, ferr, sizeof(ferr), NULL);
 	}
-	const char *poison = c->pg.conn ? svc_pg_poisoned(c->pg.conn) : NULL;
+	const char *poison = c->pg.conn ? svc_outbox_poisoned(c->pg.conn) : NULL;
 	if (c->pg.conn && poison) {
 		*failed = true;
 		return rollback_poisoned(c, poison);

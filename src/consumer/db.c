@@ -18,7 +18,7 @@ int svc_consumer_db_connect(struct svc_consumer *c)
 	if (rc)
 		return rc;
 	/* outbox rows written by handlers wait for the next statement or the COMMIT */
-	svc_pg_set_deferral(c->pg.conn, true);
+	svc_outbox_set_deferral(c->pg.conn, true);
 	rc = svc_consumer_lua_lend(c);
 	if (rc)
 		svc_pg_close(&c->pg);

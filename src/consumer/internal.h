@@ -11,6 +11,7 @@
 
 #include "consumer/consumer.h"
 #include "lua/runtime.h"
+#include "outbox/batch.h"
 #include "pg/conn.h"
 
 #define LOG         "consumer"

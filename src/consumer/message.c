@@ -43,7 +43,7 @@ static int check_session(struct svc_consumer *c, bool touched, struct svc_handle
 		snprintf(c->pg.error, sizeof(c->pg.error), "connection lost during a handler");
 		return SVC_ECONN;
 	}
-	if (touched && !res->failed && !svc_pg_poisoned(c->pg.conn) &&
+	if (touched && !res->failed && !svc_outbox_poisoned(c->pg.conn) &&
 	    PQtransactionStatus(c->pg.conn) == PQTRANS_INERROR) {
 		res->failed = true;
 		snprintf(
@@ -60,11 +60,11 @@ static int check_session(struct svc_consumer *c, bool touched, struct svc_handle
 static int undo_flushed(struct svc_consumer *c, bool *touched)
 {
 	if (c->batch_n != 1) {
-		svc_pg_poison(c->pg.conn, "rows of a failed message were already written");
+		svc_outbox_poison(c->pg.conn, "rows of a failed message were already written");
 		return 0;
 	}
 	c->in_tx = c->sp_open = false;
-	svc_pg_transaction_reset(c->pg.conn);
+	svc_outbox_transaction_reset(c->pg.conn);
 	int rc = svc_consumer_db_cmd(c, "ROLLBACK");
 	if (rc == 0)
 		*touched = false;
@@ -80,7 +80,7 @@ static int undo_message(struct svc_consumer *c, bool touched, size_t mark)
 			return rc;
 	}
 	if (c->pg.conn)
-		svc_pg_deferred_truncate(c->pg.conn, mark);
+		svc_outbox_deferred_truncate(c->pg.conn, mark);
 	return 0;
 }
 
@@ -169,8 +169,8 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 	int rc = svc_consumer_begin_message(c);
 	if (rc)
 		return rc;
-	size_t mark = c->pg.conn ? svc_pg_deferred_mark(c->pg.conn) : 0;
-	unsigned long flushes = c->pg.conn ? svc_pg_flush_count(c->pg.conn) : 0;
+	size_t mark = c->pg.conn ? svc_outbox_deferred_mark(c->pg.conn) : 0;
+	unsigned long flushes = c->pg.conn ? svc_outbox_flush_count(c->pg.conn) : 0;
 	rc = inbox_check(c, &m);
 	if (rc)
 		return rc == 1 ? 0 : rc;
@@ -181,12 +181,12 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 	if (rc)
 		return rc;
 	bool undo = res.failed || !keeps_work(res.status);
-	if (c->pg.conn && undo && svc_pg_flush_count(c->pg.conn) != flushes) {
+	if (c->pg.conn && undo && svc_outbox_flush_count(c->pg.conn) != flushes) {
 		rc = undo_flushed(c, &touched);
 		if (rc)
 			return rc;
 	}
-	if (c->pg.conn && svc_pg_poisoned(c->pg.conn)) {
+	if (c->pg.conn && svc_outbox_poisoned(c->pg.conn)) {
 		/* Any message's work may be wrong, so none of it commits: this rolls back and
 		 * requeues the batch (this message too, unblamed), then commits one at a time. */
 		return svc_consumer_commit_batch(c);

@@ -191,9 +191,15 @@ static int core_scrub_secret(lua_State *L)
 /* quote_ident(name) -> "\"schema\".\"name\"" | nil, reason: the one identifier check. */
 static int core_quote_ident(lua_State *L)
 {
-	const char *name = luaL_checkstring(L, 1);
+	size_t len;
+	const char *name = luaL_checklstring(L, 1, &len);
 	char out[SVC_IDENT_QUOTED_MAX], err[160];
 
+	if (strlen(name) != len) { /* a NUL would end the C string early: refuse, never truncate */
+		lua_pushnil(L);
+		lua_pushliteral(L, "table name contains a NUL byte");
+		return 2;
+	}
 	if (svc_ident_check(name, err, sizeof(err)) < 0 ||
 	    svc_ident_quote(name, out, sizeof(out)) < 0) {
 		lua_pushnil(L);
@@ -292,9 +298,6 @@ int luaopen_svccomm_core(lua_State *L)
 	luaL_newlib(L, core_funcs);
 	lua_pushstring(L, SVCCOMM_VERSION);
 	lua_setfield(L, -2, "VERSION");
-	/* the older name of quote_ident, which svccomm.events uses */
-	lua_getfield(L, -1, "quote_ident");
-	lua_setfield(L, -2, "outbox_check_table");
 	svc_lua_pg_open(L);
 	svc_lua_outbox_open(L);
 	return 1;

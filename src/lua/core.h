@@ -6,7 +6,7 @@
  *   core.time() -> seconds since the epoch (float, microseconds)
  *   core.utc_iso([t]) -> "2024-01-02T03:04:05.123456Z" (t: seconds; default now); utc_now_iso
  *   core.uuid4() -> random UUID string
- *   core.quote_ident(name) -> quoted | nil, err (also as core.outbox_check_table)
+ *   core.quote_ident(name) -> quoted | nil, err
  *   core.mask_secret(url), core.scrub_secret(text, url), core.parse_amqp_url(url),
  *   core.parse_conninfo(s), core.listdir(path), core.versions(), core.VERSION */
 #ifndef SVC_LUA_CORE_H

@@ -80,17 +80,4 @@ const char *svc_pg_sqlstate(const struct svc_pg *pg);
 int svc_pg_exec(struct svc_pg *pg, const char *sql, int nparams, const char *const *params,
                 PGresult **res);
 
-/* ---- former names ------------------------------------------------------------------------
- * The deferred rows, poison and id reservation of the consumer's transaction moved to
- * outbox/batch.h; these names stay until their callers use the svc_outbox_* ones. */
-#include "outbox/batch.h"
-#define svc_pg_set_deferral      svc_outbox_set_deferral
-#define svc_pg_flush             svc_outbox_flush
-#define svc_pg_deferred_mark     svc_outbox_deferred_mark
-#define svc_pg_deferred_truncate svc_outbox_deferred_truncate
-#define svc_pg_flush_count       svc_outbox_flush_count
-#define svc_pg_poison            svc_outbox_poison
-#define svc_pg_poisoned          svc_outbox_poisoned
-#define svc_pg_transaction_reset svc_outbox_transaction_reset
-
 #endif

@@ -150,20 +150,20 @@ static void a_deferred_insert_needs_its_id(void **state)
 	assert_int_equal(svc_outbox_deferred_mark(conn), 0);
 }
 
-/* The consumer still calls these by their former names (pg/conn.h). */
-static void former_names_reach_the_same_state(void **state)
+/* The batch state the consumer drives: deferral, poison, marks, flushes and the reset. */
+static void batch_state_round_trip(void **state)
 {
 	PGconn *conn = *state;
 
-	svc_pg_set_deferral(conn, true);
+	svc_outbox_set_deferral(conn, true);
 	assert_true(svc_outbox_deferral(conn));
-	svc_pg_poison(conn, "x");
-	assert_string_equal(svc_pg_poisoned(conn), "x");
-	assert_int_equal(svc_pg_deferred_mark(conn), 0);
-	svc_pg_deferred_truncate(conn, 0);
-	assert_int_equal(svc_pg_flush_count(conn), 0);
-	assert_int_equal(svc_pg_flush(conn, NULL, 0, NULL), 0);
-	svc_pg_transaction_reset(conn);
+	svc_outbox_poison(conn, "x");
+	assert_string_equal(svc_outbox_poisoned(conn), "x");
+	assert_int_equal(svc_outbox_deferred_mark(conn), 0);
+	svc_outbox_deferred_truncate(conn, 0);
+	assert_int_equal(svc_outbox_flush_count(conn), 0);
+	assert_int_equal(svc_outbox_flush(conn, NULL, 0, NULL), 0);
+	svc_outbox_transaction_reset(conn);
 	assert_null(svc_outbox_poisoned(conn));
 }
 
@@ -181,7 +181,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(reserving_ids_on_a_lost_connection_fails, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(a_deferred_insert_needs_its_id, setup, teardown),
-	    cmocka_unit_test_setup_teardown(former_names_reach_the_same_state, setup, teardown),
+	    cmocka_unit_test_setup_teardown(batch_state_round_trip, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
