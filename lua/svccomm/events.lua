@@ -258,6 +258,28 @@ end
 -- events
 -- ---------------------------------------------------------------------------------------
 
+-- The write of publish_aggregate_event and publish_future_aggregate_event (when: the due time
+-- of a scheduled event, also its eventTime). Called in tail position, so the level-3 errors of
+-- to_json, tags_json and current still point at the application's call.
+local function write_event(F, aggregate, event_type, payload, when, tags)
+	if payload == nil then
+		payload = {}
+	end
+	local pj = to_json(F, "payload", payload, true)
+	local tj = when and tags_json(F, tags, false) or nil
+	local d = current(F)
+	local id = insert(d, {
+		exchange = aggregate,
+		routing_key = event_type,
+		body_rest = event_body(event_type, aggregate, pj),
+		envelope = true,
+		send_after = when,
+		event_time = when,
+		tags_json = tj,
+	})
+	return id_string(id)
+end
+
 --- Write an event to the outbox in the current transaction; returns its eventId.
 --- Named: publish_aggregate_event{aggregate=, event_type=, payload=} or positional
 --- (aggregate, event_type, payload). A nil payload is {}.
@@ -273,18 +295,7 @@ function M.publish_aggregate_event(aggregate, event_type, payload)
 	end
 	check_name(F, "aggregate", aggregate)
 	check_name(F, "event_type", event_type)
-	if payload == nil then
-		payload = {}
-	end
-	local pj = to_json(F, "payload", payload, true)
-	local d = current(F)
-	local id = insert(d, {
-		exchange = aggregate,
-		routing_key = event_type,
-		body_rest = event_body(event_type, aggregate, pj),
-		envelope = true,
-	})
-	return id_string(id)
+	return write_event(F, aggregate, event_type, payload) -- a tail call: errors still blame the caller
 end
 
 --- Schedule an event: published once event_time (seconds since the epoch, or an ISO 8601
@@ -306,22 +317,7 @@ function M.publish_future_aggregate_event(aggregate, event_type, event_time, pay
 		error(F .. ": event_time is required", 2)
 	end
 	local when = core.utc_iso(to_seconds(F, "event_time", event_time))
-	if payload == nil then
-		payload = {}
-	end
-	local pj = to_json(F, "payload", payload, true)
-	local tj = tags_json(F, tags, false)
-	local d = current(F)
-	local id = insert(d, {
-		exchange = aggregate,
-		routing_key = event_type,
-		body_rest = event_body(event_type, aggregate, pj),
-		envelope = true,
-		send_after = when,
-		event_time = when,
-		tags_json = tj,
-	})
-	return id_string(id)
+	return write_event(F, aggregate, event_type, payload, when, tags)
 end
 
 --- Delete every pending (not yet published) event of aggregate + event_type whose tags

@@ -59,22 +59,88 @@ static bool option_set(const PQconninfoOption *opts, const char *key)
 	return false;
 }
 
+/* The connection parameters of svc_pg_open: the user's conninfo, svccomm's defaults for what it
+ * leaves unset, and the session options appended to any "options" it gives. keys/vals must
+ * hold every option of opts plus N_DEFAULTS + 3 entries; *options receives what to free. */
+static const char *const defaults[][2] = {
+    {"keepalives", "1"},       {"keepalives_idle", "30"}, {"keepalives_interval", "10"},
+    {"keepalives_count", "3"}, {"connect_timeout", "10"},
+};
+#define N_DEFAULTS (sizeof(defaults) / sizeof(defaults[0]))
+
+static int build_params(const PQconninfoOption *opts, const char *application_name,
+                        const char **keys, const char **vals, char **options)
+{
+	size_t i = 0;
+
+	for (const PQconninfoOption *o = opts; o->keyword; o++) {
+		if (!o->val)
+			continue;
+		if (strcmp(o->keyword, "options") != 0) {
+			keys[i] = o->keyword;
+			vals[i++] = o->val;
+		} else if (o->val[0]) {
+			size_t len = strlen(o->val) + sizeof(SESSION_OPTIONS) + 2;
+
+			free(*options);
+			*options = malloc(len);
+			if (!*options)
+				return SVC_ENOMEM;
+			snprintf(*options, len, "%s %s", o->val, SESSION_OPTIONS);
+		}
+	}
+	for (size_t d = 0; d < N_DEFAULTS; d++) {
+		if (!option_set(opts, defaults[d][0])) {
+			keys[i] = defaults[d][0];
+			vals[i++] = defaults[d][1];
+		}
+	}
+	if (!option_set(opts, "fallback_application_name")) {
+		keys[i] = "fallback_application_name";
+		vals[i++] = application_name ? application_name : "svccomm";
+	}
+	keys[i] = "options";
+	vals[i++] = *options ? *options : SESSION_OPTIONS;
+	keys[i] = NULL;
+	vals[i] = NULL;
+	return 0;
+}
+
+/* Connects with the built parameters; errors are scrubbed of conninfo's passwords. */
+static PGconn *connect_params(const char **keys, const char **vals, const char *conninfo, char *err,
+                              size_t errsz)
+{
+	PGconn *conn = PQconnectdbParams(keys, vals, 0);
+
+	if (!conn) {
+		svc_pg_set_error(err, errsz, "out of memory");
+		return NULL;
+	}
+	if (PQstatus(conn) != CONNECTION_OK) {
+		svc_pg_set_error(err, errsz, PQerrorMessage(conn));
+		scrub(err, errsz, conninfo);
+		PQfinish(conn);
+		return NULL;
+	}
+	/* Notices (e.g. "relation already exists, skipping") go to our log, not stderr. */
+	PQsetNoticeProcessor(conn, notice_to_log, NULL);
+	svc_debug("pg", "connected to %s:%s/%s as %s", PQhost(conn), PQport(conn), PQdb(conn),
+	          PQuser(conn));
+	return conn;
+}
+
 PGconn *svc_pg_open(const char *conninfo, const char *application_name, char *err, size_t errsz)
 {
-	PQconninfoOption *opts = NULL;
-	char *perr = NULL;
+	PQconninfoOption *opts;
+	char *perr = NULL, *options = NULL;
 	const char **keys = NULL, **vals = NULL;
-	char *options = NULL;
 	PGconn *conn = NULL;
-	size_t n = 0, i = 0;
-	static const char *const defaults[][2] = {
-	    {"keepalives", "1"},       {"keepalives_idle", "30"}, {"keepalives_interval", "10"},
-	    {"keepalives_count", "3"}, {"connect_timeout", "10"},
-	};
+	size_t n = N_DEFAULTS + 3;
 
 	opts = PQconninfoParse(conninfo ? conninfo : "", &perr);
 	if (!opts) {
 		char buf[SVC_PG_ERRSZ];
+
 		snprintf(buf, sizeof(buf), "invalid database connection string: %s",
 		         perr ? perr : "out of memory");
 		if (perr)
@@ -85,64 +151,12 @@ PGconn *svc_pg_open(const char *conninfo, const char *application_name, char *er
 	}
 	for (const PQconninfoOption *o = opts; o->keyword; o++)
 		n++;
-	n += sizeof(defaults) / sizeof(defaults[0]) + 3;
 	keys = calloc(n, sizeof(*keys));
 	vals = calloc(n, sizeof(*vals));
-	if (!keys || !vals) {
+	if (!keys || !vals || build_params(opts, application_name, keys, vals, &options) != 0)
 		svc_pg_set_error(err, errsz, "out of memory");
-		goto out;
-	}
-	for (const PQconninfoOption *o = opts; o->keyword; o++) {
-		if (!o->val || strcmp(o->keyword, "options") == 0)
-			continue;
-		keys[i] = o->keyword;
-		vals[i] = o->val;
-		i++;
-	}
-	for (size_t d = 0; d < sizeof(defaults) / sizeof(defaults[0]); d++) {
-		if (option_set(opts, defaults[d][0]))
-			continue;
-		keys[i] = defaults[d][0];
-		vals[i] = defaults[d][1];
-		i++;
-	}
-	if (!option_set(opts, "fallback_application_name")) {
-		keys[i] = "fallback_application_name";
-		vals[i] = application_name ? application_name : "svccomm";
-		i++;
-	}
-	for (const PQconninfoOption *o = opts; o->keyword; o++) {
-		if (strcmp(o->keyword, "options") == 0 && o->val && o->val[0]) {
-			size_t len = strlen(o->val) + sizeof(SESSION_OPTIONS) + 2;
-			options = malloc(len);
-			if (!options) {
-				svc_pg_set_error(err, errsz, "out of memory");
-				goto out;
-			}
-			snprintf(options, len, "%s %s", o->val, SESSION_OPTIONS);
-		}
-	}
-	keys[i] = "options";
-	vals[i] = options ? options : SESSION_OPTIONS;
-	i++;
-	keys[i] = NULL;
-	vals[i] = NULL;
-
-	conn = PQconnectdbParams(keys, vals, 0);
-	if (!conn) {
-		svc_pg_set_error(err, errsz, "out of memory");
-	} else if (PQstatus(conn) != CONNECTION_OK) {
-		svc_pg_set_error(err, errsz, PQerrorMessage(conn));
-		scrub(err, errsz, conninfo);
-		PQfinish(conn);
-		conn = NULL;
-	} else {
-		/* Notices (e.g. "relation already exists, skipping") go to our log, not stderr. */
-		PQsetNoticeProcessor(conn, notice_to_log, NULL);
-		svc_debug("pg", "connected to %s:%s/%s as %s", PQhost(conn), PQport(conn),
-		          PQdb(conn), PQuser(conn));
-	}
-out:
+	else
+		conn = connect_params(keys, vals, conninfo, err, errsz);
 	free(options);
 	free(keys);
 	free(vals);

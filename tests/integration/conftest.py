@@ -72,3 +72,15 @@ def broker(servers):
     b = svc.Broker()
     yield b
     b.close()
+
+
+@pytest.fixture
+def outbox(project):
+    """The project's outbox table, created by `svccomm migrate`."""
+    project.write_settings(INBOX_TABLE=project.table("inbox"))
+    res = project.run("migrate")
+    assert res.returncode == 0, res.stderr
+    name = project.table("outbox")
+    yield name
+    svc.pg_query(project.pg(), "DELETE FROM svccomm_migrations WHERE table_name = ANY(%s)",
+                 ([name, project.table("inbox")],))

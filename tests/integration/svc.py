@@ -148,6 +148,14 @@ def write_settings(path, settings):
 # --- running the binary -------------------------------------------------------------------------
 
 
+def run_svccomm_alone(args, cwd, env=None, timeout=30):
+    """Runs svccomm in cwd without the SVCCOMM_* variables of the test environment (they would
+    override the settings under test), plus `env`."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("SVCCOMM_")}
+    full.update(env or {})
+    return run([svccomm_bin()] + list(args), cwd=cwd, env=full, timeout=timeout)
+
+
 def run(args, cwd=None, env=None, timeout=30, input=None):
     """Run a command to completion; returns subprocess.CompletedProcess with text stdout/stderr.
 

@@ -21,12 +21,7 @@ REFERENCE_TYPE_ERROR = "expected a table name ([A-Za-z_][A-Za-z0-9_]*, at most 6
 SETTINGS = "./settings.lua"
 
 
-def run(args, cwd, env=None):
-    """Runs svccomm in cwd without the SVCCOMM_* variables of the test environment (they would
-    override the settings under test), plus `env`."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("SVCCOMM_")}
-    full.update(env or {})
-    return svc.run([svc.svccomm_bin()] + list(args), cwd=cwd, env=full)
+run = svc.run_svccomm_alone
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ Runs the real binary (env SVCCOMM_BIN, default build/svccomm). None of these nee
 every command below stops before connecting (help, usage errors, bad arguments).
 Exit codes (README, --help): 0 success, 1 runtime failure, 2 usage or configuration error.
 """
-import os
 import re
 
 import pytest
@@ -18,12 +17,7 @@ EXIT_CODES_LINE = "Exit codes: 0 success, 1 runtime failure, 2 usage or configur
 UNKNOWN_COMMAND = "svccomm: unknown command '{}'\n\n"  # then the main usage
 
 
-def run(args, cwd, env=None, timeout=30):
-    """Runs svccomm with the SVCCOMM_* variables of the caller's shell removed (they would
-    override the settings under test), plus `env`."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("SVCCOMM_")}
-    full.update(env or {})
-    return svc.run([svc.svccomm_bin()] + list(args), cwd=cwd, env=full, timeout=timeout)
+run = svc.run_svccomm_alone
 
 
 @pytest.fixture

@@ -13,17 +13,6 @@ LATER = "2030-01-02T03:04:05Z"
 LATER_TS = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 
 
-@pytest.fixture
-def outbox(project):
-    """The project's outbox table, created by `svccomm migrate`."""
-    project.write_settings(INBOX_TABLE=project.table("inbox"))
-    res = project.run("migrate")
-    assert res.returncode == 0, res.stderr
-    yield project.table("outbox")
-    svc.pg_query(project.pg(), "DELETE FROM svccomm_migrations WHERE table_name = ANY(%s)",
-                 ([project.table("outbox"), project.table("inbox")],))
-
-
 def row(project, table, event_id):
     """(exchange, routing_key, payload, send_after, tags) of the row event_id."""
     (exchange, rk, body, send_after, tags), = svc.pg_query(

@@ -6,7 +6,6 @@ import re
 import subprocess
 import time
 
-import pytest
 
 import svc
 
@@ -33,19 +32,6 @@ local cjson = require "cjson"
 svccomm.configure { OUTBOX_TABLE = os.getenv("OUTBOX") }
 local db = assert(svccomm.db.connect(os.getenv("SVCCOMM_DATABASE_URL")))
 """
-
-
-@pytest.fixture
-def outbox(project):
-    """The project's outbox table, created by `svccomm migrate`."""
-    project.write_settings(INBOX_TABLE=project.table("inbox"))
-    res = project.run("migrate")
-    assert res.returncode == 0, res.stderr
-    name = project.table("outbox")
-    yield name
-    conn = project.pg()
-    svc.pg_query(conn, "DELETE FROM svccomm_migrations WHERE table_name = ANY(%s)",
-                 ([name, project.table("inbox")],))
 
 
 def rows(project, table, where="true"):

@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "consumer/consumer.h"
-#include "util/backoff.h"
 #include "util/error.h"
 #include "util/ident.h"
 
@@ -63,27 +62,6 @@ static void test_should_commit(void **state)
 	assert_true(svc_consumer_should_commit(3, 100, 0.02, 0.02));
 	assert_true(svc_consumer_should_commit(1, 1, 0, 0.02));
 	assert_true(svc_consumer_should_commit(1, 0, 0, 0.02)); /* limit 0 acts as 1 */
-}
-
-/* The consumer reconnects after failure f (1, 2, ...) in svc_backoff(f - 1, 0.5, max, rnd). */
-static void test_backoff(void **state)
-{
-	(void)state;
-	assert_true(svc_backoff(0, 0.5, 30, 0) >= 0.25);
-	assert_true(svc_backoff(0, 0.5, 30, 0.999) <= 0.5);
-	assert_true(svc_backoff(2, 0.5, 30, 0) >= 1.0);
-	assert_true(svc_backoff(2, 0.5, 30, 0.999) <= 2.0);
-	/* capped, however many failures */
-	for (unsigned f = 1; f < 100; f++) {
-		double d = svc_backoff((int)f - 1, 0.5, 30, 0.999);
-		assert_true(d <= 30.0);
-		assert_true(d >= svc_backoff((int)f - 1, 0.5, 30, 0.0));
-	}
-	assert_true(svc_backoff(999, 0.5, 30, 0) >= 15.0);
-	/* the supervisor restarts after crash n in svc_backoff(n - 1, 0.5, 30, 1): no jitter */
-	assert_true(svc_backoff(0, 0.5, 30, 1.0) == 0.5);
-	assert_true(svc_backoff(2, 0.5, 30, 1.0) == 2.0);
-	assert_true(svc_backoff(99, 0.5, 30, 1.0) == 30.0);
 }
 
 static void test_message_id(void **state)
@@ -252,11 +230,10 @@ static void test_origin(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_failure_action), cmocka_unit_test(test_delay_and_names),
-	    cmocka_unit_test(test_should_commit),  cmocka_unit_test(test_backoff),
-	    cmocka_unit_test(test_message_id),     cmocka_unit_test(test_quote_ident),
-	    cmocka_unit_test(test_error_excerpt),  cmocka_unit_test(test_attempt_and_headers),
-	    cmocka_unit_test(test_origin),
+	    cmocka_unit_test(test_failure_action),      cmocka_unit_test(test_delay_and_names),
+	    cmocka_unit_test(test_should_commit),       cmocka_unit_test(test_message_id),
+	    cmocka_unit_test(test_quote_ident),         cmocka_unit_test(test_error_excerpt),
+	    cmocka_unit_test(test_attempt_and_headers), cmocka_unit_test(test_origin),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

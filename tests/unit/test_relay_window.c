@@ -1,5 +1,5 @@
 /* Unit tests for relay/window.c: the confirm window and its bookkeeping of acks, nacks and
- * returns; and the backoff the relay retries with. */
+ * returns. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,7 +8,6 @@
 #include <cmocka.h>
 
 #include "relay/window.h"
-#include "util/backoff.h"
 #include "util/error.h"
 
 static void add_rows(struct svc_flight *f, uint64_t first_seq, int64_t first_id, int n, int part)
@@ -174,20 +173,6 @@ static void clear_forgets_everything(void **state)
 	svc_flight_release(&f);
 }
 
-/* The relay's retry delays (reconnects: base 0.5 s, cap RECONNECT_MAX_DELAY; missing exchanges:
- * no jitter) come from util/backoff. */
-static void backoff_grows_caps_and_jitters(void **state)
-{
-	(void)state;
-	assert_true(svc_backoff(0, 0.5, 30, 1.0) == 0.5);
-	assert_true(svc_backoff(1, 0.5, 30, 1.0) == 1.0);
-	assert_true(svc_backoff(3, 0.5, 30, 1.0) == 4.0);
-	assert_true(svc_backoff(50, 0.5, 30, 1.0) == 30.0);
-	assert_true(svc_backoff(1000, 0.5, 30, 0.0) == 15.0);
-	assert_true(svc_backoff(2, 0.5, 30, 0.5) == 1.5);
-	assert_true(svc_backoff(-1, 0.5, 30, 1.0) == 0.5);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -199,7 +184,6 @@ int main(void)
 	    cmocka_unit_test(window_is_bounded_and_sequences_checked),
 	    cmocka_unit_test(max_pending_id_is_the_highest_undecided),
 	    cmocka_unit_test(clear_forgets_everything),
-	    cmocka_unit_test(backoff_grows_caps_and_jitters),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -64,14 +64,40 @@ static void formats_iso_times(void **state)
 	assert_true(svc_clock_mono() > 0);
 }
 
-static void backs_off_exponentially(void **state)
+/* The relay's retry delays (reconnects: base 0.5 s, cap RECONNECT_MAX_DELAY; missing exchanges:
+ * no jitter) come from util/backoff. */
+static void backoff_grows_caps_and_jitters(void **state)
 {
 	(void)state;
-	assert_true(svc_backoff(0, 0.5, 30, 1) == 0.5);
-	assert_true(svc_backoff(3, 0.5, 30, 1) == 4.0);
-	assert_true(svc_backoff(20, 0.5, 30, 1) == 30.0);
-	assert_true(svc_backoff(20, 0.5, 30, 0) == 15.0);
-	assert_true(svc_backoff(-4, 0.5, 30, 5) == 0.5);
+	assert_true(svc_backoff(0, 0.5, 30, 1.0) == 0.5);
+	assert_true(svc_backoff(1, 0.5, 30, 1.0) == 1.0);
+	assert_true(svc_backoff(3, 0.5, 30, 1.0) == 4.0);
+	assert_true(svc_backoff(50, 0.5, 30, 1.0) == 30.0);
+	assert_true(svc_backoff(1000, 0.5, 30, 0.0) == 15.0);
+	assert_true(svc_backoff(2, 0.5, 30, 0.5) == 1.5);
+	assert_true(svc_backoff(-1, 0.5, 30, 1.0) == 0.5);
+	assert_true(svc_backoff(-4, 0.5, 30, 5) == 0.5); /* rnd is clamped to [0, 1] */
+}
+
+/* The consumer reconnects after failure f (1, 2, ...) in svc_backoff(f - 1, 0.5, max, rnd). */
+static void backoff_jitter_stays_in_its_half(void **state)
+{
+	(void)state;
+	assert_true(svc_backoff(0, 0.5, 30, 0) >= 0.25);
+	assert_true(svc_backoff(0, 0.5, 30, 0.999) <= 0.5);
+	assert_true(svc_backoff(2, 0.5, 30, 0) >= 1.0);
+	assert_true(svc_backoff(2, 0.5, 30, 0.999) <= 2.0);
+	/* capped, however many failures */
+	for (unsigned f = 1; f < 100; f++) {
+		double d = svc_backoff((int)f - 1, 0.5, 30, 0.999);
+		assert_true(d <= 30.0);
+		assert_true(d >= svc_backoff((int)f - 1, 0.5, 30, 0.0));
+	}
+	assert_true(svc_backoff(999, 0.5, 30, 0) >= 15.0);
+	/* the supervisor restarts after crash n in svc_backoff(n - 1, 0.5, 30, 1): no jitter */
+	assert_true(svc_backoff(0, 0.5, 30, 1.0) == 0.5);
+	assert_true(svc_backoff(2, 0.5, 30, 1.0) == 2.0);
+	assert_true(svc_backoff(99, 0.5, 30, 1.0) == 30.0);
 }
 
 static void hashes_fnv1a(void **state)
@@ -87,8 +113,11 @@ static void hashes_fnv1a(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(quotes_identifiers), cmocka_unit_test(splits_identifiers),
-	    cmocka_unit_test(formats_iso_times),  cmocka_unit_test(backs_off_exponentially),
+	    cmocka_unit_test(quotes_identifiers),
+	    cmocka_unit_test(splits_identifiers),
+	    cmocka_unit_test(formats_iso_times),
+	    cmocka_unit_test(backoff_grows_caps_and_jitters),
+	    cmocka_unit_test(backoff_jitter_stays_in_its_half),
 	    cmocka_unit_test(hashes_fnv1a),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,39 @@
+/* Internal to src/amqp/: the connection object shared by conn.c (connection, channel,
+ * declarations) and publish.c (publishing, confirms, returns). */
+#ifndef SVC_AMQP_INTERNAL_H
+#define SVC_AMQP_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "amqp/conn.h"
+
+#define SEQ_HEADER      "x-svccomm-seq"
+#define FRAME_MAX       131072
+#define CONNECT_TIMEOUT 10
+#define RPC_TIMEOUT     30
+
+struct svc_amqp {
+	amqp_connection_state_t st;
+	amqp_socket_t *sock;
+	amqp_channel_t ch;
+	bool open;
+	bool confirm;      /* channel in confirm mode */
+	uint64_t next_seq; /* last publish sequence number handed out */
+	int reply_code;    /* code of the last channel/connection close from the broker */
+	char err[512];
+	amqp_table_entry_t *entries; /* reusable header entries for publish */
+	size_t entries_cap;
+};
+
+/* Records a rabbitmq-c status as the error and marks the connection unusable; SVC_ECONN. */
+int svc_amqp_lib_error(struct svc_amqp *c, const char *what, int status);
+
+/* The broker closed the channel: answer close-ok, reopen it (confirm mode again if it was on);
+ * SVC_EPROTO, or SVC_ECONN when it cannot be reopened. */
+int svc_amqp_on_channel_close(struct svc_amqp *c, const amqp_channel_close_t *m);
+
+/* The broker closed the connection: answer close-ok; SVC_ECONN. */
+int svc_amqp_on_connection_close(struct svc_amqp *c, const amqp_connection_close_t *m);
+
+#endif
