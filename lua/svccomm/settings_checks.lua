@@ -183,6 +183,22 @@ local check_amqp_url = check_url("an amqp:// or amqps:// URL", "an amqp:// or am
 local check_database_url = check_url("a PostgreSQL connection string (postgresql://... or key=value ...)",
 	"a PostgreSQL connection string", "parse_conninfo")
 
+-- An entry of EXCHANGES or BINDS: "first" or {"first", "second"} (or {first=, second=}); the
+-- second part defaults to `default`. The first part must be a string.
+local function pair(e, k, first, second, default)
+	local shape = format('"%s" or {"%s", "%s"}', first, first, second)
+	if type(e) == "string" then
+		return e, default
+	elseif type(e) ~= "table" then
+		expect(k, shape, e)
+	end
+	local a = e[1] or e[first]
+	if type(a) ~= "string" then
+		expect(k, shape, a == nil and e or a)
+	end
+	return a, e[2] or e[second] or default
+end
+
 local EXCHANGE_TYPES = { direct = true, fanout = true, topic = true, headers = true }
 
 local function check_exchanges(v, key)
@@ -192,18 +208,7 @@ local function check_exchanges(v, key)
 	local out, seen = {}, {}
 	for i, e in ipairs(v) do
 		local k = format("%s[%d]", key, i)
-		local name, etype
-		if type(e) == "string" then
-			name, etype = e, "topic"
-		elseif type(e) == "table" then
-			name = e[1] or e.name
-			etype = e[2] or e.type or "topic"
-			if type(name) ~= "string" then
-				expect(k, '"name" or {"name", "type"}', name == nil and e or name)
-			end
-		else
-			expect(k, '"name" or {"name", "type"}', e)
-		end
+		local name, etype = pair(e, k, "name", "type", "topic")
 		if name == "" or #name > 255 or sub(name, 1, 4) == "amq." then
 			expect(k, "an exchange name (1 to 255 bytes, not starting with \"amq.\")", name)
 		end
@@ -227,18 +232,7 @@ local function check_binds(v, key)
 	local out = {}
 	for i, b in ipairs(v) do
 		local k = format("%s[%d]", key, i)
-		local ex, rk
-		if type(b) == "string" then
-			ex, rk = b, "#"
-		elseif type(b) == "table" then
-			ex = b[1] or b.exchange
-			rk = b[2] or b.routing_key or "#"
-			if type(ex) ~= "string" then
-				expect(k, '"exchange" or {"exchange", "routing_key"}', ex == nil and b or ex)
-			end
-		else
-			expect(k, '"exchange" or {"exchange", "routing_key"}', b)
-		end
+		local ex, rk = pair(b, k, "exchange", "routing_key", "#")
 		if ex == "" or #ex > 255 then
 			expect(k, "an exchange name (1 to 255 bytes)", ex)
 		end
