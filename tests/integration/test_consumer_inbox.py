@@ -29,3 +29,19 @@ def test_same_message_id_twice_runs_the_handler_once(project, broker):
     assert p.record_count() == 3
     assert broker.count(p.queue()) == 0
     assert p.stop() == 0
+
+
+def test_zero_byte_inside_a_nested_value_does_not_hang_the_worker(project, broker):
+    """The inbox reads eventId with a bounded scanner before Lua: a zero byte inside a nested
+    value once made it loop for ever, pinning the worker and blocking the queue."""
+    p = project.setup_consumer(RECORDER)
+    inbox = p.table("inbox")
+    sql("CREATE TABLE %s (queue text NOT NULL, message_id text NOT NULL, "
+        "received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (queue, message_id))"
+        % inbox)
+    p.write_settings(p.settings, INBOX=True, INBOX_TABLE=inbox, MAX_ATTEMPTS=1)
+    p.start_consumer()
+    broker.publish(p.exchange(), "a", b'{"x": [\x00], "eventId": "1"}')
+    broker.publish(p.exchange(), "a", {"n": 5}, message_id="after")
+    svc.wait_until(lambda: 5 in [r[0] for r in p.records()], 20, what="the next message handled")
+    assert p.stop() == 0
