@@ -173,6 +173,27 @@ def test_check_masks_the_password_of_a_key_value_database_url(project):
     assert "s3cret" not in r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://svc@127.0.0.1:1/app?password=qu3ry-s3cret",
+     "postgresql://svc@127.0.0.1:1/app?password=****"),
+    ("postgresql://u:p@ssw0rd-s3cret@127.0.0.1:1/db", "postgresql://u:****@127.0.0.1:1/db"),
+])
+@pytest.mark.parametrize("command", ["check", "migrate", "checkpublisher"])
+def test_query_and_unencoded_at_passwords_never_printed(project, command, url, masked):
+    """A password in the query string, and one with an unencoded '@' (libpq then reads the end
+    of the password as part of the host name and echoes it in its error), stay hidden from
+    every command that shows the URL or a connection error."""
+    settings(project, 'return { DATABASE_URL = "%s" }' % url)
+    r = project.run(command)
+    out = r.stdout + r.stderr
+    assert "s3cret" not in out and "ssw0rd" not in out, out
+    if command == "check":
+        assert r.returncode == 0, r.stderr
+        assert "database: %s\n" % masked in r.stdout
+    else:
+        assert r.returncode == 1, out
+
+
 def test_env_overrides_of_both_urls_are_used_and_shown_masked(project):
     settings(project, """\
         return {
