@@ -65,9 +65,20 @@ bool svc_consumer_end_message(struct svc_consumer *c)
 	return true;
 }
 
+/* The x-svccomm-signature of a copy of m that carries attempt (a dead letter carries none:
+ * moved back to QUEUE by hand, it starts again at 1 on its first route), or NULL. */
+static const char *copy_signature(const struct svc_consumer *c, const struct svc_consumer_msg *m,
+                                  long attempt, char out[SVC_COPY_SIGNATURE_LEN + 1])
+{
+	int rc = svc_consumer_sign_copy(c->copy_key, c->cfg->queue, m->exchange, m->routing_key,
+	                                attempt, m->d->body, m->d->body_len, out);
+	return rc == 0 ? out : NULL;
+}
+
 int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_msg *m,
                              const char *reason, const char *handler, const char *error)
 {
+	char sig[SVC_COPY_SIGNATURE_LEN + 1];
 	struct svc_failure_info info = {
 	    .dead_letter = true,
 	    .attempts = m->attempt,
@@ -76,6 +87,7 @@ int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_m
 	    .error = error,
 	    .handler = handler,
 	    .reason = reason,
+	    .signature = copy_signature(c, m, 1, sig),
 	};
 	int rc = svc_consumer_publish_copy(c, m->d, c->dlq, &info);
 	if (rc == 0) {
@@ -88,7 +100,7 @@ int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_m
 int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consumer_msg *m,
                                 bool permanent, const char *handler, const char *error_text)
 {
-	char excerpt[1024], first[256], queue[300];
+	char excerpt[1024], first[256], queue[300], sig[SVC_COPY_SIGNATURE_LEN + 1];
 	size_t di = 0;
 	svc_consumer_error_excerpt(error_text, ERROR_LINES, excerpt, sizeof(excerpt));
 	svc_consumer_error_excerpt(error_text, 1, first, sizeof(first));
@@ -111,6 +123,7 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 	    .exchange = m->exchange,
 	    .routing_key = m->routing_key,
 	    .error = excerpt,
+	    .signature = copy_signature(c, m, m->attempt + 1, sig),
 	};
 	int rc = svc_consumer_publish_copy(c, m->d, queue, &info);
 	if (rc == 0) {
@@ -186,8 +199,8 @@ static int end_transaction(struct svc_consumer *c, bool *failed)
 static int blame_message(struct svc_consumer *c)
 {
 	char handler[HANDLER_SZ];
-	struct svc_consumer_msg m = {.d = &c->d, .attempt = svc_consumer_attempt(&c->d)};
-	svc_consumer_origin(&c->d, &m.exchange, &m.routing_key);
+	struct svc_consumer_msg m;
+	svc_consumer_msg_init(c, &c->d, &m);
 	svc_consumer_lua_last_handler(c, handler, sizeof(handler));
 	int rc =
 	    svc_consumer_handle_failure(c, &m, false, handler[0] ? handler : NULL, c->pg.error);

@@ -70,7 +70,7 @@ long svc_consumer_attempt(const struct svc_delivery *d);
 
 /* The exchange and routing key a delivery was first published with: those of its
  * x-svccomm-exchange and x-svccomm-routing-key headers when both are strings (a retry copy),
- * else its own. */
+ * else its own. Headers anyone can set: only for a delivery svc_consumer_copy_trusted() took. */
 void svc_consumer_origin(const struct svc_delivery *d, const char **exchange,
                          const char **routing_key);
 
@@ -83,6 +83,29 @@ int svc_consumer_message_id(const char *amqp_message_id, const char *exchange, c
  * boundary. */
 void svc_consumer_error_excerpt(const char *text, int max_lines, char *out, size_t outsz);
 
+/* Copies svccomm republishes carry x-svccomm-signature: the hex HMAC-SHA256, under a key only
+ * the deployment's broker account knows, of (queue, origin exchange, origin routing key,
+ * attempt, SHA-256 of the body). Without a valid one the x-svccomm-* headers are ignored. */
+#define SVC_COPY_KEY_LEN          32
+#define SVC_COPY_SIGNATURE_LEN    64
+#define SVC_COPY_SIGNATURE_HEADER "x-svccomm-signature"
+
+/* Derives the signing key from the broker URL's user, password and vhost (the whole URL when it
+ * does not parse): the same in every worker and process that shares the account, across
+ * restarts. */
+void svc_consumer_copy_key(const char *broker_url, unsigned char key[SVC_COPY_KEY_LEN]);
+
+/* Writes the signature of a copy for queue into out; 0, or SVC_EINVAL when a name is missing or
+ * longer than 255 bytes. */
+int svc_consumer_sign_copy(const unsigned char key[SVC_COPY_KEY_LEN], const char *queue,
+                           const char *exchange, const char *routing_key, long attempt,
+                           const void *body, size_t len, char out[SVC_COPY_SIGNATURE_LEN + 1]);
+
+/* Whether d is a copy svccomm made for queue: its origin headers, attempt and body match its
+ * x-svccomm-signature (compared in constant time). */
+bool svc_consumer_copy_trusted(const struct svc_delivery *d, const char *queue,
+                               const unsigned char key[SVC_COPY_KEY_LEN]);
+
 /* What to add when a failed message is republished. */
 struct svc_failure_info {
 	bool dead_letter;     /* false: a retry copy */
@@ -90,9 +113,10 @@ struct svc_failure_info {
 	long attempts;        /* dead letter: attempts made */
 	const char *exchange; /* original exchange and routing key */
 	const char *routing_key;
-	const char *error;   /* error text (excerpt) */
-	const char *handler; /* "app:file:line" or NULL */
-	const char *reason;  /* dead letter: short reason token */
+	const char *error;     /* error text (excerpt) */
+	const char *handler;   /* "app:file:line" or NULL */
+	const char *reason;    /* dead letter: short reason token */
+	const char *signature; /* x-svccomm-signature, or NULL */
 };
 
 /* Builds the headers of a republished copy into out (max entries) and returns their count: the

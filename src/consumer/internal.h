@@ -39,6 +39,8 @@ struct svc_consumer {
 
 	struct svc_delivery d;
 
+	unsigned char copy_key[SVC_COPY_KEY_LEN]; /* signs retry and dead-letter copies */
+
 	/* retry queues: one per distinct delay, in RETRY_DELAYS order */
 	long *delay_ms;
 	char dlq[260];
@@ -166,5 +168,9 @@ int svc_consumer_commit_batch(struct svc_consumer *c);
 /* Takes one delivery through its stages (checks, inbox, handler, savepoint, outcome); 0, or
  * a negative code that ends the session. */
 int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d);
+/* Fills m for d: its origin and attempt from its x-svccomm-* headers when it is a copy this
+ * consumer's deployment signed, else its own exchange and routing key and attempt 1. */
+void svc_consumer_msg_init(const struct svc_consumer *c, const struct svc_delivery *d,
+                           struct svc_consumer_msg *m);
 
 #endif

@@ -232,6 +232,7 @@ static int consumer_init(struct svc_consumer *c, const struct svc_config *cfg)
 	}
 	if (svc_consumer_inbox_prepare(c) != 0)
 		return SVC_EXIT_USAGE;
+	svc_consumer_copy_key(cfg->broker_url, c->copy_key);
 	long pf = cfg->prefetch_count;
 	c->limit = pf <= 0 ? 1000 : pf > MAX_BATCH ? MAX_BATCH : (size_t)pf;
 	if (!cfg->database_url) /* no COMMIT to amortize: ack early, keep the window full */

@@ -150,16 +150,58 @@ static int inbox_check(struct svc_consumer *c, const struct svc_consumer_msg *m)
 	return rc;
 }
 
+void svc_consumer_msg_init(const struct svc_consumer *c, const struct svc_delivery *d,
+                           struct svc_consumer_msg *m)
+{
+	m->d = d;
+	if (svc_consumer_copy_trusted(d, c->cfg->queue, c->copy_key)) {
+		m->attempt = svc_consumer_attempt(d);
+		svc_consumer_origin(d, &m->exchange, &m->routing_key);
+		return;
+	}
+	/* anyone can write x-svccomm-* headers: unsigned, they name nothing */
+	m->attempt = 1;
+	m->exchange = d->exchange;
+	m->routing_key = d->routing_key;
+}
+
+/* Why the exchange or routing key cannot reach the router (x-svccomm-reason), or NULL: longer
+ * than an AMQP name or not UTF-8 (the router caches them, handlers log them). */
+static const char *origin_problem(const struct svc_consumer_msg *m, char *msg, size_t msgsz)
+{
+	const char *names[2] = {m->exchange, m->routing_key};
+	for (int i = 0; i < 2; i++) {
+		size_t len = strlen(names[i]), bad = 0;
+		const char *what = i ? "routing key" : "exchange";
+		if (len > 255) {
+			snprintf(msg, msgsz, "%s of %zu bytes exceeds 255", what, len);
+			return "invalid-routing";
+		}
+		if (!svc_utf8_valid(names[i], len, &bad)) {
+			snprintf(msg, msgsz, "%s: invalid UTF-8 at byte %zu", what, bad);
+			return "invalid-routing";
+		}
+	}
+	return NULL;
+}
+
 int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 {
-	struct svc_consumer_msg m = {.d = d, .attempt = svc_consumer_attempt(d)};
+	struct svc_consumer_msg m;
 	struct svc_handler_result res;
 	char msg[160];
 
 	c->received++;
 	svc_consumer_batch_add(c, d->tag);
-	svc_consumer_origin(d, &m.exchange, &m.routing_key);
-	const char *problem = body_problem(c, d, msg, sizeof(msg));
+	svc_consumer_msg_init(c, d, &m);
+	const char *problem = origin_problem(&m, msg, sizeof(msg));
+	if (problem) {
+		/* the names themselves go to no log line and no header */
+		svc_warn(LOG, "message %s: %s: dead-lettered", MSG_ID(d), msg);
+		m.exchange = m.routing_key = "";
+		return svc_consumer_dead_letter(c, &m, problem, NULL, msg);
+	}
+	problem = body_problem(c, d, msg, sizeof(msg));
 	if (problem) {
 		svc_warn(LOG, "message %s (%s %s): %s: dead-lettered", MSG_ID(d), m.exchange,
 		         m.routing_key, msg);

@@ -2,8 +2,13 @@
  * what a republished copy carries. Pure functions; see consumer.h. */
 #include "consumer/consumer.h"
 
+#include <amqp.h>
 #include <errno.h>
 #include <math.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +16,7 @@
 #include "util/error.h"
 
 /* The x-svccomm-* headers a copy gets, at most: room is kept for them. */
-#define OWN_HEADERS 6
+#define OWN_HEADERS 7
 
 enum svc_failure_action svc_consumer_failure_action(long attempt, long max_attempts,
                                                     size_t n_delays, bool permanent,
@@ -138,5 +143,101 @@ size_t svc_consumer_build_headers(const struct svc_delivery *d, const struct svc
 	}
 	add_header(out, &n, max, "x-svccomm-exchange", info->exchange);
 	add_header(out, &n, max, "x-svccomm-routing-key", info->routing_key);
+	add_header(out, &n, max, SVC_COPY_SIGNATURE_HEADER, info->signature);
 	return n;
+}
+
+void svc_consumer_copy_key(const char *broker_url, unsigned char key[SVC_COPY_KEY_LEN])
+{
+	static const char label[] = "svccomm copy key v1";
+	unsigned char buf[1024];
+	size_t n;
+	struct amqp_connection_info ci;
+	char *url = broker_url ? strdup(broker_url) : NULL;
+
+	memcpy(buf, label, sizeof(label));
+	n = sizeof(label);
+	/* the account and vhost, not the host: every worker and process of the deployment reaches
+	 * the broker with them, whichever address it uses; the whole URL when it does not parse */
+	if (url && amqp_parse_url(url, &ci) == AMQP_STATUS_OK) {
+		const char *parts[3] = {ci.user, ci.password, ci.vhost};
+		for (int i = 0; i < 3 && n < sizeof(buf); i++) {
+			size_t len = parts[i] ? strlen(parts[i]) : 0;
+			if (n + len + 1 > sizeof(buf))
+				len = sizeof(buf) - n - 1;
+			memcpy(buf + n, parts[i] ? parts[i] : "", len);
+			n += len;
+			buf[n++] = '\0';
+		}
+	} else if (broker_url) {
+		size_t len = strlen(broker_url);
+		if (n + len > sizeof(buf))
+			len = sizeof(buf) - n;
+		memcpy(buf + n, broker_url, len);
+		n += len;
+	}
+	SHA256(buf, n, key);
+	OPENSSL_cleanse(buf, sizeof(buf));
+	if (url) {
+		OPENSSL_cleanse(url, strlen(broker_url));
+		free(url);
+	}
+}
+
+/* Appends "<len>:<bytes>" to buf (so no two field lists encode alike); false when it does not
+ * fit or the field is longer than an AMQP name. */
+static bool put_field(unsigned char *buf, size_t bufsz, size_t *n, const char *s, size_t len)
+{
+	if (len > 255 || *n + 4 + len > bufsz)
+		return false;
+	*n += (size_t)snprintf((char *)buf + *n, 5, "%zu:", len);
+	memcpy(buf + *n, s, len);
+	*n += len;
+	return true;
+}
+
+int svc_consumer_sign_copy(const unsigned char key[SVC_COPY_KEY_LEN], const char *queue,
+                           const char *exchange, const char *routing_key, long attempt,
+                           const void *body, size_t len, char out[SVC_COPY_SIGNATURE_LEN + 1])
+{
+	unsigned char buf[4 * 260 + SHA256_DIGEST_LENGTH];
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int maclen = 0;
+	char num[24];
+	size_t n = 0;
+
+	out[0] = '\0';
+	snprintf(num, sizeof(num), "%ld", attempt);
+	if (!queue || !exchange || !routing_key ||
+	    !put_field(buf, sizeof(buf), &n, queue, strlen(queue)) ||
+	    !put_field(buf, sizeof(buf), &n, exchange, strlen(exchange)) ||
+	    !put_field(buf, sizeof(buf), &n, routing_key, strlen(routing_key)) ||
+	    !put_field(buf, sizeof(buf), &n, num, strlen(num)))
+		return SVC_EINVAL;
+	SHA256(body ? body : "", body ? len : 0, buf + n);
+	n += SHA256_DIGEST_LENGTH;
+	if (!HMAC(EVP_sha256(), key, SVC_COPY_KEY_LEN, buf, n, mac, &maclen) ||
+	    maclen * 2 != SVC_COPY_SIGNATURE_LEN)
+		return SVC_EINVAL;
+	for (unsigned int i = 0; i < maclen; i++)
+		snprintf(out + 2 * i, 3, "%02x", mac[i]);
+	return 0;
+}
+
+bool svc_consumer_copy_trusted(const struct svc_delivery *d, const char *queue,
+                               const unsigned char key[SVC_COPY_KEY_LEN])
+{
+	const struct svc_delivery_header *hs = svc_delivery_header(d, SVC_COPY_SIGNATURE_HEADER);
+	const char *exchange, *routing_key;
+	char want[SVC_COPY_SIGNATURE_LEN + 1];
+
+	if (!hs || hs->kind != 's' || hs->len != SVC_COPY_SIGNATURE_LEN)
+		return false;
+	svc_consumer_origin(d, &exchange, &routing_key);
+	if (exchange == d->exchange) /* no origin headers: nothing to trust */
+		return false;
+	if (svc_consumer_sign_copy(key, queue, exchange, routing_key, svc_consumer_attempt(d),
+	                           d->body, d->body_len, want) != 0)
+		return false;
+	return CRYPTO_memcmp(want, hs->str, SVC_COPY_SIGNATURE_LEN) == 0;
 }

@@ -227,6 +227,89 @@ static void test_origin(void **state)
 	assert_string_equal(rk, "orders");
 }
 
+/* Only a copy signed under the deployment's key has its x-svccomm-* headers believed: a
+ * sender's forged origin, attempt, body or queue, or another key, fails the check. */
+static void test_copy_signature(void **state)
+{
+	(void)state;
+	unsigned char key[SVC_COPY_KEY_LEN], other[SVC_COPY_KEY_LEN], again[SVC_COPY_KEY_LEN];
+	char sig[SVC_COPY_SIGNATURE_LEN + 1], sig2[SVC_COPY_SIGNATURE_LEN + 1];
+	char body[] = "{\"a\":1}";
+
+	svc_consumer_copy_key("amqp://svc:s3cret@broker-a:5672/prod", key);
+	svc_consumer_copy_key("amqp://svc:s3cret@10.0.0.7/prod", again);
+	assert_memory_equal(key, again, SVC_COPY_KEY_LEN); /* the host does not matter */
+	svc_consumer_copy_key("amqp://svc:other@broker-a:5672/prod", other);
+	assert_memory_not_equal(key, other, SVC_COPY_KEY_LEN);
+	svc_consumer_copy_key("amqp://svc:s3cret@broker-a:5672/test", other);
+	assert_memory_not_equal(key, other, SVC_COPY_KEY_LEN);
+
+	assert_int_equal(svc_consumer_sign_copy(key, "orders", "private", "user.update", 2, body,
+	                                        strlen(body), sig),
+	                 0);
+	assert_int_equal(strlen(sig), SVC_COPY_SIGNATURE_LEN);
+	struct svc_delivery_header hs[4] = {
+	    hdr("x-svccomm-exchange", 's', "private", 0),
+	    hdr("x-svccomm-routing-key", 's', "user.update", 0),
+	    hdr("x-svccomm-attempt", 's', "2", 0),
+	    hdr(SVC_COPY_SIGNATURE_HEADER, 's', sig, 0),
+	};
+	struct svc_delivery d = {.exchange = "",
+	                         .routing_key = "orders",
+	                         .headers = hs,
+	                         .n_headers = 4,
+	                         .body = body,
+	                         .body_len = strlen(body)};
+	assert_true(svc_consumer_copy_trusted(&d, "orders", key));
+	assert_false(svc_consumer_copy_trusted(&d, "orders", other));
+	assert_false(svc_consumer_copy_trusted(&d, "payments", key));
+	/* a forged attempt, origin or body */
+	hs[2] = hdr("x-svccomm-attempt", 's', "1000", 0);
+	assert_false(svc_consumer_copy_trusted(&d, "orders", key));
+	hs[2] = hdr("x-svccomm-attempt", 's', "2", 0);
+	hs[0] = hdr("x-svccomm-exchange", 's', "admin", 0);
+	assert_false(svc_consumer_copy_trusted(&d, "orders", key));
+	hs[0] = hdr("x-svccomm-exchange", 's', "private", 0);
+	body[5] = '2';
+	assert_false(svc_consumer_copy_trusted(&d, "orders", key));
+	body[5] = '1';
+	assert_true(svc_consumer_copy_trusted(&d, "orders", key));
+	/* no signature, a wrong one, or no origin headers */
+	d.n_headers = 3;
+	assert_false(svc_consumer_copy_trusted(&d, "orders", key));
+	d.n_headers = 4;
+	memcpy(sig2, sig, sizeof(sig2));
+	sig2[0] = sig2[0] == '0' ? '1' : '0';
+	hs[3] = hdr(SVC_COPY_SIGNATURE_HEADER, 's', sig2, 0);
+	assert_false(svc_consumer_copy_trusted(&d, "orders", key));
+	hs[3] = hdr(SVC_COPY_SIGNATURE_HEADER, 's', "", 0);
+	assert_false(svc_consumer_copy_trusted(&d, "orders", key));
+	/* names longer than an AMQP name are never signed */
+	char longk[300];
+	memset(longk, 'k', 299);
+	longk[299] = '\0';
+	assert_int_equal(
+	    svc_consumer_sign_copy(key, "orders", "private", longk, 1, body, strlen(body), sig2),
+	    SVC_EINVAL);
+	/* the copy's headers carry the signature, and never pass an older one on */
+	hs[3] = hdr(SVC_COPY_SIGNATURE_HEADER, 's', sig, 0);
+	struct svc_failure_info info = {.next_attempt = 3,
+	                                .exchange = "private",
+	                                .routing_key = "user.update",
+	                                .error = "boom",
+	                                .signature = sig2};
+	struct svc_amqp_header out[16];
+	char numbuf[48];
+	size_t n = svc_consumer_build_headers(&d, &info, out, 16, numbuf);
+	size_t found = 0;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(out[i].key, SVC_COPY_SIGNATURE_HEADER) == 0) {
+			found++;
+			assert_ptr_equal(out[i].value, sig2);
+		}
+	assert_int_equal(found, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -234,6 +317,7 @@ int main(void)
 	    cmocka_unit_test(test_should_commit),       cmocka_unit_test(test_message_id),
 	    cmocka_unit_test(test_quote_ident),         cmocka_unit_test(test_error_excerpt),
 	    cmocka_unit_test(test_attempt_and_headers), cmocka_unit_test(test_origin),
+	    cmocka_unit_test(test_copy_signature),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
