@@ -24,6 +24,12 @@ local getinfo = debug.getinfo
 
 local MAX_KEY_BYTES = 255 -- AMQP shortstr
 local CACHE_LIMIT = 4096
+-- The cache also holds at most this many bytes of keys (plus a per-entry overhead), and never a
+-- key no AMQP delivery can carry: routing keys come from the network, so a flood of distinct
+-- long keys must not grow the Lua state towards LUA_MEMORY_LIMIT_MB.
+local CACHE_BYTES = 256 * 1024
+local CACHE_ENTRY_OVERHEAD = 64
+local MAX_CACHED_KEY = 2 * MAX_KEY_BYTES + 1 -- exchange .. "\0" .. routing key
 
 ---@class svccomm.Route
 ---@field exchange string|nil   nil for the default consumer
@@ -215,7 +221,7 @@ local function add(entry)
 		end
 	end
 	state.entries[#state.entries + 1] = entry
-	state.cache, state.cache_size = {}, 0
+	state.cache, state.cache_size, state.cache_bytes = {}, 0, 0
 	return entry
 end
 
@@ -345,6 +351,9 @@ function M.match(exchange, routing_key)
 	if type(exchange) ~= "string" or type(routing_key) ~= "string" then
 		error("match: exchange and routing key must be strings", 2)
 	end
+	if #exchange + #routing_key >= MAX_CACHED_KEY then
+		return lookup(exchange, routing_key)
+	end
 	local ck = exchange .. "\0" .. routing_key
 	local cache = state.cache
 	local hit = cache[ck]
@@ -352,12 +361,14 @@ function M.match(exchange, routing_key)
 		return hit or nil
 	end
 	local e = lookup(exchange, routing_key)
-	if state.cache_size >= CACHE_LIMIT then
+	local cost = #ck + CACHE_ENTRY_OVERHEAD
+	if state.cache_size >= CACHE_LIMIT or state.cache_bytes + cost > CACHE_BYTES then
 		cache = {}
-		state.cache, state.cache_size = cache, 0
+		state.cache, state.cache_size, state.cache_bytes = cache, 0, 0
 	end
 	cache[ck] = e or false
 	state.cache_size = state.cache_size + 1
+	state.cache_bytes = state.cache_bytes + cost
 	return e
 end
 
@@ -423,7 +434,8 @@ end
 
 --- Forget every registration (tests, or reloading apps).
 function M.reset()
-	state = { exchanges = {}, entries = {}, default = nil, seq = 0, cache = {}, cache_size = 0 }
+	state = { exchanges = {}, entries = {}, default = nil, seq = 0, cache = {}, cache_size = 0,
+		cache_bytes = 0 }
 	current_app = nil
 end
 

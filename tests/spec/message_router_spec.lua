@@ -365,5 +365,26 @@ describe("message_router", function()
 			local dt = os.clock() - t0
 			assert.is_true(dt < 2, "200k cached matches took " .. dt .. " s")
 		end)
+
+		it("holds a bounded number of bytes, whatever the keys' length", function()
+			router.consumer("ex", "k.#", function() end)
+			collectgarbage("collect")
+			local before = collectgarbage("count")
+			local pad = string.rep("x", 100 * 1024)
+			for i = 1, 200 do -- 20 MB of distinct keys
+				local e = router.match("ex", "k." .. i .. pad)
+				assert(e and e.pattern == "k.#")
+			end
+			for i = 1, 3000 do -- short keys: the byte cap, not only the entry count
+				assert(router.match("ex", "k." .. i .. string.rep("y", 400)))
+			end
+			pad = nil
+			collectgarbage("collect")
+			local grown = collectgarbage("count") - before
+			assert.is_true(grown < 2048, "the match cache kept " .. grown .. " KiB")
+			-- still correct after the resets
+			assert.are.equal("k.#", router.match("ex", "k.1" .. string.rep("x", 300)).pattern)
+			assert.is_nil(router.match("other", string.rep("z", 1000)))
+		end)
 	end)
 end)
