@@ -42,6 +42,7 @@ local M = {}
 
 local type, error, tostring, pairs, pcall, format = type, error, tostring, pairs, pcall, string.format
 local math_type, huge = math.type, math.huge
+local find = string.find
 
 local config = {
 	OUTBOX_TABLE = "svccomm_outbox",
@@ -136,6 +137,9 @@ local function check_name(fname, what, v)
 	end
 	if #v > 255 then
 		error(format("%s: %s is longer than 255 bytes", fname, what), 3)
+	end
+	if find(v, "\0", 1, true) then -- the name is stored as a C string: "a\0evil" would be "a"
+		error(format("%s: %s contains a zero byte", fname, what), 3)
 	end
 end
 

@@ -9,17 +9,34 @@
 #include "outbox/write.h"
 #include "pg/conn.h"
 
-/* Pushes row[key] and returns it as a string or NULL; the value stays on the stack. */
+/* Pushes row[key] and returns it as a string or NULL; the value stays on the stack. A zero
+ * byte is refused: the row is written as C strings, so "a\0evil" would be stored as "a". */
 static const char *row_field(lua_State *L, int row, const char *key)
 {
 	int t = lua_getfield(L, row, key);
+	size_t len;
+	const char *s;
 
 	if (t == LUA_TNIL)
 		return NULL;
 	if (t != LUA_TSTRING)
 		luaL_error(L, "outbox_insert: row.%s must be a string, got %s", key,
 		           luaL_typename(L, -1));
-	return lua_tostring(L, -1);
+	s = lua_tolstring(L, -1, &len);
+	if (strlen(s) != len)
+		luaL_error(L, "outbox_insert: row.%s contains a zero byte", key);
+	return s;
+}
+
+/* A string argument without zero bytes (it is passed on as a C string). */
+static const char *text_arg(lua_State *L, int idx)
+{
+	size_t len;
+	const char *s = luaL_checklstring(L, idx, &len);
+
+	if (strlen(s) != len)
+		luaL_argerror(L, idx, "contains a zero byte");
+	return s;
 }
 
 /* core.outbox_insert(conn, table, row) -> id */
@@ -65,8 +82,8 @@ static int l_outbox_cancel(lua_State *L)
 {
 	PGconn *conn = svc_lua_pg_check(L, 1);
 	const char *table = luaL_checkstring(L, 2);
-	const char *exchange = luaL_checkstring(L, 3);
-	const char *rk = luaL_checkstring(L, 4);
+	const char *exchange = text_arg(L, 3);
+	const char *rk = text_arg(L, 4);
 	const char *tags = luaL_checkstring(L, 5);
 	char err[SVC_PG_ERRSZ], st[6];
 	long long n;

@@ -380,4 +380,27 @@ describe("svccomm.events", function()
 		assert.equal(id, cjson.decode(r.body).eventId)
 		d:exec("DROP SCHEMA w4spec_schema CASCADE")
 	end)
+
+	it("refuses a zero byte in a name instead of storing what comes before it", function()
+		d:transaction(function()
+			local calls = {
+				function() return events.publish_aggregate_event("a\0evil", "created", {}) end,
+				function() return events.publish_aggregate_event("user", "a\0evil", {}) end,
+				function() return events.publish_future_aggregate_event("a\0evil", "x", os.time() + 60, {}) end,
+				function() return events.cancel_future_aggregate_event("user", "a\0evil", { k = "v" }) end,
+				function() return events.send_command("svc\0x", {}, { command_name = "c" }) end,
+			}
+			for i, f in ipairs(calls) do
+				local ok, err = pcall(f)
+				assert.is_false(ok, "call " .. i .. " was accepted")
+				assert.truthy(tostring(err):find("zero byte", 1, true), err)
+			end
+			-- the C writer below refuses it too, whoever calls it
+			local ok, err = pcall(core.outbox_insert, d.conn, name,
+				{ exchange = "a\0evil", routing_key = "k", body_rest = '"x":1' })
+			assert.is_false(ok)
+			assert.truthy(tostring(err):find("zero byte", 1, true), err)
+		end)
+		assert.equal(0, #rows())
+	end)
 end)
