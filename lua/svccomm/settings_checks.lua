@@ -73,6 +73,29 @@ local function check_string(opts)
 	end
 end
 
+-- The longest "<QUEUE>.retry.<ms>" suffix: ms is at most 2^31 - 1 (10 digits).
+local RETRY_SUFFIX_MAX = #".retry.2147483647"
+local QUEUE_MAX = 255 - RETRY_SUFFIX_MAX
+
+-- QUEUE, with svccomm's own <QUEUE>.dlq and <QUEUE>.retry.<ms>: each an AMQP name (at most
+-- 255 bytes of UTF-8) the broker accepts, found here rather than by a consumer that would
+-- reconnect forever.
+local function check_queue(v, key)
+	if type(v) ~= "string" or v == "" then
+		expect(key, "a non-empty string", v)
+	end
+	local what = format("a queue name (1 to %d bytes of UTF-8, no zero byte, not starting with "
+		.. "\"amq.\", so that <QUEUE>.retry.<ms> fits in 255 bytes)", QUEUE_MAX)
+	if #v > QUEUE_MAX or not utf8.len(v) or find(v, "\0", 1, true)
+		or sub(v, 1, 4) == "amq." then
+		if #v > QUEUE_MAX then
+			fail(key, format("expected %s, got %d bytes", what, #v))
+		end
+		expect(key, what, v)
+	end
+	return v
+end
+
 local function check_integer(min, max)
 	local what
 	if max then
@@ -304,6 +327,7 @@ end
 
 -- The checkers by what they check; the schema names them.
 M.string = check_string
+M.queue = check_queue
 M.integer = check_integer
 M.number = check_number
 M.boolean = check_boolean

@@ -23,8 +23,9 @@ M.rows = {
 		doc = "PostgreSQL URL or key=value conninfo; unset = no transactions, no outbox. "
 			.. "Env SVCCOMM_DATABASE_URL overrides." },
 	{ key = "QUEUE", type = "string", nullable = true,
-		check = C.string { max = 255 },
-		doc = "The queue runconsumer consumes from (required by runconsumer)." },
+		check = C.queue,
+		doc = "The queue runconsumer consumes from (required by runconsumer); at most 238 bytes "
+			.. "of UTF-8, so that <QUEUE>.retry.<ms> fits in 255." },
 	{ key = "QUEUE_ARGUMENTS", type = "table", default = {},
 		check = C.queue_arguments,
 		doc = 'Queue arguments, e.g. { ["x-queue-type"] = "quorum" }.' },

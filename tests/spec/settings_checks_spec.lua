@@ -87,4 +87,30 @@ describe("settings_checks", function()
 			assert.is_nil(err.msg:find("ssw0rd", 1, true), err.msg)
 		end)
 	end)
+
+	describe("QUEUE", function()
+		local function queue_check()
+			for _, e in ipairs(require("svccomm.settings_schema").rows) do
+				if e.key == "QUEUE" then
+					return e.check
+				end
+			end
+		end
+
+		it("leaves room for <QUEUE>.retry.<ms> and <QUEUE>.dlq, and is UTF-8 without a zero byte", function()
+			local check = assert(queue_check(), "no QUEUE entry in the schema")
+			assert.are.equal("orders", check("orders", "QUEUE"))
+			local longest = string.rep("q", 238)
+			assert.are.equal(longest, check(longest, "QUEUE"))
+			assert.is_true(#(longest .. ".retry.2147483647") <= 255)
+			for _, bad in ipairs({ string.rep("q", 239), string.rep("q", 250), "caf\xe9", "\xff\xfe",
+					"a\0evil", "amq.mine" }) do
+				local err = failure(check, bad, "QUEUE")
+				assert(err, "accepted " .. checks.show(bad))
+				assert.are.equal("QUEUE", err.key)
+				assert.truthy(err.msg:find("a queue name (1 to 238 bytes of UTF-8", 1, true), err.msg)
+			end
+			assert.truthy(failure(check, string.rep("q", 250), "QUEUE").msg:find("got 250 bytes", 1, true))
+		end)
+	end)
 end)
