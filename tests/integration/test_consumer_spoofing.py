@@ -97,3 +97,31 @@ def test_a_dead_letter_moved_back_keeps_its_origin_but_not_with_another_body(pro
     assert dead["other-body"]["x-svccomm-reason"] == "unrouted"
     assert p.record_count() == 0
     assert p.stop() == 0
+
+
+class _RawKey(str):
+    """A routing key pika sends as the given bytes (pika itself only sends UTF-8)."""
+
+    def __new__(cls, raw):
+        key = super().__new__(cls, raw.decode("latin-1"))
+        key.raw = raw
+        return key
+
+    def encode(self, *args, **kwargs):
+        return self.raw
+
+
+def test_a_routing_key_that_is_not_utf8_is_dead_lettered_before_the_router(project, broker):
+    p = project.setup_consumer(RECORDER)
+    p.start_consumer()
+    broker.publish(p.exchange(), _RawKey(b"user.\xff\xfe"), {"n": 1}, message_id="bad-key")
+    broker.publish(p.exchange(), "user.ok", {"n": 2}, message_id="fine")
+    svc.wait_until(lambda: broker.count(p.queue() + ".dlq") == 1, 20, what="the dead letter")
+    svc.wait_until(lambda: p.record_count() == 1, 20, what="the next message")
+    (props, body), = broker.get_all(p.queue() + ".dlq")
+    assert props.message_id == "bad-key"
+    assert props.headers["x-svccomm-reason"] == "invalid-routing"
+    assert "routing key: invalid UTF-8 at byte 5" in props.headers["x-svccomm-error"]
+    assert json.loads(body) == {"n": 1}
+    assert [r[:3] for r in p.records()] == [(2, 1, "user.ok")]
+    assert p.stop() == 0
