@@ -35,6 +35,9 @@ PGconn *svc_pg_open(const char *conninfo, const char *application_name, char *er
 
 /* True when sqlstate (5 chars) means the connection is gone or unusable. */
 bool svc_pg_sqlstate_is_conn(const char *sqlstate);
+/* True when sqlstate (5 chars) says a value was bad (class 22, data exception): the fault of
+ * whoever supplied the value, not of the connection. */
+bool svc_pg_sqlstate_is_data(const char *sqlstate);
 
 /* Checks res against the wanted status (PGRES_COMMAND_OK or PGRES_TUPLES_OK; a NULL res is a
  * failure). Returns 0, or SVC_ECONN / SVC_EDB with the message in err (may be NULL) and the
