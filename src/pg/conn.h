@@ -16,6 +16,8 @@
  * Error classification: a result whose SQLSTATE is of class 08 (connection exception), 57P01..
  * 57P03 (admin shutdown, crash shutdown, cannot connect now), or any failure after which
  * PQstatus() is CONNECTION_BAD is SVC_ECONN (reconnect and retry); any other failure is SVC_EDB.
+ * Among those, class 22 (data exception, svc_pg_sqlstate_is_data()) blames the value sent, so
+ * a caller can blame whoever supplied it (the consumer dead-letters the message).
  */
 #ifndef SVC_PG_CONN_H
 #define SVC_PG_CONN_H
