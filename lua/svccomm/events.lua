@@ -12,9 +12,9 @@
 --- Event envelope (the body of the row, published as is):
 ---   {"eventId":"<row id>","eventTime":"2023-06-02T10:58:58.340174Z",
 ---    "eventType":"<event_type>","aggregate":"<aggregate>","payload":<payload>}
---- exchange = aggregate, routing key = event_type. eventId is the row id as a string (and the
---- AMQP message_id); eventTime is UTC with microseconds: the client's clock at insert
---- (clock_gettime), or the due time of a scheduled event.
+--- exchange = aggregate, routing key = event_type. eventId is the row id as a string (the
+--- relay's AMQP message_id is "<APP_ID>:<row id>"); eventTime is UTC with microseconds: the
+--- client's clock at insert (clock_gettime), or the due time of a scheduled event.
 ---
 --- Payload encoding (svccomm.json.encode): any Lua value made of tables, strings (UTF-8),
 --- numbers, booleans and svccomm.null. An empty table is an object {}; use svccomm.array()

@@ -13,7 +13,8 @@ local format, concat = string.format, table.concat
 --- value (the default is nil). `check` normalizes a value or raises (settings_checks.fail).
 M.rows = {
 	{ key = "APP_ID", type = "string", default = "svccomm",
-		check = C.string { max = 255 },
+		-- the relay's message ids are "<APP_ID>:<row id>": ':' and 19 digits must fit in 255
+		check = C.string { max = 235 },
 		doc = "AMQP app_id of published messages; names this service in logs." },
 	{ key = "BROKER_CONNECTION_URL", type = "URL", default = "amqp://guest:guest@localhost:5672/%2f",
 		check = C.amqp_url, env = "SVCCOMM_BROKER_URL",

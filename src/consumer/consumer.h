@@ -75,7 +75,8 @@ void svc_consumer_origin(const struct svc_delivery *d, const char **exchange,
                          const char **routing_key);
 
 /* The inbox message id into out: amqp_message_id when not empty, else "<exchange>:<eventId>"
- * from the envelope (eventId, or event_id); 0, or SVC_EINVAL when there is none. */
+ * from the envelope (eventId, or event_id); 0, SVC_EINVAL when there is none, or SVC_EPROTO
+ * when it cannot be a key (not valid UTF-8, longer than 400 bytes or than out). */
 int svc_consumer_message_id(const char *amqp_message_id, const char *exchange, const char *body,
                             size_t len, char *out, size_t outsz);
 

@@ -1,7 +1,10 @@
 /* inbox: deduplication inside the handlers' transaction. A message's id is inserted into
  * INBOX_TABLE under the message's savepoint before its handler runs: a conflict means a
  * committed earlier copy, so the message is acked without running again; a rollback forgets
- * the row together with the handler's work. Old rows are deleted in bounded rounds. */
+ * the row together with the handler's work. Old rows are deleted in bounded rounds.
+ * The id comes from the sender: one that cannot be a key (not UTF-8, too long) or that the
+ * database refuses as bad data (SQLSTATE class 22) is the message's fault, never the
+ * session's: the caller dead-letters the message and the queue moves on. */
 #include "consumer/internal.h"
 
 #include <stdio.h>
@@ -13,23 +16,39 @@
 #include "util/ident.h"
 #include "util/json_scan.h"
 #include "util/log.h"
+#include "util/utf8.h"
 
 #define CLEANUP_BATCH  "1000" /* rows per DELETE */
 #define CLEANUP_ROUNDS 20     /* DELETEs per call at most */
+#define ID_MAX         400    /* bytes of an inbox id: "<exchange>:<eventId>" fits */
+
+/* Why id cannot key the inbox, or NULL. */
+static const char *id_problem(const char *id)
+{
+	size_t len = strlen(id);
+	if (len > ID_MAX)
+		return "longer than 400 bytes";
+	if (!svc_utf8_valid(id, len, NULL))
+		return "not valid UTF-8";
+	return NULL;
+}
 
 int svc_consumer_message_id(const char *amqp_message_id, const char *exchange, const char *body,
                             size_t len, char *out, size_t outsz)
 {
 	char id[128];
+	int n;
 	if (amqp_message_id && *amqp_message_id) {
-		int n = snprintf(out, outsz, "%s", amqp_message_id);
-		return n < 0 || (size_t)n >= outsz ? SVC_EINVAL : 0;
+		n = snprintf(out, outsz, "%s", amqp_message_id);
+	} else {
+		if (svc_json_top_field(body, len, "eventId", id, sizeof(id)) != 0 &&
+		    svc_json_top_field(body, len, "event_id", id, sizeof(id)) != 0)
+			return SVC_EINVAL;
+		n = snprintf(out, outsz, "%s:%s", exchange, id);
 	}
-	if (svc_json_top_field(body, len, "eventId", id, sizeof(id)) != 0 &&
-	    svc_json_top_field(body, len, "event_id", id, sizeof(id)) != 0)
-		return SVC_EINVAL;
-	int n = snprintf(out, outsz, "%s:%s", exchange, id);
-	return n < 0 || (size_t)n >= outsz ? SVC_EINVAL : 0;
+	if (n < 0 || (size_t)n >= outsz || id_problem(out))
+		return SVC_EPROTO;
+	return 0;
 }
 
 int svc_consumer_inbox_prepare(struct svc_consumer *c)
@@ -55,24 +74,39 @@ int svc_consumer_inbox_prepare(struct svc_consumer *c)
 	return 0;
 }
 
-int svc_consumer_inbox_seen(struct svc_consumer *c, const struct svc_consumer_msg *m)
+int svc_consumer_inbox_seen(struct svc_consumer *c, const struct svc_consumer_msg *m, char *why,
+                            size_t whysz)
 {
 	const struct svc_delivery *d = m->d;
-	char id[512];
-	if (svc_consumer_message_id(d->message_id, m->exchange, d->body, d->body_len, id,
-	                            sizeof(id)) != 0) {
+	char id[ID_MAX + 2];
+	int rc = svc_consumer_message_id(d->message_id, m->exchange, d->body, d->body_len, id,
+	                                 sizeof(id));
+	if (rc == SVC_EINVAL) {
 		svc_debug(LOG, "message without an id: inbox not used");
-		return 0;
+		return SVC_INBOX_NEW;
+	}
+	if (rc) {
+		const char *p = d->message_id && *d->message_id ? id_problem(d->message_id) : NULL;
+		snprintf(why, whysz, "message id %s: cannot be an inbox key",
+		         p ? p : "(from the envelope) longer than 400 bytes or not valid UTF-8");
+		return SVC_INBOX_BAD;
 	}
 	const char *vals[2] = {c->cfg->queue, id};
 	PGresult *r = svc_pg_query(c->pg.conn, c->inbox_sql, 2, vals, true);
-	if (PQresultStatus(r) != PGRES_COMMAND_OK)
-		return svc_consumer_db_fail(c, r, "inbox insert");
+	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+		rc = svc_consumer_db_fail(c, r, "inbox insert");
+		/* bad data (class 22) is the message's; anything else stays the session's */
+		if (rc == SVC_EDB && svc_pg_sqlstate_is_data(c->pg.sqlstate)) {
+			snprintf(why, whysz, "message id refused by the database: %s", c->pg.error);
+			return SVC_INBOX_BAD;
+		}
+		return rc;
+	}
 	bool dup = strcmp(PQcmdTuples(r), "0") == 0;
 	PQclear(r);
 	if (dup)
 		svc_info(LOG, "message %s already handled (inbox): skipped", id);
-	return dup ? 1 : 0;
+	return dup ? SVC_INBOX_DUP : SVC_INBOX_NEW;
 }
 
 void svc_consumer_inbox_cleanup(struct svc_consumer *c)

@@ -126,8 +126,13 @@ int svc_consumer_db_cmd(struct svc_consumer *c, const char *sql);
 
 /* Checks INBOX and INBOX_TABLE and builds the inbox statements; 0 or SVC_ECONFIG (logged). */
 int svc_consumer_inbox_prepare(struct svc_consumer *c);
-/* Records m in the inbox: 1 when it was already there, 0 when new, < 0 on error. */
-int svc_consumer_inbox_seen(struct svc_consumer *c, const struct svc_consumer_msg *m);
+/* What svc_consumer_inbox_seen() found (or a negative code: the session's error). */
+enum { SVC_INBOX_NEW = 0, SVC_INBOX_DUP = 1, SVC_INBOX_BAD = 2 };
+/* Records m in the inbox: SVC_INBOX_NEW (or no id: not recorded), SVC_INBOX_DUP when already
+ * there, SVC_INBOX_BAD when its id is the message's fault (why says how; the transaction may
+ * be aborted: roll the savepoint back), < 0 on a session error. */
+int svc_consumer_inbox_seen(struct svc_consumer *c, const struct svc_consumer_msg *m, char *why,
+                            size_t whysz);
 /* Deletes inbox rows older than INBOX_RETENTION, a bounded number per call. */
 void svc_consumer_inbox_cleanup(struct svc_consumer *c);
 

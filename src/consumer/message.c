@@ -136,18 +136,29 @@ static int outcome(struct svc_consumer *c, const struct svc_consumer_msg *m,
 	return malformed(c, m, res);
 }
 
-/* With INBOX: 1 when the message is a duplicate (counted, done), 0 to run the handler, < 0 on
- * error. */
-static int inbox_check(struct svc_consumer *c, const struct svc_consumer_msg *m)
+/* With INBOX: 1 when the message is done (a duplicate, or dead-lettered for an id that cannot
+ * be a key), 0 to run the handler, < 0 on a session error. */
+static int inbox_check(struct svc_consumer *c, const struct svc_consumer_msg *m, size_t mark)
 {
+	char why[SVC_PG_ERRSZ + 64];
 	if (!c->pg.conn || !c->cfg->inbox)
 		return 0;
-	int rc = svc_consumer_inbox_seen(c, m);
-	if (rc != 0)
-		svc_consumer_end_message(c);
-	if (rc == 1)
+	int rc = svc_consumer_inbox_seen(c, m, why, sizeof(why));
+	if (rc == SVC_INBOX_NEW)
+		return 0;
+	bool touched = svc_consumer_end_message(c);
+	if (rc == SVC_INBOX_DUP)
 		c->dup++;
-	return rc;
+	if (rc != SVC_INBOX_BAD)
+		return rc;
+	/* the sender's fault: undo the insert, dead-letter, keep the session */
+	rc = undo_message(c, touched, mark);
+	if (rc == 0) {
+		svc_warn(LOG, "message (%s %s): %s: dead-lettered", m->exchange, m->routing_key,
+		         why);
+		rc = svc_consumer_dead_letter(c, m, "invalid-message-id", NULL, why);
+	}
+	return rc ? rc : 1;
 }
 
 void svc_consumer_msg_init(const struct svc_consumer *c, const struct svc_delivery *d,
@@ -213,7 +224,7 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 		return rc;
 	size_t mark = c->pg.conn ? svc_outbox_deferred_mark(c->pg.conn) : 0;
 	unsigned long flushes = c->pg.conn ? svc_outbox_flush_count(c->pg.conn) : 0;
-	rc = inbox_check(c, &m);
+	rc = inbox_check(c, &m, mark);
 	if (rc)
 		return rc == 1 ? 0 : rc;
 	svc_consumer_lua_handle(c, &m, &res);

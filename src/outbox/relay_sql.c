@@ -56,7 +56,7 @@ static void build_prepared(struct svc_relay_sql *q)
 	 * parameter every row visited would scan the whole list). */
 #define CLAIM_COLS                                                                                 \
 	"WITH d AS (DELETE FROM %s WHERE id = ANY($3::int8[])) SELECT id, " PART_EXPR              \
-	", exchange, routing_key, body, coalesce(message_id, id::text), correlation_id, "          \
+	", exchange, routing_key, body, message_id, correlation_id, "                              \
 	"headers::text, attempts, extract(epoch from created_at)::int8 FROM %s WHERE parked_at "   \
 	"IS NULL AND send_after <= now() AND id NOT IN (SELECT unnest($1::int8[]) UNION ALL "      \
 	"SELECT unnest($3::int8[]))"

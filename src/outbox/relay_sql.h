@@ -42,7 +42,7 @@ enum svc_relay_col {
 	SVC_RELAY_COL_EXCHANGE,
 	SVC_RELAY_COL_ROUTING_KEY,
 	SVC_RELAY_COL_BODY,
-	SVC_RELAY_COL_MESSAGE_ID, /* coalesce(message_id, id::text) */
+	SVC_RELAY_COL_MESSAGE_ID, /* message_id or NULL (the relay makes "<APP_ID>:<id>") */
 	SVC_RELAY_COL_CORRELATION_ID,
 	SVC_RELAY_COL_HEADERS, /* headers::text or NULL */
 	SVC_RELAY_COL_ATTEMPTS,

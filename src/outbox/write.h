@@ -28,7 +28,7 @@ struct svc_outbox_row {
 	const char *event_time;     /* timestamptz text for eventTime; default send_after, then
 	                             * the database clock at insert (clock_timestamp()) */
 	const char *send_after;     /* timestamptz text; default now() (due at commit) */
-	const char *message_id;     /* AMQP message_id; default the row id */
+	const char *message_id;     /* AMQP message_id; default "<APP_ID>:<row id>" */
 	const char *correlation_id; /* AMQP correlation_id */
 	const char *headers_json;   /* JSON object of string values: extra AMQP headers */
 	const char *tags_json;      /* JSON object of string values: scheduled-event tags */

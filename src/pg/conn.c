@@ -173,6 +173,11 @@ bool svc_pg_sqlstate_is_conn(const char *s)
 	return strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0;
 }
 
+bool svc_pg_sqlstate_is_data(const char *s)
+{
+	return s && strlen(s) == 5 && s[0] == '2' && s[1] == '2';
+}
+
 int svc_pg_result_error(PGconn *conn, const PGresult *res, ExecStatusType want, char *err,
                         size_t errsz, char *sqlstate)
 {

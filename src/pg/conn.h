@@ -16,6 +16,8 @@
  * Error classification: a result whose SQLSTATE is of class 08 (connection exception), 57P01..
  * 57P03 (admin shutdown, crash shutdown, cannot connect now), or any failure after which
  * PQstatus() is CONNECTION_BAD is SVC_ECONN (reconnect and retry); any other failure is SVC_EDB.
+ * Among those, class 22 (data exception, svc_pg_sqlstate_is_data()) blames the value sent, so
+ * a caller can blame whoever supplied it (the consumer dead-letters the message).
  */
 #ifndef SVC_PG_CONN_H
 #define SVC_PG_CONN_H
@@ -35,6 +37,9 @@ PGconn *svc_pg_open(const char *conninfo, const char *application_name, char *er
 
 /* True when sqlstate (5 chars) means the connection is gone or unusable. */
 bool svc_pg_sqlstate_is_conn(const char *sqlstate);
+/* True when sqlstate (5 chars) says a value was bad (class 22, data exception): the fault of
+ * whoever supplied the value, not of the connection. */
+bool svc_pg_sqlstate_is_data(const char *sqlstate);
 
 /* Checks res against the wanted status (PGRES_COMMAND_OK or PGRES_TUPLES_OK; a NULL res is a
  * failure). Returns 0, or SVC_ECONN / SVC_EDB with the message in err (may be NULL) and the

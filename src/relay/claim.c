@@ -3,6 +3,7 @@
  * once (mandatory, persistent, with the row's properties and headers) and enter the confirm
  * window. After a channel error the rows up to r->isolate_upto go out one at a time, so the
  * next failure names exactly one row. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,6 +39,17 @@ static int row_headers(struct relay *r, PGresult *res, int i, int64_t id,
 	return 1;
 }
 
+/* The row's message_id, else "<APP_ID>:<row id>" into buf: a bare row id would collide with
+ * another producer's in a consumer's inbox. */
+static const char *row_message_id(const struct relay *r, PGresult *res, int i, char *buf,
+                                  size_t bufsz)
+{
+	if (!PQgetisnull(res, i, SVC_RELAY_COL_MESSAGE_ID))
+		return PQgetvalue(res, i, SVC_RELAY_COL_MESSAGE_ID);
+	snprintf(buf, bufsz, "%s:%s", r->cfg->app_id, PQgetvalue(res, i, SVC_RELAY_COL_ID));
+	return buf;
+}
+
 /* Publishes row i of the claim. Returns 1 (published, *seq set), 0 (parked), or <0 (a lost
  * connection, or out of memory). */
 static int publish_row(struct relay *r, PGresult *res, int i, uint64_t *seq)
@@ -45,9 +57,10 @@ static int publish_row(struct relay *r, PGresult *res, int i, uint64_t *seq)
 	const char *exchange = PQgetvalue(res, i, SVC_RELAY_COL_EXCHANGE);
 	const char *rk = PQgetvalue(res, i, SVC_RELAY_COL_ROUTING_KEY);
 	int64_t id = strtoll(PQgetvalue(res, i, SVC_RELAY_COL_ID), NULL, 10);
+	char mid[300]; /* APP_ID (<= 255, else refused at publish and parked) ':' id */
 	struct svc_amqp_props props = {
 	    .content_type = "application/json",
-	    .message_id = PQgetvalue(res, i, SVC_RELAY_COL_MESSAGE_ID),
+	    .message_id = row_message_id(r, res, i, mid, sizeof(mid)),
 	    .correlation_id = PQgetisnull(res, i, SVC_RELAY_COL_CORRELATION_ID)
 	                          ? NULL
 	                          : PQgetvalue(res, i, SVC_RELAY_COL_CORRELATION_ID),

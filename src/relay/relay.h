@@ -15,7 +15,7 @@
  *
  * Claim -> publish -> confirm -> delete. Due rows (send_after <= now(), parked_at IS NULL) are
  * read in id order, PUBLISHER_BATCH_SIZE at a time, and published at once (mandatory, persistent,
- * content type application/json, app_id = APP_ID, message_id = coalesce(message_id, id),
+ * content type application/json, app_id = APP_ID, message_id = the row's or "<APP_ID>:<id>",
  * correlation_id and headers from the row, timestamp = created_at). Up to PUBLISHER_WINDOW
  * messages may be unconfirmed; confirms (basic.ack/nack with `multiple`) are matched to rows
  * through the channel's publish sequence numbers. Decided rows are handled in one statement per

@@ -897,3 +897,10 @@ class Project:
         delays = self.settings.get("RETRY_DELAYS")
         delays = delays if isinstance(delays, (list, tuple)) else []
         return {q + ".dlq"} | {"%s.retry.%d" % (q, round(d * 1000)) for d in delays}
+
+
+def row_id(message_id):
+    """The outbox row id in a message_id the relay made: "<APP_ID>:<row id>"."""
+    app, sep, rid = message_id.rpartition(":")
+    assert sep and app, message_id
+    return int(rid)

@@ -61,7 +61,7 @@ def check_order(got):
     seen = set()
     last = {}
     for method, props, _ in got:
-        mid = int(props.message_id)
+        mid = svc.row_id(props.message_id)
         if mid in seen:
             continue
         seen.add(mid)
@@ -82,7 +82,7 @@ def test_3_out_of_order_commits_never_skipped_never_rolled_back(project, broker)
     assert len(committed) + len(rolled_back) == 10000
     assert rolled_back  # the scenario did roll back
     got = broker.collect(q, len(committed), timeout=60, settle=1.5)
-    ids = [int(props.message_id) for _, props, _ in got]
+    ids = [svc.row_id(props.message_id) for _, props, _ in got]
     assert sorted(ids) == sorted(committed)  # all delivered, exactly once, no rolled-back row
     svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     assert p.stop(relay) == 0
@@ -100,7 +100,7 @@ def test_10_two_relays_each_event_once_in_order(project, broker):
     for t in threads:
         t.join()
     got = broker.collect(q, 10000, timeout=60, settle=1.5)
-    ids = [int(props.message_id) for _, props, _ in got]
+    ids = [svc.row_id(props.message_id) for _, props, _ in got]
     assert len(ids) == 10000
     assert sorted(ids) == sorted(committed)  # exactly once
     check_order(got)
@@ -125,7 +125,7 @@ def test_10b_kill_one_of_two_relays_midway_other_finishes(project, broker):
     for t in threads:
         t.join()
     got = broker.collect(q, 10000, timeout=90, settle=2)
-    ids = [int(props.message_id) for _, props, _ in got]
+    ids = [svc.row_id(props.message_id) for _, props, _ in got]
     assert set(ids) == set(committed)  # lost 0
     check_order(got)  # first deliveries still in order per aggregate
     svc.wait_until(lambda: p.outbox_count() == 0, 20, what="table empty")
@@ -150,7 +150,7 @@ def test_5_kill_9_twenty_times_lost_zero(project, broker):
     got = broker.collect(q, len(committed), timeout=60, settle=2)
     by_id = {}
     for _, props, body in got:
-        by_id.setdefault(int(props.message_id), set()).add(body)
+        by_id.setdefault(svc.row_id(props.message_id), set()).add(body)
     assert set(by_id) == set(committed)  # lost 0
     # every duplicate carries its original message_id and the same body
     assert all(len(bodies) == 1 for bodies in by_id.values())
@@ -177,7 +177,7 @@ def test_11_broker_and_database_restart_during_drain(project, broker):
         got = b2.collect(q, len(ids), timeout=60, settle=2)
     finally:
         b2.close()
-    assert set(int(props.message_id) for _, props, _ in got) == set(ids)  # lost 0
+    assert set(svc.row_id(props.message_id) for _, props, _ in got) == set(ids)  # lost 0
     log = p.log(relay)
     assert "broker: reconnected" in log and "database: reconnected" in log
     assert p.stop(relay) == 0

@@ -20,7 +20,7 @@ def topology(broker, n):
 def first_deliveries_in_order(got):
     seen, last = set(), {}
     for method, props, _ in got:
-        mid = int(props.message_id)
+        mid = svc.row_id(props.message_id)
         if mid in seen:
             continue
         seen.add(mid)
@@ -61,14 +61,14 @@ def test_batches_of_one_each_row_once_and_table_empty_when_caught_up(project, br
         ids += p.outbox_insert_many(ex, 150)
     relay = p.start_relay()
     got = broker.collect(q, len(ids), timeout=60, settle=1)
-    mids = [int(props.message_id) for _, props, _ in got]
+    mids = [svc.row_id(props.message_id) for _, props, _ in got]
     assert sorted(mids) == sorted(ids)  # each exactly once: no loss, no second publish
     first_deliveries_in_order(got)
     svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     # Caught up: no claim follows, the last confirmed rows are deleted on their own at once.
     more = p.outbox_insert_many(exchanges[0], 3)
     got = broker.collect(q, 3, timeout=10, settle=0.5)
-    assert sorted(int(props.message_id) for _, props, _ in got) == more
+    assert sorted(svc.row_id(props.message_id) for _, props, _ in got) == more
     svc.wait_until(lambda: p.outbox_count() == 0, 2,
                    what="the last rows deleted without a further claim")
     assert p.stop(relay) == 0
@@ -96,7 +96,7 @@ def test_database_session_killed_repeatedly_lost_zero_deleted_never_resent(proje
     got = broker.collect(q, len(ids), timeout=60, settle=2)
     by_id = {}
     for _, props, body in got:
-        by_id.setdefault(int(props.message_id), []).append(body)
+        by_id.setdefault(svc.row_id(props.message_id), []).append(body)
     assert set(by_id) == set(ids)  # lost 0
     assert all(len(set(bodies)) == 1 for bodies in by_id.values())
     first_deliveries_in_order(got)
@@ -120,7 +120,7 @@ def test_two_relays_hand_over_partitions_without_resending_confirmed_rows(projec
     b = p.start_relay()  # takes half of the partitions from a while a has rows confirmed
     svc.wait_until(lambda: p.outbox_count() == 0, 60, what="table empty")
     got = broker.collect(q, len(ids), timeout=60, settle=2)
-    mids = [int(props.message_id) for _, props, _ in got]
+    mids = [svc.row_id(props.message_id) for _, props, _ in got]
     assert sorted(mids) == sorted(ids)  # each exactly once
     first_deliveries_in_order(got)
     assert p.stop(a) == 0

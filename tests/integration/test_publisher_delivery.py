@@ -41,7 +41,7 @@ def test_1_hundred_rows_exact_bodies_and_properties(project, broker):
     for method, props, body in got:
         by_id[props.message_id] = (method, props, body)
     for i, (row_id, r) in enumerate(zip(ids, rows)):
-        mid = r.get("message_id", str(row_id))
+        mid = r.get("message_id", "pubtest:%d" % row_id)
         method, props, body = by_id[mid]
         assert body.decode("utf-8") == r["body"]  # exact bytes
         assert method.exchange == ex and method.routing_key == r["routing_key"]
@@ -57,7 +57,7 @@ def test_1_hundred_rows_exact_bodies_and_properties(project, broker):
             assert "traceparent" not in headers
     # the order of one aggregate is the id order
     order = [props.message_id for _, props, _ in got]
-    expected = [r.get("message_id", str(i)) for i, r in zip(ids, rows)]
+    expected = [r.get("message_id", "pubtest:%d" % i) for i, r in zip(ids, rows)]
     assert order == expected
     assert p.stop(relay) == 0
 
@@ -80,7 +80,7 @@ def test_2_nothing_sent_before_commit_and_never_after_rollback(project, broker):
     conn.rollback()
     conn.close()
     got = broker.collect(q, 1, timeout=10, settle=2.5)
-    assert [(props.message_id, body) for _, props, body in got] == [(str(committed_id), b'"c"')]
+    assert [(props.message_id, body) for _, props, body in got] == [("pubtest:%d" % committed_id, b'"c"')]
     assert p.outbox_count() == 0
     assert p.stop(relay) == 0
 
@@ -95,7 +95,7 @@ def test_8_rows_written_while_stopped_go_out_at_start(project, broker):
     assert broker.count(q) == 0
     relay = p.start_relay()
     got = broker.collect(q, 100)
-    assert sorted(int(props.message_id) for _, props, _ in got) == ids
+    assert sorted(svc.row_id(props.message_id) for _, props, _ in got) == ids
     svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     assert p.stop(relay) == 0
 
@@ -125,7 +125,7 @@ def test_9_scheduled_row_on_time_and_cancelled_never(project, broker, mode, inte
     assert 1.8 <= elapsed <= 2.0 + min(interval, 1) + 0.5, elapsed
     got = broker.collect(q, 1, timeout=10, settle=2.5)
     assert [body for _, _, body in got] == [b'"due"']
-    assert got[0][1].message_id == str(due_id)
+    assert got[0][1].message_id == "pubtest:%d" % due_id
     assert p.outbox_count() == 0
     log = p.log(relay)
     if mode == "listen":
@@ -208,7 +208,7 @@ def test_13_message_fits_the_python_library_consumer(project, broker):
     # routing (exchange = aggregate, routing key = event type).
     assert props.content_type == "application/json"
     assert props.delivery_mode == 2
-    assert props.message_id == event_id
+    assert props.message_id == "pubtest:" + event_id
     env = json.loads(body)
     assert set(env) >= {"eventId", "eventTime", "eventType", "aggregate", "payload"}
     assert env["eventId"] == event_id and isinstance(env["eventId"], str)
@@ -216,4 +216,22 @@ def test_13_message_fits_the_python_library_consumer(project, broker):
     assert env["aggregate"] == ex == method.exchange
     assert env["payload"] == {"name": "Ann", "tags": ["a"]}
     assert env["eventTime"].endswith("Z") and "T" in env["eventTime"]
+    assert p.stop(relay) == 0
+
+
+def test_message_id_is_app_id_and_row_id_unless_the_row_sets_one(project, broker):
+    """Ids unique per producer: a bare row id collided in consumers' inboxes with another
+    service's row of the same id. eventId keeps its documented form (the row id)."""
+    p = project.setup_relay({"APP_ID": "orders-svc"})
+    (ex,), q = topology(broker)
+    r = p.run("publish", ex, "update.base", '{"name": "Ann"}')
+    assert r.returncode == 0, r.stderr
+    event_id = r.stdout.strip()
+    own = p.outbox_insert([{"exchange": ex, "routing_key": "a", "body": '"b"',
+                            "message_id": "my-id-1"}])
+    relay = p.start_relay()
+    got = broker.collect(q, 2, timeout=15)
+    assert [props.message_id for _, props, _ in got] == ["orders-svc:" + event_id, "my-id-1"]
+    assert json.loads(got[0][2])["eventId"] == event_id == str(own[0] - 1)
+    assert all(props.app_id == "orders-svc" for _, props, _ in got)
     assert p.stop(relay) == 0

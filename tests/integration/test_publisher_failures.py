@@ -29,7 +29,7 @@ def test_6_nacked_row_kept_and_delivered_once_the_queue_drains(project, broker):
     while len(seen) < 3 and time.time() < deadline:
         m, props, body = broker.ch.basic_get(q, auto_ack=True)
         if m:
-            seen.append(int(props.message_id))
+            seen.append(svc.row_id(props.message_id))
         else:
             time.sleep(0.1)
     assert sorted(seen) == ids
@@ -58,7 +58,7 @@ def test_7_missing_exchange_with_do_not_declare_kept_then_delivered(project, bro
     broker.exchange(ex)
     broker.queue(q, [ex])
     got = broker.collect(q, 5, timeout=20)
-    assert sorted(int(props.message_id) for _, props, _ in got) == ids
+    assert sorted(svc.row_id(props.message_id) for _, props, _ in got) == ids
     svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     assert p.stop(relay) == 0
 
@@ -82,7 +82,7 @@ def test_unroutable_dropped_by_default_kept_with_keep(make_project, broker):
     q = "noroute_q_" + s
     broker.queue(q, [ex])
     got = broker.collect(q, 3, timeout=20)
-    assert sorted(int(props.message_id) for _, props, _ in got) == ids
+    assert sorted(svc.row_id(props.message_id) for _, props, _ in got) == ids
     svc.wait_until(lambda: k.outbox_count() == 0, 10, what="table empty")
     assert k.stop(relay) == 0
 
@@ -133,7 +133,7 @@ def test_broker_closing_the_channel_parks_only_the_culprit(project, broker):
         got = broker.collect(q, 19, timeout=30, settle=1.5)
         # Messages in flight when the channel closed lost their confirms and are sent again
         # (at least once, same message_id); the big one never arrives.
-        assert set(int(props.message_id) for _, props, _ in got) == set(ids[:10] + ids[11:])
+        assert set(svc.row_id(props.message_id) for _, props, _ in got) == set(ids[:10] + ids[11:])
         svc.wait_until(lambda: p.outbox_count() == 1, 10, what="only the big row left")
         (row_id, attempts, last_error, parked_at), = p.outbox_rows()
         assert row_id == ids[10] and parked_at is not None
@@ -168,7 +168,7 @@ def test_4_rows_pending_confirms_not_resent_on_wakeups(project, broker):
     finally:
         svc.rabbitmqctl("set_disk_free_limit", "50MB")
     got = broker.collect(q, 50, timeout=30, settle=2)
-    mids = [int(props.message_id) for _, props, _ in got]
+    mids = [svc.row_id(props.message_id) for _, props, _ in got]
     assert sorted(mids) == ids  # each exactly once
     svc.wait_until(lambda: p.outbox_count() == 0, 10, what="table empty")
     assert p.stop(relay) == 0

@@ -242,6 +242,11 @@ describe("settings", function()
 				err_of({ BINDS = { x = "a" } }))
 		end)
 
+		it("APP_ID leaves room for the relay's message ids (<APP_ID>:<row id>, 255 bytes)", function()
+			assert.are.equal(string.rep("a", 235), settings.validate({ APP_ID = string.rep("a", 235) }, no_env).APP_ID)
+			assert.is_truthy(err_of({ APP_ID = string.rep("a", 236) }):find("APP_ID", 1, true))
+		end)
+
 		it("a bind to an exchange not in EXCHANGES, unless DO_NOT_DECLARE", function()
 			assert.are.equal('settings.lua: BINDS[2]: expected an exchange listed in EXCHANGES '
 				.. '(or DO_NOT_DECLARE = true), got "nope"', err_of({ EXCHANGES = { "a" }, BINDS = { "a", "nope" } }))

@@ -84,6 +84,23 @@ static void test_message_id(void **state)
 	assert_string_equal(out, "ex:3");
 	assert_int_equal(svc_consumer_message_id(NULL, "ex", "{}", 2, out, sizeof(out)),
 	                 SVC_EINVAL);
+	/* an id that cannot key the inbox is the message's fault, not "no id" */
+	assert_int_equal(svc_consumer_message_id("a\xff", "ex", "{}", 2, out, sizeof(out)),
+	                 SVC_EPROTO);
+	assert_int_equal(svc_consumer_message_id("a\xc3", "ex", "{}", 2, out, sizeof(out)),
+	                 SVC_EPROTO);
+	assert_int_equal(svc_consumer_message_id("caf\xc3\xa9", "ex", "{}", 2, out, sizeof(out)),
+	                 0);
+	char big[600];
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	assert_int_equal(svc_consumer_message_id(big, "ex", "{}", 2, out, sizeof(out)), SVC_EPROTO);
+	char wide[512];
+	big[401] = '\0';
+	assert_int_equal(svc_consumer_message_id(big, "ex", "{}", 2, wide, sizeof(wide)),
+	                 SVC_EPROTO);
+	big[400] = '\0';
+	assert_int_equal(svc_consumer_message_id(big, "ex", "{}", 2, wide, sizeof(wide)), 0);
 }
 
 /* INBOX_TABLE goes through svc_ident_quote before it is put into the inbox statements. */

@@ -28,6 +28,21 @@ static void test_sqlstate_classes(void **state)
 	assert_false(svc_pg_sqlstate_is_conn("08"));
 }
 
+/* Class 22 (data exception) is the fault of whoever sent the value: the inbox dead-letters. */
+static void test_sqlstate_data(void **state)
+{
+	(void)state;
+	assert_true(svc_pg_sqlstate_is_data("22021")); /* character_not_in_repertoire */
+	assert_true(svc_pg_sqlstate_is_data("22001")); /* string_data_right_truncation */
+	assert_true(svc_pg_sqlstate_is_data("22P05")); /* untranslatable_character */
+	assert_false(svc_pg_sqlstate_is_data("08006"));
+	assert_false(svc_pg_sqlstate_is_data("42P01"));
+	assert_false(svc_pg_sqlstate_is_data("23505"));
+	assert_false(svc_pg_sqlstate_is_data("22"));
+	assert_false(svc_pg_sqlstate_is_data(""));
+	assert_false(svc_pg_sqlstate_is_data(NULL));
+}
+
 static void test_status_names(void **state)
 {
 	(void)state;
@@ -139,6 +154,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_sqlstate_classes),
+	    cmocka_unit_test(test_sqlstate_data),
 	    cmocka_unit_test(test_status_names),
 	    cmocka_unit_test(test_bad_conninfo_hides_password),
 	    cmocka_unit_test(test_refused_connection),
