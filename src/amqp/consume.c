@@ -314,6 +314,11 @@ static int wait_frame(struct svc_amqp_consumer *cs, amqp_frame_t *f, int timeout
 	}
 	if (status == AMQP_STATUS_TIMEOUT)
 		return SVC_ETIMEOUT;
+	if (status == AMQP_STATUS_BAD_AMQP_DATA) {
+		/* most likely a frame over the size this connection reads (see README, Security) */
+		set_err(cs, "reading a frame (too large, or not AMQP)", status);
+		return SVC_ECONN;
+	}
 	if (status != AMQP_STATUS_OK) {
 		set_err(cs, "reading a frame", status);
 		return SVC_ECONN;
