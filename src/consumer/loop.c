@@ -32,7 +32,7 @@
 /* A session that settled no message and lasted less than this does not reset the reconnect
  * backoff: a message that kills each session (a frame that cannot be read) must not make the
  * consumer reconnect in a hot loop. */
-#define SESSION_PROGRESS_S 30.0
+#define SESSION_PROGRESS_S 10.0
 
 static void stats_line(struct svc_consumer *c, double now)
 {
