@@ -84,6 +84,23 @@ bool svc_amqp_confirm_mode(const struct svc_amqp *c)
 	return c->confirm;
 }
 
+void svc_amqp_mark_broken(struct svc_amqp *c)
+{
+	c->open = false;
+}
+
+int svc_amqp_read_frame_max(struct svc_amqp *c, int frame_max)
+{
+	if (!svc_amqp_is_open(c))
+		return SVC_ECONN;
+	/* Only the local limit changes (the broker was told FRAME_MAX at login): rabbitmq-c
+	 * checks each incoming frame against it and sizes outgoing body frames by it, so this is
+	 * for a connection that publishes nothing. */
+	int st = amqp_tune_connection(c->st, amqp_get_channel_max(c->st), frame_max,
+	                              amqp_get_heartbeat(c->st));
+	return st == AMQP_STATUS_OK ? 0 : svc_amqp_lib_error(c, "tuning the frame size", st);
+}
+
 int svc_amqp_lib_error(struct svc_amqp *c, const char *what, int status)
 {
 	snprintf(c->err, sizeof(c->err), "%s: %s", what, amqp_error_string2(status));
@@ -294,6 +311,9 @@ void svc_amqp_close(struct svc_amqp *c)
 {
 	if (!c || !c->st)
 		return;
+	/* After a read or protocol error (open is false) rabbitmq-c 0.11 may still hold the size
+	 * of a frame it refused: any call that reads (channel.close waits for close-ok) then
+	 * writes past a heap buffer. Such a connection is only destroyed. */
 	if (c->open) {
 		struct timeval tv = {.tv_sec = 2};
 

@@ -60,8 +60,15 @@ void svc_amqp_free(struct svc_amqp *c);
 /* Connects to url (amqp:// or amqps://, parsed with amqp_parse_url), logs in, opens channel 1.
  * heartbeat in seconds (0 = off). Returns 0 or SVC_ECONN / SVC_EINVAL. */
 int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const char *conn_name);
-/* Closes politely if possible; safe on a closed or broken connection. */
+/* Closes politely when no error happened on it, else only destroys it; safe on a closed or
+ * broken connection. */
 void svc_amqp_close(struct svc_amqp *c);
+/* Marks the connection broken after a read or protocol error seen outside this file (the
+ * consume side): svc_amqp_close will then destroy it without reading from it. */
+void svc_amqp_mark_broken(struct svc_amqp *c);
+/* Raises the size of the frames this side accepts to frame_max (rabbitmq-c refuses a larger
+ * one as "invalid AMQP data"); for a connection that only consumes. 0 or SVC_ECONN. */
+int svc_amqp_read_frame_max(struct svc_amqp *c, int frame_max);
 bool svc_amqp_is_open(const struct svc_amqp *c);
 const char *svc_amqp_error(const struct svc_amqp *c);
 /* The underlying state for the consume loop (amqp/consume.c). */

@@ -16,6 +16,14 @@ static void set_err(struct svc_amqp_consumer *cs, const char *what, int status)
 	snprintf(cs->err, sizeof(cs->err), "%s: %s", what, amqp_error_string2(status));
 }
 
+/* A read, write or protocol error: the connection is only good for destroying (see
+ * svc_amqp_mark_broken). Returns SVC_ECONN. */
+static int broken(struct svc_amqp_consumer *cs)
+{
+	svc_amqp_mark_broken(cs->conn);
+	return SVC_ECONN;
+}
+
 /* Classifies the reply of the last synchronous call. */
 static int rpc_check(struct svc_amqp_consumer *cs, const char *what)
 {
@@ -25,7 +33,7 @@ static int rpc_check(struct svc_amqp_consumer *cs, const char *what)
 		return 0;
 	case AMQP_RESPONSE_LIBRARY_EXCEPTION:
 		set_err(cs, what, r.library_error);
-		return SVC_ECONN;
+		return broken(cs);
 	case AMQP_RESPONSE_SERVER_EXCEPTION:
 		if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
 			amqp_channel_close_t *m = r.reply.decoded;
@@ -45,14 +53,14 @@ static int rpc_check(struct svc_amqp_consumer *cs, const char *what)
 			amqp_connection_close_ok_t ok = {0};
 			amqp_send_method(svc_amqp_state(cs->conn), 0,
 			                 AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
-			return SVC_ECONN;
+			return broken(cs);
 		}
 		snprintf(cs->err, sizeof(cs->err), "%s: unexpected method 0x%08x", what,
 		         r.reply.id);
 		return SVC_EPROTO;
 	default:
 		snprintf(cs->err, sizeof(cs->err), "%s: no reply", what);
-		return SVC_ECONN;
+		return broken(cs);
 	}
 }
 
@@ -98,7 +106,7 @@ static int send_status(struct svc_amqp_consumer *cs, const char *what, int statu
 	if (status == AMQP_STATUS_OK)
 		return 0;
 	set_err(cs, what, status);
-	return SVC_ECONN;
+	return broken(cs);
 }
 
 int svc_amqp_consumer_ack(struct svc_amqp_consumer *cs, uint64_t tag, bool multiple)
@@ -306,6 +314,11 @@ static int wait_frame(struct svc_amqp_consumer *cs, amqp_frame_t *f, int timeout
 	}
 	if (status == AMQP_STATUS_TIMEOUT)
 		return SVC_ETIMEOUT;
+	if (status == AMQP_STATUS_BAD_AMQP_DATA) {
+		/* most likely a frame over the size this connection reads (see README, Security) */
+		set_err(cs, "reading a frame (too large, or not AMQP)", status);
+		return SVC_ECONN;
+	}
 	if (status != AMQP_STATUS_OK) {
 		set_err(cs, "reading a frame", status);
 		return SVC_ECONN;
@@ -354,8 +367,8 @@ static int other_method(struct svc_amqp_consumer *cs, amqp_frame_t *f)
 	}
 }
 
-int svc_amqp_consumer_next(struct svc_amqp_consumer *cs, struct svc_delivery *d, size_t max_body,
-                           int timeout_ms)
+static int next_delivery(struct svc_amqp_consumer *cs, struct svc_delivery *d, size_t max_body,
+                         int timeout_ms)
 {
 	amqp_connection_state_t st = svc_amqp_state(cs->conn);
 	amqp_channel_t ch = svc_amqp_channel(cs->conn);
@@ -394,13 +407,15 @@ int svc_amqp_consumer_next(struct svc_amqp_consumer *cs, struct svc_delivery *d,
 	d->body_size = size;
 	d->oversize = size > max_body;
 	d->body_len = 0;
-	if (!d->oversize && grow((void **)&d->body, &d->body_cap, (size_t)size + 1, 1) != 0) {
+	/* an oversize body keeps only a prefix, for the dead letter */
+	size_t keep = !d->oversize                          ? (size_t)size
+	              : max_body < SVC_DELIVERY_KEPT_PREFIX ? max_body
+	                                                    : SVC_DELIVERY_KEPT_PREFIX;
+	if (grow((void **)&d->body, &d->body_cap, keep + 1, 1) != 0) {
 		snprintf(cs->err, sizeof(cs->err), "out of memory for a %" PRIu64 " byte body",
 		         size);
 		return SVC_ENOMEM;
 	}
-	if (!d->body && grow((void **)&d->body, &d->body_cap, 1, 1) != 0)
-		return SVC_ENOMEM;
 	amqp_maybe_release_buffers_on_channel(st, ch);
 
 	uint64_t got = 0;
@@ -418,13 +433,25 @@ int svc_amqp_consumer_next(struct svc_amqp_consumer *cs, struct svc_delivery *d,
 			snprintf(cs->err, sizeof(cs->err), "body longer than announced");
 			return SVC_ECONN;
 		}
-		if (!d->oversize)
-			memcpy(d->body + got, f.payload.body_fragment.bytes, n);
+		if (got < keep)
+			memcpy(d->body + got, f.payload.body_fragment.bytes,
+			       n < keep - got ? n : (size_t)(keep - got));
 		got += n;
 		/* Drop the frame at once so a drained body never accumulates. */
 		amqp_maybe_release_buffers_on_channel(st, ch);
 	}
-	d->body_len = d->oversize ? 0 : (size_t)size;
+	d->body_len = keep;
 	d->body[d->body_len] = '\0';
 	return 0;
+}
+
+int svc_amqp_consumer_next(struct svc_amqp_consumer *cs, struct svc_delivery *d, size_t max_body,
+                           int timeout_ms)
+{
+	int rc = next_delivery(cs, d, max_body, timeout_ms);
+	/* Any error but "nothing came" or a cancel leaves the frame stream where no further read
+	 * is safe (a refused frame, half a delivery). */
+	if (rc != 0 && rc != SVC_ETIMEOUT && !cs->cancelled)
+		svc_amqp_mark_broken(cs->conn);
+	return rc;
 }

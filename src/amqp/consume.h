@@ -3,7 +3,8 @@
  * basic.qos, basic.consume, reading deliveries frame by frame, ack/nack and
  * basic.cancel in both directions. A delivery is read method -> content header -> body
  * frames; the declared body size is checked against a limit BEFORE any body byte is kept,
- * and an oversize body is drained frame by frame without being buffered.
+ * and an oversize body is drained frame by frame, only its first SVC_DELIVERY_KEPT_PREFIX
+ * bytes kept.
  *
  * Ownership: struct svc_delivery owns every string and the body it points to (copied out
  * of rabbitmq-c's frame pool, which is released after each delivery). Its buffers are
@@ -32,6 +33,9 @@ struct svc_delivery_header {
 	bool b;
 };
 
+/* Bytes of an oversize body that are kept (for its dead letter); the rest is drained. */
+#define SVC_DELIVERY_KEPT_PREFIX 4096
+
 struct svc_delivery {
 	uint64_t tag;
 	bool redelivered;
@@ -49,11 +53,12 @@ struct svc_delivery {
 	uint8_t delivery_mode;
 	struct svc_delivery_header *headers;
 	size_t n_headers;
-	/* body: NUL-terminated copy of body_len bytes; empty when oversize */
+	/* body: NUL-terminated copy of body_len bytes; when oversize, only its first bytes (at
+	 * most SVC_DELIVERY_KEPT_PREFIX and max_body) */
 	char *body;
 	size_t body_len;
 	uint64_t body_size; /* size announced in the content header */
-	bool oversize;      /* body_size > the limit: the body was drained, not kept */
+	bool oversize;      /* body_size > the limit: the rest of the body was drained */
 
 	/* private: reusable buffers */
 	char *arena;
@@ -83,9 +88,9 @@ int svc_amqp_consumer_qos(struct svc_amqp_consumer *cs, struct svc_amqp *conn, u
 int svc_amqp_consumer_start(struct svc_amqp_consumer *cs, struct svc_amqp *conn, const char *queue);
 /* Reads the next delivery into d. timeout_ms: how long to wait for its first frame (0 = only
  * what is already available, < 0 = until one arrives); once a delivery started its frames are
- * read to the end. Bodies larger than max_body are drained (d->oversize). Returns 0,
- * SVC_ETIMEOUT (nothing came), SVC_EPROTO with cs->cancelled set when the broker cancelled
- * the consumer, or SVC_ECONN (connection or channel lost; text in cs->err). */
+ * read to the end. Bodies larger than max_body are drained, keeping a prefix (d->oversize). Returns
+ * 0, SVC_ETIMEOUT (nothing came), SVC_EPROTO with cs->cancelled set when the broker cancelled the
+ * consumer, or SVC_ECONN (connection or channel lost; text in cs->err). */
 int svc_amqp_consumer_next(struct svc_amqp_consumer *cs, struct svc_delivery *d, size_t max_body,
                            int timeout_ms);
 /* Acks tag (and, with multiple, every earlier unacked tag); 0 or SVC_ECONN. */

@@ -17,7 +17,7 @@ struct svc_amqp {
 	amqp_connection_state_t st;
 	amqp_socket_t *sock;
 	amqp_channel_t ch;
-	bool open;
+	bool open;         /* false after any error: no call that reads from it (close) */
 	bool confirm;      /* channel in confirm mode */
 	uint64_t next_seq; /* last publish sequence number handed out */
 	int reply_code;    /* code of the last channel/connection close from the broker */

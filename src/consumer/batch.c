@@ -79,6 +79,16 @@ int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_m
                              const char *reason, const char *handler, const char *error)
 {
 	char sig[SVC_COPY_SIGNATURE_LEN + 1];
+	char why[1400];
+
+	if (svc_consumer_headers_too_large(m->d)) {
+		/* the copy goes without the headers: say so first, the original reason after */
+		snprintf(why, sizeof(why), "headers of %zu bytes exceed %d: not copied; %s: %s",
+		         svc_consumer_headers_size(m->d), SVC_COPY_HEADERS_MAX, reason,
+		         error ? error : "-");
+		reason = "headers-too-large";
+		error = why;
+	}
 	struct svc_failure_info info = {
 	    .dead_letter = true,
 	    .attempts = m->attempt,
@@ -106,7 +116,8 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 	svc_consumer_error_excerpt(error_text, 1, first, sizeof(first));
 	enum svc_failure_action a = svc_consumer_failure_action(
 	    m->attempt, c->cfg->max_attempts, c->cfg->n_retry_delays, permanent, &di);
-	if (a == SVC_FAIL_DEAD_LETTER) {
+	/* a retry copy could not carry headers this large: no retry */
+	if (a == SVC_FAIL_DEAD_LETTER || svc_consumer_headers_too_large(m->d)) {
 		svc_warn(LOG, "message %s (%s %s) failed in %s, attempt %ld, dead-lettered: %s",
 		         MSG_ID(m->d), m->exchange, m->routing_key, handler ? handler : "-",
 		         m->attempt, first);

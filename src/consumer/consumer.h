@@ -120,10 +120,24 @@ struct svc_failure_info {
 	const char *signature; /* x-svccomm-signature, or NULL */
 };
 
+/* Bytes the application headers of a republished copy may take. A copy (these, the x-svccomm-*
+ * headers and the properties, a few KB) plus the x-death entries the broker adds when a retry
+ * queue sends it back must stay well under the 131072-byte frame: a larger header frame cannot
+ * be read by rabbitmq-c 0.11. */
+#define SVC_COPY_HEADERS_MAX 65536
+
+/* Bytes, as encoded, of the delivery's headers that a republished copy would carry. */
+size_t svc_consumer_headers_size(const struct svc_delivery *d);
+/* Whether those exceed SVC_COPY_HEADERS_MAX: such a delivery is dead-lettered at its first
+ * failure ("headers-too-large"), without its headers. */
+bool svc_consumer_headers_too_large(const struct svc_delivery *d);
+
 /* Builds the headers of a republished copy into out (max entries) and returns their count: the
  * delivery's own headers that have a string form, without broker bookkeeping (x-death,
- * x-first-death-*, x-last-death-*) or earlier x-svccomm-* values, then the x-svccomm-* headers
- * of info, whose number texts point into numbuf (>= 48 bytes). */
+ * x-first-death-*, x-last-death-*) or earlier x-svccomm-* values, and none of them when they are
+ * too large (svc_consumer_headers_too_large); then the x-svccomm-* headers of info (an
+ * exchange or routing key over 255 bytes left out), and x-svccomm-body-truncated = the body's
+ * full size when only a prefix of it was kept; number texts point into numbuf (>= 48 bytes). */
 size_t svc_consumer_build_headers(const struct svc_delivery *d, const struct svc_failure_info *info,
                                   struct svc_amqp_header *out, size_t max, char *numbuf);
 

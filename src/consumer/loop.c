@@ -24,6 +24,15 @@
 #define MAX_BATCH           65535
 #define QUEUE_CHECK_EVERY   5.0
 #define RECONNECT_BASE_S    0.5 /* first reconnect delay, doubling up to RECONNECT_MAX_DELAY */
+/* The broker sends a delivery's content header in one frame whatever frame_max says: a message
+ * published just under 131072 bytes comes back larger once a dead-lettering added x-death.
+ * The consuming connection reads frames up to this size, so such a message can still be read
+ * and dead-lettered instead of killing every session. */
+#define READ_FRAME_MAX (1 << 20)
+/* A session that settled no message and lasted less than this does not reset the reconnect
+ * backoff: a message that kills each session (a frame that cannot be read) must not make the
+ * consumer reconnect in a hot loop. */
+#define SESSION_PROGRESS_S 10.0
 
 static void stats_line(struct svc_consumer *c, double now)
 {
@@ -87,6 +96,8 @@ static int session_open(struct svc_consumer *c)
 	}
 	snprintf(name, sizeof(name), "svccomm consumer %s", cfg->queue);
 	rc = svc_amqp_connect(c->in, cfg->broker_url, (int)cfg->heartbeat, name);
+	if (rc == 0)
+		rc = svc_amqp_read_frame_max(c->in, READ_FRAME_MAX);
 	if (rc) {
 		svc_error(LOG, "RabbitMQ: %s", svc_amqp_error(c->in));
 		return rc;
@@ -205,15 +216,24 @@ static int session_loop(struct svc_consumer *c)
 
 /* One connected session. Returns 0 on a requested stop, SVC_ECONFIG when the settings cannot
  * work, another negative code when a connection failed (reconnect). */
+static unsigned long long settled_count(const struct svc_consumer *c)
+{
+	return c->ok + c->retried + c->dead + c->unrouted + c->dup + c->skipped;
+}
+
 static int session(struct svc_consumer *c, unsigned *failures)
 {
 	c->generation++;
 	int rc = session_open(c);
 	if (rc == 0) {
+		unsigned long long settled = settled_count(c);
+		double start = svc_clock_mono();
 		c->connected_once = true;
-		c->last_queue_check = svc_clock_mono();
-		*failures = 0;
+		c->last_queue_check = start;
 		rc = session_loop(c);
+		if (rc == 0 || settled_count(c) != settled ||
+		    svc_clock_mono() - start >= SESSION_PROGRESS_S)
+			*failures = 0;
 	}
 	session_close(c);
 	return rc;

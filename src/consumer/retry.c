@@ -16,7 +16,9 @@
 #include "util/error.h"
 
 /* The x-svccomm-* headers a copy gets, at most: room is kept for them. */
-#define OWN_HEADERS 7
+#define OWN_HEADERS 8
+/* Longest exchange or routing key (an AMQP short string): a longer value is not copied. */
+#define NAME_MAX_LEN 255
 
 enum svc_failure_action svc_consumer_failure_action(long attempt, long max_attempts,
                                                     size_t n_delays, bool permanent,
@@ -108,6 +110,28 @@ static bool bookkeeping_header(const char *key)
 	       strncmp(key, "x-last-death", 12) == 0 || strncmp(key, "x-svccomm-", 10) == 0;
 }
 
+static bool copied_header(const struct svc_delivery_header *h)
+{
+	return h->kind != 'n' && !bookkeeping_header(h->key);
+}
+
+size_t svc_consumer_headers_size(const struct svc_delivery *d)
+{
+	size_t sz = 0;
+	for (size_t i = 0; i < d->n_headers; i++) {
+		const struct svc_delivery_header *h = &d->headers[i];
+		/* as encoded in a field table: key length byte, key, type byte, long string */
+		if (copied_header(h))
+			sz += 1 + strlen(h->key) + 1 + 4 + h->len;
+	}
+	return sz;
+}
+
+bool svc_consumer_headers_too_large(const struct svc_delivery *d)
+{
+	return svc_consumer_headers_size(d) > SVC_COPY_HEADERS_MAX;
+}
+
 static void add_header(struct svc_amqp_header *out, size_t *n, size_t max, const char *key,
                        const char *value)
 {
@@ -122,28 +146,37 @@ size_t svc_consumer_build_headers(const struct svc_delivery *d, const struct svc
                                   struct svc_amqp_header *out, size_t max, char *numbuf)
 {
 	size_t n = 0;
-	for (size_t i = 0; i < d->n_headers && n + OWN_HEADERS < max; i++) {
+	/* Too large, the headers are not copied at all: the copy plus the x-death the broker adds
+	 * must stay far below the frame size, or the copy could not be read back. */
+	size_t nd = svc_consumer_headers_too_large(d) ? 0 : d->n_headers;
+	for (size_t i = 0; i < nd && n + OWN_HEADERS < max; i++) {
 		const struct svc_delivery_header *h = &d->headers[i];
-		if (h->kind == 'n' || bookkeeping_header(h->key))
+		if (!copied_header(h))
 			continue;
 		out[n].key = h->key;
 		out[n].value = h->str;
 		n++;
 	}
 	if (info->dead_letter) {
-		snprintf(numbuf, 48, "%ld", info->attempts);
+		snprintf(numbuf, 24, "%ld", info->attempts);
 		add_header(out, &n, max, "x-svccomm-reason", info->reason);
 		add_header(out, &n, max, "x-svccomm-handler", info->handler);
 		add_header(out, &n, max, "x-svccomm-error", info->error);
 		add_header(out, &n, max, "x-svccomm-attempts", numbuf);
 	} else {
-		snprintf(numbuf, 48, "%ld", info->next_attempt);
+		snprintf(numbuf, 24, "%ld", info->next_attempt);
 		add_header(out, &n, max, "x-svccomm-attempt", numbuf);
 		add_header(out, &n, max, "x-svccomm-error", info->error);
 	}
-	add_header(out, &n, max, "x-svccomm-exchange", info->exchange);
-	add_header(out, &n, max, "x-svccomm-routing-key", info->routing_key);
+	if (info->exchange && strlen(info->exchange) <= NAME_MAX_LEN)
+		add_header(out, &n, max, "x-svccomm-exchange", info->exchange);
+	if (info->routing_key && strlen(info->routing_key) <= NAME_MAX_LEN)
+		add_header(out, &n, max, "x-svccomm-routing-key", info->routing_key);
 	add_header(out, &n, max, SVC_COPY_SIGNATURE_HEADER, info->signature);
+	if (d->oversize) {
+		snprintf(numbuf + 24, 24, "%llu", (unsigned long long)d->body_size);
+		add_header(out, &n, max, "x-svccomm-body-truncated", numbuf + 24);
+	}
 	return n;
 }
 

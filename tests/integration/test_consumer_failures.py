@@ -82,7 +82,9 @@ def test_malformed_input_is_dead_lettered_with_reason_and_serving_continues(proj
     assert dead["too-deep"][0]["x-svccomm-reason"] == "too-deep"
     assert dead["too-big"][0]["x-svccomm-reason"] == "too-large"
     assert "200011 bytes" in dead["too-big"][0]["x-svccomm-error"]
-    assert dead["too-big"][1] == b""  # never buffered
+    # never buffered whole: a 4 KiB prefix, and the size
+    assert dead["too-big"][1] == (b'{"pad": "' + b"x" * 200000)[:4096]
+    assert dead["too-big"][0]["x-svccomm-body-truncated"] == "200011"
     for headers, _ in dead.values():
         assert headers["x-svccomm-exchange"] == p.exchange()
         assert headers["x-svccomm-routing-key"] == "m"

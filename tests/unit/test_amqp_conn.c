@@ -58,6 +58,9 @@ static void calls_on_a_closed_connection_fail_cleanly(void **state)
 	assert_false(svc_amqp_buffered(c));
 	assert_false(svc_amqp_confirm_mode(c));
 	assert_int_equal(svc_amqp_last_seq(c), 0);
+	assert_int_equal(svc_amqp_read_frame_max(c, 1 << 20), SVC_ECONN);
+	svc_amqp_mark_broken(c); /* safe when closed: nothing to destroy */
+	assert_false(svc_amqp_is_open(c));
 	svc_amqp_close(c); /* safe when closed */
 	svc_amqp_close(c);
 	svc_amqp_free(c);

@@ -327,6 +327,48 @@ static void test_copy_signature(void **state)
 	assert_int_equal(found, 1);
 }
 
+/* A copy never carries headers that would push it, plus the broker's x-death, over the frame
+ * size; an oversize body's copy says how large the body was. */
+static void test_copy_bounds(void **state)
+{
+	(void)state;
+	static char big[SVC_COPY_HEADERS_MAX + 1];
+	memset(big, 'x', sizeof(big) - 1);
+	struct svc_delivery_header hs[3] = {
+	    hdr("h", 's', "kept", 0),
+	    hdr("big", 's', big, 0),
+	    hdr("x-death", 'n', "", 0),
+	};
+	struct svc_delivery d = {.exchange = "", .routing_key = "q", .headers = hs, .n_headers = 1};
+	struct svc_amqp_header out[16];
+	char num[48];
+	struct svc_failure_info dl = {
+	    .dead_letter = true, .attempts = 1, .exchange = "e", .routing_key = "k", .reason = "r"};
+
+	assert_int_equal(svc_consumer_headers_size(&d), 1 + 1 + 1 + 4 + 4);
+	assert_false(svc_consumer_headers_too_large(&d));
+	d.n_headers = 3; /* x-death is not copied, so not counted */
+	assert_int_equal(svc_consumer_headers_size(&d), 11 + 1 + 3 + 1 + 4 + SVC_COPY_HEADERS_MAX);
+	assert_true(svc_consumer_headers_too_large(&d));
+	size_t n = svc_consumer_build_headers(&d, &dl, out, 16, num);
+	assert_null(find(out, n, "big"));
+	assert_null(find(out, n, "h")); /* none of them: the copy says why instead */
+	assert_string_equal(find(out, n, "x-svccomm-reason"), "r");
+	assert_null(find(out, n, "x-svccomm-body-truncated"));
+
+	/* a name over 255 bytes cannot be an exchange or routing key: not copied */
+	d.n_headers = 1;
+	dl.routing_key = big;
+	d.oversize = true;
+	d.body_size = 200011;
+	n = svc_consumer_build_headers(&d, &dl, out, 16, num);
+	assert_string_equal(find(out, n, "h"), "kept");
+	assert_null(find(out, n, "x-svccomm-routing-key"));
+	assert_string_equal(find(out, n, "x-svccomm-exchange"), "e");
+	assert_string_equal(find(out, n, "x-svccomm-attempts"), "1");
+	assert_string_equal(find(out, n, "x-svccomm-body-truncated"), "200011");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -334,7 +376,7 @@ int main(void)
 	    cmocka_unit_test(test_should_commit),       cmocka_unit_test(test_message_id),
 	    cmocka_unit_test(test_quote_ident),         cmocka_unit_test(test_error_excerpt),
 	    cmocka_unit_test(test_attempt_and_headers), cmocka_unit_test(test_origin),
-	    cmocka_unit_test(test_copy_signature),
+	    cmocka_unit_test(test_copy_signature),      cmocka_unit_test(test_copy_bounds),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
