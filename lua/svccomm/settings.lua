@@ -73,18 +73,16 @@ function M.suggest(key)
 		end
 	end
 	local limit = max(2, #key // 3)
-	if best_d and best_d <= limit then
+	if best_d and best_d <= 1 then
 		return best
 	end
-	-- else a key that has every word of it ("BROKER_URL" -> BROKER_CONNECTION_URL)
+	-- a key that has every word of it ("BROKER_URL" -> BROKER_CONNECTION_URL, not the
+	-- nearer BROKER_TLS); else the nearest key when near enough
 	local words = {}
 	for w in lower(key):gmatch("[^_]+") do
 		words[#words + 1] = w
 	end
-	if #words < 2 then
-		return nil
-	end
-	for _, row in ipairs(schema.rows) do
+	for _, row in ipairs(#words >= 2 and schema.rows or {}) do
 		local known, all = "_" .. lower(row.key) .. "_", true
 		for _, w in ipairs(words) do
 			if not find(known, "_" .. w .. "_", 1, true) then
@@ -95,6 +93,9 @@ function M.suggest(key)
 		if all then
 			return row.key
 		end
+	end
+	if best_d and best_d <= limit then
+		return best
 	end
 	return nil
 end

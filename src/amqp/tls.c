@@ -54,7 +54,7 @@ static int no_password(char *buf, int size, int rwflag, void *u)
 /* "BROKER_TLS.<what> <path>: <why>" in c->err, with OpenSSL's reason when it has one. */
 static int file_error(struct svc_amqp *c, const char *what, const char *path)
 {
-	unsigned long e = ERR_peek_last_error();
+	unsigned long e = ERR_peek_error(); /* the first: the cause ("no start line") */
 	const char *why = e ? ERR_reason_error_string(e) : NULL;
 
 	snprintf(c->err, sizeof(c->err), "BROKER_TLS.%s %s: cannot load it (%s)", what, path,
