@@ -7,12 +7,13 @@ set -euo pipefail
 PACKAGES=(
 	# build
 	build-essential cmake pkg-config git ca-certificates
-	liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev librabbitmq-dev libpq-dev
+	liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev librabbitmq-dev libpq-dev libssl-dev
 	luarocks
 	# tests: unit (cmocka), specs (busted), sanitizers/valgrind, formatting
 	libcmocka-dev lua-busted valgrind clang-format
 	# tests: local servers (scripts/servers.sh) and the integration suite
 	rabbitmq-server postgresql util-linux procps
+	socat openssl # tests/integration/test_tls.py: a TLS terminator and a test CA
 	python3 python3-pytest python3-pika python3-psycopg2
 )
 

@@ -70,6 +70,32 @@ local function sorted_keys(t)
 	return keys
 end
 
+--- Adds the "tls:" lines of `svccomm check` (file names and switches, never key material);
+--- returns the number of warnings (verification off) it added.
+---@param s table  normalized settings
+---@param add fun(fmt:string, ...)
+---@return integer warnings
+function M.tls_lines(s, add)
+	local t = s.BROKER_TLS
+	if not s.BROKER_CONNECTION_URL:lower():find("^amqps://") then
+		add("tls:      off (amqp:// URL)")
+		return 0
+	end
+	local function onoff(b) return b and "on" or "OFF" end
+	add("tls:      CA file %s", t.ca_file or "/etc/ssl/certs/ca-certificates.crt (system store)")
+	add("          client certificate %s", t.cert_file
+		and (t.cert_file .. (t.key_file and t.key_file ~= t.cert_file and ", key file " .. t.key_file or ""))
+		or "(none)")
+	add("          verify peer %s, verify host name %s; TLS 1.2 or later", onoff(t.verify_peer),
+		onoff(t.verify_hostname))
+	if t.verify_peer and t.verify_hostname then
+		return 0
+	end
+	add("warning: BROKER_TLS: %s verification is off: a man in the middle can read and change "
+		.. "the broker connection", not t.verify_peer and "certificate" or "host name")
+	return 1
+end
+
 --- The report `svccomm check` prints: settings, topology, routing table, warnings.
 ---@return string report
 ---@return integer warnings
@@ -81,6 +107,7 @@ function M.check_report()
 	add("settings: %s", s._PATH)
 	add("app id:   %s", s.APP_ID)
 	add("broker:   %s", settings_mod.mask_url(s.BROKER_CONNECTION_URL))
+	warnings = warnings + M.tls_lines(s, add)
 	add("database: %s", s.DATABASE_URL and settings_mod.mask_url(s.DATABASE_URL) or "(none: handlers run without a transaction)")
 	local qargs = {}
 	for _, k in ipairs(sorted_keys(s.QUEUE_ARGUMENTS)) do

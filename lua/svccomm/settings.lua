@@ -2,7 +2,8 @@
 --
 -- `load(path, env)` runs the settings file (a Lua chunk returning a table; it sees the
 -- standard globals), applies the environment overrides (SVCCOMM_BROKER_URL,
--- SVCCOMM_DATABASE_URL, SVCCOMM_LOG_LEVEL; an empty variable counts as unset), checks every
+-- SVCCOMM_DATABASE_URL, SVCCOMM_LOG_LEVEL, SVCCOMM_BROKER_CA_FILE / _CERT_FILE / _KEY_FILE;
+-- an empty variable counts as unset), checks every
 -- key against the schema and returns a normalized table where every key is present (defaults
 -- filled in) plus _PATH (the file) and _DIR (its directory, the project directory).
 --
@@ -20,7 +21,7 @@ local secrets = require "svccomm.secrets"
 local M = {}
 
 local type, pairs, ipairs, tostring, error, pcall = type, pairs, ipairs, tostring, error, pcall
-local setmetatable, loadfile, open, getenv, _G = setmetatable, loadfile, io.open, os.getenv, _G
+local setmetatable, loadfile, open, getenv, _G, next = setmetatable, loadfile, io.open, os.getenv, _G, next
 local format, find, sub, gsub, match, lower =
 	string.format, string.find, string.sub, string.gsub, string.match, string.lower
 local max, sort = math.max, table.sort
@@ -72,18 +73,16 @@ function M.suggest(key)
 		end
 	end
 	local limit = max(2, #key // 3)
-	if best_d and best_d <= limit then
+	if best_d and best_d <= 1 then
 		return best
 	end
-	-- else a key that has every word of it ("BROKER_URL" -> BROKER_CONNECTION_URL)
+	-- a key that has every word of it ("BROKER_URL" -> BROKER_CONNECTION_URL, not the
+	-- nearer BROKER_TLS); else the nearest key when near enough
 	local words = {}
 	for w in lower(key):gmatch("[^_]+") do
 		words[#words + 1] = w
 	end
-	if #words < 2 then
-		return nil
-	end
-	for _, row in ipairs(schema.rows) do
+	for _, row in ipairs(#words >= 2 and schema.rows or {}) do
 		local known, all = "_" .. lower(row.key) .. "_", true
 		for _, w in ipairs(words) do
 			if not find(known, "_" .. w .. "_", 1, true) then
@@ -94,6 +93,9 @@ function M.suggest(key)
 		if all then
 			return row.key
 		end
+	end
+	if best_d and best_d <= limit then
+		return best
 	end
 	return nil
 end
@@ -115,6 +117,26 @@ local function getenv_value(env, name)
 		return nil
 	end
 	return v
+end
+
+-- A table setting with its `env_fields` overrides applied (a copy: the settings file's table
+-- is not changed), and which variable each overridden field came from (nil when none).
+local function env_fields(row, v, env)
+	local copy, from = nil, nil
+	for field, name in pairs(row.env_fields) do
+		local ev = getenv_value(env, name)
+		if ev ~= nil then
+			if not copy then
+				copy = {}
+				for k, x in pairs(v or {}) do
+					copy[k] = x
+				end
+				from = {}
+			end
+			copy[field], from[field] = ev, name
+		end
+	end
+	return copy or v, from
 end
 
 --- Validate and normalize a settings table (as returned by a settings file).
@@ -148,11 +170,14 @@ function M.validate(tbl, env, path)
 			local s = M.suggest(k)
 			fail(k, s and format("unknown key (did you mean %s?)", s) or "unknown key")
 		end
-		local out = {}
+		local out, from_env = {}, {}
 		for _, row in ipairs(schema.rows) do
 			local key = row.key
 			local v = tbl[key]
 			local label = key
+			if row.env_fields and (v == nil or type(v) == "table") then
+				v, from_env[key] = env_fields(row, v, env)
+			end
 			if row.env then
 				local ev = getenv_value(env, row.env)
 				if ev ~= nil then
@@ -163,8 +188,15 @@ function M.validate(tbl, env, path)
 			if v == nil then
 				out[key] = schema.default(row)
 			else
-				out[key] = row.check(v, label)
+				out[key] = row.check(v, label, from_env[key])
 			end
+		end
+		-- TLS options with a plain amqp:// URL are a mistake that would send the credentials
+		-- unencrypted: refuse it rather than ignore BROKER_TLS
+		if (tbl.BROKER_TLS ~= nil or next(from_env.BROKER_TLS or {}) ~= nil)
+			and not find(lower(out.BROKER_CONNECTION_URL), "^amqps://") then
+			fail("BROKER_TLS", "is set but BROKER_CONNECTION_URL is not an amqps:// URL (use "
+				.. "amqps://, or remove BROKER_TLS and SVCCOMM_BROKER_*_FILE)")
 		end
 		if not out.DO_NOT_DECLARE then
 			local declared = {}

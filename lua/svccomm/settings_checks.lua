@@ -10,9 +10,9 @@ local secrets = require "svccomm.secrets"
 local M = {}
 
 local type, pairs, ipairs, tostring, error, pcall, require = type, pairs, ipairs, tostring, error, pcall, require
-local format, find, sub, lower = string.format, string.find, string.sub, string.lower
+local format, find, sub, lower, gsub = string.format, string.find, string.sub, string.lower, string.gsub
 local tointeger, mtype, huge, floor = math.tointeger, math.type, math.huge, math.floor
-local concat = table.concat
+local concat, sort, open = table.concat, table.sort, io.open
 
 --- Raise a validation failure of `key` (the caller prefixes the settings path).
 ---@param key string
@@ -325,6 +325,112 @@ local function check_apps(v, key)
 	return out
 end
 
+-- Levenshtein distance (case-insensitive), for "did you mean" on table fields.
+local function distance(a, b)
+	a, b = lower(a), lower(b)
+	local prev = {}
+	for j = 0, #b do
+		prev[j] = j
+	end
+	for i = 1, #a do
+		local cur = { [0] = i }
+		for j = 1, #b do
+			local cost = sub(a, i, i) == sub(b, j, j) and 0 or 1
+			local d = prev[j] + 1
+			if cur[j - 1] + 1 < d then d = cur[j - 1] + 1 end
+			if prev[j - 1] + cost < d then d = prev[j - 1] + cost end
+			cur[j] = d
+		end
+		prev = cur
+	end
+	return prev[#b]
+end
+
+--- The name of `names` closest to `name` when it is a likely typo (nil otherwise).
+---@param name string
+---@param names string[]
+---@return string|nil
+function M.closest(name, names)
+	local best, best_d
+	for _, n in ipairs(names) do
+		local d = distance(name, n)
+		if not best_d or d < best_d then
+			best, best_d = n, d
+		end
+	end
+	if best_d and best_d <= (#name // 3 > 2 and #name // 3 or 2) then
+		return best
+	end
+	return nil
+end
+
+--- Fail unless `path` names a file this process can read now (the message names the file).
+---@param path any
+---@param key string
+---@return string path
+function M.readable_file(path, key)
+	if type(path) ~= "string" or path == "" or find(path, "\0", 1, true) then
+		expect(key, "the path of a readable file", path)
+	end
+	local fh, err = open(path, "r")
+	if fh then
+		local ok, rerr = fh:read(0) -- fails on a directory
+		local size = not (ok == nil and rerr) and fh:seek("end") or nil
+		fh:close()
+		if size and size > 0 then
+			return path
+		end
+		err = size == 0 and "the file is empty" or rerr
+	end
+	err = err and gsub(err, "^.*: ", "") -- io.open says "<path>: <reason>"
+	fail(key, format("cannot read %q (%s)", path, err or "cannot open it"))
+end
+
+local TLS_FIELDS = { "ca_file", "cert_file", "key_file", "verify_peer", "verify_hostname" }
+
+-- BROKER_TLS: { ca_file, cert_file, key_file, verify_peer = true, verify_hostname = true }.
+-- `from` names the environment variable a field came from (for the messages).
+local function check_broker_tls(v, key, from)
+	from = from or {}
+	if type(v) ~= "table" then
+		expect(key, "a table { ca_file = ..., cert_file = ..., key_file = ..., verify_peer = true, "
+			.. "verify_hostname = true }", v)
+	end
+	local names = {}
+	for k in pairs(v) do
+		names[#names + 1] = k
+	end
+	sort(names, function(a, b) return tostring(a) < tostring(b) end)
+	local known = {}
+	for _, f in ipairs(TLS_FIELDS) do known[f] = true end
+	for _, k in ipairs(names) do
+		if type(k) ~= "string" or not known[k] then
+			local s = type(k) == "string" and M.closest(k, TLS_FIELDS)
+			fail(format("%s.%s", key, tostring(k)),
+				s and format("unknown field (did you mean %s?)", s)
+				or "unknown field (known: " .. concat(TLS_FIELDS, ", ") .. ")")
+		end
+	end
+	local function label(f)
+		return from[f] and format("%s.%s (from %s)", key, f, from[f]) or format("%s.%s", key, f)
+	end
+	local out = { verify_peer = true, verify_hostname = true }
+	for _, f in ipairs({ "verify_peer", "verify_hostname" }) do
+		if v[f] ~= nil then
+			out[f] = check_boolean(v[f], label(f))
+		end
+	end
+	for _, f in ipairs({ "ca_file", "cert_file", "key_file" }) do
+		if v[f] ~= nil then
+			out[f] = M.readable_file(v[f], label(f))
+		end
+	end
+	if out.key_file and not out.cert_file then
+		fail(label("key_file"), "expected cert_file too (the client certificate of this key)")
+	end
+	return out
+end
+
 -- The checkers by what they check; the schema names them.
 M.string = check_string
 M.queue = check_queue
@@ -340,5 +446,6 @@ M.binds = check_binds
 M.queue_arguments = check_queue_arguments
 M.retry_delays = check_retry_delays
 M.apps = check_apps
+M.broker_tls = check_broker_tls
 
 return M

@@ -6,11 +6,12 @@ local C = require "svccomm.settings_checks"
 
 local M = {}
 
-local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
-local format, concat = string.format, table.concat
+local type, pairs, ipairs, tostring, next = type, pairs, ipairs, tostring, next
+local format, concat, sort = string.format, table.concat, table.sort
 
 --- The rows {key, type, default, nullable, env, check, doc}. `nullable`: nil is a valid
 --- value (the default is nil). `check` normalizes a value or raises (settings_checks.fail).
+--- `env_fields` (a table setting): field -> the environment variable that overrides it.
 M.rows = {
 	{ key = "APP_ID", type = "string", default = "svccomm",
 		-- the relay's message ids are "<APP_ID>:<row id>": ':' and 19 digits must fit in 255
@@ -19,6 +20,16 @@ M.rows = {
 	{ key = "BROKER_CONNECTION_URL", type = "URL", default = "amqp://guest:guest@localhost:5672/%2f",
 		check = C.amqp_url, env = "SVCCOMM_BROKER_URL",
 		doc = "RabbitMQ URL (amqp:// or amqps://). Env SVCCOMM_BROKER_URL overrides." },
+	{ key = "BROKER_TLS", type = "table", default = { verify_peer = true, verify_hostname = true },
+		check = C.broker_tls,
+		env_fields = { ca_file = "SVCCOMM_BROKER_CA_FILE", cert_file = "SVCCOMM_BROKER_CERT_FILE",
+			key_file = "SVCCOMM_BROKER_KEY_FILE" },
+		doc = "TLS of an amqps:// URL (an error with amqp://): { ca_file, cert_file, key_file, "
+			.. "verify_peer, verify_hostname }. No ca_file = the system store "
+			.. "/etc/ssl/certs/ca-certificates.crt; cert_file/key_file = a client certificate "
+			.. "(key_file defaults to cert_file). Files must be readable PEM. Env "
+			.. "SVCCOMM_BROKER_CA_FILE, SVCCOMM_BROKER_CERT_FILE, SVCCOMM_BROKER_KEY_FILE override "
+			.. "the files. Turning verification off logs a warning at every start." },
 	{ key = "DATABASE_URL", type = "conninfo", nullable = true,
 		check = C.database_url, env = "SVCCOMM_DATABASE_URL",
 		doc = "PostgreSQL URL or key=value conninfo; unset = no transactions, no outbox. "
@@ -157,9 +168,34 @@ local function render(v)
 		for i, x in ipairs(v) do
 			parts[i] = render(x)
 		end
+		if #parts == 0 and next(v) ~= nil then -- a record: its fields by name
+			for k in pairs(v) do
+				parts[#parts + 1] = k
+			end
+			sort(parts, function(a, b) return a > b end)
+			for i, k in ipairs(parts) do
+				parts[i] = format("%s = %s", k, render(v[k]))
+			end
+		end
 		return "{" .. concat(parts, ", ") .. "}"
 	end
 	return tostring(v)
+end
+
+--- The environment variables of a row's fields (`env_fields`), sorted, as one text; nil
+--- when it has none.
+---@param row table
+---@return string|nil
+function M.env_names(row)
+	if not row.env_fields then
+		return nil
+	end
+	local names = {}
+	for _, name in pairs(row.env_fields) do
+		names[#names + 1] = name
+	end
+	sort(names)
+	return concat(names, ", ")
 end
 
 --- Rows {key, type, default, doc} of the schema, in schema order, for the README reference.
@@ -174,7 +210,7 @@ function M.reference()
 			default = render(row.default),
 			value = deep_copy(row.default),
 			doc = row.doc,
-			env = row.env,
+			env = row.env or M.env_names(row),
 		}
 	end
 	return out

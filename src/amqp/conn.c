@@ -246,10 +246,14 @@ static int open_socket(struct svc_amqp *c, const struct amqp_connection_info *in
 		snprintf(c->err, sizeof(c->err), "cannot create the socket");
 		return SVC_ECONN;
 	}
+	if (info->ssl && svc_amqp_tls_setup(c, info->host) != 0)
+		return SVC_ECONN;
 	st = amqp_socket_open_noblock(c->sock, info->host, info->port, &tv);
 	if (st != AMQP_STATUS_OK) {
 		snprintf(c->err, sizeof(c->err), "cannot connect to %s:%d: %s", info->host,
 		         info->port, amqp_error_string2(st));
+		if (info->ssl)
+			svc_amqp_tls_explain(c, info->host, info->port, st);
 		return SVC_ECONN;
 	}
 	amqp_set_handshake_timeout(c->st, &tv);
@@ -269,8 +273,11 @@ static int login(struct svc_amqp *c, const struct amqp_connection_info *info, in
 	               amqp_login_with_properties(
 	                   c->st, info->vhost, 0, FRAME_MAX, heartbeat > 0 ? heartbeat : 0, &props,
 	                   AMQP_SASL_METHOD_PLAIN, info->user, info->password),
-	               "login") != 0)
+	               "login") != 0) {
+		if (info->ssl)
+			svc_amqp_tls_explain_io(c);
 		return SVC_ECONN;
+	}
 	amqp_channel_open(c->st, c->ch);
 	return rpc_result(c, amqp_get_rpc_reply(c->st), "channel.open") != 0 ? SVC_ECONN : 0;
 }

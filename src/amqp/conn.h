@@ -54,8 +54,24 @@ struct svc_amqp_confirm {
  * "x-svccomm-seq" header it adds to every confirmed publish.) */
 typedef void (*svc_amqp_return_fn)(void *ctx, uint64_t seq, const char *reply_text);
 
+/* TLS options of an amqps:// connection (BROKER_TLS); ignored for amqp://. The strings are
+ * borrowed: they must outlive the connection object (the settings do). */
+struct svc_amqp_tls {
+	const char *ca_file;   /* trusted CAs (PEM); NULL = the system store SVC_AMQP_SYSTEM_CA */
+	const char *cert_file; /* client certificate chain (PEM); NULL = none */
+	const char *key_file;  /* its private key (PEM, not encrypted); with cert_file */
+	bool verify_peer;      /* the broker's chain must lead to a trusted CA */
+	bool verify_hostname;  /* ... and name the URL's host (DNS name or IP address SAN) */
+};
+
+/* Debian's bundle of the system's trusted CAs: rabbitmq-c loads no default trust store. */
+#define SVC_AMQP_SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
+
 struct svc_amqp *svc_amqp_new(void);
 void svc_amqp_free(struct svc_amqp *c);
+/* Sets the TLS options of the next amqps:// connects (a copy of *tls; NULL = the defaults:
+ * system store, peer and host name verified). */
+void svc_amqp_set_tls(struct svc_amqp *c, const struct svc_amqp_tls *tls);
 
 /* Connects to url (amqp:// or amqps://, parsed with amqp_parse_url), logs in, opens channel 1.
  * heartbeat in seconds (0 = off). Returns 0 or SVC_ECONN / SVC_EINVAL. */

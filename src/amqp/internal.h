@@ -24,7 +24,23 @@ struct svc_amqp {
 	char err[512];
 	amqp_table_entry_t *entries; /* reusable header entries for publish */
 	size_t entries_cap;
+	struct svc_amqp_tls tls; /* options of amqps:// connects (svc_amqp_set_tls) */
+	bool tls_set;            /* tls holds options; else the defaults */
+	char tls_why[160];       /* why the broker's certificate failed verification */
 };
+
+/* Configures the TLS socket c->sock (made by amqp_ssl_socket_new) for host: trust store,
+ * client certificate, TLS 1.2 or later, verification of the chain and of host (a DNS name or
+ * an IP address). Returns 0, or SVC_ECONN with the text (naming the file) in c->err: a file
+ * that cannot be loaded now may be fixed before the next attempt. Logs a warning when
+ * verification is off. */
+int svc_amqp_tls_setup(struct svc_amqp *c, const char *host);
+
+/* After a failed TLS open: rewrites c->err with why verification failed, when known. */
+void svc_amqp_tls_explain(struct svc_amqp *c, const char *host, int port, int status);
+
+/* After a failed read or write on a TLS connection: appends OpenSSL's reason to c->err. */
+void svc_amqp_tls_explain_io(struct svc_amqp *c);
 
 /* Records a rabbitmq-c status as the error and marks the connection unusable; SVC_ECONN. */
 int svc_amqp_lib_error(struct svc_amqp *c, const char *what, int status);

@@ -57,6 +57,15 @@ static const struct field fields[] = {
     FIELD("LOG_LEVEL", F_STRING, log_level),
 };
 
+/* BROKER_TLS, a table in the normalized settings: its fields, copied into broker_tls. */
+static const struct field tls_fields[] = {
+    FIELD("ca_file", F_OPT_STRING, broker_tls.ca_file),
+    FIELD("cert_file", F_OPT_STRING, broker_tls.cert_file),
+    FIELD("key_file", F_OPT_STRING, broker_tls.key_file),
+    FIELD("verify_peer", F_BOOLEAN, broker_tls.verify_peer),
+    FIELD("verify_hostname", F_BOOLEAN, broker_tls.verify_hostname),
+};
+
 /* Copies t[key] (a string) into *out; missing is an error unless optional. */
 static int copy_string(lua_State *L, int t, const char *key, bool optional, char **out)
 {
@@ -191,6 +200,21 @@ static int copy_queue_args(lua_State *L, int t, struct svc_config *cfg)
 	return rc;
 }
 
+static int copy_tls(lua_State *L, int t, struct svc_config *cfg)
+{
+	int rc = 0;
+
+	lua_getfield(L, t, "BROKER_TLS");
+	if (!lua_istable(L, -1)) {
+		lua_pop(L, 1);
+		return SVC_ECONFIG;
+	}
+	for (size_t i = 0; i < sizeof(tls_fields) / sizeof(tls_fields[0]) && rc == 0; i++)
+		rc = copy_field(L, lua_gettop(L), &tls_fields[i], cfg);
+	lua_pop(L, 1);
+	return rc;
+}
+
 static int copy_delays(lua_State *L, int t, struct svc_config *cfg)
 {
 	size_t n;
@@ -293,6 +317,10 @@ int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char
 		bad = "RETRY_DELAYS";
 		rc = copy_delays(L, t, cfg);
 	}
+	if (rc == 0) {
+		bad = "BROKER_TLS";
+		rc = copy_tls(L, t, cfg);
+	}
 	lua_settop(L, top);
 	if (rc != 0) {
 		snprintf(err, errsz, "%s: %s: %s", path, bad,
@@ -325,5 +353,9 @@ void svc_config_release(struct svc_config *cfg)
 	}
 	free(cfg->queue_args);
 	free(cfg->retry_delays);
+	for (size_t i = 0; i < sizeof(tls_fields) / sizeof(tls_fields[0]); i++) {
+		if (tls_fields[i].kind == F_OPT_STRING)
+			free(*(char **)(void *)((char *)cfg + tls_fields[i].offset));
+	}
 	memset(cfg, 0, sizeof(*cfg));
 }

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "amqp/conn.h"
+
 struct lua_State;
 
 struct svc_exchange_decl {
@@ -69,6 +71,7 @@ struct svc_config {
 	char *publisher_unroutable; /* "drop" | "keep" */
 	double stats_interval;
 	char *log_level;
+	struct svc_amqp_tls broker_tls; /* BROKER_TLS; its strings are owned by the struct */
 };
 
 /* Loads and validates path with lua/svccomm/settings.lua in the given state (made by

@@ -266,6 +266,8 @@ static int consumer_init(struct svc_consumer *c, const struct svc_config *cfg)
 		svc_error(LOG, "out of memory");
 		return SVC_EXIT_FAILURE;
 	}
+	svc_amqp_set_tls(c->in, &cfg->broker_tls);
+	svc_amqp_set_tls(c->out, &cfg->broker_tls);
 	for (size_t i = 0; i < cfg->n_retry_delays; i++)
 		c->delay_ms[i] = svc_consumer_delay_ms(cfg->retry_delays[i]);
 	return 0;

@@ -224,6 +224,7 @@ static int relay_new(const struct svc_config *cfg, volatile sig_atomic_t *stop, 
 	if (!r->mq || !r->defer_ids || !r->park_ids || !r->skip_ids || !r->del_ids ||
 	    svc_flight_init(&r->fl, window) != 0)
 		goto fail;
+	svc_amqp_set_tls(r->mq, &cfg->broker_tls);
 	snprintf(r->conn_name, sizeof(r->conn_name), "svccomm runpublisher %s pid %d", cfg->app_id,
 	         (int)getpid());
 	*out = r;

@@ -114,3 +114,84 @@ describe("settings_checks", function()
 		end)
 	end)
 end)
+
+describe("settings_checks BROKER_TLS", function()
+	local settings = require("svccomm.settings")
+	local dir = os.tmpname()
+	os.remove(dir)
+	assert(os.execute("mkdir -p " .. dir))
+	local ca, empty = dir .. "/ca.pem", dir .. "/empty.pem"
+	local fh = assert(io.open(ca, "w"))
+	fh:write("-----BEGIN CERTIFICATE-----\n")
+	fh:close()
+	assert(io.open(empty, "w")):close()
+	teardown(function()
+		os.remove(ca)
+		os.remove(empty)
+		os.remove(dir)
+	end)
+
+	it("fills the defaults: verification on, no files", function()
+		assert.are.same({ verify_peer = true, verify_hostname = true }, checks.broker_tls({}, "BROKER_TLS"))
+		assert.are.same({ ca_file = ca, cert_file = ca, verify_peer = false, verify_hostname = true },
+			checks.broker_tls({ ca_file = ca, cert_file = ca, verify_peer = false }, "BROKER_TLS"))
+	end)
+
+	it("refuses an unknown field with the nearest known one", function()
+		local err = failure(checks.broker_tls, { ca_flie = ca }, "BROKER_TLS")
+		assert.are.equal("BROKER_TLS.ca_flie", err.key)
+		assert.are.equal("unknown field (did you mean ca_file?)", err.msg)
+		err = failure(checks.broker_tls, { password = "x" }, "BROKER_TLS")
+		assert.are.equal("unknown field (known: ca_file, cert_file, key_file, verify_peer, verify_hostname)",
+			err.msg)
+		err = failure(checks.broker_tls, { [1] = ca }, "BROKER_TLS")
+		assert.are.equal("BROKER_TLS.1", err.key)
+	end)
+
+	it("names the file that cannot be read, and why", function()
+		local err = failure(checks.broker_tls, { ca_file = dir .. "/missing.pem" }, "BROKER_TLS")
+		assert.are.equal("BROKER_TLS.ca_file", err.key)
+		assert.are.equal(string.format('cannot read "%s" (No such file or directory)', dir .. "/missing.pem"), err.msg)
+		assert.are.equal(string.format('cannot read "%s" (Is a directory)', dir),
+			failure(checks.broker_tls, { cert_file = dir }, "BROKER_TLS").msg)
+		assert.are.equal(string.format('cannot read "%s" (the file is empty)', empty),
+			failure(checks.broker_tls, { ca_file = empty }, "BROKER_TLS").msg)
+		assert.are.equal("expected the path of a readable file, got 5",
+			failure(checks.broker_tls, { ca_file = 5 }, "BROKER_TLS").msg)
+		assert.are.equal("expected true or false, got \"yes\"",
+			failure(checks.broker_tls, { verify_peer = "yes" }, "BROKER_TLS").msg)
+		assert.are.equal("BROKER_TLS.key_file",
+			failure(checks.broker_tls, { key_file = ca }, "BROKER_TLS").key)
+	end)
+
+	it("takes the files from the environment and says so in messages", function()
+		local url = "amqps://u:p@h/v"
+		local s = settings.validate({ BROKER_CONNECTION_URL = url },
+			SPEC.env({ SVCCOMM_BROKER_CA_FILE = ca }))
+		assert.are.same({ ca_file = ca, verify_peer = true, verify_hostname = true }, s.BROKER_TLS)
+		local tls = { verify_hostname = false }
+		s = settings.validate({ BROKER_CONNECTION_URL = url, BROKER_TLS = tls },
+			SPEC.env({ SVCCOMM_BROKER_CERT_FILE = ca }))
+		assert.are.same({ cert_file = ca, verify_peer = true, verify_hostname = false }, s.BROKER_TLS)
+		assert.are.same({ verify_hostname = false }, tls) -- the file's table is left alone
+		assert.are.equal(string.format('settings.lua: BROKER_TLS.ca_file (from SVCCOMM_BROKER_CA_FILE): '
+			.. 'cannot read "%s" (No such file or directory)', dir .. "/nope"),
+			SPEC.error_of(settings.validate, { BROKER_CONNECTION_URL = url },
+				SPEC.env({ SVCCOMM_BROKER_CA_FILE = dir .. "/nope" })))
+	end)
+
+	it("is refused with an amqp:// URL, from the file or the environment", function()
+		local msg = "settings.lua: BROKER_TLS: is set but BROKER_CONNECTION_URL is not an amqps:// URL "
+			.. "(use amqps://, or remove BROKER_TLS and SVCCOMM_BROKER_*_FILE)"
+		assert.are.equal(msg, SPEC.error_of(settings.validate, { BROKER_TLS = {} }, SPEC.env({})))
+		assert.are.equal(msg, SPEC.error_of(settings.validate, {}, SPEC.env({ SVCCOMM_BROKER_CA_FILE = ca })))
+		-- not set: the defaults, with either scheme
+		assert.are.same({ verify_peer = true, verify_hostname = true },
+			settings.validate({}, SPEC.env({})).BROKER_TLS)
+	end)
+
+	it("a near miss of BROKER_URL still suggests BROKER_CONNECTION_URL", function()
+		assert.are.equal("BROKER_CONNECTION_URL", settings.suggest("BROKER_URL"))
+		assert.are.equal("BROKER_TLS", settings.suggest("BROKER_TSL"))
+	end)
+end)

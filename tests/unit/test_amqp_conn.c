@@ -39,6 +39,37 @@ static void refused_connection_is_econn_without_password(void **state)
 	svc_amqp_free(c);
 }
 
+/* amqps://: the TLS options are applied before connecting, so a file that cannot be loaded is
+ * reported by name without any server; the default trust store is the system bundle. */
+static void tls_files_are_named_in_errors(void **state)
+{
+	struct svc_amqp *c = svc_amqp_new();
+	struct svc_amqp_tls tls = {.ca_file = "/nonexistent/ca.pem", .verify_peer = true};
+
+	(void)state;
+	svc_amqp_set_tls(c, &tls);
+	assert_int_equal(svc_amqp_connect(c, "amqps://u:s3cret@127.0.0.1:1/", 0, "t"), SVC_ECONN);
+	assert_string_equal(svc_amqp_error(c),
+	                    "BROKER_TLS.ca_file /nonexistent/ca.pem: cannot read "
+	                    "it (No such file or directory)");
+	tls.ca_file = NULL;
+	tls.cert_file = "/proc/self/cmdline"; /* readable, not PEM */
+	svc_amqp_set_tls(c, &tls);
+	assert_int_equal(svc_amqp_connect(c, "amqps://u:s3cret@127.0.0.1:1/", 0, "t"), SVC_ECONN);
+	assert_non_null(
+	    strstr(svc_amqp_error(c), "BROKER_TLS.cert_file /proc/self/cmdline: cannot load it ("));
+	tls.cert_file = "/nonexistent/client.pem";
+	svc_amqp_set_tls(c, &tls);
+	assert_int_equal(svc_amqp_connect(c, "amqps://u:s3cret@127.0.0.1:1/", 0, "t"), SVC_ECONN);
+	assert_non_null(strstr(svc_amqp_error(c), "BROKER_TLS.cert_file /nonexistent/client.pem"));
+	svc_amqp_set_tls(c, NULL); /* defaults: the system store, then the refused port */
+	assert_int_equal(svc_amqp_connect(c, "amqps://u:s3cret@127.0.0.1:1/", 0, "t"), SVC_ECONN);
+	assert_non_null(strstr(svc_amqp_error(c), "cannot connect to 127.0.0.1:1"));
+	assert_null(strstr(svc_amqp_error(c), "s3cret"));
+	assert_false(svc_amqp_is_open(c));
+	svc_amqp_free(c);
+}
+
 static void calls_on_a_closed_connection_fail_cleanly(void **state)
 {
 	struct svc_amqp *c = svc_amqp_new();
@@ -72,6 +103,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(invalid_url_is_einval),
 	    cmocka_unit_test(refused_connection_is_econn_without_password),
+	    cmocka_unit_test(tls_files_are_named_in_errors),
 	    cmocka_unit_test(calls_on_a_closed_connection_fail_cleanly),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -86,6 +86,45 @@ static void settings_are_copied(void **state)
 	assert_null(cfg.queue);
 }
 
+/* BROKER_TLS reaches struct svc_amqp_tls: the files (here the settings file itself, a readable
+ * file) and the switches; unset, verification is on and there are no files. */
+static void broker_tls_is_copied(void **state)
+{
+	struct fixture *f = *state;
+	struct svc_config cfg;
+	char err[512], src[512];
+	char *url = getenv("SVCCOMM_BROKER_URL") ? strdup(getenv("SVCCOMM_BROKER_URL")) : NULL;
+
+	unsetenv("SVCCOMM_BROKER_URL");
+	unsetenv("SVCCOMM_BROKER_CA_FILE");
+	unsetenv("SVCCOMM_BROKER_CERT_FILE");
+	unsetenv("SVCCOMM_BROKER_KEY_FILE");
+	snprintf(src, sizeof(src),
+	         "return { BROKER_CONNECTION_URL = 'amqps://u:p@h/v',\n"
+	         "  BROKER_TLS = { ca_file = '%s', cert_file = '%s', verify_hostname = false } }\n",
+	         f->path, f->path);
+	write_settings(f, src);
+	assert_int_equal(load(f, &cfg, err, sizeof(err)), 0);
+	assert_string_equal(cfg.broker_tls.ca_file, f->path);
+	assert_string_equal(cfg.broker_tls.cert_file, f->path);
+	assert_null(cfg.broker_tls.key_file);
+	assert_true(cfg.broker_tls.verify_peer);
+	assert_false(cfg.broker_tls.verify_hostname);
+	svc_config_release(&cfg);
+	assert_null(cfg.broker_tls.ca_file);
+
+	write_settings(f, "return { BROKER_CONNECTION_URL = 'amqps://u:p@h/v' }\n");
+	assert_int_equal(load(f, &cfg, err, sizeof(err)), 0);
+	assert_null(cfg.broker_tls.ca_file);
+	assert_null(cfg.broker_tls.cert_file);
+	assert_true(cfg.broker_tls.verify_peer);
+	assert_true(cfg.broker_tls.verify_hostname);
+	svc_config_release(&cfg);
+	if (url)
+		setenv("SVCCOMM_BROKER_URL", url, 1);
+	free(url);
+}
+
 /* The messages `svccomm check` prints: the error after the file's path, no traceback. */
 static void settings_errors_are_the_message_alone(void **state)
 {
@@ -127,6 +166,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(settings_are_copied, setup, teardown),
+	    cmocka_unit_test_setup_teardown(broker_tls_is_copied, setup, teardown),
 	    cmocka_unit_test_setup_teardown(settings_errors_are_the_message_alone, setup, teardown),
 	    cmocka_unit_test_setup_teardown(a_state_without_runtime_is_refused, setup, teardown),
 	};
