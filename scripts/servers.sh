@@ -382,14 +382,18 @@ pg_prepare() {
 	pg_secure_dir
 	if [ ! -s "$PGDATA/PG_VERSION" ]; then
 		say "postgresql: initdb $PGDATA"
-		# The password reaches initdb (run as postgres) through a pipe: the file stays 0600.
-		read_secret "$PG_PWFILE" | LC_ALL=C "${AS_PG[@]}" "$PG_BIN/initdb" -D "$PGDATA" \
-			-A scram-sha-256 --pwfile=/dev/stdin -U "$PG_USER" \
-			-E UTF8 --no-locale --no-sync >"$STATE/initdb.log" 2>&1 ||
+		# initdb runs as postgres: it reads a copy the server user owns, removed right after.
+		local pwcopy=$PGDIR/.initdb-password
+		read_secret "$PG_PWFILE" | "${AS_PG[@]}" sh -c 'umask 077 && cat >"$1"' sh "$pwcopy"
+		LC_ALL=C "${AS_PG[@]}" "$PG_BIN/initdb" -D "$PGDATA" -A scram-sha-256 \
+			--pwfile="$pwcopy" -U "$PG_USER" -E UTF8 --no-locale --no-sync \
+			>"$STATE/initdb.log" 2>&1 ||
 			{
+				rm -f "$pwcopy"
 				cat "$STATE/initdb.log" >&2
 				die "postgresql: initdb failed"
 			}
+		rm -f "$pwcopy"
 	fi
 }
 
