@@ -187,7 +187,7 @@ rmq_env() {
 		"$RMQ_BIN/rabbitmqctl" -n "$RMQ_NODE")
 	# The node as an older servers.sh started it: registered with the machine-wide epmd.
 	RMQCTL_OLD=("${AS_RMQ[@]}" env -C "$RDIR" HOME="$RDIR" ERL_EPMD_PORT=4369
-		"$RMQ_BIN/rabbitmqctl" -n "$RMQ_NODE")
+		ERL_EPMD_ADDRESS=127.0.0.1 "$RMQ_BIN/rabbitmqctl" -n "$RMQ_NODE")
 }
 
 rmq_prepare() {
@@ -234,6 +234,8 @@ rmq_running() {
 # Our node, started by an older servers.sh, registered with the machine-wide epmd.
 rmq_old_running() {
 	[ -d "$RDIR" ] || return 1
+	# Without an epmd on 4369 there is no such node (and rabbitmqctl would start an epmd).
+	port_open 4369 || return 1
 	"${RMQCTL_OLD[@]}" status >/dev/null 2>&1
 }
 
@@ -534,6 +536,9 @@ cmd_status() {
 	local rc=0
 	if rmq_running; then
 		echo "rabbitmq:   running  node $RMQ_NODE, amqp port $RMQ_PORT, vhost $RMQ_VHOST"
+	elif rmq_old_running; then
+		echo "rabbitmq:   running as an older servers.sh started it (start or reset upgrades it)"
+		rc=1
 	else
 		echo "rabbitmq:   stopped"
 		rc=1
