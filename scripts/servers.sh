@@ -9,10 +9,16 @@
 #
 # State lives in <repo>/.local (git-ignored). The servers use their own ports, node name and
 # socket directory, so a system RabbitMQ or PostgreSQL on the machine is never touched:
-#   RabbitMQ   svccomm@localhost, AMQP 127.0.0.1:5673, distribution port 25673,
-#              vhost "svccomm", user svccomm/svccomm (guest kept, loopback only)
-#   PostgreSQL port 5433 on localhost, unix socket in .local/pg, role and database "svccomm"
-#              (trust authentication: a throw-away test cluster, never a production one)
+#   RabbitMQ   svccomm@localhost, AMQP 127.0.0.1:5673, distribution 127.0.0.1:25673, its own
+#              epmd on 127.0.0.1:25674, vhost "svccomm", user svccomm (no administrator tag,
+#              permissions on its vhost only), no guest user
+#   PostgreSQL 127.0.0.1:5433, unix socket in .local/pg (mode 0700), role and database
+#              "svccomm", scram-sha-256 authentication on the socket and TCP
+# Both passwords are generated at the first start and kept in .local/rabbitmq/password and
+# .local/pg/password (mode 0600); `env` prints URLs that carry them. Administration goes
+# through rabbitmqctl (the Erlang cookie, .local/rabbitmq/.erlang.cookie, mode 0400), never
+# an AMQP account. State written by an older servers.sh (trust authentication, the fixed
+# svccomm/svccomm account, epmd on all interfaces) is upgraded by the next start or reset.
 # As root, the servers run as the "rabbitmq" and "postgres" users (initdb and pg_ctl refuse
 # root); as a normal user they run as that user.
 set -euo pipefail
@@ -26,9 +32,11 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 RMQ_NODE=${SVCCOMM_SERVERS_NODE:-svccomm@localhost}
 RMQ_PORT=${SVCCOMM_SERVERS_AMQP_PORT:-5673}
 RMQ_DIST_PORT=${SVCCOMM_SERVERS_DIST_PORT:-25673}
+# A private epmd: the machine-wide one on port 4369 usually listens on every interface, and
+# epmd -kill cannot stop it while another node is registered there.
+RMQ_EPMD_PORT=${SVCCOMM_SERVERS_EPMD_PORT:-$((RMQ_DIST_PORT + 1))}
 RMQ_VHOST=svccomm
 RMQ_USER=svccomm
-RMQ_PASSWORD=svccomm
 PG_PORT=${SVCCOMM_SERVERS_PG_PORT:-5433}
 PG_USER=svccomm
 PG_DB=svccomm
@@ -105,6 +113,8 @@ set_paths() {
 	PGDIR=$STATE/pg
 	PGDATA=$PGDIR/data
 	PGLOG=$PGDIR/postgresql.log
+	PG_PWFILE=$PGDIR/password
+	RMQ_PWFILE=$RDIR/password
 }
 
 resolve_state() {
@@ -131,12 +141,34 @@ peek_state() {
 	fi
 }
 
+# --- secrets ------------------------------------------------------------------------------------
+
+# Creates file (mode 0600) holding a new random password unless it exists; SECRET_NEW=1 when
+# it was created. Hex only: it goes into URLs, SQL and JSON without quoting.
+ensure_secret() {
+	local file=$1
+	SECRET_NEW=0
+	[ -s "$file" ] && return 0
+	(
+		umask 077
+		od -An -N18 -tx1 /dev/urandom | tr -d ' \n' >"$file.tmp"
+	)
+	mv "$file.tmp" "$file"
+	chmod 600 "$file"
+	SECRET_NEW=1
+}
+
+read_secret() { cat "$1" 2>/dev/null; }
+
 # --- RabbitMQ -----------------------------------------------------------------------------------
 
 rmq_env() {
 	# HOME decides which .erlang.cookie the server and rabbitmqctl use: ours, in $RDIR.
+	# ERL_EPMD_*: the epmd the server starts listens on loopback only, on our own port.
+	local epmd=(ERL_EPMD_ADDRESS=127.0.0.1 ERL_EPMD_PORT="$RMQ_EPMD_PORT")
 	RMQ_ENV=(
 		HOME="$RDIR"
+		"${epmd[@]}"
 		RABBITMQ_NODENAME="$RMQ_NODE"
 		RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
 		RABBITMQ_NODE_PORT="$RMQ_PORT"
@@ -149,19 +181,36 @@ rmq_env() {
 		RABBITMQ_ADVANCED_CONFIG_FILE="$RDIR/advanced.config"
 		RABBITMQ_CONF_ENV_FILE="$RDIR/rabbitmq-env.conf"
 	)
-	RMQCTL=("${AS_RMQ[@]}" env -C "$RDIR" HOME="$RDIR" "$RMQ_BIN/rabbitmqctl" -n "$RMQ_NODE")
+	# The CLI's own short-lived node listens for distribution too: on loopback as well.
+	RMQCTL=("${AS_RMQ[@]}" env -C "$RDIR" HOME="$RDIR" "${epmd[@]}"
+		"RABBITMQ_CTL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}"
+		"$RMQ_BIN/rabbitmqctl" -n "$RMQ_NODE")
+	# The node as an older servers.sh started it: registered with the machine-wide epmd.
+	RMQCTL_OLD=("${AS_RMQ[@]}" env -C "$RDIR" HOME="$RDIR" ERL_EPMD_PORT=4369
+		ERL_EPMD_ADDRESS=127.0.0.1 "$RMQ_BIN/rabbitmqctl" -n "$RMQ_NODE")
 }
 
 rmq_prepare() {
 	mkdir -p "$RDIR/mnesia" "$RDIR/log"
+	chmod 700 "$RDIR"
+	ensure_secret "$RMQ_PWFILE"
+	SECRET_NEW_RMQ=$SECRET_NEW
 	[ -f "$RDIR/enabled_plugins" ] || echo '[].' >"$RDIR/enabled_plugins"
 	[ -f "$RDIR/rabbitmq-env.conf" ] || : >"$RDIR/rabbitmq-env.conf"
-	if [ ! -f "$RDIR/rabbitmq.conf" ]; then
+	# Rewritten at every start. The default user is what a new node creates at its first boot
+	# instead of guest/guest (an administrator any local user could log in as).
+	(
+		umask 077
 		cat >"$RDIR/rabbitmq.conf" <<-EOF
 			# Written by scripts/servers.sh: a local test node.
 			disk_free_limit.absolute = 50MB
+			default_vhost = $RMQ_VHOST
+			default_user = $RMQ_USER
+			default_pass = $(read_secret "$RMQ_PWFILE")
+			default_user_tags.administrator = false
 		EOF
-	fi
+	)
+	chmod 600 "$RDIR/rabbitmq.conf" # an older servers.sh wrote it 0644
 	# Keep Erlang distribution on the loopback interface as well.
 	[ -f "$RDIR/advanced.config" ] ||
 		echo '[{kernel, [{inet_dist_use_interface, {127,0,0,1}}]}].' >"$RDIR/advanced.config"
@@ -182,6 +231,25 @@ rmq_running() {
 	"${RMQCTL[@]}" status >/dev/null 2>&1
 }
 
+# Our node, started by an older servers.sh, registered with the machine-wide epmd.
+rmq_old_running() {
+	[ -d "$RDIR" ] || return 1
+	# Without an epmd on 4369 there is no such node (and rabbitmqctl would start an epmd).
+	port_open 4369 || return 1
+	"${RMQCTL_OLD[@]}" status >/dev/null 2>&1
+}
+
+# The epmd on port 4369, when it listens on every interface and no node is registered any
+# more, was left by an older servers.sh: stop it (the next Erlang node starts a fresh one).
+old_epmd_retire() {
+	local names
+	names=$(ERL_EPMD_PORT=4369 epmd -names 2>/dev/null) || return 0
+	grep -q '^name ' <<<"$names" && return 0
+	ss -Hltn 'sport = :4369' 2>/dev/null | grep -qE '(0\.0\.0\.0|\[::\]|\*):4369' || return 0
+	say "epmd: stopping the unused epmd on all interfaces (port 4369)"
+	ERL_EPMD_PORT=4369 epmd -kill >/dev/null 2>&1 || true
+}
+
 port_open() {
 	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
@@ -190,6 +258,11 @@ rmq_start() {
 	if rmq_running; then
 		say "rabbitmq: already running ($RMQ_NODE)"
 		return 0
+	fi
+	if port_open "$RMQ_PORT" && rmq_old_running; then
+		say "rabbitmq: $RMQ_NODE was started by an older servers.sh: restarting it"
+		rmq_stop_node RMQCTL_OLD
+		old_epmd_retire
 	fi
 	if port_open "$RMQ_PORT"; then
 		die "port $RMQ_PORT is taken by another process; is another svccomm checkout running its servers?"
@@ -214,25 +287,34 @@ rmq_start() {
 	done
 }
 
+# The users are exactly svccomm without tags (guest gone) and svccomm may use its vhost.
+rmq_users_ok() {
+	[ "$("${RMQCTL[@]}" -q list_users --no-table-headers 2>/dev/null)" = "$RMQ_USER	[]" ]
+}
+
 rmq_has_setup() {
 	"${RMQCTL[@]}" -q list_permissions -p "$RMQ_VHOST" 2>/dev/null | cut -f1 | grep -qx "$RMQ_USER"
 }
 
 rmq_setup() {
 	# One rabbitmqctl call costs about a second (it boots an Erlang VM): look first, then one
-	# idempotent definitions import creates the vhost, the user and the permissions (guest kept).
-	rmq_has_setup && return 0
+	# idempotent definitions import sets the vhost, the user (password, no tags) and its
+	# permissions. A password file created by this start always goes through the import.
+	ensure_secret "$RMQ_PWFILE"
+	local fresh=$SECRET_NEW
+	[ "${SECRET_NEW_RMQ:-0}" = 1 ] && fresh=1
+	SECRET_NEW_RMQ=0
+	if [ "$fresh" != 1 ] && rmq_users_ok && rmq_has_setup; then
+		return 0
+	fi
 	local defs=$RDIR/definitions.json perm='"configure": ".*", "write": ".*", "read": ".*"'
 	(
 		umask 077
 		cat >"$defs" <<-EOF
 			{
 			  "vhosts": [{"name": "$RMQ_VHOST"}],
-			  "users": [{"name": "$RMQ_USER", "password": "$RMQ_PASSWORD", "tags": ["administrator"]}],
-			  "permissions": [
-			    {"user": "$RMQ_USER", "vhost": "$RMQ_VHOST", $perm},
-			    {"user": "guest", "vhost": "$RMQ_VHOST", $perm}
-			  ]
+			  "users": [{"name": "$RMQ_USER", "password": "$(read_secret "$RMQ_PWFILE")", "tags": []}],
+			  "permissions": [{"user": "$RMQ_USER", "vhost": "$RMQ_VHOST", $perm}]
 			}
 		EOF
 	)
@@ -240,23 +322,27 @@ rmq_setup() {
 		chown rabbitmq:rabbitmq "$defs"
 	fi
 	"${RMQCTL[@]}" -q import_definitions "$defs" >/dev/null
+	rm -f "$defs"
+	# guest (administrator, password guest) exists on nodes an older servers.sh created.
+	if "${RMQCTL[@]}" -q list_users --no-table-headers | cut -f1 | grep -qx guest; then
+		say "rabbitmq: deleting user guest"
+		"${RMQCTL[@]}" -q delete_user guest >/dev/null
+	fi
 	# The import is asynchronous: wait until its last step, the permissions, is visible.
 	local deadline=$((SECONDS + 30))
-	until rmq_has_setup; do
-		[ $SECONDS -lt $deadline ] || die "rabbitmq: vhost $RMQ_VHOST not set up after 30s"
+	until rmq_has_setup && rmq_users_ok; do
+		[ $SECONDS -lt $deadline ] || die "rabbitmq: vhost $RMQ_VHOST and user $RMQ_USER not set up after 30s"
 		sleep 0.2
 	done
 }
 
-rmq_stop() {
-	if ! rmq_running; then
-		say "rabbitmq: not running"
-		return 0
-	fi
+# Stops the node with the rabbitmqctl command in the array named $1 and waits for the VM.
+rmq_stop_node() {
+	local -n ctl=$1
 	say "rabbitmq: stopping $RMQ_NODE"
 	local pid=""
 	[ -f "$RDIR/pid" ] && pid=$(cat "$RDIR/pid" 2>/dev/null || true)
-	"${RMQCTL[@]}" -q stop >/dev/null
+	"${ctl[@]}" -q stop >/dev/null
 	# rabbitmqctl stop returns once the node acknowledged; wait for the VM to go away.
 	local deadline=$((SECONDS + 60))
 	while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do
@@ -265,25 +351,68 @@ rmq_stop() {
 	done
 }
 
+rmq_stop() {
+	if rmq_running; then
+		rmq_stop_node RMQCTL
+		# Our epmd serves only this node; it refuses to stop while a node is registered.
+		ERL_EPMD_PORT=$RMQ_EPMD_PORT epmd -kill >/dev/null 2>&1 || true
+	elif rmq_old_running; then
+		rmq_stop_node RMQCTL_OLD
+		old_epmd_retire
+	else
+		say "rabbitmq: not running"
+	fi
+}
+
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
-PG_OPTS() { echo "-p $PG_PORT -k $PGDIR -c listen_addresses=localhost"; }
+PG_LISTEN=127.0.0.1
+PG_OPTS() { echo "-p $PG_PORT -k $PGDIR -c listen_addresses=$PG_LISTEN"; }
 
-pg_prepare() {
+# The socket directory (also holding the data, the log and the password) is the server
+# user's alone: no other local user reaches the socket.
+pg_secure_dir() {
 	mkdir -p "$PGDIR"
-	chmod 755 "$PGDIR"
+	chmod 700 "$PGDIR"
 	if is_root; then
 		chown postgres:postgres "$PGDIR"
 	fi
+	ensure_secret "$PG_PWFILE"
+}
+
+pg_prepare() {
+	pg_secure_dir
 	if [ ! -s "$PGDATA/PG_VERSION" ]; then
 		say "postgresql: initdb $PGDATA"
-		LC_ALL=C "${AS_PG[@]}" "$PG_BIN/initdb" -D "$PGDATA" -A trust -U "$PG_USER" \
-			-E UTF8 --no-locale --no-sync >"$STATE/initdb.log" 2>&1 ||
+		# initdb runs as postgres: it reads a copy the server user owns, removed right after.
+		local pwcopy=$PGDIR/.initdb-password
+		read_secret "$PG_PWFILE" | "${AS_PG[@]}" sh -c 'umask 077 && cat >"$1"' sh "$pwcopy"
+		LC_ALL=C "${AS_PG[@]}" "$PG_BIN/initdb" -D "$PGDATA" -A scram-sha-256 \
+			--pwfile="$pwcopy" -U "$PG_USER" -E UTF8 --no-locale --no-sync \
+			>"$STATE/initdb.log" 2>&1 ||
 			{
+				rm -f "$pwcopy"
 				cat "$STATE/initdb.log" >&2
 				die "postgresql: initdb failed"
 			}
+		rm -f "$pwcopy"
 	fi
+}
+
+# scram-sha-256 on the socket and on 127.0.0.1; nothing else is accepted.
+PG_HBA='# Written by scripts/servers.sh at every start.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 scram-sha-256
+host    all       all   127.0.0.1/32  scram-sha-256
+'
+
+# Writes pg_hba.conf when it differs (an older servers.sh used trust); 0 when it changed.
+pg_write_hba() {
+	local hba=$PGDATA/pg_hba.conf
+	[ "$(cat "$hba" 2>/dev/null)" = "${PG_HBA%$'\n'}" ] && return 1
+	printf '%s' "$PG_HBA" | "${AS_PG[@]}" tee "$hba" >/dev/null
+	"${AS_PG[@]}" chmod 600 "$hba"
+	return 0
 }
 
 pg_running() {
@@ -292,7 +421,8 @@ pg_running() {
 }
 
 psql_admin() {
-	psql -X -q -v ON_ERROR_STOP=1 -h "$PGDIR" -p "$PG_PORT" -U "$PG_USER" -d postgres "$@"
+	PGPASSWORD=$(read_secret "$PG_PWFILE") PGPASSFILE=/dev/null \
+		psql -X -q -v ON_ERROR_STOP=1 -h "$PGDIR" -p "$PG_PORT" -U "$PG_USER" -d postgres "$@"
 }
 
 pg_start() {
@@ -312,14 +442,17 @@ pg_start() {
 			die "postgresql: pg_ctl start failed (see $PGLOG)"
 		}
 	local deadline=$((SECONDS + START_TIMEOUT))
-	until pg_isready -q -h "$PGDIR" -p "$PG_PORT" && pg_isready -q -h localhost -p "$PG_PORT"; do
+	until pg_isready -q -h "$PGDIR" -p "$PG_PORT" && pg_isready -q -h "$PG_LISTEN" -p "$PG_PORT"; do
 		[ $SECONDS -lt $deadline ] || die "postgresql: not accepting connections after ${START_TIMEOUT}s"
 		sleep 0.2
 	done
 }
 
 pg_setup() {
-	psql_admin <<-EOF
+	pg_secure_dir
+	# The password is (re)set before pg_hba.conf asks for it: a cluster of an older
+	# servers.sh still trusts every connection here.
+	psql_admin <<-EOF || die "postgresql: cannot log in as $PG_USER with the password in $PG_PWFILE (replaced? remove $PGDIR to start a new cluster)"
 		DO \$\$
 		BEGIN
 			IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN
@@ -327,9 +460,21 @@ pg_setup() {
 			END IF;
 		END
 		\$\$;
+		SET password_encryption = 'scram-sha-256';
+		ALTER ROLE $PG_USER PASSWORD '$(read_secret "$PG_PWFILE")';
 		SELECT 'CREATE DATABASE $PG_DB OWNER $PG_USER'
 		 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DB')\gexec
 	EOF
+	if pg_write_hba; then
+		say "postgresql: pg_hba.conf: scram-sha-256 only"
+		LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" reload >/dev/null
+	fi
+	# An older servers.sh listened on "localhost": restart on 127.0.0.1 only.
+	if [ "$(psql_admin -At -c 'SHOW listen_addresses')" != "$PG_LISTEN" ]; then
+		say "postgresql: restarting to listen on $PG_LISTEN only"
+		LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGLOG" -o "$(PG_OPTS)" \
+			-m fast -w -t "$START_TIMEOUT" restart >/dev/null 9>&-
+	fi
 }
 
 pg_stop() {
@@ -391,6 +536,9 @@ cmd_status() {
 	local rc=0
 	if rmq_running; then
 		echo "rabbitmq:   running  node $RMQ_NODE, amqp port $RMQ_PORT, vhost $RMQ_VHOST"
+	elif rmq_old_running; then
+		echo "rabbitmq:   running as an older servers.sh started it (start or reset upgrades it)"
+		rc=1
 	else
 		echo "rabbitmq:   stopped"
 		rc=1
@@ -417,13 +565,18 @@ quote_cmd() {
 cmd_env() {
 	peek_state
 	rmq_env
-	local pgctl=("${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGLOG")
-	echo "export SVCCOMM_BROKER_URL=amqp://$RMQ_USER:$RMQ_PASSWORD@localhost:$RMQ_PORT/$RMQ_VHOST"
-	echo "export SVCCOMM_DATABASE_URL=postgresql://$PG_USER@localhost:$PG_PORT/$PG_DB"
+	local pgctl=("${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGLOG") rpw pgpw
+	rpw=$(read_secret "$RMQ_PWFILE") || true
+	pgpw=$(read_secret "$PG_PWFILE") || true
+	[ -n "$rpw" ] && [ -n "$pgpw" ] ||
+		say "no password in $RMQ_PWFILE or $PG_PWFILE (not started yet, or not yours to read)"
+	echo "export SVCCOMM_BROKER_URL=amqp://$RMQ_USER${rpw:+:$rpw}@localhost:$RMQ_PORT/$RMQ_VHOST"
+	echo "export SVCCOMM_DATABASE_URL=postgresql://$PG_USER${pgpw:+:$pgpw}@localhost:$PG_PORT/$PG_DB"
 	echo "export SVCCOMM_TEST_RABBITMQCTL=$(printf '%q' "$(quote_cmd "${RMQCTL[@]}")")"
 	echo "export SVCCOMM_TEST_PGCTL=$(printf '%q' "$(quote_cmd "${pgctl[@]}")")"
 	echo "export SVCCOMM_TEST_PGDATA=$(printf '%q' "$PGDATA")"
 	echo "export SVCCOMM_TEST_PGHOST=$(printf '%q' "$PGDIR")"
+	echo "export SVCCOMM_TEST_EPMD_PORT=$RMQ_EPMD_PORT"
 }
 
 cmd_reset() {
@@ -431,6 +584,10 @@ cmd_reset() {
 	resolve_state
 	lock
 	rmq_env
+	# A node of an older servers.sh is restarted the new way first.
+	if ! rmq_running && rmq_old_running; then
+		rmq_start
+	fi
 	rmq_running || die "rabbitmq is not running: scripts/servers.sh start"
 	pg_running || die "postgresql is not running: scripts/servers.sh start"
 	say "reset: dropping vhost $RMQ_VHOST and database $PG_DB"

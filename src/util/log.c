@@ -29,29 +29,63 @@ void svc_log_set_tag(const char *tag)
 	snprintf(log_tag, sizeof(log_tag), "%s", tag ? tag : "");
 }
 
+size_t svc_log_escape(char *dst, size_t cap, const char *src)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = 0;
+
+	if (cap == 0)
+		return 0;
+	for (const unsigned char *p = (const unsigned char *)src; *p; p++) {
+		char esc[5];
+		size_t len = 0;
+
+		if (*p >= 0x20 && *p != 0x7f) {
+			esc[len++] = (char)*p;
+		} else {
+			esc[len++] = '\\';
+			if (*p == '\n' || *p == '\r' || *p == '\t') {
+				esc[len++] = *p == '\n' ? 'n' : *p == '\r' ? 'r' : 't';
+			} else {
+				esc[len++] = 'x';
+				esc[len++] = hex[*p >> 4];
+				esc[len++] = hex[*p & 15];
+			}
+		}
+		/* An escape is copied whole or not at all: a cut "\x1" would read as text. */
+		if (n + len >= cap)
+			break;
+		memcpy(dst + n, esc, len);
+		n += len;
+	}
+	dst[n] = '\0';
+	return n;
+}
+
 void svc_log_write(enum svc_log_level level, const char *component, const char *fmt, ...)
 {
-	char line[2048];
+	char line[2048], text[2048];
 	struct timespec ts;
 	struct tm tm;
-	size_t n;
+	size_t n, t;
 	va_list ap;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-	n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ldZ %s %s%s[%s] ",
-	                      ts.tv_nsec / 1000000L, level_names[level], log_tag,
-	                      log_tag[0] ? " " : "", component);
-	if (n < sizeof(line)) {
+	n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ldZ %s ", ts.tv_nsec / 1000000L,
+	                      level_names[level]);
+	/* Tag, component and message may carry bytes from the network (message ids, routing
+	 * keys, error texts): control characters are escaped so one event stays one line. */
+	t = (size_t)snprintf(text, sizeof(text), "%s%s[%s] ", log_tag, log_tag[0] ? " " : "",
+	                     component);
+	if (t < sizeof(text)) {
 		va_start(ap, fmt);
-		vsnprintf(line + n, sizeof(line) - n, fmt, ap);
+		vsnprintf(text + t, sizeof(text) - t, fmt, ap);
 		va_end(ap);
 	}
 	/* One write per line so lines of several worker processes do not interleave. */
-	n = strlen(line);
-	if (n > sizeof(line) - 2)
-		n = sizeof(line) - 2;
+	n += svc_log_escape(line + n, sizeof(line) - 1 - n, text);
 	line[n++] = '\n';
 	fwrite(line, 1, n, stderr);
 	fflush(stderr);

@@ -1,4 +1,5 @@
-/* Levelled logging to stderr: one line per event, "time level [component] message".
+/* Levelled logging to stderr: one line per event, "time level [component] message"; control
+ * characters in the text are escaped, so a newline in a message id cannot forge a line.
  * The level check happens before any formatting, so a disabled debug line costs a compare.
  * Never pass a secret (password, full connection string) to these functions: use
  * svc_secret_mask() or svc_secret_scrub() (util/secret.h) first. */
@@ -17,6 +18,11 @@ int svc_log_parse_level(const char *name, enum svc_log_level *out);
 /* Sets a prefix added to every line (e.g. "worker 2"); NULL clears it. Not thread-safe. */
 void svc_log_set_tag(const char *tag);
 
+/* Copies src into dst (cap bytes, NUL included) with every control character written as an
+ * escape (\n, \r, \t, \x1b, ...), cutting only between whole characters; returns the length. */
+size_t svc_log_escape(char *dst, size_t cap, const char *src);
+
+/* Writes one line "time level [tag ][component] message" to stderr, control characters escaped. */
 void svc_log_write(enum svc_log_level level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

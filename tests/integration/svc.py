@@ -471,7 +471,12 @@ def ensure_servers():
     for key, value in servers_env().items():
         os.environ.setdefault(key, value)
     if not (_tcp_open(os.environ["SVCCOMM_BROKER_URL"]) and _tcp_open(os.environ["SVCCOMM_DATABASE_URL"])):
+        before = servers_env()
         subprocess.run(["bash", str(SERVERS_SH), "start"], check=True, timeout=300)
+        # The first start generates the passwords the URLs carry: take the new values.
+        for key, value in servers_env().items():
+            if os.environ.get(key) == before.get(key):
+                os.environ[key] = value
     return {k: os.environ[k] for k in keys}
 
 

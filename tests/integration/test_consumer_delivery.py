@@ -131,3 +131,18 @@ def test_missing_queue_setting_is_a_usage_error(project):
     p.start_consumer(wait_consuming=False)
     assert p.proc.wait(30) == 2
     assert "QUEUE: required by runconsumer, not set" in p.log()
+
+
+FORGED = "2026-01-01T00:00:00.000Z ERROR [consumer] forged"
+
+
+def test_a_newline_in_a_message_id_cannot_forge_a_log_line(project, broker):
+    p = project.setup_consumer(RECORDER.replace('"#"', '"known.only"'))
+    proc = p.start_consumer()
+    broker.publish(p.exchange(), "nobody.takes.this", {"n": 1}, message_id="a\n" + FORGED + "\x1b[2J")
+    proc.wait_for_log(r": acked", timeout=20)
+    assert p.stop() == 0
+    lines = p.log().splitlines()
+    assert not [x for x in lines if x.startswith(FORGED)], p.log()
+    assert not [x for x in lines if "\x1b" in x], p.log()
+    assert [x for x in lines if "message a\\n" + FORGED + "\\x1b[2J: " in x and x.endswith(": acked")], p.log()

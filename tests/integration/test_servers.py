@@ -2,10 +2,16 @@
 
 import json
 import os
+import re
 import signal
+import socket
+import stat
 import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pika
+import psycopg2
 import pytest
 
 import svc
@@ -174,3 +180,89 @@ def _broken(ch):
         return False
     except pika.exceptions.AMQPError:
         return True
+
+
+# --- the local servers admit only the project (issue 11, finding 9) ----------------------------
+# These read the running servers' state; they never restart them.
+
+
+def _state_dirs():
+    pgdir = Path(os.environ["SVCCOMM_TEST_PGHOST"])
+    return pgdir, pgdir.parent / "rabbitmq"
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _listening(port):
+    """The local addresses of the TCP sockets listening on `port` (from /proc/net/tcp{,6})."""
+    found = set()
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        with open(f"/proc/net/{name}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                addr, hexport = fields[1].split(":")
+                if fields[3] != "0A" or int(hexport, 16) != port:
+                    continue
+                raw = bytes.fromhex(addr)
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(socket.inet_ntop(family, raw))
+    return found
+
+
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def test_passwords_cookie_and_socket_directory_are_private(servers):
+    pgdir, rdir = _state_dirs()
+    assert oct(_mode(pgdir)) == oct(0o700), "the PostgreSQL socket directory"
+    assert oct(_mode(rdir)) == oct(0o700), "the RabbitMQ state directory"
+    assert _mode(rdir / ".erlang.cookie") & 0o077 == 0
+    urls = {pgdir / "password": os.environ["SVCCOMM_DATABASE_URL"],
+            rdir / "password": os.environ["SVCCOMM_BROKER_URL"]}
+    for path, url in urls.items():
+        assert oct(_mode(path)) == oct(0o600), path
+        password = path.read_text().strip()
+        assert len(password) >= 32 and urlparse(url).password == password, path
+
+
+def test_postgresql_refuses_a_connection_without_the_password(servers):
+    u = urlparse(os.environ["SVCCOMM_DATABASE_URL"])
+    for host in ("127.0.0.1", os.environ["SVCCOMM_TEST_PGHOST"]):
+        for password in ("", "svccomm", (u.password or "") + "x"):
+            with pytest.raises(psycopg2.OperationalError, match="password"):
+                psycopg2.connect(host=host, port=u.port, user=u.username, dbname=u.path.lstrip("/"),
+                                 password=password, passfile="/dev/null", connect_timeout=5).close()
+    assert u.password and u.password != "svccomm"
+    conn = svc.pg_connect()
+    try:
+        assert svc.pg_query(conn, "SELECT current_user") == [("svccomm",)]
+    finally:
+        conn.close()
+    assert _listening(u.port) == {"127.0.0.1"}
+
+
+def test_rabbitmq_has_only_svccomm_without_administrator_tag(servers):
+    users = dict(line.split("\t") for line in
+                 svc.rabbitmqctl("-q", "list_users", "--no-table-headers").splitlines() if line)
+    assert users == {"svccomm": "[]"}
+    u = urlparse(os.environ["SVCCOMM_BROKER_URL"])
+    assert u.password and u.password != "svccomm"
+    for creds in ("guest:guest", "svccomm:svccomm", "svccomm:" + u.password + "x"):
+        with pytest.raises((pika.exceptions.ProbableAuthenticationError,
+                            pika.exceptions.ProbableAccessDeniedError)):
+            svc.amqp_connect(f"amqp://{creds}@127.0.0.1:{u.port}/svccomm", attempts=1).close()
+
+
+def test_epmd_amqp_and_distribution_listen_on_loopback_only(servers):
+    epmd = int(os.environ.get("SVCCOMM_TEST_EPMD_PORT", "4369"))
+    assert _listening(epmd) and _listening(epmd) <= LOOPBACK
+    assert _listening(urlparse(os.environ["SVCCOMM_BROKER_URL"]).port) == {"127.0.0.1"}
+    names = subprocess.run(["epmd", "-names"], env=dict(os.environ, ERL_EPMD_PORT=str(epmd)),
+                           capture_output=True, text=True, timeout=10).stdout
+    ports = [int(p) for p in re.findall(r"^name \S+ at port (\d+)$", names, re.M)]
+    assert ports, names
+    for port in ports:
+        assert _listening(port) == {"127.0.0.1"}, port

@@ -1,8 +1,10 @@
-/* Unit tests for log.c: level parsing and error names. */
+/* Unit tests for log.c: level parsing, error names and escaping of control characters. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <string.h>
@@ -22,10 +24,72 @@ static void parses_levels(void **state)
 	assert_int_equal(svc_log_parse_level("verbose", &l), SVC_EINVAL);
 }
 
+static void escapes_control_characters(void **state)
+{
+	char out[64];
+
+	(void)state;
+	assert_int_equal(svc_log_escape(out, sizeof(out), "a\nb\rc\td\x1b[31me\x7f\x01"), 27);
+	assert_string_equal(out, "a\\nb\\rc\\td\\x1b[31me\\x7f\\x01");
+	/* Text, UTF-8 and backslashes are kept as they are. */
+	svc_log_escape(out, sizeof(out), "caf\xc3\xa9 \\n ok");
+	assert_string_equal(out, "caf\xc3\xa9 \\n ok");
+	/* Cut between whole escapes, never inside one. */
+	assert_int_equal(svc_log_escape(out, 5, "ab\x1b"), 2);
+	assert_string_equal(out, "ab");
+	assert_int_equal(svc_log_escape(out, 1, "abc"), 0);
+	assert_string_equal(out, "");
+}
+
+/* Runs svc_log_write with stderr redirected to a file; returns what it wrote. */
+static void capture_log(char *buf, size_t cap, const char *component, const char *text)
+{
+	FILE *tmp = tmpfile();
+	int saved = dup(2);
+	size_t n;
+
+	assert_non_null(tmp);
+	fflush(stderr);
+	assert_int_not_equal(dup2(fileno(tmp), 2), -1);
+	svc_log_write(SVC_LOG_ERROR, component, "message %s", text);
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	rewind(tmp);
+	n = fread(buf, 1, cap - 1, tmp);
+	buf[n] = '\0';
+	fclose(tmp);
+}
+
+static void a_forged_line_stays_on_its_line(void **state)
+{
+	char buf[4096], big[3000];
+
+	(void)state;
+	svc_log_set_tag("worker\n1");
+	capture_log(buf, sizeof(buf), "con\rsumer",
+	            "a\n2026-01-01T00:00:00.000Z ERROR [consumer] forged");
+	svc_log_set_tag(NULL);
+	assert_non_null(
+	    strstr(buf, " error worker\\n1 [con\\rsumer] message a\\n2026-01-01T00:00:00.000Z "
+	                "ERROR [consumer] forged\n"));
+	assert_ptr_equal(strchr(buf, '\n'), buf + strlen(buf) - 1);
+
+	/* A message longer than a line is cut, still one line ending in a newline. */
+	memset(big, '\x1b', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	capture_log(buf, sizeof(buf), "c", big);
+	assert_true(strlen(buf) <= 2048);
+	assert_ptr_equal(strchr(buf, '\n'), buf + strlen(buf) - 1);
+	assert_non_null(strstr(buf, "\\x1b\\x1b\n"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(parses_levels),
+	    cmocka_unit_test(escapes_control_characters),
+	    cmocka_unit_test(a_forged_line_stays_on_its_line),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
