@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "consumer/supervisor.h"
 #include "util/backoff.h"
 #include "util/clock.h"
 #include "util/error.h"
@@ -210,6 +211,9 @@ static int session(struct svc_consumer *c, unsigned *failures)
 	c->generation++;
 	int rc = session_open(c);
 	if (rc == 0) {
+		if (!c->connected_once)
+			svc_supervisor_ready(); /* an exit status 2 is no longer a configuration
+			                           error */
 		c->connected_once = true;
 		c->last_queue_check = svc_clock_mono();
 		*failures = 0;
