@@ -69,6 +69,21 @@ static bool name_starts(const char *text, size_t i)
 	return i == 0 || strchr(" \t\n:'\"(<[@", text[i - 1]) != NULL;
 }
 
+/* Removes "..." + the longest start of the name at p + 3 that ends the project directory's
+ * prefix: Lua shortens long file names in error positions to "..." and their last 56 bytes, so
+ * "...ects/orders/apps/orders/consumers.lua:12" becomes "apps/orders/consumers.lua:12". */
+static void shorten_truncated(char *p, const char *prefix, size_t n)
+{
+	const char *name = p + 3;
+	size_t cut = 0;
+
+	for (size_t j = 1; j <= n && name[j - 1] && !strchr(" \t\n:'\"", name[j - 1]); j++)
+		if (name[j - 1] == '/' && memcmp(prefix + n - j, name, j) == 0)
+			cut = j;
+	if (cut)
+		memmove(p, name + cut, strlen(name + cut) + 1);
+}
+
 /* Shortens every file name under the project directory in text to its project-relative form
  * ("/srv/app/apps/orders/consumers.lua:12" -> "apps/orders/consumers.lua:12"): error texts and
  * handler ids leave the process in dead-letter headers, and absolute paths tell readers of the
@@ -90,6 +105,9 @@ static void relative_paths(const char *dir, char *text)
 		else
 			p++;
 	}
+	for (char *p = strstr(text, "..."); p; p = strstr(p + 1, "..."))
+		if (name_starts(text, (size_t)(p - text)))
+			shorten_truncated(p, prefix, n);
 }
 
 /* Calls a helper (registry ref) with the values above it; failures are logged only. */
