@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "consumer/supervisor.h"
 #include "util/backoff.h"
 #include "util/clock.h"
 #include "util/error.h"
@@ -228,6 +229,10 @@ static int session(struct svc_consumer *c, unsigned *failures)
 	if (rc == 0) {
 		unsigned long long settled = settled_count(c);
 		double start = svc_clock_mono();
+
+		if (!c->connected_once)
+			svc_supervisor_ready(); /* an exit status 2 is no longer a configuration
+			                           error */
 		c->connected_once = true;
 		c->last_queue_check = start;
 		rc = session_loop(c);

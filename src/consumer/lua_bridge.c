@@ -6,6 +6,7 @@
 
 #include <lauxlib.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "config/config.h"
 #include "lua/pg.h"
@@ -55,7 +56,58 @@ int svc_consumer_lua_setup(struct svc_consumer *c)
 	} else {
 		svc_debug(LOG, "svccomm.events not available: %s", err);
 	}
+	/* From here on a handler's os.exit raises: exit statuses belong to the process (2 means
+	 * a configuration error), and a handler bug must fail only its message. */
+	svc_runtime_forbid_exit(c->rt, true);
 	return 0;
+}
+
+/* Whether text[i] may start a file name in an error text or a handler id (a position after
+ * "app:", a space, a tab, a quote or a bracket), so that only whole names are shortened. */
+static bool name_starts(const char *text, size_t i)
+{
+	return i == 0 || strchr(" \t\n:'\"(<[@", text[i - 1]) != NULL;
+}
+
+/* Removes "..." + the longest start of the name at p + 3 that ends the project directory's
+ * prefix: Lua shortens long file names in error positions to "..." and their last 56 bytes, so
+ * "...ects/orders/apps/orders/consumers.lua:12" becomes "apps/orders/consumers.lua:12". */
+static void shorten_truncated(char *p, const char *prefix, size_t n)
+{
+	const char *name = p + 3;
+	size_t cut = 0;
+
+	for (size_t j = 1; j <= n && name[j - 1] && !strchr(" \t\n:'\"", name[j - 1]); j++)
+		if (name[j - 1] == '/' && memcmp(prefix + n - j, name, j) == 0)
+			cut = j;
+	if (cut)
+		memmove(p, name + cut, strlen(name + cut) + 1);
+}
+
+/* Shortens every file name under the project directory in text to its project-relative form
+ * ("/srv/app/apps/orders/consumers.lua:12" -> "apps/orders/consumers.lua:12"): error texts and
+ * handler ids leave the process in dead-letter headers, and absolute paths tell readers of the
+ * DLQ about the host. */
+static void relative_paths(const char *dir, char *text)
+{
+	char prefix[1024];
+	size_t n;
+
+	if (!dir || !*dir || strcmp(dir, "/") == 0)
+		return;
+	n = (size_t)snprintf(prefix, sizeof(prefix), "%s%s", dir,
+	                     dir[strlen(dir) - 1] == '/' ? "" : "/");
+	if (n >= sizeof(prefix))
+		return;
+	for (char *p = strstr(text, prefix); p; p = strstr(p, prefix)) {
+		if (name_starts(text, (size_t)(p - text)))
+			memmove(p, p + n, strlen(p + n) + 1);
+		else
+			p++;
+	}
+	for (char *p = strstr(text, "..."); p; p = strstr(p + 1, "..."))
+		if (name_starts(text, (size_t)(p - text)))
+			shorten_truncated(p, prefix, n);
 }
 
 /* Calls a helper (registry ref) with the values above it; failures are logged only. */
@@ -195,6 +247,7 @@ static void read_result(struct svc_consumer *c, enum svc_lua_status st,
 			lua_pop(L, 1);
 		}
 		svc_lua_error_text(L, c->pending_error, sizeof(c->pending_error));
+		relative_paths(c->cfg->dir, c->pending_error);
 		return;
 	}
 	const char *s = lua_tostring(L, -2);
@@ -241,6 +294,7 @@ void svc_consumer_lua_last_handler(struct svc_consumer *c, char *out, size_t out
 	if (s)
 		snprintf(out, outsz, "%s", s);
 	lua_pop(L, 1);
+	relative_paths(c->cfg->dir, out);
 }
 
 static int push_lent_conn(lua_State *L)

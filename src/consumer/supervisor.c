@@ -2,6 +2,7 @@
 #include "consumer/supervisor.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -27,9 +28,26 @@ struct slot {
 	unsigned crashes;
 	double started;
 	double restart_at;
+	int ready_fd; /* read end of the worker's readiness pipe, -1 when none */
+	bool ready;   /* the worker said it consumes: an exit status 2 is no longer a
+	               * configuration error */
 };
 
 static volatile sig_atomic_t signals_seen;
+
+/* In a worker: the write end of its readiness pipe (-1 in the supervisor, and in a process
+ * run without one). */
+static int worker_ready_fd = -1;
+
+void svc_supervisor_ready(void)
+{
+	if (worker_ready_fd < 0)
+		return;
+	while (write(worker_ready_fd, "r", 1) < 0 && errno == EINTR)
+		;
+	close(worker_ready_fd);
+	worker_ready_fd = -1;
+}
 
 static void on_signal(int sig)
 {
@@ -44,31 +62,6 @@ static double restart_delay(unsigned crashes)
 	                   1.0);
 }
 
-static void spawn(struct slot *s, int worker, svc_worker_fn fn, void *arg)
-{
-	fflush(NULL);
-	pid_t pid = fork();
-	if (pid < 0) {
-		svc_error(LOG, "fork: %s", strerror(errno));
-		s->crashes++;
-		s->restart_at = svc_clock_mono() + restart_delay(s->crashes);
-		return;
-	}
-	if (pid == 0) {
-		char tag[32];
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGINT, SIG_DFL);
-		snprintf(tag, sizeof(tag), "worker %d", worker);
-		svc_log_set_tag(tag);
-		int code = fn(worker, arg);
-		fflush(NULL);
-		_exit(code);
-	}
-	s->pid = pid;
-	s->started = svc_clock_mono();
-	svc_info(LOG, "worker %d started (pid %d)", worker, (int)pid);
-}
-
 struct supervisor {
 	struct slot *slots;
 	int n;
@@ -77,6 +70,69 @@ struct supervisor {
 	bool stopping;
 	int result;
 };
+
+/* Reads what worker slot s wrote on its readiness pipe, without blocking. */
+static void read_ready(struct slot *s)
+{
+	char buf[8];
+
+	if (s->ready_fd >= 0 && read(s->ready_fd, buf, sizeof(buf)) > 0)
+		s->ready = true;
+}
+
+static void close_ready(struct slot *s)
+{
+	if (s->ready_fd >= 0)
+		close(s->ready_fd);
+	s->ready_fd = -1;
+}
+
+/* Starts worker i + 1 with a readiness pipe (a worker without one only loses the
+ * distinction between a configuration error and a crash). */
+static void spawn(struct supervisor *sv, int i)
+{
+	struct slot *s = &sv->slots[i];
+	int fds[2] = {-1, -1};
+
+	if (pipe(fds) != 0)
+		svc_warn(LOG, "pipe: %s", strerror(errno));
+	else
+		fcntl(fds[0], F_SETFL, O_NONBLOCK);
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		svc_error(LOG, "fork: %s", strerror(errno));
+		if (fds[0] >= 0) {
+			close(fds[0]);
+			close(fds[1]);
+		}
+		s->crashes++;
+		s->restart_at = svc_clock_mono() + restart_delay(s->crashes);
+		return;
+	}
+	if (pid == 0) {
+		char tag[32];
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGINT, SIG_DFL);
+		for (int j = 0; j < sv->n; j++)
+			close_ready(&sv->slots[j]);
+		if (fds[0] >= 0)
+			close(fds[0]);
+		worker_ready_fd = fds[1];
+		snprintf(tag, sizeof(tag), "worker %d", i + 1);
+		svc_log_set_tag(tag);
+		int code = sv->fn(i + 1, sv->arg);
+		fflush(NULL);
+		_exit(code);
+	}
+	if (fds[1] >= 0)
+		close(fds[1]);
+	s->ready_fd = fds[0];
+	s->ready = false;
+	s->pid = pid;
+	s->started = svc_clock_mono();
+	svc_info(LOG, "worker %d started (pid %d)", i + 1, (int)pid);
+}
 
 static void signal_all(struct supervisor *sv, int sig)
 {
@@ -99,17 +155,25 @@ static bool log_exit(int i, pid_t pid, int status)
 }
 
 /* Worker i + 1 ended: while stopping it only counts towards the result; a configuration error
- * stops all; otherwise it is restarted after its backoff. */
+ * (status 2 before the worker said it consumes) stops all; otherwise it is restarted after its
+ * backoff. */
 static void worker_ended(struct supervisor *sv, int i, pid_t pid, int status)
 {
 	struct slot *s = &sv->slots[i];
 	bool clean = log_exit(i, pid, status);
+	read_ready(s); /* it may have said so just before it exited */
+	close_ready(s);
 	if (sv->stopping) {
 		if (!clean && sv->result == SVC_EXIT_OK)
 			sv->result = SVC_EXIT_FAILURE;
 		return;
 	}
-	if (WIFEXITED(status) && WEXITSTATUS(status) == SVC_EXIT_USAGE) {
+	if (WIFEXITED(status) && WEXITSTATUS(status) == SVC_EXIT_USAGE && s->ready)
+		svc_warn(LOG,
+		         "worker %d exited with %d after it started consuming: a crash, not a "
+		         "configuration error",
+		         i + 1, SVC_EXIT_USAGE);
+	else if (WIFEXITED(status) && WEXITSTATUS(status) == SVC_EXIT_USAGE) {
 		svc_error(LOG, "configuration error in worker %d: stopping all", i + 1);
 		sv->result = SVC_EXIT_USAGE;
 		sv->stopping = true;
@@ -153,7 +217,7 @@ static void restart_due(struct supervisor *sv)
 	double now = svc_clock_mono();
 	for (int i = 0; i < sv->n; i++)
 		if (sv->slots[i].pid == 0 && now >= sv->slots[i].restart_at)
-			spawn(&sv->slots[i], i + 1, sv->fn, sv->arg);
+			spawn(sv, i);
 }
 
 int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
@@ -167,6 +231,8 @@ int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
 		svc_error(LOG, "out of memory");
 		return SVC_EXIT_FAILURE;
 	}
+	for (int i = 0; i < n; i++)
+		sv.slots[i].ready_fd = -1;
 	memset(&sa, 0, sizeof(sa));
 	sigemptyset(&sa.sa_mask);
 	sa.sa_handler = on_signal;
@@ -175,7 +241,7 @@ int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
 	signals_seen = 0;
 
 	for (int i = 0; i < n; i++)
-		spawn(&sv.slots[i], i + 1, fn, arg);
+		spawn(&sv, i);
 
 	for (;;) {
 		if (signals_seen != forwarded) {
@@ -185,6 +251,8 @@ int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
 			sv.stopping = true;
 			signal_all(&sv, SIGTERM);
 		}
+		for (int i = 0; i < n; i++)
+			read_ready(&sv.slots[i]);
 		reap(&sv);
 		if (sv.stopping && live_workers(&sv) == 0)
 			break;

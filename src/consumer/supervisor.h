@@ -3,7 +3,9 @@
  * The parent forks each worker before any connection is made (a worker opens its own
  * sockets and keeps its own copy of the Lua state), restarts a worker that exits or crashes
  * with a per-slot backoff, forwards SIGTERM/SIGINT to every worker and returns once they
- * are all gone. A worker that exits with SVC_EXIT_USAGE (configuration error) stops all. */
+ * are all gone. A worker that exits with SVC_EXIT_USAGE (configuration error) before it called
+ * svc_supervisor_ready() stops all; after that call the status is a crash like any other
+ * (restart with backoff). The readiness travels on a pipe per worker. */
 #ifndef SVC_SUPERVISOR_H
 #define SVC_SUPERVISOR_H
 
@@ -14,5 +16,10 @@ typedef int (*svc_worker_fn)(int worker, void *arg);
  * worker stopped cleanly after the signal, SVC_EXIT_USAGE when a worker reported a
  * configuration error, SVC_EXIT_FAILURE otherwise. */
 int svc_supervisor_run(int n, svc_worker_fn fn, void *arg);
+
+/* Called by a worker once its configuration has proved workable (it consumes): from then on
+ * its exit status 2 no longer stops the supervisor. A no-op outside a supervised worker and
+ * after the first call. */
+void svc_supervisor_ready(void);
 
 #endif

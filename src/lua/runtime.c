@@ -7,17 +7,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua/cjson_bounded.h"
 #include "lua/core.h"
 #include "lua/embedded.h"
 #include "util/clock.h"
 #include "util/error.h"
 
-int luaopen_cjson(lua_State *L);
-int luaopen_cjson_safe(lua_State *L);
-
 /* How many VM instructions run between two deadline checks: small enough to stop a runaway
  * loop within a millisecond or so, large enough to cost nothing measurable. */
 #define HOOK_INSTRUCTIONS 10000
+/* How long turning an error object into text may run (its __tostring or __index is the
+ * application's code, which may loop). */
+#define ERROR_TEXT_TIMEOUT_S 0.5
 
 struct svc_runtime {
 	lua_State *L;
@@ -28,10 +29,10 @@ struct svc_runtime {
 	bool has_deadline;
 	bool timed_out;
 	double timeout_s;
+	bool exit_forbidden; /* os.exit raises (svc_runtime_forbid_exit) */
 };
 
-/* The registry key under which the runtime pointer is stored, for the hook. */
-static const char runtime_key = 'r';
+static void deadline_hook(lua_State *L, lua_Debug *ar);
 
 static void *runtime_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
@@ -66,16 +67,39 @@ static int preload_embedded(lua_State *L)
 	return 1;
 }
 
+/* os.exit as Lua code sees it: the standard one (upvalue 1) until svc_runtime_forbid_exit(),
+ * then an error, so that a handler cannot end a worker that is consuming. */
+static int guarded_exit(lua_State *L)
+{
+	struct svc_runtime *rt = svc_runtime_of(L);
+
+	if (rt && rt->exit_forbidden)
+		return luaL_error(L,
+		                  "os.exit() is not allowed in a handler: raise an error to fail "
+		                  "the message");
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+	return lua_gettop(L);
+}
+
 /* Runs inside lua_pcall so a memory error while building the state is reported, not fatal. */
 static int build_state(lua_State *L)
 {
 	const char *project_dir = lua_touserdata(L, 1);
 
 	luaL_openlibs(L);
+	/* replaced before any other code runs, so that no module keeps the unguarded one */
+	lua_getglobal(L, "os");
+	lua_getfield(L, -1, "exit");
+	lua_pushcclosure(L, guarded_exit, 1);
+	lua_setfield(L, -2, "exit");
+	lua_pop(L, 1);
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-	lua_pushcfunction(L, luaopen_cjson);
+	/* the cjson that handlers can require is the bounded one (see cjson_bounded.h) */
+	lua_pushcfunction(L, svc_luaopen_cjson_bounded);
 	lua_setfield(L, -2, "cjson");
-	lua_pushcfunction(L, luaopen_cjson_safe);
+	lua_pushcfunction(L, svc_luaopen_cjson_safe_bounded);
 	lua_setfield(L, -2, "cjson.safe");
 	lua_pushcfunction(L, luaopen_svccomm_core);
 	lua_setfield(L, -2, "svccomm.core");
@@ -114,8 +138,10 @@ struct svc_runtime *svc_runtime_new(const char *project_dir, char *err, size_t e
 	 * the message table), so a collection does not walk the long-lived handlers and routes;
 	 * with incremental collection, per-message cost grew with the number of routes. */
 	lua_gc(rt->L, LUA_GCGEN, 0, 0);
-	lua_pushlightuserdata(rt->L, rt);
-	lua_rawsetp(rt->L, LUA_REGISTRYINDEX, &runtime_key);
+	/* The deadline hook stays on the main thread for the life of the state: every coroutine
+	 * inherits it when it is created (lua_newthread copies the hook), so a coroutine made
+	 * while a module loaded is under the deadline of whichever call resumes it. */
+	lua_sethook(rt->L, deadline_hook, LUA_MASKCOUNT, HOOK_INSTRUCTIONS);
 	lua_pushcfunction(rt->L, build_state);
 	lua_pushlightuserdata(rt->L, (void *)project_dir);
 	if (lua_pcall(rt->L, 1, 0, 0) != LUA_OK) {
@@ -157,52 +183,124 @@ size_t svc_runtime_memory_used(const struct svc_runtime *rt)
 	return rt->used;
 }
 
-/* Adds a traceback: a table error keeps its fields (C reads `permanent`) and gets the
- * traceback as field "traceback"; any other error becomes its text with the traceback
- * appended, in the shape of lua.c's msghandler: a string or a number as it is, another value
- * through its __tostring, else "(error object is a <type> value)". */
-static int msghandler(lua_State *L)
+size_t svc_runtime_memory_limit(const struct svc_runtime *rt)
 {
-	const char *msg;
+	return rt->limit;
+}
 
-	if (lua_type(L, 1) == LUA_TTABLE) {
-		luaL_traceback(L, L, NULL, 1);
-		lua_setfield(L, 1, "traceback");
-		lua_settop(L, 1);
-		return 1;
+int svc_runtime_reserve(struct svc_runtime *rt, size_t bytes)
+{
+	if (rt->limit && (rt->used > rt->limit || bytes > rt->limit - rt->used)) {
+		rt->over_limit = true;
+		return SVC_ENOMEM;
 	}
-	msg = lua_tostring(L, 1);
-	if (msg == NULL) {
-		if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-			msg = lua_tostring(L, -1);
-		else
-			msg =
-			    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-	}
-	luaL_traceback(L, L, msg, 1);
-	return 1;
+	rt->used += bytes;
+	return 0;
+}
+
+void svc_runtime_unreserve(struct svc_runtime *rt, size_t bytes)
+{
+	rt->used -= bytes;
+}
+
+void svc_runtime_forbid_exit(struct svc_runtime *rt, bool forbidden)
+{
+	rt->exit_forbidden = forbidden;
 }
 
 /* Once the deadline has passed the hook fires at every instruction and raises each time, so
  * a handler that catches the error with pcall cannot keep running: the first instruction
- * after its pcall raises again. */
+ * after its pcall raises again. It runs in every thread (see svc_runtime_new): a coroutine
+ * that passes the deadline raises too, and so does the main thread that resumed it. */
 static void deadline_hook(lua_State *L, lua_Debug *ar)
 {
-	struct svc_runtime *rt;
+	struct svc_runtime *rt = svc_runtime_of(L);
+	char msg[64];
 
 	(void)ar;
-	lua_rawgetp(L, LUA_REGISTRYINDEX, &runtime_key);
-	rt = lua_touserdata(L, -1);
-	lua_pop(L, 1);
-	if (rt && rt->has_deadline && (rt->timed_out || svc_clock_mono() >= rt->deadline)) {
-		rt->timed_out = true;
-		lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
-		/* lua_pushfstring has no %g precision: format here. */
-		char msg[64];
-		snprintf(msg, sizeof(msg), "timed out after %.3g s (HANDLER_TIMEOUT)",
-		         rt->timeout_s);
-		luaL_error(L, "%s", msg);
+	if (!rt || !rt->has_deadline || (!rt->timed_out && svc_clock_mono() < rt->deadline)) {
+		/* a coroutine left at every instruction by an earlier timeout slows down no more */
+		if (lua_gethookcount(L) != HOOK_INSTRUCTIONS)
+			lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_INSTRUCTIONS);
+		return;
 	}
+	rt->timed_out = true;
+	lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
+	if (L != rt->L)
+		lua_sethook(rt->L, deadline_hook, LUA_MASKCOUNT, 1);
+	/* lua_pushfstring has no %g precision: format here. */
+	snprintf(msg, sizeof(msg), "timed out after %.3g s (HANDLER_TIMEOUT)", rt->timeout_s);
+	luaL_error(L, "%s", msg);
+}
+
+/* lua_pcall(L, nargs, nresults, 0) for code that runs on the side of a call (turning an
+ * error object into text): at most limit_s seconds, or until the enclosing call's deadline
+ * when that comes first (but always a few thousand instructions). The enclosing deadline is
+ * kept afterwards; *timed_out tells whether this call was stopped by the limit. */
+static int pcall_bounded(struct svc_runtime *rt, lua_State *L, int nargs, int nresults,
+                         double limit_s, bool *timed_out)
+{
+	bool had = rt->has_deadline, was_out = rt->timed_out;
+	double deadline = rt->deadline, timeout_s = rt->timeout_s;
+	double until = svc_clock_mono() + limit_s;
+	int rc;
+
+	if (!had || until < deadline) {
+		rt->deadline = until;
+		rt->timeout_s = limit_s;
+	}
+	rt->has_deadline = true;
+	rt->timed_out = false;
+	lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_INSTRUCTIONS);
+	rc = lua_pcall(L, nargs, nresults, 0);
+	*timed_out = rt->timed_out;
+	rt->has_deadline = had;
+	rt->deadline = deadline;
+	rt->timeout_s = timeout_s;
+	rt->timed_out = was_out || (had && *timed_out && svc_clock_mono() >= deadline);
+	lua_sethook(L, deadline_hook, LUA_MASKCOUNT, rt->timed_out ? 1 : HOOK_INSTRUCTIONS);
+	return rc;
+}
+
+/* Protected: luaL_tolstring of the value at index 1 (its __tostring is the application's). */
+static int to_text(lua_State *L)
+{
+	luaL_tolstring(L, 1, NULL);
+	return 1;
+}
+
+/* Adds a traceback: a table error keeps its fields (C reads `permanent`) and gets the
+ * traceback as field "traceback" (set raw: its __newindex is not called); any other error
+ * becomes its text with the traceback appended, in the shape of lua.c's msghandler: a string
+ * or a number as it is, another value through its __tostring, else "(error object is a <type>
+ * value)". The __tostring runs in a protected call under a deadline: one that raises or loops
+ * gives the "(error object ...)" text. */
+static int msghandler(lua_State *L)
+{
+	struct svc_runtime *rt = svc_runtime_of(L);
+	const char *msg = NULL;
+	bool timed_out;
+
+	if (lua_type(L, 1) == LUA_TTABLE) {
+		lua_pushliteral(L, "traceback");
+		luaL_traceback(L, L, NULL, 1);
+		lua_rawset(L, 1);
+		lua_settop(L, 1);
+		return 1;
+	}
+	if (lua_type(L, 1) == LUA_TSTRING || lua_type(L, 1) == LUA_TNUMBER) {
+		msg = lua_tostring(L, 1);
+	} else if (rt && luaL_getmetafield(L, 1, "__tostring") != LUA_TNIL) {
+		lua_pop(L, 1);
+		lua_pushcfunction(L, to_text);
+		lua_pushvalue(L, 1);
+		if (pcall_bounded(rt, L, 1, 1, ERROR_TEXT_TIMEOUT_S, &timed_out) == LUA_OK)
+			msg = lua_tostring(L, -1);
+	}
+	if (msg == NULL)
+		msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+	luaL_traceback(L, L, msg, 1);
+	return 1;
 }
 
 enum svc_lua_status svc_lua_pcall(struct svc_runtime *rt, int nargs, int nresults, double timeout_s)
@@ -220,11 +318,11 @@ enum svc_lua_status svc_lua_pcall(struct svc_runtime *rt, int nargs, int nresult
 	if (rt->has_deadline) {
 		rt->timeout_s = timeout_s;
 		rt->deadline = svc_clock_mono() + timeout_s;
-		lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_INSTRUCTIONS);
 	}
+	/* back to the normal rate after an earlier timeout */
+	lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_INSTRUCTIONS);
 	rc = lua_pcall(L, nargs, nresults, base);
-	if (rt->has_deadline)
-		lua_sethook(L, NULL, 0, 0);
+	lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_INSTRUCTIONS);
 	lua_remove(L, base);
 	if (rc != LUA_OK) {
 		if (rt->timed_out) {
@@ -267,24 +365,53 @@ int svc_runtime_require(struct svc_runtime *rt, const char *name, char *err, siz
 	return 0;
 }
 
+/* Protected part of svc_lua_error_text: the text of the error value at index 1. A table's
+ * __tostring and __index (for "message") are the application's code: they may raise or loop. */
+static int error_text(lua_State *L)
+{
+	const char *msg = NULL, *tb;
+
+	if (lua_type(L, 1) != LUA_TTABLE) {
+		luaL_tolstring(L, 1, NULL);
+		return 1;
+	}
+	if (luaL_callmeta(L, 1, "__tostring")) {
+		msg = lua_tostring(L, -1);
+	} else {
+		lua_getfield(L, 1, "message");
+		msg = lua_tostring(L, -1);
+	}
+	lua_pushliteral(L, "traceback");
+	lua_rawget(L, 1);
+	tb = lua_tostring(L, -1);
+	lua_pushfstring(L, "%s%s%s", msg ? msg : "(error table)", tb ? "\n" : "", tb ? tb : "");
+	return 1;
+}
+
 void svc_lua_error_text(lua_State *L, char *out, size_t outsz)
 {
-	if (lua_type(L, -1) == LUA_TTABLE) {
-		const char *msg, *tb;
+	struct svc_runtime *rt = svc_runtime_of(L);
+	const char *why;
+	bool timed_out = false;
+	int type = lua_type(L, -1), rc;
 
-		if (luaL_callmeta(L, -1, "__tostring"))
-			msg = lua_tostring(L, -1);
-		else {
-			lua_getfield(L, -1, "message");
-			msg = lua_tostring(L, -1);
-		}
-		lua_getfield(L, -2, "traceback");
-		tb = lua_tostring(L, -1);
-		snprintf(out, outsz, "%s%s%s", msg ? msg : "(error table)", tb ? "\n" : "",
-		         tb ? tb : "");
-		lua_pop(L, 3);
+	if (type == LUA_TSTRING) {
+		snprintf(out, outsz, "%s", lua_tostring(L, -1));
+		lua_pop(L, 1);
 		return;
 	}
-	snprintf(out, outsz, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(no message)");
+	lua_pushcfunction(L, error_text);
+	lua_insert(L, -2);
+	rc = rt ? pcall_bounded(rt, L, 1, 1, ERROR_TEXT_TIMEOUT_S, &timed_out)
+	        : lua_pcall(L, 1, 1, 0);
+	if (rc == LUA_OK) {
+		snprintf(out, outsz, "%s", lua_tostring(L, -1));
+	} else {
+		why = timed_out                        ? "it took too long"
+		      : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+		                                       : "it raised an error";
+		snprintf(out, outsz, "(error object is a %s value; reading its text failed: %s)",
+		         lua_typename(L, type), why);
+	}
 	lua_pop(L, 1);
 }

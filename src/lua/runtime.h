@@ -1,11 +1,12 @@
 /* lua/runtime: the one lua_State of a process and every call into it.
  *
- * svc_runtime_new() builds the state inside a protected call: the standard libraries, cjson
- * and the svccomm modules in package.preload (compiled into the binary), package.path
- * extended with the project's apps/ folder (svccomm.apps.extend_path, the rule a plain
- * lua5.4 uses too), and an allocator with a memory cap. All calls from C into Lua go through
- * svc_lua_pcall(), which adds a traceback, enforces a deadline with a count hook and checks
- * that the stack is balanced. */
+ * svc_runtime_new() builds the state inside a protected call: the standard libraries (with a
+ * guarded os.exit), cjson (bounded by the memory cap, see cjson_bounded.h) and the svccomm
+ * modules in package.preload (compiled into the binary), package.path extended with the
+ * project's apps/ folder (svccomm.apps.extend_path, the rule a plain lua5.4 uses too), and an
+ * allocator with a memory cap. All calls from C into Lua go through svc_lua_pcall(), which
+ * adds a traceback, enforces a deadline with a count hook (on every coroutine too: each
+ * thread inherits the hook) and checks that the stack is balanced. */
 #ifndef SVC_LUA_RUNTIME_H
 #define SVC_LUA_RUNTIME_H
 
@@ -27,6 +28,17 @@ struct svc_runtime *svc_runtime_of(lua_State *L);
  * as a "not enough memory" error in the code that asked for it. */
 void svc_runtime_set_memory_limit(struct svc_runtime *rt, size_t bytes);
 size_t svc_runtime_memory_used(const struct svc_runtime *rt);
+/* The cap set by svc_runtime_set_memory_limit() (0: none). */
+size_t svc_runtime_memory_limit(const struct svc_runtime *rt);
+/* Counts bytes that C code called from Lua holds outside the allocator (a library's own
+ * buffer) against the cap: 0, or SVC_ENOMEM when they do not fit (the current call then
+ * counts as out of memory if it fails). */
+int svc_runtime_reserve(struct svc_runtime *rt, size_t bytes);
+/* Gives back bytes counted by svc_runtime_reserve(). */
+void svc_runtime_unreserve(struct svc_runtime *rt, size_t bytes);
+/* With forbidden, os.exit raises a Lua error instead of ending the process (a consumer sets
+ * it before it starts consuming: a handler cannot end a worker). */
+void svc_runtime_forbid_exit(struct svc_runtime *rt, bool forbidden);
 
 /* Result of svc_lua_pcall beyond lua_pcall's codes. */
 enum svc_lua_status {
@@ -47,7 +59,9 @@ enum svc_lua_status svc_lua_pcall(struct svc_runtime *rt, int nargs, int nresult
 int svc_runtime_require(struct svc_runtime *rt, const char *name, char *err, size_t errsz);
 
 /* Turns the error object on top of the stack into text (tostring, with traceback if any)
- * and pops it. */
+ * and pops it. The object's __tostring / __index run in a protected call with a short
+ * deadline: one that raises or loops gives "(error object is a <type> value; reading its
+ * text failed: ...)". Never raises. */
 void svc_lua_error_text(lua_State *L, char *out, size_t outsz);
 
 #endif
