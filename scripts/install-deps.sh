@@ -11,6 +11,8 @@ PACKAGES=(
 	luarocks
 	# tests: unit (cmocka), specs (busted), sanitizers/valgrind, formatting
 	libcmocka-dev lua-busted valgrind clang-format
+	# tests: fuzzing (libFuzzer comes with clang's runtime libraries)
+	clang libclang-rt-14-dev
 	# tests: local servers (scripts/servers.sh) and the integration suite
 	rabbitmq-server postgresql util-linux procps
 	socat openssl # tests/integration/test_tls.py: a TLS terminator and a test CA

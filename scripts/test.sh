@@ -8,6 +8,7 @@
 #   5. ASan+UBSan build in build-asan/    unit tests and busted specs
 #                                         (+ integration with SVCCOMM_ASAN_INTEGRATION=1)
 #   6. valgrind on the unit test binaries of build/
+#   7. libFuzzer targets in build-fuzz/ (scripts/fuzz.sh), SVCCOMM_FUZZ_SECONDS each (default 15)
 #
 # Exits non-zero when any step fails; the later test steps still run so one report shows all.
 # SVCCOMM_JOBS sets build/ctest parallelism (default: number of CPUs). A test without its own
@@ -117,6 +118,9 @@ valgrind_all() {
 	return $rc
 }
 check "valgrind" valgrind_all
+
+step "fuzz: libFuzzer targets (build-fuzz/)"
+check "fuzz" bash scripts/fuzz.sh "${SVCCOMM_FUZZ_SECONDS:-15}"
 
 printf '\n==== total: %ss\n' "$((SECONDS - T_START))"
 if [ ${#FAILED[@]} -gt 0 ]; then
