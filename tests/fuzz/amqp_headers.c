@@ -3,7 +3,6 @@
  * (amqp_decode_properties -> amqp_decode_table, as for any message a sender publishes) and
  * svccomm copies it into struct svc_delivery (copy_meta in amqp/consume.c). The copy is
  * checked entry by entry against rabbitmq-c's own decoding of the same bytes. */
-#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -17,16 +16,7 @@
 int amqp_decode_table(amqp_bytes_t encoded, amqp_pool_t *pool, amqp_table_t *output,
                       size_t *offset);
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc;
-	(void)argv;
-	signal(SIGPIPE, SIG_IGN);
-	return 0;
-}
 
 static void put_be(uint8_t *p, uint64_t v, int n)
 {

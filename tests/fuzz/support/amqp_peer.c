@@ -1,6 +1,7 @@
 /* amqp_peer: see amqp_peer.h. */
 #include "amqp_peer.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,4 +149,14 @@ void peer_drop(struct svc_amqp *c)
 	if (broker_fd >= 0)
 		close(broker_fd);
 	broker_fd = -1;
+}
+
+/* libFuzzer's start-up hook, for every target linked with this support: the scripted peer
+ * writes into a socketpair whose reader may be gone, which must not kill the process. */
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc;
+	(void)argv;
+	signal(SIGPIPE, SIG_IGN);
+	return 0;
 }

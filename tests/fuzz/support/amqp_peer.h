@@ -36,4 +36,7 @@ struct svc_amqp *peer_connect(const struct peer_buf *pb, struct svc_amqp_consume
  * frees it. */
 void peer_drop(struct svc_amqp *c);
 
+/* libFuzzer's start-up hook: ignores SIGPIPE (see amqp_peer.c). */
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
 #endif
