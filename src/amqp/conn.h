@@ -32,7 +32,7 @@ struct svc_amqp_header {
 
 /* Message properties for svc_amqp_publish(). NULL fields are not sent. */
 struct svc_amqp_props {
-	const char *content_type; /* default "application/json" */
+	const char *content_type; /* default (NULL) "application/json"; "" sends none */
 	const char *message_id;
 	const char *correlation_id;
 	const char *app_id;

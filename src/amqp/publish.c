@@ -49,9 +49,12 @@ static amqp_basic_properties_t basic_properties(const struct svc_amqp_props *pro
 	amqp_basic_properties_t p;
 
 	memset(&p, 0, sizeof(p));
-	p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG;
-	p.content_type = amqp_cstring_bytes(props && props->content_type ? props->content_type
-	                                                                 : "application/json");
+	/* "" sends no content type at all (a copy of a message that had none) */
+	if (!props || !props->content_type || props->content_type[0]) {
+		p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG;
+		p.content_type = amqp_cstring_bytes(
+		    props && props->content_type ? props->content_type : "application/json");
+	}
 	if (!props || props->persistent) {
 		p._flags |= AMQP_BASIC_DELIVERY_MODE_FLAG;
 		p.delivery_mode = AMQP_DELIVERY_PERSISTENT;

@@ -5,6 +5,7 @@
  * a time ("solo") to find the message that causes it. */
 #include "consumer/internal.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -12,6 +13,8 @@
 #include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
+
+#define REFUSED_LOG_EVERY 60.0 /* seconds between two "the DLQ refused" error lines */
 
 bool svc_consumer_should_commit(size_t batch_len, size_t limit, double elapsed_s, double interval_s)
 {
@@ -25,10 +28,36 @@ void svc_consumer_batch_add(struct svc_consumer *c, uint64_t tag)
 	if (c->batch_n == 0) {
 		c->batch_start = svc_clock_mono();
 		c->batch_gen = c->generation;
+		c->notes_len = c->notes_more = 0;
 	}
 	c->tags[c->batch_n] = tag;
 	c->settled[c->batch_n] = false;
 	c->batch_n++;
+}
+
+void svc_consumer_batch_note(struct svc_consumer *c, const char *fmt, ...)
+{
+	size_t room = sizeof(c->notes) - c->notes_len;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(c->notes + c->notes_len, room, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= room) {
+		c->notes[c->notes_len] = '\0';
+		c->notes_more++;
+		return;
+	}
+	c->notes_len += (size_t)n + 1;
+}
+
+/* The batch was acked: what its notes said is true now. */
+static void log_notes(struct svc_consumer *c)
+{
+	for (size_t i = 0; i < c->notes_len; i += strlen(c->notes + i) + 1)
+		svc_warn(LOG, "%s: acked", c->notes + i);
+	if (c->notes_more)
+		svc_warn(LOG, "%zu more unrouted message(s): acked", c->notes_more);
+	c->notes_len = c->notes_more = 0;
 }
 
 /* The statements wait on the connection (pg_conn's prelude) and travel with the message's
@@ -75,8 +104,66 @@ static const char *copy_signature(const struct svc_consumer *c, const struct svc
 	return rc == 0 ? out : NULL;
 }
 
+/* The longest retry delay (0 without RETRY_DELAYS). */
+static long longest_delay(const struct svc_consumer *c)
+{
+	long ms = 0;
+	for (size_t i = 0; i < c->cfg->n_retry_delays; i++)
+		if (c->delay_ms[i] > ms)
+			ms = c->delay_ms[i];
+	return ms;
+}
+
+/* The DLQ refused m's copy (a nack: a max-length policy with reject-publish, a full disk...).
+ * That is not the connection's fault: the message waits in the longest retry queue with the
+ * same attempt, so it comes back, fails the same way and tries the DLQ again, while the
+ * messages behind it flow. Logged at error at most once per REFUSED_LOG_EVERY. Returns 0 or
+ * a negative code (no retry queue to hold it, or that refused too). */
+static int hold_refused(struct svc_consumer *c, const struct svc_consumer_msg *m,
+                        const char *reason, const char *error, const char *what)
+{
+	char queue[300], sig[SVC_COPY_SIGNATURE_LEN + 1];
+	long ms = longest_delay(c);
+	double now = svc_clock_mono();
+
+	c->dlq_refused++;
+	c->dlq_refused_unlogged++;
+	/* invalid-routing: the origin was blanked, a held copy would come back without it */
+	if (ms == 0 || strcmp(reason, "invalid-routing") == 0) {
+		svc_error(LOG, "%s: the dead-letter queue '%s' refused it (basic.nack)", what,
+		          c->dlq);
+		return SVC_ENACK;
+	}
+	svc_consumer_retry_queue(c->cfg->queue, ms, queue, sizeof(queue));
+	struct svc_failure_info info = {
+	    .dead_letter = false,
+	    .next_attempt = m->attempt,
+	    .exchange = m->exchange,
+	    .routing_key = m->routing_key,
+	    .error = error,
+	    .signature = copy_signature(c, m, m->attempt, sig),
+	};
+	int rc = svc_consumer_publish_copy(c, m->d, queue, &info);
+	if (rc)
+		return rc;
+	c->settled[c->batch_n - 1] = true;
+	if (c->dlq_refused_logged == 0 || now - c->dlq_refused_logged >= REFUSED_LOG_EVERY) {
+		svc_error(LOG,
+		          "%s: the dead-letter queue '%s' refused it (basic.nack: a max-length "
+		          "policy with overflow reject-publish?): held in '%s' for %ld ms, then "
+		          "tried again; %llu refused since the last such line, %llu in all",
+		          what, c->dlq, queue, ms, c->dlq_refused_unlogged, c->dlq_refused);
+		c->dlq_refused_logged = now;
+		c->dlq_refused_unlogged = 0;
+	} else {
+		svc_debug(LOG, "%s: refused by '%s', held in '%s'", what, c->dlq, queue);
+	}
+	return 0;
+}
+
 int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_msg *m,
-                             const char *reason, const char *handler, const char *error)
+                             const char *reason, const char *handler, const char *error,
+                             const char *what)
 {
 	char sig[SVC_COPY_SIGNATURE_LEN + 1];
 	char why[1400];
@@ -100,9 +187,13 @@ int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_m
 	    .signature = copy_signature(c, m, 1, sig),
 	};
 	int rc = svc_consumer_publish_copy(c, m->d, c->dlq, &info);
+	if (rc == SVC_ENACK)
+		return hold_refused(c, m, reason, error, what);
 	if (rc == 0) {
 		c->dead++;
 		c->settled[c->batch_n - 1] = true;
+		/* logged once the broker confirmed the copy: only then is it true */
+		svc_warn(LOG, "%s: dead-lettered", what);
 	}
 	return rc;
 }
@@ -110,24 +201,20 @@ int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_m
 int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consumer_msg *m,
                                 bool permanent, const char *handler, const char *error_text)
 {
-	char excerpt[1024], first[256], queue[300], sig[SVC_COPY_SIGNATURE_LEN + 1];
+	char excerpt[1024], first[256], queue[300], sig[SVC_COPY_SIGNATURE_LEN + 1], what[800];
 	size_t di = 0;
 	svc_consumer_error_excerpt(error_text, ERROR_LINES, excerpt, sizeof(excerpt));
 	svc_consumer_error_excerpt(error_text, 1, first, sizeof(first));
 	enum svc_failure_action a = svc_consumer_failure_action(
 	    m->attempt, c->cfg->max_attempts, c->cfg->n_retry_delays, permanent, &di);
-	/* a retry copy could not carry headers this large: no retry */
-	if (a == SVC_FAIL_DEAD_LETTER || svc_consumer_headers_too_large(m->d)) {
-		svc_warn(LOG, "message %s (%s %s) failed in %s, attempt %ld, dead-lettered: %s",
-		         MSG_ID(m->d), m->exchange, m->routing_key, handler ? handler : "-",
-		         m->attempt, first);
-		return svc_consumer_dead_letter(
-		    c, m, permanent ? "permanent-error" : "max-attempts", handler, excerpt);
-	}
-	svc_consumer_retry_queue(c->cfg->queue, c->delay_ms[di], queue, sizeof(queue));
-	svc_warn(LOG, "message %s (%s %s) failed in %s, attempt %ld, retry in %ld ms: %s",
+	snprintf(what, sizeof(what), "message %s (%s %s) failed in %s, attempt %ld: %s",
 	         MSG_ID(m->d), m->exchange, m->routing_key, handler ? handler : "-", m->attempt,
-	         c->delay_ms[di], first);
+	         first);
+	/* a retry copy could not carry headers this large: no retry */
+	if (a == SVC_FAIL_DEAD_LETTER || svc_consumer_headers_too_large(m->d))
+		return svc_consumer_dead_letter(
+		    c, m, permanent ? "permanent-error" : "max-attempts", handler, excerpt, what);
+	svc_consumer_retry_queue(c->cfg->queue, c->delay_ms[di], queue, sizeof(queue));
 	struct svc_failure_info info = {
 	    .dead_letter = false,
 	    .next_attempt = m->attempt + 1,
@@ -140,6 +227,7 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 	if (rc == 0) {
 		c->retried++;
 		c->settled[c->batch_n - 1] = true;
+		svc_warn(LOG, "%s: retry in %ld ms", what, c->delay_ms[di]);
 	}
 	return rc;
 }
@@ -252,6 +340,8 @@ int svc_consumer_commit_batch(struct svc_consumer *c)
 		return rc;
 	if (!failed) {
 		rc = svc_amqp_consumer_ack(&c->cs, c->tags[c->batch_n - 1], true);
+		if (rc == 0)
+			log_notes(c);
 		if (c->solo)
 			c->solo--;
 		c->batch_n = 0;

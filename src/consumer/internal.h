@@ -55,10 +55,17 @@ struct svc_consumer {
 	bool *settled; /* outcome published (retry/DLQ): ack even when the COMMIT fails */
 	double batch_start;
 	unsigned batch_gen;
+	/* outcomes that are true only once the batch is acked ("...: acked"), NUL-separated,
+	 * logged after the ack; notes_more counts those that did not fit */
+	char notes[4096];
+	size_t notes_len, notes_more;
 
 	/* stats */
 	unsigned long long received, ok, retried, dead, unrouted, dup, skipped;
 	unsigned long long last_received;
+	/* dead letters the DLQ refused (a nack, e.g. max-length with reject-publish) */
+	unsigned long long dlq_refused, dlq_refused_unlogged;
+	double dlq_refused_logged;
 	double last_stats, last_cleanup, last_out_poll, last_queue_check;
 	char pending_error[2048];
 };
@@ -157,9 +164,17 @@ void svc_consumer_batch_add(struct svc_consumer *c, uint64_t tag);
 int svc_consumer_begin_message(struct svc_consumer *c);
 /* After the message: true when its statements (and so the savepoint) ran. */
 bool svc_consumer_end_message(struct svc_consumer *c);
-/* Publishes the last message of the batch to the DLQ with reason, handler and error. */
+/* Records a line that becomes true when the open batch is acked; it is logged (at warning,
+ * ending ": acked") after the ack, and forgotten when the batch goes back to the queue. */
+void svc_consumer_batch_note(struct svc_consumer *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Publishes the last message of the batch to the DLQ with reason, handler and error, then
+ * logs "<what>: dead-lettered". A DLQ that refuses the copy (a nack) does not end the session:
+ * the message is held in the longest retry queue and comes back to try again (logged at error
+ * once per minute, counted). */
 int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_msg *m,
-                             const char *reason, const char *handler, const char *error);
+                             const char *reason, const char *handler, const char *error,
+                             const char *what);
 /* A handler (or its COMMIT) failed: republishes the last message of the batch to a retry
  * queue or the DLQ, as the failure policy says. */
 int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consumer_msg *m,

@@ -41,8 +41,9 @@ static void stats_line(struct svc_consumer *c, double now)
 	double rate = dt > 0 ? (double)(c->received - c->last_received) / dt : 0;
 	svc_info(LOG,
 	         "stats: received=%llu ok=%llu retried=%llu dead_lettered=%llu unrouted=%llu "
-	         "duplicates=%llu skipped=%llu rate=%.1f/s",
-	         c->received, c->ok, c->retried, c->dead, c->unrouted, c->dup, c->skipped, rate);
+	         "duplicates=%llu skipped=%llu dlq_refused=%llu rate=%.1f/s",
+	         c->received, c->ok, c->retried, c->dead, c->unrouted, c->dup, c->skipped,
+	         c->dlq_refused, rate);
 	c->last_stats = now;
 	c->last_received = c->received;
 }

@@ -87,12 +87,13 @@ static int undo_message(struct svc_consumer *c, bool touched, size_t mark)
 /* "unrouted": acked with a warning, or dead-lettered with UNROUTED = "dead-letter". */
 static int unrouted(struct svc_consumer *c, const struct svc_consumer_msg *m, const char *reason)
 {
+	char what[800];
 	c->unrouted++;
-	if (strcmp(c->cfg->unrouted, "dead-letter") == 0) {
-		svc_warn(LOG, "message %s: %s: dead-lettered", MSG_ID(m->d), reason);
-		return svc_consumer_dead_letter(c, m, "unrouted", NULL, reason);
-	}
-	svc_warn(LOG, "message %s: %s: acked", MSG_ID(m->d), reason);
+	snprintf(what, sizeof(what), "message %s: %s", MSG_ID(m->d), reason);
+	if (strcmp(c->cfg->unrouted, "dead-letter") == 0)
+		return svc_consumer_dead_letter(c, m, "unrouted", NULL, reason, what);
+	/* acked with its batch: said once the ack went out, not when a COMMIT may still fail */
+	svc_consumer_batch_note(c, "%s", what);
 	return 0;
 }
 
@@ -101,14 +102,14 @@ static int malformed(struct svc_consumer *c, const struct svc_consumer_msg *m,
                      const struct svc_handler_result *res)
 {
 	const char *reason = res->reason;
-	char kind[64];
+	char kind[64], what[800];
 	snprintf(kind, sizeof(kind), "%s",
 	         strstr(reason, "nested") || strstr(reason, "depth") ? "too-deep"
 	         : strncmp(reason, "invalid JSON", 12) == 0          ? "invalid-json"
 	                                                             : res->status);
-	svc_warn(LOG, "message %s (%s %s) %s: %s: dead-lettered", MSG_ID(m->d), m->exchange,
+	snprintf(what, sizeof(what), "message %s (%s %s) %s: %s", MSG_ID(m->d), m->exchange,
 	         m->routing_key, kind, reason);
-	return svc_consumer_dead_letter(c, m, kind, NULL, reason);
+	return svc_consumer_dead_letter(c, m, kind, NULL, reason, what);
 }
 
 /* Counts, logs or republishes the message as its handler's result says. */
@@ -140,7 +141,7 @@ static int outcome(struct svc_consumer *c, const struct svc_consumer_msg *m,
  * be a key), 0 to run the handler, < 0 on a session error. */
 static int inbox_check(struct svc_consumer *c, const struct svc_consumer_msg *m, size_t mark)
 {
-	char why[SVC_PG_ERRSZ + 64];
+	char why[SVC_PG_ERRSZ + 64], what[SVC_PG_ERRSZ + 600];
 	if (!c->pg.conn || !c->cfg->inbox)
 		return 0;
 	int rc = svc_consumer_inbox_seen(c, m, why, sizeof(why));
@@ -154,9 +155,9 @@ static int inbox_check(struct svc_consumer *c, const struct svc_consumer_msg *m,
 	/* the sender's fault: undo the insert, dead-letter, keep the session */
 	rc = undo_message(c, touched, mark);
 	if (rc == 0) {
-		svc_warn(LOG, "message (%s %s): %s: dead-lettered", m->exchange, m->routing_key,
+		snprintf(what, sizeof(what), "message (%s %s): %s", m->exchange, m->routing_key,
 		         why);
-		rc = svc_consumer_dead_letter(c, m, "invalid-message-id", NULL, why);
+		rc = svc_consumer_dead_letter(c, m, "invalid-message-id", NULL, why, what);
 	}
 	return rc ? rc : 1;
 }
@@ -200,7 +201,7 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 {
 	struct svc_consumer_msg m;
 	struct svc_handler_result res;
-	char msg[160];
+	char msg[160], what[800];
 
 	c->received++;
 	svc_consumer_batch_add(c, d->tag);
@@ -208,15 +209,15 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 	const char *problem = origin_problem(&m, msg, sizeof(msg));
 	if (problem) {
 		/* the names themselves go to no log line and no header */
-		svc_warn(LOG, "message %s: %s: dead-lettered", MSG_ID(d), msg);
+		snprintf(what, sizeof(what), "message %s: %s", MSG_ID(d), msg);
 		m.exchange = m.routing_key = "";
-		return svc_consumer_dead_letter(c, &m, problem, NULL, msg);
+		return svc_consumer_dead_letter(c, &m, problem, NULL, msg, what);
 	}
 	problem = body_problem(c, d, msg, sizeof(msg));
 	if (problem) {
-		svc_warn(LOG, "message %s (%s %s): %s: dead-lettered", MSG_ID(d), m.exchange,
+		snprintf(what, sizeof(what), "message %s (%s %s): %s", MSG_ID(d), m.exchange,
 		         m.routing_key, msg);
-		return svc_consumer_dead_letter(c, &m, problem, NULL, msg);
+		return svc_consumer_dead_letter(c, &m, problem, NULL, msg, what);
 	}
 
 	int rc = svc_consumer_begin_message(c);

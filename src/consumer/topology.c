@@ -195,7 +195,8 @@ int svc_consumer_publish_copy(struct svc_consumer *c, const struct svc_delivery 
 	char numbuf[48];
 	size_t nh = svc_consumer_build_headers(d, info, hdrs, MAX_REPUBLISH_HEADERS, numbuf);
 	struct svc_amqp_props props = {
-	    .content_type = d->content_type,
+	    /* "" publishes none: a copy of a message without one is not labelled JSON */
+	    .content_type = d->content_type ? d->content_type : "",
 	    .message_id = d->message_id,
 	    .correlation_id = d->correlation_id,
 	    .app_id = d->app_id,
@@ -210,8 +211,9 @@ int svc_consumer_publish_copy(struct svc_consumer *c, const struct svc_delivery 
 			continue;
 		rc = svc_amqp_publish_confirmed(c->out, "", queue, d->body, d->body_len, &props,
 		                                true, PUBLISH_TIMEOUT_MS);
-		if (rc == 0)
-			return 0;
+		/* a nack is the queue's answer, not the connection's: the caller decides */
+		if (rc == 0 || rc == SVC_ENACK)
+			return rc;
 		svc_warn(LOG, "publishing to '%s': %s (%s)", queue, svc_strerror(rc),
 		         svc_amqp_error(c->out));
 		svc_amqp_close(c->out);
