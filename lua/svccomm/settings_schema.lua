@@ -119,9 +119,12 @@ M.rows = {
 	{ key = "PUBLISHER_WINDOW", type = "integer", default = 2000,
 		check = C.integer(1, 1000000),
 		doc = "Most published messages awaiting broker confirmation." },
-	{ key = "PUBLISHER_UNROUTABLE", type = "enum", default = "drop",
+	{ key = "PUBLISHER_UNROUTABLE", type = "enum", default = "keep",
 		check = C.enum { "drop", "keep" },
-		doc = 'A returned (unroutable) event: "drop" (logged) or "keep" (set aside in the outbox).' },
+		doc = 'A returned (unroutable) event: "keep" (left in the outbox and published again with a '
+			.. 'growing delay up to RECONNECT_MAX_DELAY, until a queue is bound) or "drop" (deleted, '
+			.. 'logged at warning with its exchange and routing key). See "Unroutable events and '
+			.. 'lost bindings".' },
 	{ key = "STATS_INTERVAL", type = "seconds", default = 60,
 		check = C.number(0, false),
 		doc = "Seconds between stats log lines (0 = off)." },

@@ -53,6 +53,7 @@ struct svc_amqp_confirm {
  * (rabbitmq-c 0.11 does not pair returns with tags; amqp_conn matches them through the
  * "x-svccomm-seq" header it adds to every confirmed publish.) */
 typedef void (*svc_amqp_return_fn)(void *ctx, uint64_t seq, const char *reply_text);
+/* (reply_text reads '312 NO_ROUTE (exchange "x", routing key "y")'.) */
 
 /* TLS options of an amqps:// connection (BROKER_TLS); ignored for amqp://. The strings are
  * borrowed: they must outlive the connection object (the settings do). */

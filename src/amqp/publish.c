@@ -160,11 +160,14 @@ static int read_return(struct svc_amqp *c, const amqp_basic_return_t *m, svc_amq
 {
 	amqp_frame_t f;
 	uint64_t seq = 0, size, got = 0;
-	char text[256];
+	char text[800];
 	int st;
 
-	snprintf(text, sizeof(text), "%d %.*s", m->reply_code, (int)m->reply_text.len,
-	         (const char *)m->reply_text.bytes);
+	snprintf(text, sizeof(text), "%d %.*s (exchange \"%.*s\", routing key \"%.*s\")",
+	         m->reply_code, (int)(m->reply_text.len > 255 ? 255 : m->reply_text.len),
+	         (const char *)m->reply_text.bytes, (int)m->exchange.len,
+	         (const char *)m->exchange.bytes, (int)m->routing_key.len,
+	         (const char *)m->routing_key.bytes);
 	st = amqp_simple_wait_frame(c->st, &f);
 	if (st != AMQP_STATUS_OK)
 		return svc_amqp_lib_error(c, "basic.return", st);

@@ -120,7 +120,7 @@ static long longest_delay(const struct svc_consumer *c)
  * messages behind it flow. Logged at error at most once per REFUSED_LOG_EVERY. Returns 0 or
  * a negative code (no retry queue to hold it, or that refused too). */
 static int hold_refused(struct svc_consumer *c, const struct svc_consumer_msg *m,
-                        const char *reason, const char *error, const char *what)
+                        const char *reason, const char *error, const char *what, const char *tail)
 {
 	char queue[300], sig[SVC_COPY_SIGNATURE_LEN + 1];
 	long ms = longest_delay(c);
@@ -130,8 +130,8 @@ static int hold_refused(struct svc_consumer *c, const struct svc_consumer_msg *m
 	c->dlq_refused_unlogged++;
 	/* invalid-routing: the origin was blanked, a held copy would come back without it */
 	if (ms == 0 || strcmp(reason, "invalid-routing") == 0) {
-		svc_error(LOG, "%s: the dead-letter queue '%s' refused it (basic.nack)", what,
-		          c->dlq);
+		svc_error(LOG, "%s: the dead-letter queue '%s' refused it (basic.nack)%s%s", what,
+		          c->dlq, tail ? ": " : "", tail ? tail : "");
 		return SVC_ENACK;
 	}
 	svc_consumer_retry_queue(c->cfg->queue, ms, queue, sizeof(queue));
@@ -151,8 +151,9 @@ static int hold_refused(struct svc_consumer *c, const struct svc_consumer_msg *m
 		svc_error(LOG,
 		          "%s: the dead-letter queue '%s' refused it (basic.nack: a max-length "
 		          "policy with overflow reject-publish?): held in '%s' for %ld ms, then "
-		          "tried again; %llu refused since the last such line, %llu in all",
-		          what, c->dlq, queue, ms, c->dlq_refused_unlogged, c->dlq_refused);
+		          "tried again; %llu refused since the last such line, %llu in all%s%s",
+		          what, c->dlq, queue, ms, c->dlq_refused_unlogged, c->dlq_refused,
+		          tail ? ": " : "", tail ? tail : "");
 		c->dlq_refused_logged = now;
 		c->dlq_refused_unlogged = 0;
 	} else {
@@ -163,7 +164,7 @@ static int hold_refused(struct svc_consumer *c, const struct svc_consumer_msg *m
 
 int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_msg *m,
                              const char *reason, const char *handler, const char *error,
-                             const char *what)
+                             const char *what, const char *tail)
 {
 	char sig[SVC_COPY_SIGNATURE_LEN + 1];
 	char why[1400];
@@ -188,12 +189,15 @@ int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_m
 	};
 	int rc = svc_consumer_publish_copy(c, m->d, c->dlq, &info);
 	if (rc == SVC_ENACK)
-		return hold_refused(c, m, reason, error, what);
+		return hold_refused(c, m, reason, error, what, tail);
 	if (rc == 0) {
 		c->dead++;
 		c->settled[c->batch_n - 1] = true;
 		/* logged once the broker confirmed the copy: only then is it true */
-		svc_warn(LOG, "%s: dead-lettered", what);
+		if (tail)
+			svc_warn(LOG, "%s, dead-lettered: %s", what, tail);
+		else
+			svc_warn(LOG, "%s: dead-lettered", what);
 	}
 	return rc;
 }
@@ -207,13 +211,13 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 	svc_consumer_error_excerpt(error_text, 1, first, sizeof(first));
 	enum svc_failure_action a = svc_consumer_failure_action(
 	    m->attempt, c->cfg->max_attempts, c->cfg->n_retry_delays, permanent, &di);
-	snprintf(what, sizeof(what), "message %s (%s %s) failed in %s, attempt %ld: %s",
-	         MSG_ID(m->d), m->exchange, m->routing_key, handler ? handler : "-", m->attempt,
-	         first);
+	snprintf(what, sizeof(what), "message %s (%s %s) failed in %s, attempt %ld", MSG_ID(m->d),
+	         m->exchange, m->routing_key, handler ? handler : "-", m->attempt);
 	/* a retry copy could not carry headers this large: no retry */
 	if (a == SVC_FAIL_DEAD_LETTER || svc_consumer_headers_too_large(m->d))
-		return svc_consumer_dead_letter(
-		    c, m, permanent ? "permanent-error" : "max-attempts", handler, excerpt, what);
+		return svc_consumer_dead_letter(c, m,
+		                                permanent ? "permanent-error" : "max-attempts",
+		                                handler, excerpt, what, first);
 	svc_consumer_retry_queue(c->cfg->queue, c->delay_ms[di], queue, sizeof(queue));
 	struct svc_failure_info info = {
 	    .dead_letter = false,
@@ -227,7 +231,7 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 	if (rc == 0) {
 		c->retried++;
 		c->settled[c->batch_n - 1] = true;
-		svc_warn(LOG, "%s: retry in %ld ms", what, c->delay_ms[di]);
+		svc_warn(LOG, "%s, retry in %ld ms: %s", what, c->delay_ms[di], first);
 	}
 	return rc;
 }

@@ -67,6 +67,7 @@ struct svc_consumer {
 	unsigned long long dlq_refused, dlq_refused_unlogged;
 	double dlq_refused_logged;
 	double last_stats, last_cleanup, last_out_poll, last_queue_check;
+	double last_bind_check; /* bindings declared again (deleted exchanges take them along) */
 	char pending_error[2048];
 };
 
@@ -148,6 +149,9 @@ void svc_consumer_inbox_cleanup(struct svc_consumer *c);
 /* Declares (or, with DO_NOT_DECLARE, checks) the exchanges, QUEUE and its bindings, and always
  * declares the DLQ and retry queues; 0 or a negative code (logged). */
 int svc_consumer_declare_topology(struct svc_consumer *c);
+/* Declares the exchanges and binds QUEUE again (not with DO_NOT_DECLARE): restores what a
+ * deleted exchange took with it; 0 or a negative code (logged). */
+int svc_consumer_restore_bindings(struct svc_consumer *c);
 /* Opens the publishing connection in confirm mode; 0 or a negative code (logged). */
 int svc_consumer_connect_out(struct svc_consumer *c);
 /* Publishes a copy of d to queue with the headers of info and waits for its confirm,
@@ -169,12 +173,12 @@ bool svc_consumer_end_message(struct svc_consumer *c);
 void svc_consumer_batch_note(struct svc_consumer *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Publishes the last message of the batch to the DLQ with reason, handler and error, then
- * logs "<what>: dead-lettered". A DLQ that refuses the copy (a nack) does not end the session:
- * the message is held in the longest retry queue and comes back to try again (logged at error
- * once per minute, counted). */
+ * logs "<what>: dead-lettered" (or "<what>, dead-lettered: <tail>"). A DLQ that refuses the copy (a
+ * nack) does not end the session: the message is held in the longest retry queue and comes back to
+ * try again (logged at error once per minute, counted). */
 int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_msg *m,
                              const char *reason, const char *handler, const char *error,
-                             const char *what);
+                             const char *what, const char *tail);
 /* A handler (or its COMMIT) failed: republishes the last message of the batch to a retry
  * queue or the DLQ, as the failure policy says. */
 int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consumer_msg *m,

@@ -2,7 +2,8 @@
  * connects (PostgreSQL, the consuming and the publishing broker connections), declares the
  * topology, and reads, processes and commits deliveries until a connection is lost; the next
  * one starts after a backoff. Housekeeping (stats, heartbeats of the publishing connection,
- * inbox cleanup, a check that QUEUE still exists) runs between messages. */
+ * inbox cleanup, a check that QUEUE still exists, the bindings declared again) runs between
+ * messages. */
 #include "consumer/internal.h"
 
 #include <lauxlib.h>
@@ -24,6 +25,7 @@
 #define INBOX_CLEANUP_EVERY 60.0
 #define MAX_BATCH           65535
 #define QUEUE_CHECK_EVERY   5.0
+#define BIND_CHECK_EVERY    5.0 /* a deleted exchange loses events for at most this long */
 #define RECONNECT_BASE_S    0.5 /* first reconnect delay, doubling up to RECONNECT_MAX_DELAY */
 /* The broker sends a delivery's content header in one frame whatever frame_max says: a message
  * published just under 131072 bytes comes back larger once a dead-lettering added x-death.
@@ -70,6 +72,19 @@ static int idle_work(struct svc_consumer *c, bool idle)
 	    now - c->last_cleanup >= INBOX_CLEANUP_EVERY) {
 		c->last_cleanup = now;
 		svc_consumer_inbox_cleanup(c);
+	}
+	if (now - c->last_bind_check >= BIND_CHECK_EVERY) {
+		/* RPCs on the consuming channel: deliveries arriving meanwhile are queued by
+		 * rabbitmq-c and read next */
+		c->last_bind_check = now;
+		int rc = svc_consumer_restore_bindings(c);
+		if (rc) {
+			snprintf(c->cs.err, sizeof(c->cs.err), "restoring the bindings of '%s': %s",
+			         c->cfg->queue, svc_amqp_error(c->in));
+			return rc;
+		}
+		svc_debug(LOG, "bindings of '%s' declared again in %.2f ms", c->cfg->queue,
+		          (svc_clock_mono() - now) * 1000.0);
 	}
 	if (idle && !c->batch_n && now - c->last_queue_check >= QUEUE_CHECK_EVERY) {
 		c->last_queue_check = now;
@@ -235,7 +250,7 @@ static int session(struct svc_consumer *c, unsigned *failures)
 			svc_supervisor_ready(); /* an exit status 2 is no longer a configuration
 			                           error */
 		c->connected_once = true;
-		c->last_queue_check = start;
+		c->last_queue_check = c->last_bind_check = start;
 		rc = session_loop(c);
 		if (rc == 0 || settled_count(c) != settled ||
 		    svc_clock_mono() - start >= SESSION_PROGRESS_S)

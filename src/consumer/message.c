@@ -91,7 +91,7 @@ static int unrouted(struct svc_consumer *c, const struct svc_consumer_msg *m, co
 	c->unrouted++;
 	snprintf(what, sizeof(what), "message %s: %s", MSG_ID(m->d), reason);
 	if (strcmp(c->cfg->unrouted, "dead-letter") == 0)
-		return svc_consumer_dead_letter(c, m, "unrouted", NULL, reason, what);
+		return svc_consumer_dead_letter(c, m, "unrouted", NULL, reason, what, NULL);
 	/* acked with its batch: said once the ack went out, not when a COMMIT may still fail */
 	svc_consumer_batch_note(c, "%s", what);
 	return 0;
@@ -109,7 +109,7 @@ static int malformed(struct svc_consumer *c, const struct svc_consumer_msg *m,
 	                                                             : res->status);
 	snprintf(what, sizeof(what), "message %s (%s %s) %s: %s", MSG_ID(m->d), m->exchange,
 	         m->routing_key, kind, reason);
-	return svc_consumer_dead_letter(c, m, kind, NULL, reason, what);
+	return svc_consumer_dead_letter(c, m, kind, NULL, reason, what, NULL);
 }
 
 /* Counts, logs or republishes the message as its handler's result says. */
@@ -157,7 +157,7 @@ static int inbox_check(struct svc_consumer *c, const struct svc_consumer_msg *m,
 	if (rc == 0) {
 		snprintf(what, sizeof(what), "message (%s %s): %s", m->exchange, m->routing_key,
 		         why);
-		rc = svc_consumer_dead_letter(c, m, "invalid-message-id", NULL, why, what);
+		rc = svc_consumer_dead_letter(c, m, "invalid-message-id", NULL, why, what, NULL);
 	}
 	return rc ? rc : 1;
 }
@@ -211,13 +211,13 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 		/* the names themselves go to no log line and no header */
 		snprintf(what, sizeof(what), "message %s: %s", MSG_ID(d), msg);
 		m.exchange = m.routing_key = "";
-		return svc_consumer_dead_letter(c, &m, problem, NULL, msg, what);
+		return svc_consumer_dead_letter(c, &m, problem, NULL, msg, what, NULL);
 	}
 	problem = body_problem(c, d, msg, sizeof(msg));
 	if (problem) {
 		snprintf(what, sizeof(what), "message %s (%s %s): %s", MSG_ID(d), m.exchange,
 		         m.routing_key, msg);
-		return svc_consumer_dead_letter(c, &m, problem, NULL, msg, what);
+		return svc_consumer_dead_letter(c, &m, problem, NULL, msg, what, NULL);
 	}
 
 	int rc = svc_consumer_begin_message(c);

@@ -1,6 +1,8 @@
 /* topology: what the consumer needs on the broker. The application's exchanges, QUEUE and its
  * bindings are declared, or only checked with DO_NOT_DECLARE (all missing ones are named in one
- * error); svccomm's own <QUEUE>.dlq and <QUEUE>.retry.<ms> queues are always declared. Copies
+ * error); svccomm's own <QUEUE>.dlq and <QUEUE>.retry.<ms> queues are always declared. The
+ * exchanges and bindings are declared again every few seconds: deleting an exchange deletes
+ * its bindings, and events would be unroutable until the next session. Copies
  * (retries, dead letters) go out on a second connection in confirm mode, so confirm frames
  * never mix with deliveries. */
 #include "consumer/internal.h"
@@ -172,6 +174,17 @@ int svc_consumer_declare_topology(struct svc_consumer *c)
 			return rc;
 	}
 	return declare_own_queues(c);
+}
+
+int svc_consumer_restore_bindings(struct svc_consumer *c)
+{
+	struct missing unused = {.len = 0};
+	if (c->cfg->do_not_declare)
+		return 0; /* the bindings are the operator's */
+	/* both idempotent: a deleted exchange comes back, and so does the binding that went
+	 * with it (also when the relay re-declared the exchange first) */
+	int rc = declare_exchanges(c, false, &unused);
+	return rc ? rc : bind_queue(c);
 }
 
 int svc_consumer_connect_out(struct svc_consumer *c)

@@ -167,7 +167,12 @@ static void on_return(void *ctx, uint64_t seq, const char *text)
 {
 	struct relay *r = ctx;
 
-	svc_debug(COMP, "message %" PRIu64 " returned: %s", seq, text);
+	/* every event the relay drops is named: the application committed it */
+	if (strcmp(r->cfg->publisher_unroutable, "keep") != 0)
+		svc_warn(COMP, "unroutable event dropped (PUBLISHER_UNROUTABLE = \"drop\"): %s",
+		         text);
+	else
+		svc_debug(COMP, "message %" PRIu64 " returned: %s", seq, text);
 	svc_flight_return(&r->fl, seq);
 }
 

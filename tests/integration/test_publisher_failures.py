@@ -63,18 +63,21 @@ def test_7_missing_exchange_with_do_not_declare_kept_then_delivered(project, bro
     assert p.stop(relay) == 0
 
 
-def test_unroutable_dropped_by_default_kept_with_keep(make_project, broker):
+def test_unroutable_kept_by_default_dropped_with_drop(make_project, broker):
     s = svc.suffix()
     ex = "noroute_" + s
     broker.exchange(ex)
-    p = make_project().setup_relay()
-    p.outbox_insert_many(ex, 3)
+    p = make_project().setup_relay({"PUBLISHER_UNROUTABLE": "drop"})
+    p.outbox_insert_many(ex, 3, routing_key="ev.nobody")
     relay = p.start_relay()
     svc.wait_until(lambda: p.outbox_count() == 0, 15, what="unroutable rows dropped")
-    assert "unroutable" in p.log(relay)
+    # each drop is named at warning, with its exchange and routing key
+    drops = [x for x in p.log(relay).splitlines() if "warning" in x and "unroutable event dropped"
+             in x and '(exchange "%s", routing key "ev.nobody")' % ex in x]
+    assert len(drops) == 3, p.log(relay)
     assert p.stop(relay) == 0
 
-    k = make_project().setup_relay({"PUBLISHER_UNROUTABLE": "keep", "RECONNECT_MAX_DELAY": 1})
+    k = make_project().setup_relay({"RECONNECT_MAX_DELAY": 1})  # the default: "keep"
     ids = k.outbox_insert_many(ex, 3)
     relay = k.start_relay()
     svc.wait_until(lambda: all(r[1] >= 1 for r in k.outbox_rows()), 15, what="unroutable rows kept")
