@@ -44,7 +44,7 @@ def test_a_dlq_that_refuses_copies_holds_the_message_and_the_queue_keeps_flowing
         clear_policy(policy)
     # the DLQ takes copies again: the held message lands there, exactly once
     svc.wait_until(lambda: broker.count(p.queue() + ".dlq") == 1, 20, what="the dead letter")
-    assert re.search(r"message doomed .*: dead-lettered", p.log())
+    p.proc.wait_for_log(r"message doomed .*, dead-lettered: not for us", 10)
     (props, body), = broker.get_all(p.queue() + ".dlq")
     assert props.message_id == "doomed" and json.loads(body)["n"] == 0
     assert props.headers["x-svccomm-reason"] == "permanent-error"
