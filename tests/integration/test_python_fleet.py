@@ -100,3 +100,65 @@ def test_inbox_warns_once_about_messages_without_an_id(project, broker):
     assert log.count("inbox cannot deduplicate messages without an id") == 1, log
     line = [l for l in log.splitlines() if "inbox cannot deduplicate" in l][0]
     assert "WARN" in line.upper(), line
+
+
+ANSWER_APP = """
+local svccomm = require "svccomm"
+svccomm.call_handler("$EXCHANGE", "get.user", svccomm.call_consumer(function(data)
+  svccomm.db.query("INSERT INTO $TABLE (n) VALUES (1)")
+  return { name = "Bob" }
+end))
+"""
+
+
+def start_both(p, app, **settings):
+    p.setup_consumer(app)
+    p.write_settings(p.settings, **dict(svc.RELAY_SETTINGS, APP_ID=p.prefix, **settings))
+    assert p.run("migrate", timeout=60).returncode == 0
+    p.start_consumer()
+    p.start_relay()
+
+
+def test_wire_format_django_writes_what_python_writes(project, broker):
+    """WIRE_FORMAT = "django": events (here from `svccomm publish`) and call responses have
+    the Python library's keys, JSON types and content type."""
+    p = project
+    ex, pyex = p.exchange(), p.exchange("py")
+    broker.exchange(pyex)
+    pyq = p.queue("pyq")
+    broker.queue(pyq, bind_to=[pyex])
+    start_both(p, ANSWER_APP, WIRE_FORMAT="django", KEY_STYLE="snake")
+    now = time.time()
+    broker.publish(ex, "get.user", (PY_CALL % (iso_ms(now), pyex, iso_ms(now + 60))).encode(),
+                   content_type="text/json")
+    r = p.run("publish", pyex, "plain.evt", '{"case": "x", "user_id": 7, "first_name": "Ann"}')
+    assert r.returncode == 0, r.stderr
+    got = {m.routing_key: (props, json.loads(b)) for m, props, b in broker.collect(pyq, 2)}
+    props, ev = got["plain.evt"]
+    assert props.content_type == "text/json"
+    assert sorted(ev) == ["aggregate", "eventId", "event_time", "event_type", "payload"]
+    assert isinstance(ev["eventId"], int) and ev["event_type"] == "plain.evt"
+    assert ev["payload"] == {"case": "x", "userId": 7, "firstName": "Ann"}
+    assert len(ev["event_time"]) == len("2026-12-01T01:51:19.138Z")
+    props, resp = got["call-response.%s.get.user" % ex]
+    assert props.content_type == "text/json"
+    assert sorted(resp) == ["data", "id", "meta"] and sorted(resp["meta"]) == ["time"]
+    assert resp["id"] == 1 and resp["data"] == {"name": "Bob"}
+
+
+def test_call_whose_reply_to_exchange_does_not_exist(project, broker):
+    """The call is handled once and acked; the response is published to the exchange the
+    relay declares, no queue takes it, and under PUBLISHER_UNROUTABLE = "drop" it is logged
+    and dropped: no retry, no dead letter, no loop."""
+    p = project
+    start_both(p, ANSWER_APP)
+    nowhere = p.exchange("nowhere")
+    now = time.time()
+    broker.publish(p.exchange(), "get.user",
+                   (PY_CALL % (iso_ms(now), nowhere, iso_ms(now + 60))).encode(),
+                   content_type="text/json")
+    svc.wait_until(lambda: "unroutable message(s) dropped" in p.log(), 20,
+                   what="the response dropped as unroutable")
+    assert p.record_count() == 1
+    assert broker.count(p.queue() + ".dlq") == 0
+    assert p.outbox_count() == 0
