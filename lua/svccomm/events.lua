@@ -24,14 +24,22 @@
 --- keys of payloads, command arguments and call data are camelCased (svccomm.keys.to_camel);
 --- the envelope and meta keys are fixed.
 ---
---- Commands: exchange = service, routing key = command_name, body = the arguments object
---- plus meta = {expired_time = "<ISO UTC>" | null}.
---- Calls: exchange = service, routing key = "call.<method>", message_id = the call id, body =
---- {call_id, service_name, method_name, reply_to, data, meta = {expired_time}}. The response,
---- written by svccomm.handlers.call_consumer in the handler's transaction (through
+--- WIRE_FORMAT = "django" writes exactly the Python library 2.6's bodies instead (readers
+--- accept both): events {"eventId":<row id as a JSON number>,"event_time":"<UTC, ms>",
+--- "event_type","aggregate","payload"}; the relay sends them as content type text/json.
+---
+--- Commands: exchange = service, routing key = command_name, AMQP message_id =
+--- "<APP_ID>:<row id>" (set by the relay), body = the arguments object plus meta =
+--- {expired_time = "<ISO UTC>" | null} ("django": meta = {expiredTime = "<ISO UTC, ms>"} or {}).
+--- Calls: exchange = service, routing key = "<method>" (the Python library's), message_id =
+--- the call id, body = {id, call_id (the same uuid), service_name, method_name, reply_to,
+--- data, meta = {time, replyTo, expiredTime}} ("django": {id = <a JSON number from the
+--- outbox id sequence>, data, meta = {time, replyTo, expiredTime}}). The response, written
+--- by svccomm.handlers.call_consumer in the handler's transaction (through
 --- _write_call_response): exchange = reply_to, routing key =
---- "call-response.<service>.<method>", correlation_id = the call id, body = {call_id,
---- service_name, method_name, data = handler result, meta = {}}.
+--- "call-response.<exchange of the call>.<routing key of the call>", correlation_id = the
+--- call id, body = {id, call_id (the call's id, with its JSON type), service_name,
+--- method_name, data = handler result, meta = {time}} ("django": {id, data, meta = {time}}).
 local core = require "svccomm.core"
 local db = require "svccomm.db"
 local json = require "svccomm.json"
@@ -47,6 +55,7 @@ local find = string.find
 local config = {
 	OUTBOX_TABLE = "svccomm_outbox",
 	KEY_STYLE = "preserve",
+	WIRE_FORMAT = "svccomm",
 	APP_ID = "svccomm",
 	MAX_JSON_DEPTH = 128,
 }
@@ -55,7 +64,7 @@ local config = {
 M.array = json.array
 
 --- Configure the outbox writes (the binary does it from settings.lua).
----@param opts {OUTBOX_TABLE: string|nil, KEY_STYLE: "preserve"|"snake"|nil, APP_ID: string|nil, MAX_JSON_DEPTH: integer|nil}
+---@param opts {OUTBOX_TABLE: string|nil, KEY_STYLE: "preserve"|"snake"|nil, WIRE_FORMAT: "svccomm"|"django"|nil, APP_ID: string|nil, MAX_JSON_DEPTH: integer|nil}
 function M.configure(opts)
 	if type(opts) ~= "table" then
 		error("events.configure: expected a table", 2)
@@ -76,6 +85,12 @@ function M.configure(opts)
 			error('events.configure: KEY_STYLE: must be "preserve" or "snake"', 2)
 		end
 		new.KEY_STYLE = opts.KEY_STYLE
+	end
+	if opts.WIRE_FORMAT ~= nil then
+		if opts.WIRE_FORMAT ~= "svccomm" and opts.WIRE_FORMAT ~= "django" then
+			error('events.configure: WIRE_FORMAT: must be "svccomm" or "django"', 2)
+		end
+		new.WIRE_FORMAT = opts.WIRE_FORMAT
 	end
 	if opts.APP_ID ~= nil then
 		if type(opts.APP_ID) ~= "string" or opts.APP_ID == "" then
@@ -218,18 +233,9 @@ local function tags_json(fname, tags, required)
 	return res
 end
 
-local function insert(d, row)
-	local ctx = d._ctx
-	local hc = host_ctx
-	if row.correlation_id == nil then
-		row.correlation_id = (ctx and ctx.correlation_id) or (hc and hc.correlation_id) or nil
-	end
-	local tp = (ctx and ctx.traceparent) or (hc and hc.traceparent)
-	if tp then
-		row.headers_json = '{"traceparent":' .. quote(tp) .. "}"
-	end
-	-- The id sequence is looked up once per connection and table (a catalog scan per row
-	-- otherwise); nextval() still resolves it by name each time.
+-- The outbox id sequence of the current table (looked up once per connection and table: a
+-- catalog scan per row otherwise; nextval() still resolves it by name each time).
+local function id_sequence(d)
 	local seqs = d._seqs
 	if not seqs then
 		seqs = {}
@@ -245,8 +251,21 @@ local function insert(d, row)
 			seqs[table_name] = seq
 		end
 	end
-	row.id_sequence = seq
-	return core.outbox_insert(d.conn, table_name, row)
+	return seq
+end
+
+local function insert(d, row)
+	local ctx = d._ctx
+	local hc = host_ctx
+	if row.correlation_id == nil then
+		row.correlation_id = (ctx and ctx.correlation_id) or (hc and hc.correlation_id) or nil
+	end
+	local tp = (ctx and ctx.traceparent) or (hc and hc.traceparent)
+	if tp then
+		row.headers_json = '{"traceparent":' .. quote(tp) .. "}"
+	end
+	row.id_sequence = id_sequence(d)
+	return core.outbox_insert(d.conn, config.OUTBOX_TABLE, row)
 end
 
 local function id_string(id)
@@ -255,7 +274,18 @@ end
 
 -- the envelope's members after eventId and eventTime (outbox/envelope.h builds the envelope)
 local function event_body(event_type, aggregate, payload_json)
-	return core.envelope_members(quote(event_type), quote(aggregate), payload_json)
+	return core.envelope_members(quote(event_type), quote(aggregate), payload_json,
+		config.WIRE_FORMAT)
+end
+
+-- A time in meta as the wire format writes it: microseconds, or the Python library's
+-- milliseconds
+local function wire_time(t)
+	local iso = core.utc_iso(t)
+	if config.WIRE_FORMAT == "django" then
+		return iso:sub(1, 23) .. "Z"
+	end
+	return iso
 end
 
 -- ---------------------------------------------------------------------------------------
@@ -277,6 +307,7 @@ local function write_event(F, aggregate, event_type, payload, when, tags)
 		routing_key = event_type,
 		body_rest = event_body(event_type, aggregate, pj),
 		envelope = true,
+		wire_format = config.WIRE_FORMAT,
 		send_after = when,
 		event_time = when,
 		tags_json = tj,
@@ -366,7 +397,7 @@ local function expiry(F, opts)
 	else
 		return nil
 	end
-	return core.utc_iso(t)
+	return t
 end
 
 local function object_copy(F, what, t)
@@ -411,7 +442,11 @@ function M.send_command(service, arguments, opts)
 	end
 	local body = object_copy(F, "arguments", args)
 	local meta = object_copy(F, "arguments.meta", body.meta)
-	meta.expired_time = exp or json.null
+	if config.WIRE_FORMAT == "django" then
+		meta.expiredTime = exp and wire_time(exp) or nil
+	else
+		meta.expired_time = exp and core.utc_iso(exp) or json.null
+	end
 	body.meta = meta
 	local bj = to_json(F, "arguments", body, false)
 	local d = current(F)
@@ -423,9 +458,10 @@ function M.send_command(service, arguments, opts)
 end
 
 --- Call a method of another service: writes the call (exchange = service, routing key =
---- "call.<method>") and returns the call id. The response comes to exchange opts.reply_to
---- (default APP_ID) with routing key "call-response.<service>.<method>"; handle it with
---- call_response_consumer. opts.timeout (seconds) sets meta.expired_time.
+--- method, as the Python library does) and returns the call id (a string). The response
+--- comes to exchange opts.reply_to (default APP_ID) with routing key
+--- "call-response.<service>.<method>"; handle it with call_response_consumer.
+--- opts.timeout (seconds) or opts.expired_time sets meta.expiredTime.
 ---@param service string
 ---@param method string
 ---@param data any
@@ -443,41 +479,65 @@ function M.send_call(service, method, data, opts)
 	check_name(F, "reply_to", reply_to)
 	local exp = expiry(F, opts)
 	local dj = to_json(F, "data", data, true)
-	local call_id = core.uuid4()
-	local meta = exp and ('{"expired_time":' .. quote(exp) .. "}") or '{"expired_time":null}'
-	local body = '{"call_id":' .. quote(call_id) .. ',"data":' .. dj .. ',"meta":' .. meta
-		.. ',"method_name":' .. quote(method) .. ',"reply_to":' .. quote(reply_to)
-		.. ',"service_name":' .. quote(service) .. "}"
 	local d = current(F)
+	local meta = '{"time":' .. quote(wire_time(core.time())) .. ',"replyTo":' .. quote(reply_to)
+		.. (exp and (',"expiredTime":' .. quote(wire_time(exp))) or "") .. "}"
+	local call_id, body, message_id
+	if config.WIRE_FORMAT == "django" then
+		-- the Python library's call id: a JSON number from its outbox id sequence
+		local rs = d.conn:query("SELECT nextval($1::regclass)::text AS id", id_sequence(d))
+		call_id = rs[1].id
+		body = '{"id":' .. call_id .. ',"data":' .. dj .. ',"meta":' .. meta .. "}"
+	else
+		call_id = core.uuid4()
+		message_id = call_id
+		local q = quote(call_id)
+		body = '{"id":' .. q .. ',"call_id":' .. q .. ',"service_name":' .. quote(service)
+			.. ',"method_name":' .. quote(method) .. ',"reply_to":' .. quote(reply_to)
+			.. ',"data":' .. dj .. ',"meta":' .. meta .. "}"
+	end
 	insert(d, {
 		exchange = service,
-		routing_key = "call." .. method,
+		routing_key = method,
 		body = body,
-		message_id = call_id,
+		message_id = message_id,
 	})
 	return call_id
 end
 
 --- (for svccomm.handlers.call_consumer) Write the response to a call in the current
---- transaction: exchange = reply_to, routing key = "call-response.<service>.<method>",
---- correlation_id = the call id, body = {call_id, data = result, meta = {}, method_name,
---- service_name}.
+--- transaction: exchange = reply_to, routing key = routing_key, correlation_id = the call
+--- id, body = {id = call_id, call_id, data = result, meta = {time}, method_name,
+--- service_name} ("django": {id, data, meta = {time}}). call_id keeps its JSON type.
 ---@param reply_to string
----@param service any  the called service (tostring'd)
----@param method string
----@param call_id string
+---@param routing_key string  call-response.<exchange of the call>.<routing key of the call>
+---@param call_id string|number
 ---@param result any  the handler's result
-function M._write_call_response(reply_to, service, method, call_id, result)
+---@param service any  the called service (tostring'd)
+---@param method any  the called method (tostring'd)
+function M._write_call_response(reply_to, routing_key, call_id, result, service, method)
 	local F = "call_consumer"
 	local rj = to_json(F, "result", result, true)
 	local d = current(F)
+	local id = json.encode(call_id)
+	local meta = '{"time":' .. quote(wire_time(core.time())) .. "}"
+	local body
+	if config.WIRE_FORMAT == "django" then
+		body = '{"id":' .. id .. ',"data":' .. rj .. ',"meta":' .. meta .. "}"
+	else
+		body = '{"id":' .. id .. ',"call_id":' .. id .. ',"service_name":'
+			.. quote(tostring(service)) .. ',"method_name":' .. quote(tostring(method))
+			.. ',"data":' .. rj .. ',"meta":' .. meta .. "}"
+	end
+	local cid = call_id
+	if type(cid) == "number" then
+		cid = json.encode(cid)
+	end
 	insert(d, {
 		exchange = reply_to,
-		routing_key = "call-response." .. tostring(service) .. "." .. method,
-		body = '{"call_id":' .. quote(call_id) .. ',"data":' .. rj
-			.. ',"meta":{},"method_name":' .. quote(method) .. ',"service_name":'
-			.. quote(tostring(service)) .. "}",
-		correlation_id = call_id,
+		routing_key = routing_key,
+		body = body,
+		correlation_id = cid,
 	})
 end
 

@@ -9,8 +9,11 @@ local time = require "svccomm.time"
 
 local M = {}
 
-local type, error, tostring, setmetatable, pairs = type, error, tostring, setmetatable, pairs
+local type, error, tostring, setmetatable, pairs, ipairs = type, error, tostring, setmetatable, pairs,
+	ipairs
 local debug_getinfo, format, match, tointeger = debug.getinfo, string.format, string.match, math.tointeger
+
+local CALL_ID_KEYS = { "call_id", "callId", "id" }
 
 local permanent_mt = {
 	__tostring = function(self)
@@ -114,13 +117,16 @@ end
 ---@return number|nil seconds, string|nil err
 M.parse_time = time.parse
 
---- The clock used for command expiry (seconds since the epoch); replaceable in tests.
-M.now = os.time
+--- The clock used for command expiry (seconds since the epoch, with microseconds, as the
+--- Python library compares); replaceable in tests.
+M.now = core.time
 
 --- Wrap fn(arguments, meta, message) as a handler for commands: the body is the command's
 --- arguments plus `meta = {expired_time = "ISO-8601"}` (or `expiredTime`, or epoch seconds).
---- A command whose expiry has passed is skipped: the handler returns "skipped", reason.
---- `arguments` is a shallow copy of the body without `meta`.
+--- A command whose expiry has passed (compared to the microsecond) is skipped: the handler
+--- returns "skipped", reason. An expiry that is not a time is a permanent error (the
+--- command is dead-lettered with the reason). `arguments` is a shallow copy of the body
+--- without `meta`.
 ---@param fn fun(arguments:table, meta:table, message:table):any
 ---@return function handler(routing_key, body, message)
 function M.command_consumer(fn)
@@ -148,7 +154,8 @@ function M.command_consumer(fn)
 			else
 				t, err = M.parse_time(expired)
 				if not t then
-					reject(format("command_consumer: meta.expired_time %s: %s", tostring(expired), err))
+					reject(format("command_consumer: meta.expired_time %s is not a time: %s",
+						tostring(expired), err))
 				end
 			end
 			if t < M.now() then
@@ -178,11 +185,38 @@ local function field(body, snake, camel)
 	return v
 end
 
---- Wrap fn(data, meta) as the handler of calls: its return value is written, in the
---- handler's transaction, as the response to the caller's reply_to exchange. An expired call
---- is not executed (the handler returns "skipped", reason); an error in fn writes no
---- response (the transaction rolls back). meta = {service_name, method_name, call_id, meta,
---- message}.
+-- The call id of a call or a call response: call_id, callId or id (svccomm writes all
+-- three names, the Python library only id), a non-empty string or a number, as sent.
+local function call_id_of(body)
+	for _, k in ipairs(CALL_ID_KEYS) do
+		local v = body[k]
+		if (type(v) == "string" and v ~= "") or type(v) == "number" then
+			return v
+		end
+	end
+	return nil
+end
+
+-- The routing key of the response: call-response.<exchange of the call>.<routing key of the
+-- call>. A call in svccomm's format before 0.2 (routing key "call.<method_name>") is answered
+-- on call-response.<exchange>.<method_name>, where its caller listens.
+local function response_key(exchange, routing_key, method_from_body)
+	if method_from_body and routing_key == "call." .. method_from_body then
+		routing_key = method_from_body
+	end
+	return "call-response." .. tostring(exchange) .. "." .. tostring(routing_key)
+end
+
+--- Wrap fn(data, meta) as the handler of calls, in svccomm's or the Python library's format:
+--- the call id is `call_id`, `callId` or `id` (a string or a number, kept as sent), reply-to
+--- is `reply_to` at the top level or in `meta`, the method is `method_name` or else the
+--- routing key (without a leading "call."). fn's return value is written, in the handler's transaction, as the response:
+--- exchange = reply_to, routing key = call-response.<exchange of the call>.<routing key of
+--- the call>, body {id, call_id, data, meta = {time}} (see events). An expired call is not
+--- executed (the handler returns "skipped", reason); an error in fn writes no response (the
+--- transaction rolls back). A call without an id, or whose expiry is not a time, is a
+--- permanent error (dead-lettered with the reason). meta = {service_name, method_name,
+--- call_id, reply_to, meta, message}.
 ---@param fn fun(data:any, meta:table):any
 ---@return function handler(routing_key, body, message)
 function M.call_consumer(fn)
@@ -193,22 +227,30 @@ function M.call_consumer(fn)
 		if type(body) ~= "table" then
 			reject("call_consumer: body is not a JSON object")
 		end
-		local call_id = field(body, "call_id", "callId")
-		local method = field(body, "method_name", "methodName")
-		if method == nil and type(routing_key) == "string" then
-			method = match(routing_key, "^call%.(.+)$")
+		local call_id = call_id_of(body)
+		if call_id == nil then
+			reject("call_consumer: not a call: no id, call_id or callId")
 		end
-		if type(call_id) ~= "string" or type(method) ~= "string" then
-			reject("call_consumer: not a call: no call_id or method_name")
-		end
-		local service = field(body, "service_name", "serviceName")
-		if service == nil and type(message) == "table" then
-			service = message.exchange
-		end
-		local reply_to = field(body, "reply_to", "replyTo")
 		local meta = body.meta
 		if type(meta) ~= "table" then
 			meta = {}
+		end
+		local body_method = field(body, "method_name", "methodName")
+		if type(body_method) ~= "string" then
+			body_method = nil
+		end
+		local method = body_method
+		if method == nil and type(routing_key) == "string" then
+			method = match(routing_key, "^call%.(.+)$") or routing_key
+		end
+		local exchange = type(message) == "table" and message.exchange or nil
+		local service = field(body, "service_name", "serviceName")
+		if service == nil then
+			service = exchange
+		end
+		local reply_to = field(body, "reply_to", "replyTo")
+		if reply_to == nil then
+			reply_to = field(meta, "reply_to", "replyTo")
 		end
 		local expired = field(meta, "expired_time", "expiredTime")
 		if expired ~= nil then
@@ -216,7 +258,7 @@ function M.call_consumer(fn)
 			if not t then
 				reject("call_consumer: meta.expired_time is not a time: " .. tostring(expired))
 			end
-			if t < core.time() then
+			if t < M.now() then
 				return "skipped", "call expired at " .. tostring(expired)
 			end
 		end
@@ -224,18 +266,26 @@ function M.call_consumer(fn)
 			service_name = service,
 			method_name = method,
 			call_id = call_id,
+			reply_to = reply_to,
 			meta = meta,
 			message = message,
 		})
 		if type(reply_to) == "string" and reply_to ~= "" then
 			-- a tail call, so an error writing the response names the handler's caller
-			return events._write_call_response(reply_to, service, method, call_id, result)
+			return events._write_call_response(reply_to,
+				response_key(exchange or service, routing_key or method, body_method), call_id,
+				result, service, method)
 		end
 	end
 	return router.wrapped(handler, fn)
 end
 
---- Wrap fn(data, info) as the handler of call responses; info = {service_name, method_name,
+--- Wrap fn(data, info) as the handler of call responses, in svccomm's or the Python
+--- library's format: the call id is `call_id`, `callId` or `id` (as sent: a string or a
+--- number); the service and method come from the body or the routing key
+--- call-response.<service>.<method>. A response without an id is a permanent error
+--- (dead-lettered). svccomm keeps no record of the calls it made: matching info.call_id to a
+--- call (and ignoring one never made) is fn's job. info = {service_name, method_name,
 --- call_id, meta, message}.
 ---@param fn fun(data:any, info:table):any
 ---@return function handler(routing_key, body, message)
@@ -246,6 +296,10 @@ function M.call_response_consumer(fn)
 	local function handler(routing_key, body, message)
 		if type(body) ~= "table" then
 			reject("call_response_consumer: body is not a JSON object")
+		end
+		local call_id = call_id_of(body)
+		if call_id == nil then
+			reject("call_response_consumer: not a call response: no id, call_id or callId")
 		end
 		local service, method = field(body, "service_name", "serviceName"), field(body, "method_name", "methodName")
 		if (service == nil or method == nil) and type(routing_key) == "string" then
@@ -259,7 +313,7 @@ function M.call_response_consumer(fn)
 		return fn(body.data, {
 			service_name = service,
 			method_name = method,
-			call_id = field(body, "call_id", "callId"),
+			call_id = call_id,
 			meta = meta,
 			message = message,
 		})

@@ -25,6 +25,7 @@ function M.load_settings(path)
 	M.settings = s
 	events.configure {
 		OUTBOX_TABLE = s.OUTBOX_TABLE, KEY_STYLE = s.KEY_STYLE, APP_ID = s.APP_ID,
+		WIRE_FORMAT = s.WIRE_FORMAT,
 		MAX_JSON_DEPTH = s.MAX_JSON_DEPTH,
 	}
 	dispatch.configure {

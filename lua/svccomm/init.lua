@@ -26,6 +26,7 @@ M.permanent_error = handlers.permanent_error
 M.is_permanent = handlers.is_permanent
 M.call_consumer = handlers.call_consumer
 M.call_response_consumer = handlers.call_response_consumer
+M.call_handler = router.call_handler
 
 --- Outbox writes (inside a transaction: a consumer handler or db:transaction()).
 M.publish_aggregate_event = events.publish_aggregate_event

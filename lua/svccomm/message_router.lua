@@ -295,6 +295,37 @@ function M.consumer(exchange, pattern, fn)
 	end
 end
 
+--- Register a call handler (e.g. svccomm.call_consumer(fn)) for method on exchange under both
+--- routing keys callers use: `<method>` (the Python library, and svccomm's send_call now) and
+--- `call.<method>` (svccomm's send_call before), for the migration period while old callers
+--- still run; drop the second key (register with consumer(exchange, method)) once they are
+--- gone. `call_handler(ex, method)(h)` and `call_handler(ex, method, h)` return h.
+---@param exchange string
+---@param method string
+---@param handler function|nil
+---@return function
+function M.call_handler(exchange, method, handler)
+	if type(exchange) ~= "string" or exchange == "" or #exchange > MAX_KEY_BYTES then
+		error("call_handler: exchange must be a non-empty string of at most 255 bytes", 2)
+	end
+	if type(method) ~= "string" or method == "" or #method + 5 > MAX_KEY_BYTES then
+		error("call_handler: method must be a non-empty string of at most 250 bytes", 2)
+	end
+	local where = caller_place(2)
+	local function register(h)
+		if type(h) ~= "function" then
+			error(format("call_handler: handler must be a function, got %s", type(h)), 3)
+		end
+		add(new_entry(exchange, method, h, where))
+		add(new_entry(exchange, "call." .. method, h, where))
+		return h
+	end
+	if handler ~= nil then
+		return register(handler)
+	end
+	return register
+end
+
 --- Register the handler for messages no other handler takes (at most one).
 ---@param fn function handler(routing_key, body, message)
 ---@return function fn

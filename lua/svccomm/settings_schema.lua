@@ -77,6 +77,10 @@ M.rows = {
 	{ key = "KEY_STYLE", type = "enum", default = "preserve",
 		check = C.enum { "preserve", "snake" },
 		doc = '"snake" converts incoming body keys from camelCase to snake_case.' },
+	{ key = "WIRE_FORMAT", type = "enum", default = "svccomm",
+		check = C.enum { "svccomm", "django" },
+		doc = 'What svccomm writes: "svccomm" (the documented envelope) or "django" (the '
+			.. "Python library 2.6's bodies and content type). Both are always read." },
 	{ key = "MAX_JSON_DEPTH", type = "integer", default = 128,
 		check = C.integer(1, 1000),
 		doc = "Deeper JSON bodies are dead-lettered as malformed." },

@@ -38,6 +38,7 @@ static const struct field fields[] = {
     FIELD("LUA_MEMORY_LIMIT_MB", F_INTEGER, lua_memory_limit_mb),
     FIELD("UNROUTED", F_STRING, unrouted),
     FIELD("KEY_STYLE", F_STRING, key_style),
+    FIELD("WIRE_FORMAT", F_STRING, wire_format),
     FIELD("MAX_JSON_DEPTH", F_INTEGER, max_json_depth),
     FIELD("MAX_MESSAGE_BYTES", F_INTEGER, max_message_bytes),
     FIELD("INBOX", F_BOOLEAN, inbox),

@@ -52,8 +52,9 @@ struct svc_config {
 	size_t n_retry_delays;
 	double handler_timeout;
 	long lua_memory_limit_mb;
-	char *unrouted;  /* "ack" | "dead-letter" */
-	char *key_style; /* "preserve" | "snake" */
+	char *unrouted;    /* "ack" | "dead-letter" */
+	char *key_style;   /* "preserve" | "snake" */
+	char *wire_format; /* "svccomm" | "django" (outbox/envelope.h) */
 	long max_json_depth;
 	long max_message_bytes;
 	bool inbox;

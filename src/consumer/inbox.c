@@ -82,7 +82,16 @@ int svc_consumer_inbox_seen(struct svc_consumer *c, const struct svc_consumer_ms
 	int rc = svc_consumer_message_id(d->message_id, m->exchange, d->body, d->body_len, id,
 	                                 sizeof(id));
 	if (rc == SVC_EINVAL) {
-		svc_debug(LOG, "message without an id: inbox not used");
+		/* the Python library's commands and calls carry no id: said once, not per message
+		 */
+		if (!c->inbox_warned_no_id)
+			svc_warn(LOG,
+			         "inbox cannot deduplicate messages without an id (no message_id, "
+			         "no eventId; e.g. the Python library's commands and calls): they "
+			         "are handled without deduplication (logged once)");
+		else
+			svc_debug(LOG, "message without an id: inbox not used");
+		c->inbox_warned_no_id = true;
 		return SVC_INBOX_NEW;
 	}
 	if (rc) {

@@ -34,6 +34,7 @@ struct svc_consumer {
 	char inbox_table[160];
 	char inbox_sql[256];
 	char cleanup_sql[512];
+	bool inbox_warned_no_id; /* "inbox cannot deduplicate ..." logged (once per process) */
 	unsigned generation;
 	bool connected_once;
 

@@ -58,6 +58,10 @@ static int l_outbox_insert(lua_State *L)
 		row.body = row_field(L, 3, "body");
 	lua_getfield(L, 3, "envelope");
 	row.envelope = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	if (svc_wire_format_parse(row_field(L, 3, "wire_format"), &row.wire_format) != 0)
+		return luaL_error(L,
+		                  "outbox_insert: wire_format must be \"svccomm\" or \"django\"");
 	row.event_time = row_field(L, 3, "event_time");
 	row.send_after = row_field(L, 3, "send_after");
 	row.message_id = row_field(L, 3, "message_id");
@@ -108,17 +112,23 @@ static const char *json_arg(lua_State *L, int idx)
 	return s;
 }
 
-/* core.envelope_members(type_json, aggregate_json, payload_json) -> members object text */
+/* core.envelope_members(type_json, aggregate_json, payload_json[, wire_format]) -> members
+ * object text */
 static int l_envelope_members(lua_State *L)
 {
 	const char *type = json_arg(L, 1);
 	const char *aggregate = json_arg(L, 2);
 	const char *payload = json_arg(L, 3);
-	size_t n = svc_envelope_members(type, aggregate, payload, NULL, 0);
+	enum svc_wire_format fmt;
+	size_t n;
 	luaL_Buffer b;
-	char *out = luaL_buffinitsize(L, &b, n + 1);
+	char *out;
 
-	svc_envelope_members(type, aggregate, payload, out, n + 1);
+	if (svc_wire_format_parse(luaL_optstring(L, 4, NULL), &fmt) != 0)
+		return luaL_argerror(L, 4, "must be \"svccomm\" or \"django\"");
+	n = svc_envelope_members_as(fmt, type, aggregate, payload, NULL, 0);
+	out = luaL_buffinitsize(L, &b, n + 1);
+	svc_envelope_members_as(fmt, type, aggregate, payload, out, n + 1);
 	luaL_pushresultsize(&b, n);
 	return 1;
 }

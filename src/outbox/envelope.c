@@ -6,14 +6,45 @@
 #include <string.h>
 
 #include "util/clock.h"
+#include "util/error.h"
+
+int svc_wire_format_parse(const char *name, enum svc_wire_format *out)
+{
+	if (!name || strcmp(name, "svccomm") == 0)
+		*out = SVC_WIRE_SVCCOMM;
+	else if (strcmp(name, "django") == 0)
+		*out = SVC_WIRE_DJANGO;
+	else
+		return SVC_EINVAL;
+	return 0;
+}
+
+const char *svc_wire_format_name(enum svc_wire_format fmt)
+{
+	return fmt == SVC_WIRE_DJANGO ? "django" : "svccomm";
+}
+
+const char *svc_wire_content_type(enum svc_wire_format fmt)
+{
+	return fmt == SVC_WIRE_DJANGO ? "text/json" : "application/json";
+}
+
+size_t svc_envelope_members_as(enum svc_wire_format fmt, const char *type_json,
+                               const char *aggregate_json, const char *payload_json, char *out,
+                               size_t outsz)
+{
+	const char *type_key = fmt == SVC_WIRE_DJANGO ? "event_type" : "eventType";
+	int n = snprintf(out, outsz, "{\"%s\":%s,\"aggregate\":%s,\"payload\":%s}", type_key,
+	                 type_json, aggregate_json, payload_json);
+
+	return n < 0 ? 0 : (size_t)n;
+}
 
 size_t svc_envelope_members(const char *type_json, const char *aggregate_json,
                             const char *payload_json, char *out, size_t outsz)
 {
-	int n = snprintf(out, outsz, "{\"eventType\":%s,\"aggregate\":%s,\"payload\":%s}",
-	                 type_json, aggregate_json, payload_json);
-
-	return n < 0 ? 0 : (size_t)n;
+	return svc_envelope_members_as(SVC_WIRE_SVCCOMM, type_json, aggregate_json, payload_json,
+	                               out, outsz);
 }
 
 static bool is_ws(char c)

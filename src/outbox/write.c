@@ -12,14 +12,16 @@
 #include "util/ident.h"
 
 /* The envelope of each statement (outbox/envelope.h), from its own columns. */
-#define INSERT_ENVELOPE SVC_ENVELOPE_SQL("n.id", "$13", "$5", "$1", "$6")
+#define INSERT_ENVELOPE SVC_ENVELOPE_SQL("$14", "n.id", "$13", "$5", "$1", "$6")
 #define ROWS_ENVELOPE                                                                              \
-	SVC_ENVELOPE_SQL("r.id", "r.event_time_utc", "r.event_time", "r.send_after", "r.body")
+	SVC_ENVELOPE_SQL("r.wire_format", "r.id", "r.event_time_utc", "r.event_time",              \
+	                 "r.send_after", "r.body")
 
 /* $1 send_after, $2 exchange, $3 routing_key, $4 envelope?, $5 event_time, $6 body or
  * envelope tail, $7 message_id, $8 correlation_id, $9 headers, $10 tags, $11 table name
  * (quoted, for pg_get_serial_sequence), $12 the id sequence when known (COALESCE does not
- * evaluate the lookup then), $13 eventTime already formatted in C (svc_envelope_time()). */
+ * evaluate the lookup then), $13 eventTime already formatted in C (svc_envelope_time()), $14
+ * the envelope's format (svc_wire_format_name()). */
 static const char insert_fmt[] =
     "INSERT INTO %s (id, send_after, exchange, routing_key, body, message_id, "
     "correlation_id, headers, tags) "
@@ -40,7 +42,7 @@ static const char rows_fmt[] =
     "r.message_id, r.correlation_id, r.headers::jsonb, r.tags::jsonb "
     "FROM json_to_recordset($1::json) AS r(id int8, send_after text, exchange text, "
     "routing_key text, envelope boolean, event_time text, body text, message_id text, "
-    "correlation_id text, headers text, tags text, event_time_utc text)";
+    "correlation_id text, headers text, tags text, event_time_utc text, wire_format text)";
 
 int svc_outbox_insert_sql(const char *quoted_table, char *out, size_t outsz)
 {
@@ -112,7 +114,7 @@ static void jb_field(struct jbuf *b, const char *key, const char *v)
 	jb_put(b, "\"", 1);
 }
 
-/* params: insert_fmt's parameters ($1..$13). */
+/* params: insert_fmt's parameters ($1..$14). */
 static int defer_row(PGconn *conn, const char *qname, long long id, const char *const *params,
                      char *err, size_t errsz, char *sqlstate)
 {
@@ -132,6 +134,7 @@ static int defer_row(PGconn *conn, const char *qname, long long id, const char *
 			jb_field(&b, keys[i], params[i]);
 	}
 	jb_field(&b, "event_time_utc", params[12]);
+	jb_field(&b, "wire_format", params[13]);
 	jb_put(&b, "}", 1);
 	if (b.failed) {
 		free(b.p);
@@ -149,7 +152,7 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 	char qname[SVC_IDENT_QUOTED_MAX];
 	char sql[sizeof(insert_fmt) + SVC_IDENT_QUOTED_MAX];
 	char *tail = NULL;
-	const char *params[13];
+	const char *params[14];
 	char now_iso[40];
 	long long id;
 	PGresult *res = NULL;
@@ -187,6 +190,7 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 	params[12] = row->envelope ? svc_envelope_time(row->event_time, row->send_after, now_iso,
 	                                               sizeof(now_iso))
 	                           : NULL;
+	params[13] = svc_wire_format_name(row->wire_format);
 	if (row->id_sequence && svc_outbox_deferral(conn)) {
 		/* the consumer's connection: the row is written with the batch, before its COMMIT
 		 */
@@ -198,7 +202,7 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 		goto out;
 	}
 	/* unnamed: an application's connection may go through a transaction-pooling proxy */
-	rc = svc_pg_exec_params(conn, sql, 13, params, &res, err, errsz, sqlstate);
+	rc = svc_pg_exec_params(conn, sql, 14, params, &res, err, errsz, sqlstate);
 	if (rc < 0)
 		goto out;
 	if (PQntuples(res) != 1) {

@@ -16,6 +16,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "outbox/envelope.h"
+
 /* One outbox row to write. Strings are borrowed for the duration of the call; NULL = absent. */
 struct svc_outbox_row {
 	const char *exchange;    /* required (may be "" for the default exchange) */
@@ -25,6 +27,7 @@ struct svc_outbox_row {
 	 * statement writes the envelope around them (outbox/envelope.h). */
 	const char *body;
 	bool envelope;
+	enum svc_wire_format wire_format; /* of the envelope (outbox/envelope.h); 0 = svccomm */
 	const char *event_time;     /* timestamptz text for eventTime; default send_after, then
 	                             * the database clock at insert (clock_timestamp()) */
 	const char *send_after;     /* timestamptz text; default now() (due at commit) */

@@ -59,7 +59,7 @@ static int publish_row(struct relay *r, PGresult *res, int i, uint64_t *seq)
 	int64_t id = strtoll(PQgetvalue(res, i, SVC_RELAY_COL_ID), NULL, 10);
 	char mid[300]; /* APP_ID (<= 255, else refused at publish and parked) ':' id */
 	struct svc_amqp_props props = {
-	    .content_type = "application/json",
+	    .content_type = r->content_type,
 	    .message_id = row_message_id(r, res, i, mid, sizeof(mid)),
 	    .correlation_id = PQgetisnull(res, i, SVC_RELAY_COL_CORRELATION_ID)
 	                          ? NULL

@@ -37,6 +37,7 @@ struct ex_slot {
 
 struct relay {
 	const struct svc_config *cfg;
+	const char *content_type; /* of every message: WIRE_FORMAT's (outbox/envelope.h) */
 	volatile sig_atomic_t *stop;
 
 	struct svc_pg pg;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "outbox/envelope.h"
 #include "relay/internal.h"
 #include "relay/relay.h"
 #include "util/clock.h"
@@ -202,6 +203,7 @@ static int relay_new(const struct svc_config *cfg, volatile sig_atomic_t *stop, 
 {
 	struct relay *r = calloc(1, sizeof(*r));
 	size_t window = cfg->publisher_window > 0 ? (size_t)cfg->publisher_window : 1;
+	enum svc_wire_format fmt;
 	int rc = SVC_ENOMEM;
 
 	if (!r)
@@ -210,6 +212,13 @@ static int relay_new(const struct svc_config *cfg, volatile sig_atomic_t *stop, 
 	r->stop = stop;
 	r->seed = (unsigned int)getpid() ^ (unsigned int)time(NULL);
 	svc_pg_init(&r->pg);
+	if (svc_wire_format_parse(cfg->wire_format, &fmt) != 0) {
+		svc_error(COMP, "WIRE_FORMAT \"%s\" is not \"svccomm\" or \"django\"",
+		          cfg->wire_format);
+		rc = SVC_ECONFIG;
+		goto fail;
+	}
+	r->content_type = svc_wire_content_type(fmt);
 	if (svc_relay_sql_init(&r->q, cfg->outbox_table) != 0) {
 		svc_error(COMP, "OUTBOX_TABLE \"%s\" is not a valid table name", cfg->outbox_table);
 		rc = SVC_ECONFIG;

@@ -259,11 +259,14 @@ describe("svccomm.events", function()
 		end)
 		local r = rows()[1]
 		assert.equal("calc", r.exchange)
-		assert.equal("call.add", r.routing_key)
+		-- the Python library's routing key: the method name
+		assert.equal("add", r.routing_key)
 		assert.equal(call_id, r.message_id)
 		local call = cjson.decode(r.body)
 		assert.equal(call_id, call.call_id)
+		assert.equal(call_id, call.id)
 		assert.equal("me", call.reply_to)
+		assert.equal("me", call.meta.replyTo)
 		d:exec("DELETE FROM " .. T)
 
 		local handler = handlers.call_consumer(function(data, meta)

@@ -203,9 +203,10 @@ describe("handlers", function()
 
 		it("a body that is not a call is a permanent error", function()
 			assert.matches("call_consumer: body is not a JSON object", permanent_message(h, "call.add", "x", {}))
-			assert.matches("not a call: no call_id or method_name",
-				permanent_message(h, "other", { call_id = "c1" }, {}))
-			assert.matches("not a call", permanent_message(h, "call.add", { call_id = 5 }, {}))
+			-- a call needs an id (any of the three spellings); the method may be the routing key
+			assert.matches("not a call: no id, call_id or callId",
+				permanent_message(h, "get.user", { data = {}, meta = { replyTo = "py" } }, {}))
+			assert.matches("not a call: no id", permanent_message(h, "call.add", { call_id = "", id = true }, {}))
 			assert.matches("meta.expired_time is not a time: soon",
 				permanent_message(h, "call.add", { call_id = "c1", meta = { expired_time = "soon" } }, {}))
 			assert.are.equal(0, #calls)

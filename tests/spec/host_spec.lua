@@ -24,7 +24,7 @@ describe("host", function()
 			local s = host.load_settings(FIX .. "/settings.lua")
 			assert.are.equal(s, host.settings)
 			assert.are.same({ OUTBOX_TABLE = "host_spec_outbox", KEY_STYLE = "snake", APP_ID = "host-spec",
-				MAX_JSON_DEPTH = 7 }, events.config())
+				MAX_JSON_DEPTH = 7, WIRE_FORMAT = "svccomm" }, events.config())
 		end)
 
 		it("a payload deeper than MAX_JSON_DEPTH is refused before anything is written", function()

@@ -2,23 +2,51 @@ local keys = require("svccomm.keys")
 local cjson = require("cjson")
 
 describe("keys", function()
+	-- Reading (wire -> handler) and writing (handler -> wire) exactly as the Python library
+	-- 2.6 (djangorestframework-camel-case, default options): the first rows of each table are
+	-- the examples of wire-python-2.6.md, the rest edge cases checked against its regular
+	-- expressions (digits, acronyms, leading and double underscores, non-ASCII).
 	describe("snake_name", function()
 		local cases = {
-			{ "eventId", "event_id" },
-			{ "event_id", "event_id" },
-			{ "EventId", "event_id" },
-			{ "HTTPServer", "http_server" },
-			{ "userID", "user_id" },
+			{ "userId", "user_id" },
+			{ "firstName", "first_name" },
+			{ "address1", "address_1" },
+			{ "utf8Name", "utf_8_name" },
+			{ "v2Api", "v_2_api" },
+			{ "x1Y", "x_1y" },
+			{ "a1b2", "a1b_2" },
+			{ "Private", "_private" },
+			{ "HTTPResponse", "http_response" },
 			{ "getHTTPResponseCode", "get_http_response_code" },
-			{ "utf8Name", "utf8_name" },
-			{ "address2", "address2" },
-			{ "v2API", "v2_api" },
-			{ "already_Snake", "already_snake" },
+			{ "userID", "user_id" },
+			{ "iOSVersion", "i_os_version" },
+			{ "ABC", "abc" },
+			{ "already_snake", "already_snake" },
+			-- edge cases
+			{ "eventId", "event_id" },
+			{ "EventId", "_event_id" },
+			{ "HTTPServer", "http_server" },
+			{ "address2", "address_2" },
+			{ "v2API", "v_2api" },
+			{ "already_Snake", "already__snake" },
 			{ "ID", "id" },
 			{ "a", "a" },
 			{ "", "" },
-			{ "x-Header", "x-header" },
+			{ "x-Header", "x-_header" },
 			{ "aggregateRootID", "aggregate_root_id" },
+			{ "A1", "a_1" },
+			{ "AB1", "a_b_1" },
+			{ "ab12cd", "ab_12cd" },
+			{ "item2Count", "item_2_count" },
+			{ "x1", "x_1" },
+			{ "X1Y2", "_x1_y_2" },
+			{ "__typeName", "__type_name" },
+			{ "_privateKey", "_private_key" },
+			{ "a__b", "a__b" },
+			{ "camelCase_mixed", "camel_case_mixed" },
+			{ "\u{C4}pfelId", "\u{E4}pfel_id" },
+			{ "\u{3A9}mega\u{394}elta", "\u{3C9}mega\u{3B4}elta" },
+			{ "\u{41F}\u{440}\u{438}\u{432}\u{435}\u{442}\u{41C}\u{438}\u{440}", "\u{43F}\u{440}\u{438}\u{432}\u{435}\u{442}\u{43C}\u{438}\u{440}" },
 		}
 		for _, c in ipairs(cases) do
 			it(c[1] .. " -> " .. c[2], function()
@@ -29,20 +57,47 @@ describe("keys", function()
 
 	describe("camel_name", function()
 		local cases = {
+			{ "user_id", "userId" },
+			{ "_private", "Private" },
+			{ "a__b", "a_B" },
+			{ "address_1", "address1" },
+			{ "utf_8_name", "utf8Name" },
+			{ "a_1_b", "a1B" },
+			{ "x_1y", "x1y" },
+			{ "trailing_", "trailing_" },
+			{ "__dunder__", "_Dunder__" },
+			{ "http_response", "httpResponse" },
+			-- edge cases
 			{ "event_id", "eventId" },
 			{ "eventId", "eventId" },
-			{ "http_server", "httpServer" },
 			{ "event_id_2", "eventId2" },
-			{ "_private", "_private" },
-			{ "trailing_", "trailing_" },
-			{ "a__b", "aB" },
 			{ "plain", "plain" },
+			{ "__", "__" },
+			{ "_", "_" },
+			{ "_1", "1" },
+			{ "a_b_c", "aBC" },
+			{ "user_ID", "user_ID" },
+			{ "x__1", "x_1" },
+			{ "v_2_api", "v2Api" },
+			{ "\u{FC}ber_name", "\u{FC}berName" },
 		}
 		for _, c in ipairs(cases) do
 			it(c[1] .. " -> " .. c[2], function()
 				assert.are.equal(c[2], keys.camel_name(c[1]))
 			end)
 		end
+	end)
+
+	it("converts keys of objects inside nested arrays, and leaves keys that are not strings", function()
+		local input = { orderLines = { { itemId = 1, subItems = { { skuCode = "a" } } }, { itemId = 2 } },
+			[1] = { innerKey = true }, [2.5] = { keyA = 1 } }
+		local out = keys.to_snake(input)
+		assert.are.same({ order_lines = { { item_id = 1, sub_items = { { sku_code = "a" } } }, { item_id = 2 } },
+			[1] = { inner_key = true }, [2.5] = { key_a = 1 } }, out)
+		assert.are.same(input, keys.to_camel(out))
+		-- values are never changed, only keys
+		assert.are.same({ aB = "user_id", list = { "firstName" } },
+			keys.to_camel { a_b = "user_id", list = { "firstName" } })
 	end)
 
 	it("converts nested objects and array elements, leaving array indices alone", function()

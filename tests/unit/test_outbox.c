@@ -112,21 +112,53 @@ static void test_envelope_members(void **state)
 	assert_int_equal(svc_envelope_members("\"t\"", "\"a\"", "{}", NULL, 0), 46);
 }
 
-/* Both statements that write events expand SVC_ENVELOPE_SQL: it must stay the text they had. */
+/* Both statements that write events expand SVC_ENVELOPE_SQL: it must stay the text they had,
+ * with the Python library's head beside it for WIRE_FORMAT = "django". */
 static void test_envelope_sql_is_the_statements_text(void **state)
 {
 	(void)state;
-	assert_string_equal(
-	    SVC_ENVELOPE_SQL("n.id", "$13", "$5", "$1", "$6"),
-	    "'{\"eventId\":\"' || n.id || '\",\"eventTime\":\"' || "
-	    "COALESCE($13, to_char(coalesce($5::timestamptz, $1::timestamptz, clock_timestamp()) "
-	    "AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) || '\"' || $6");
-	assert_string_equal(
-	    SVC_ENVELOPE_SQL("r.id", "r.event_time_utc", "r.event_time", "r.send_after", "r.body"),
-	    "'{\"eventId\":\"' || r.id || '\",\"eventTime\":\"' || "
-	    "COALESCE(r.event_time_utc, to_char(coalesce(r.event_time::timestamptz, "
-	    "r.send_after::timestamptz, clock_timestamp()) AT TIME ZONE 'UTC', "
-	    "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) || '\"' || r.body");
+#define T_INSERT                                                                                   \
+	"COALESCE($13, to_char(coalesce($5::timestamptz, $1::timestamptz, clock_timestamp()) "     \
+	"AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))"
+	assert_string_equal(SVC_ENVELOPE_SQL("$14", "n.id", "$13", "$5", "$1", "$6"),
+	                    "CASE WHEN $14 = 'django' THEN '{\"eventId\":' || n.id || "
+	                    "',\"event_time\":\"' || left(" T_INSERT ", 23) || 'Z\"' "
+	                    "ELSE '{\"eventId\":\"' || n.id || '\",\"eventTime\":\"' || " T_INSERT
+	                    " || '\"' END || $6");
+#undef T_INSERT
+#define T_ROWS                                                                                     \
+	"COALESCE(r.event_time_utc, to_char(coalesce(r.event_time::timestamptz, "                  \
+	"r.send_after::timestamptz, clock_timestamp()) AT TIME ZONE 'UTC', "                       \
+	"'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))"
+	assert_string_equal(SVC_ENVELOPE_SQL("r.wire_format", "r.id", "r.event_time_utc",
+	                                     "r.event_time", "r.send_after", "r.body"),
+	                    "CASE WHEN r.wire_format = 'django' THEN '{\"eventId\":' || r.id || "
+	                    "',\"event_time\":\"' || left(" T_ROWS ", 23) || 'Z\"' "
+	                    "ELSE '{\"eventId\":\"' || r.id || '\",\"eventTime\":\"' || " T_ROWS
+	                    " || '\"' END || r.body");
+#undef T_ROWS
+}
+
+/* WIRE_FORMAT: its names, the members and the content type of each format. */
+static void test_wire_format(void **state)
+{
+	enum svc_wire_format f = SVC_WIRE_DJANGO;
+	char out[128];
+	(void)state;
+	assert_int_equal(svc_wire_format_parse(NULL, &f), 0);
+	assert_int_equal(f, SVC_WIRE_SVCCOMM);
+	assert_int_equal(svc_wire_format_parse("django", &f), 0);
+	assert_int_equal(f, SVC_WIRE_DJANGO);
+	assert_int_equal(svc_wire_format_parse("Django", &f), SVC_EINVAL);
+	assert_int_equal(svc_wire_format_parse("", &f), SVC_EINVAL);
+	assert_string_equal(svc_wire_format_name(SVC_WIRE_DJANGO), "django");
+	assert_string_equal(svc_wire_format_name(SVC_WIRE_SVCCOMM), "svccomm");
+	assert_string_equal(svc_wire_content_type(SVC_WIRE_DJANGO), "text/json");
+	assert_string_equal(svc_wire_content_type(SVC_WIRE_SVCCOMM), "application/json");
+	svc_envelope_members_as(SVC_WIRE_DJANGO, "\"t\"", "\"a\"", "{}", out, sizeof(out));
+	assert_string_equal(out, "{\"event_type\":\"t\",\"aggregate\":\"a\",\"payload\":{}}");
+	svc_envelope_members_as(SVC_WIRE_SVCCOMM, "\"t\"", "\"a\"", "{}", out, sizeof(out));
+	assert_string_equal(out, "{\"eventType\":\"t\",\"aggregate\":\"a\",\"payload\":{}}");
 }
 
 static void test_envelope_time(void **state)
@@ -246,6 +278,7 @@ int main(void)
 	    cmocka_unit_test(test_envelope_tail),
 	    cmocka_unit_test(test_envelope_members),
 	    cmocka_unit_test(test_envelope_sql_is_the_statements_text),
+	    cmocka_unit_test(test_wire_format),
 	    cmocka_unit_test(test_envelope_time),
 	    cmocka_unit_test(test_insert_sql),
 	    cmocka_unit_test(test_insert_refuses_bad_input_without_sql),
