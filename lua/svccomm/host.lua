@@ -7,6 +7,8 @@ local events = require "svccomm.events"
 local router = require "svccomm.message_router"
 local settings_mod = require "svccomm.settings"
 local svccomm = require "svccomm"
+local time = require "svccomm.time"
+local core = require "svccomm.core"
 
 local M = {}
 
@@ -198,6 +200,19 @@ function M.publish(aggregate, event_type, payload_json, at, tags_json)
 		if not at then return nil, "--tags needs --at", "usage" end
 		tags = cjson.decode(tags_json)
 		if type(tags) ~= "table" then return nil, "--tags is not a JSON object", "usage" end
+	end
+	if at then
+		local due, terr
+		if at:sub(1, 1) == "+" then
+			due, terr = time.parse_relative(at)
+			due = due and core.time() + due
+		else
+			due, terr = time.parse(at)
+		end
+		if not due then
+			return nil, format("--at %q: %s (ISO 8601 such as 2026-12-01T10:00:00Z, or +10s, +5m, +1h)", at, terr), "usage"
+		end
+		at = due
 	end
 	local has_db, missing = pcall(settings_mod.require_keys, s, { "DATABASE_URL" }, "publish")
 	if not has_db then
