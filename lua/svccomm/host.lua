@@ -98,6 +98,23 @@ function M.tls_lines(s, add)
 	return 1
 end
 
+--- Where each key an environment variable can override got its value: the settings file, its
+--- default or the variable (an exported SVCCOMM_DATABASE_URL silently wins otherwise).
+---@param s table  validated settings (with _SOURCES)
+---@param add fun(fmt:string, ...)
+function M.source_lines(s, add)
+	local rows = {}
+	for _, row in ipairs(require("svccomm.settings_schema").rows) do
+		if (row.env or row.env_fields) and s._SOURCES and s._SOURCES[row.key] then
+			rows[#rows + 1] = { row.key, s._SOURCES[row.key] }
+		end
+	end
+	if #rows == 0 then return end
+	add("")
+	add("sources (keys an environment variable can override):")
+	add("%s", rows_to_text(rows))
+end
+
 --- The report `svccomm check` prints: settings, topology, routing table, warnings.
 ---@return string report
 ---@return integer warnings
@@ -118,6 +135,7 @@ function M.check_report()
 	add("queue:    %s%s", s.QUEUE or "(none: runconsumer needs QUEUE)",
 		#qargs > 0 and " (" .. concat(qargs, ", ") .. ")" or "")
 	add("declare:  %s", s.DO_NOT_DECLARE and "no (DO_NOT_DECLARE: checked passively)" or "yes")
+	M.source_lines(s, add)
 
 	add("")
 	add("exchanges:")
@@ -230,7 +248,11 @@ function M.publish(aggregate, event_type, payload_json, at, tags_json)
 	end)
 	db:close()
 	if not ok then
-		return nil, tostring(type(res) == "table" and (res.message or res) or res), "runtime"
+		-- name the database and where its URL came from: an exported SVCCOMM_DATABASE_URL
+		-- makes "relation ... does not exist" otherwise a riddle
+		return nil, format("%s (database %s, DATABASE_URL from %s)",
+			tostring(type(res) == "table" and (res.message or res) or res),
+			settings_mod.mask_url(s.DATABASE_URL), s._SOURCES and s._SOURCES.DATABASE_URL or "?"), "runtime"
 	end
 	return res
 end
