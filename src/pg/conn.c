@@ -133,8 +133,8 @@ static PGconn *connect_params(const char **keys, const char **vals, const char *
 	}
 	if (PQstatus(conn) != CONNECTION_OK) {
 		svc_pg_set_error(err, errsz, PQerrorMessage(conn));
+		name_target(conn, err, errsz); /* before scrub: the host may hold a piece of it */
 		scrub(err, errsz, conninfo);
-		name_target(conn, err, errsz);
 		PQfinish(conn);
 		return NULL;
 	}
