@@ -168,9 +168,10 @@ static bool log_exit(int i, pid_t pid, int status)
 	return clean;
 }
 
-/* Worker i + 1 ended: while stopping it only counts towards the result; a configuration error
- * (status 2 before the worker said it consumes) stops all; otherwise it is restarted after its
- * backoff. */
+/* Worker i + 1 ended: while stopping it only counts towards the result; one stopped for a
+ * SIGHUP replacement starts again at once; a configuration error (status 2 before the worker
+ * said it consumes) stops all, unless files were reloaded since start; otherwise it is
+ * restarted after its backoff. */
 static void worker_ended(struct supervisor *sv, int i, pid_t pid, int status)
 {
 	struct slot *s = &sv->slots[i];
@@ -195,6 +196,13 @@ static void worker_ended(struct supervisor *sv, int i, pid_t pid, int status)
 		         "worker %d exited with %d after it started consuming: a crash, not a "
 		         "configuration error",
 		         i + 1, SVC_EXIT_USAGE);
+	else if (WIFEXITED(status) && WEXITSTATUS(status) == SVC_EXIT_USAGE && reload_rounds > 0)
+		/* Files changed under a running service: keep the workers that still run the old
+		 * code rather than stop them all; this one retries with backoff. */
+		svc_error(LOG,
+		          "worker %d: the handler files or settings as they are now do not load "
+		          "(exit %d); the other workers go on, fix them and send SIGHUP again",
+		          i + 1, SVC_EXIT_USAGE);
 	else if (WIFEXITED(status) && WEXITSTATUS(status) == SVC_EXIT_USAGE) {
 		svc_error(LOG, "configuration error in worker %d: stopping all", i + 1);
 		sv->result = SVC_EXIT_USAGE;

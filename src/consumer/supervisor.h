@@ -10,7 +10,9 @@
  * SIGHUP replaces the workers one at a time so new handler code is loaded without a gap: worker
  * k gets SIGTERM (it commits and acks its batch and exits), its replacement starts at once,
  * and worker k + 1 is replaced only once that replacement said it consumes. Workers ignore
- * SIGHUP themselves; a SIGHUP during a round asks for one more round after it. */
+ * SIGHUP themselves; a SIGHUP during a round asks for one more round after it. A worker
+ * started after a SIGHUP that exits 2 (the files as they are now do not load) is restarted
+ * with backoff (reading them again) instead of stopping all: the round waits, the others serve. */
 #ifndef SVC_SUPERVISOR_H
 #define SVC_SUPERVISOR_H
 

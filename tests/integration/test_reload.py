@@ -97,3 +97,22 @@ def test_sighup_makes_runpublisher_read_its_settings_again(project):
                    .method.message_count == 100, 30, what="all 100 rows relayed")
     assert proc.running()
     assert p.stop() == 0
+
+
+def test_sighup_with_a_broken_handler_keeps_the_old_workers_serving(project, broker):
+    p = project.setup_consumer(VERSIONED.replace("VERSION", "v1"), {"PREFETCH_COUNT": 20})
+    write_handler(p, "v1")
+    proc = p.start_consumer("--workers", "2", wait_consuming=False)
+    svc.wait_until(lambda: proc.log().count("consuming '%s'" % p.queue()) >= 2, 30, what="2 workers")
+    p.write_app("rec", "this is not Lua")
+    os.kill(proc.pid, signal.SIGHUP)
+    proc.wait_for_log("do not load", 30)
+    stream(broker, p, 0, 50)  # worker 2 still runs v1
+    svc.wait_until(lambda: p.record_count() >= 50, 30, what="the old worker serving")
+    assert proc.running()
+    write_handler(p, "v2")  # the waiting replacement picks it up at its next try
+    proc.wait_for_log("all 2 worker\\(s\\) replaced", 60)
+    stream(broker, p, 50, 80)
+    assert_each_handled_once(p, broker, 80)
+    assert {r[1] for r in p.records("n, info") if r[0] >= 50} == {"v2"}
+    assert p.stop() == 0
