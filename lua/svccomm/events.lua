@@ -316,21 +316,31 @@ local function write_event(F, aggregate, event_type, payload, when, tags)
 end
 
 --- Write an event to the outbox in the current transaction; returns its eventId.
---- Named: publish_aggregate_event{aggregate=, event_type=, payload=} or positional
---- (aggregate, event_type, payload). A nil payload is {}.
+--- Named: publish_aggregate_event{aggregate=, event_type=, payload=[, delay=]} or positional
+--- (aggregate, event_type, payload). A nil payload is {}. delay = seconds (>= 0, named form
+--- only) publishes it that much later: the same as publish_future_aggregate_event with
+--- event_time = now + delay (eventTime is the due time).
 ---@param aggregate string|table
 ---@param event_type string|nil
 ---@param payload any
 ---@return string event_id
 function M.publish_aggregate_event(aggregate, event_type, payload)
 	local F = "publish_aggregate_event"
+	local when
 	if type(aggregate) == "table" and event_type == nil then
 		local a = aggregate
 		aggregate, event_type, payload = a.aggregate, a.event_type, a.payload
+		if a.delay ~= nil then
+			local dl = a.delay
+			if type(dl) ~= "number" or dl ~= dl or dl < 0 or dl == huge then
+				error(format("%s: delay must be a number of seconds >= 0, got %s", F, tostring(dl)), 2)
+			end
+			when = core.utc_iso(core.time() + dl)
+		end
 	end
 	check_name(F, "aggregate", aggregate)
 	check_name(F, "event_type", event_type)
-	return write_event(F, aggregate, event_type, payload) -- a tail call: errors still blame the caller
+	return write_event(F, aggregate, event_type, payload, when) -- a tail call: errors still blame the caller
 end
 
 --- Schedule an event: published once event_time (seconds since the epoch, or an ISO 8601

@@ -7,6 +7,8 @@ local events = require "svccomm.events"
 local router = require "svccomm.message_router"
 local settings_mod = require "svccomm.settings"
 local svccomm = require "svccomm"
+local time = require "svccomm.time"
+local core = require "svccomm.core"
 
 local M = {}
 
@@ -97,6 +99,23 @@ function M.tls_lines(s, add)
 	return 1
 end
 
+--- Where each key an environment variable can override got its value: the settings file, its
+--- default or the variable (an exported SVCCOMM_DATABASE_URL silently wins otherwise).
+---@param s table  validated settings (with _SOURCES)
+---@param add fun(fmt:string, ...)
+function M.source_lines(s, add)
+	local rows = {}
+	for _, row in ipairs(require("svccomm.settings_schema").rows) do
+		if (row.env or row.env_fields) and s._SOURCES and s._SOURCES[row.key] then
+			rows[#rows + 1] = { row.key, s._SOURCES[row.key] }
+		end
+	end
+	if #rows == 0 then return end
+	add("")
+	add("sources (keys an environment variable can override):")
+	add("%s", rows_to_text(rows))
+end
+
 --- The report `svccomm check` prints: settings, topology, routing table, warnings.
 ---@return string report
 ---@return integer warnings
@@ -117,6 +136,7 @@ function M.check_report()
 	add("queue:    %s%s", s.QUEUE or "(none: runconsumer needs QUEUE)",
 		#qargs > 0 and " (" .. concat(qargs, ", ") .. ")" or "")
 	add("declare:  %s", s.DO_NOT_DECLARE and "no (DO_NOT_DECLARE: checked passively)" or "yes")
+	M.source_lines(s, add)
 
 	add("")
 	add("exchanges:")
@@ -200,6 +220,19 @@ function M.publish(aggregate, event_type, payload_json, at, tags_json)
 		tags = cjson.decode(tags_json)
 		if type(tags) ~= "table" then return nil, "--tags is not a JSON object", "usage" end
 	end
+	if at then
+		local due, terr
+		if at:sub(1, 1) == "+" then
+			due, terr = time.parse_relative(at)
+			due = due and core.time() + due
+		else
+			due, terr = time.parse(at)
+		end
+		if not due then
+			return nil, format("--at %q: %s (ISO 8601 such as 2026-12-01T10:00:00Z, or +10s, +5m, +1h)", at, terr), "usage"
+		end
+		at = due
+	end
 	local has_db, missing = pcall(settings_mod.require_keys, s, { "DATABASE_URL" }, "publish")
 	if not has_db then
 		return nil, missing, "usage"
@@ -216,7 +249,11 @@ function M.publish(aggregate, event_type, payload_json, at, tags_json)
 	end)
 	db:close()
 	if not ok then
-		return nil, tostring(type(res) == "table" and (res.message or res) or res), "runtime"
+		-- name the database and where its URL came from: an exported SVCCOMM_DATABASE_URL
+		-- makes "relation ... does not exist" otherwise a riddle
+		return nil, format("%s (database %s, DATABASE_URL from %s)",
+			tostring(type(res) == "table" and (res.message or res) or res),
+			settings_mod.mask_url(s.DATABASE_URL), s._SOURCES and s._SOURCES.DATABASE_URL or "?"), "runtime"
 	end
 	return res
 end

@@ -15,6 +15,8 @@ M.VERSION = require("svccomm.core").VERSION
 
 M.message_router = router
 M.db = db
+--- Handler logging through svccomm's logger: log.debug/info/warning/error(msg, fields).
+M.log = require "svccomm.log"
 
 --- JSON null, as decoded bodies carry it and as a parameter for SQL NULL.
 M.null = cjson.null

@@ -24,7 +24,7 @@ local type, pairs, ipairs, tostring, error, pcall = type, pairs, ipairs, tostrin
 local setmetatable, loadfile, open, getenv, _G, next = setmetatable, loadfile, io.open, os.getenv, _G, next
 local format, find, sub, gsub, match, lower =
 	string.format, string.find, string.sub, string.gsub, string.match, string.lower
-local max, sort = math.max, table.sort
+local max, sort, concat = math.max, table.sort, table.concat
 local fail, show = checks.fail, checks.show
 
 --- Mask the password of a URL ("scheme://user:pass@host" -> "scheme://user:****@host", also
@@ -170,19 +170,30 @@ function M.validate(tbl, env, path)
 			local s = M.suggest(k)
 			fail(k, s and format("unknown key (did you mean %s?)", s) or "unknown key")
 		end
-		local out, from_env = {}, {}
+		local out, from_env, sources = {}, {}, {}
 		for _, row in ipairs(schema.rows) do
 			local key = row.key
 			local v = tbl[key]
 			local label = key
+			sources[key] = v == nil and "default" or "settings file"
 			if row.env_fields and (v == nil or type(v) == "table") then
 				v, from_env[key] = env_fields(row, v, env)
+				if from_env[key] then
+					local names = {}
+					for _, name in pairs(from_env[key]) do
+						names[#names + 1] = name
+					end
+					sort(names)
+					sources[key] = format("%s + env %s", sources[key], concat(names, ", "))
+				end
 			end
 			if row.env then
 				local ev = getenv_value(env, row.env)
 				if ev ~= nil then
 					v = ev
 					label = format("%s (from %s)", key, row.env)
+					sources[key] = format("env %s%s", row.env,
+						tbl[key] ~= nil and " (overrides the settings file)" or "")
 				end
 			end
 			if v == nil then
@@ -191,6 +202,9 @@ function M.validate(tbl, env, path)
 				out[key] = row.check(v, label, from_env[key])
 			end
 		end
+		-- where each value came from, for `svccomm check`: "settings file", "default",
+		-- "env NAME[ (overrides the settings file)]"
+		out._SOURCES = sources
 		-- TLS options with a plain amqp:// URL are a mistake that would send the credentials
 		-- unencrypted: refuse it rather than ignore BROKER_TLS
 		if (tbl.BROKER_TLS ~= nil or next(from_env.BROKER_TLS or {}) ~= nil)

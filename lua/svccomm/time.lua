@@ -79,4 +79,20 @@ function M.parse(s)
 	return days * 86400 + h * 3600 + mi * 60 + sec + frac - offset
 end
 
+local units = { s = 1, m = 60, h = 3600, d = 86400 }
+
+--- Parse a relative time "+10s", "+5m", "+1h", "+2d" (also "+1.5h") to a number of seconds.
+---@param s string
+---@return number|nil seconds, string|nil err
+function M.parse_relative(s)
+	if type(s) ~= "string" then
+		return nil, "not a string"
+	end
+	local n, unit = match(s, "^%+(%d+%.?%d*)([smhd])$")
+	if not n then
+		return nil, "not a relative time (+<number><s|m|h|d>, e.g. +10s, +5m, +1h)"
+	end
+	return tonumber(n) * units[unit]
+end
+
 return M

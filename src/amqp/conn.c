@@ -302,8 +302,13 @@ int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const c
 		rc = SVC_EINVAL;
 	} else {
 		rc = open_socket(c, &info);
-		if (rc == 0)
-			rc = login(c, &info, heartbeat, conn_name);
+		if (rc == 0 && (rc = login(c, &info, heartbeat, conn_name)) != 0) {
+			size_t n = strlen(c->err);
+
+			/* Name the target (never the password): a wrong vhost is a common cause. */
+			snprintf(c->err + n, sizeof(c->err) - n, " (vhost \"%s\" on %s:%d as %s)",
+			         info.vhost, info.host, info.port, info.user);
+		}
 		if (rc != 0)
 			drop_state(c);
 	}

@@ -1,8 +1,10 @@
 #include "cli/cli.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 
@@ -84,42 +86,63 @@ static const char *dirname_of(const char *path, char *buf, size_t bufsz)
 	return buf;
 }
 
-/* Prepares what the command needs (settings, apps), runs it, and releases them. */
-static int run_command(struct svc_cli_ctx *ctx)
+/* Makes the runtime, loads settings into *config (ctx->config) and, when the command needs
+ * them, the apps. Returns SVC_EXIT_OK, or an exit code with everything released. */
+static int load(struct svc_cli_ctx *ctx, struct svc_config *config)
 {
-	const struct svc_cmd *cmd = ctx->cmd;
-	struct svc_config config;
 	char err[8192], dirbuf[4096];
 	enum svc_log_level level;
 	int rc;
 
-	if (cmd->needs == SVC_NEEDS_NOTHING)
-		return cmd->run(ctx);
 	ctx->rt = svc_runtime_new(dirname_of(ctx->settings_path, dirbuf, sizeof(dirbuf)), err,
 	                          sizeof(err));
 	if (!ctx->rt) {
 		fprintf(stderr, "svccomm: %s\n", err);
 		return SVC_EXIT_FAILURE;
 	}
-	rc = svc_config_load(svc_runtime_state(ctx->rt), ctx->settings_path, &config, err,
+	rc = svc_config_load(svc_runtime_state(ctx->rt), ctx->settings_path, config, err,
 	                     sizeof(err));
 	if (rc != 0) {
 		fprintf(stderr, "svccomm: %s\n", err);
 		svc_runtime_free(ctx->rt);
+		ctx->rt = NULL;
 		return rc == SVC_ECONFIG ? SVC_EXIT_USAGE : SVC_EXIT_FAILURE;
 	}
-	ctx->config = &config;
-	if (svc_log_parse_level(config.log_level, &level) == 0)
+	ctx->config = config;
+	if (svc_log_parse_level(config->log_level, &level) == 0)
 		svc_log_threshold = level;
-	if (cmd->needs == SVC_NEEDS_APPS && load_apps(ctx->rt, err, sizeof(err)) != 0) {
+	if (ctx->cmd->needs == SVC_NEEDS_APPS && load_apps(ctx->rt, err, sizeof(err)) != 0) {
 		fprintf(stderr, "svccomm: %s\n", err);
-		rc = SVC_EXIT_USAGE;
-		goto out;
+		svc_config_release(config);
+		svc_runtime_free(ctx->rt);
+		ctx->rt = NULL;
+		return SVC_EXIT_USAGE;
 	}
-	svc_runtime_set_memory_limit(ctx->rt, (size_t)config.lua_memory_limit_mb << 20);
-	rc = cmd->run(ctx);
-out:
-	svc_config_release(&config);
+	svc_runtime_set_memory_limit(ctx->rt, (size_t)config->lua_memory_limit_mb << 20);
+	return SVC_EXIT_OK;
+}
+
+int svc_cli_reload(struct svc_cli_ctx *ctx)
+{
+	svc_config_release(ctx->config);
+	svc_runtime_free(ctx->rt);
+	ctx->rt = NULL;
+	return load(ctx, ctx->config);
+}
+
+/* Prepares what the command needs (settings, apps), runs it, and releases them. */
+static int run_command(struct svc_cli_ctx *ctx)
+{
+	struct svc_config config;
+	int rc;
+
+	if (ctx->cmd->needs == SVC_NEEDS_NOTHING)
+		return ctx->cmd->run(ctx);
+	rc = load(ctx, &config);
+	if (rc != SVC_EXIT_OK)
+		return rc;
+	rc = ctx->cmd->run(ctx);
+	svc_config_release(ctx->config);
 	svc_runtime_free(ctx->rt);
 	return rc;
 }
@@ -138,12 +161,23 @@ static int usage_error(const struct svc_cli_parse *p, const struct svc_cmd *cmd)
 	return SVC_EXIT_USAGE;
 }
 
+/* Replaces the process with the same command line (the binary as it is now on disk), once
+ * the command stopped cleanly and freed its connections and Lua state. Returns only on failure. */
+static int reexec(char **argv)
+{
+	svc_info("cli", "SIGHUP: starting again with the same command line");
+	fflush(NULL);
+	execv("/proc/self/exe", argv);
+	svc_error("cli", "SIGHUP: cannot exec /proc/self/exe: %s", strerror(errno));
+	return SVC_EXIT_FAILURE;
+}
+
 int svc_cli_run(int argc, char **argv)
 {
 	struct svc_cli_parse p;
 	struct svc_cli_ctx ctx = {0};
 	const char *settings = getenv("SVCCOMM_SETTINGS");
-	int at;
+	int at, rc;
 
 	/* Handlers print; keep their lines whole and timely when stdout is a file or pipe. */
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -182,5 +216,8 @@ int svc_cli_run(int argc, char **argv)
 	ctx.nargs = p.nargs;
 	ctx.arg = p.arg;
 	ctx.opt = p.opt;
-	return run_command(&ctx);
+	rc = run_command(&ctx);
+	if (rc == SVC_EXIT_OK && ctx.reexec)
+		rc = reexec(argv);
+	return rc;
 }

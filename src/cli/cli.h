@@ -12,6 +12,8 @@
 #include "config/config.h"
 
 struct svc_runtime;
+#include <stdbool.h>
+
 struct svc_cli_ctx;
 
 #define SVC_CLI_MAX_OPTS 8 /* options of one command, global options not counted */
@@ -74,11 +76,18 @@ struct svc_cli_ctx {
 	int nargs;                    /* positional arguments, min_args to max_args of them */
 	const char *const *arg;       /* arg[0..nargs-1] */
 	const struct svc_optval *opt; /* opt[i] is the value of cmd->opts[i] */
+	bool reexec; /* set by run(): after cleanup, svc_cli_run execs the same command line
+	              * again (SIGHUP: new code and settings) */
 };
 
 /* The exit-code line every command shares unless it sets its own. */
 #define SVC_CLI_EXIT_CODES                                                                         \
 	"Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error."
+
+/* Releases ctx's settings and Lua runtime and loads them again from the files (settings and
+ * apps as they are now): a supervised worker started after a SIGHUP. Returns an SVC_EXIT_*
+ * code; on failure ctx->rt is NULL. */
+int svc_cli_reload(struct svc_cli_ctx *ctx);
 
 /* Parses argv, runs the command, returns the process exit code. */
 int svc_cli_run(int argc, char **argv);

@@ -28,12 +28,16 @@ static int run(struct svc_cli_ctx *ctx)
 	}
 	rc = svc_migrate(conn, cfg->outbox_table, cfg->inbox_table, err, sizeof(err));
 	PQfinish(conn);
-	if (rc != 0) {
+	if (rc < 0) {
 		fprintf(stderr, "svccomm migrate: %s\n", err);
 		return SVC_EXIT_FAILURE;
 	}
-	printf("migrated: outbox %s and inbox %s are up to date\n", cfg->outbox_table,
-	       cfg->inbox_table);
+	if (rc > 0)
+		printf("migrated: applied %d migration%s to outbox %s and inbox %s\n", rc,
+		       rc == 1 ? "" : "s", cfg->outbox_table, cfg->inbox_table);
+	else
+		printf("migrated: nothing to apply, outbox %s and inbox %s are up to date\n",
+		       cfg->outbox_table, cfg->inbox_table);
 	return SVC_EXIT_OK;
 }
 

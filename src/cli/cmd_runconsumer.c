@@ -19,6 +19,13 @@ _Static_assert(N_OPTS <= SVC_CLI_MAX_OPTS, "too many options");
 static int worker_main(int worker, void *arg)
 {
 	struct svc_cli_ctx *ctx = arg;
+
+	/* Started after a SIGHUP: the handler files (and settings) as they are now. */
+	if (svc_supervisor_reloads() > 0) {
+		int rc = svc_cli_reload(ctx);
+		if (rc != SVC_EXIT_OK)
+			return rc;
+	}
 	return svc_consumer_run(ctx->config, ctx->rt, worker);
 }
 
@@ -31,8 +38,13 @@ static int run(struct svc_cli_ctx *ctx)
 		        ctx->config->path ? ctx->config->path : "settings.lua");
 		return SVC_EXIT_USAGE;
 	}
-	if (workers == 1)
-		return svc_consumer_run(ctx->config, ctx->rt, 0);
+	if (workers == 1) {
+		int rc = svc_consumer_run(ctx->config, ctx->rt, 0);
+
+		/* SIGHUP: the batch is committed and acked; start again with the new code. */
+		ctx->reexec = svc_consumer_reload != 0;
+		return rc;
+	}
 	return svc_supervisor_run(workers, worker_main, ctx);
 }
 
@@ -48,5 +60,8 @@ const struct svc_cmd svc_cmd_runconsumer = {
         "message to the matching handler of apps/*/consumers.lua inside a database transaction\n"
         "(when DATABASE_URL is set) and acks it after the commit. --workers N runs N workers\n"
         "under a supervisor that restarts a crashed one. SIGTERM/SIGINT: stop taking messages,\n"
-        "finish and commit the handler in progress, ack, exit 0 within SHUTDOWN_TIMEOUT.\n",
+        "finish and commit the handler in progress, ack, exit 0 within SHUTDOWN_TIMEOUT.\n"
+        "SIGHUP: with --workers, replace the workers one at a time (each commits its batch\n"
+        "first; the next is replaced once the new one consumes); without, stop as on SIGTERM\n"
+        "and exec the same command line again. Either way new handler code is loaded.\n",
 };

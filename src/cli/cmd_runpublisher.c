@@ -1,5 +1,5 @@
 /* `svccomm runpublisher`: the outbox relay (relay/relay.c). Installs the signal handlers and
- * runs the loop until SIGTERM or SIGINT. */
+ * runs the loop until SIGTERM or SIGINT; SIGHUP stops it the same way and starts it again. */
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -8,11 +8,12 @@
 #include "relay/relay.h"
 #include "util/error.h"
 
-static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t stop_requested, reload_requested;
 
 static void on_signal(int sig)
 {
-	(void)sig;
+	if (sig == SIGHUP && !stop_requested)
+		reload_requested = 1;
 	stop_requested = 1;
 }
 
@@ -31,10 +32,14 @@ static int run(struct svc_cli_ctx *ctx)
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
 
 	rc = svc_publisher_run(ctx->config, &stop_requested);
+	/* SIGHUP: stopped as on SIGTERM (confirmed rows deleted); start again with the settings
+	 * file as it is now. */
+	ctx->reexec = rc == 0 && reload_requested;
 	if (rc == SVC_ECONFIG || rc == SVC_EINVAL)
 		return SVC_EXIT_USAGE;
 	return rc == 0 ? SVC_EXIT_OK : SVC_EXIT_FAILURE;
@@ -51,7 +56,8 @@ const struct svc_cmd svc_cmd_runpublisher = {
         "(PUBLISHER_MODE \"listen\"), polls every PUBLISHER_POLL_INTERVAL, and honours scheduled\n"
         "send_after times. Several relays may run at once: they share the rows by partition\n"
         "(advisory locks). SIGTERM/SIGINT: stop claiming, wait up to SHUTDOWN_TIMEOUT for\n"
-        "confirms, exit 0.\n",
+        "confirms, exit 0. SIGHUP: stop the same way, then exec the same command line again,\n"
+        "which reads the settings file anew.\n",
     .exit_codes = "Exit codes: 0 stopped by a signal, 1 runtime failure, 2 usage or "
                   "configuration error.",
 };

@@ -20,6 +20,7 @@
 #ifndef SVC_CONSUMER_H
 #define SVC_CONSUMER_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -34,6 +35,9 @@ struct svc_runtime;
  * SVC_EXIT_USAGE when the configuration cannot work (e.g. DO_NOT_DECLARE and no queue at
  * startup), SVC_EXIT_FAILURE otherwise. */
 int svc_consumer_run(const struct svc_config *cfg, struct svc_runtime *rt, int worker);
+
+/* Set when the stop came from SIGHUP: the caller should start the consumer again (new code). */
+extern volatile sig_atomic_t svc_consumer_reload;
 
 /* ---- pure logic (unit-tested) ---- */
 

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config/config.h"
+#include "lua/core.h"
 #include "lua/pg.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -220,6 +221,9 @@ static int invoke_handler(lua_State *L)
 			set_str(L, "traceparent", tp->str);
 		lua_call(L, 1, 0);
 	}
+	/* svccomm.log attaches it to the handler's lines (lua/core.c). */
+	lua_pushstring(L, MSG_ID(d));
+	lua_setfield(L, LUA_REGISTRYINDEX, SVC_LUA_MESSAGE_ID_KEY);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_handle);
 	lua_pushstring(L, ic->m->exchange);
 	lua_pushstring(L, ic->m->routing_key);
@@ -273,6 +277,10 @@ void svc_consumer_lua_handle(struct svc_consumer *c, const struct svc_consumer_m
 		lua_gc(L, LUA_GCCOLLECT, 0);
 	read_result(c, st, res);
 	lua_settop(L, top);
+	/* false, not nil: the key stays in the registry, so resetting it allocates nothing and
+	 * cannot raise outside a protected call. */
+	lua_pushboolean(L, 0);
+	lua_setfield(L, LUA_REGISTRYINDEX, SVC_LUA_MESSAGE_ID_KEY);
 	if (c->ref_clearctx != LUA_NOREF)
 		call_helper(c, c->ref_clearctx, 0, "events._clear_context");
 	if (c->ref_leave != LUA_NOREF && c->ref_conn != LUA_NOREF)

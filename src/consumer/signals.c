@@ -1,6 +1,8 @@
 /* signals: how a consumer stops. The first SIGTERM/SIGINT sets a flag the loop checks between
  * messages (the open batch is committed and acked, then the process exits); a second signal, or
- * SHUTDOWN_TIMEOUT after the first, exits at once (unacked messages return to the queue). */
+ * SHUTDOWN_TIMEOUT after the first, exits at once (unacked messages return to the queue).
+ * SIGHUP stops the same way and also sets svc_consumer_reload, so the command starts again
+ * (cli.c re-execs it) with the handler files and settings as they are now. */
 #include "consumer/internal.h"
 
 #include <math.h>
@@ -12,6 +14,7 @@
 #include "util/error.h"
 
 volatile sig_atomic_t svc_consumer_stop;
+volatile sig_atomic_t svc_consumer_reload;
 static volatile sig_atomic_t shutdown_seconds = 30;
 
 static void on_signal(int sig)
@@ -27,6 +30,13 @@ static void on_signal(int sig)
 	alarm((unsigned)shutdown_seconds);
 }
 
+static void on_hup(int sig)
+{
+	if (!svc_consumer_stop)
+		svc_consumer_reload = 1;
+	on_signal(sig);
+}
+
 static void on_alarm(int sig)
 {
 	static const char msg[] = "SHUTDOWN_TIMEOUT passed: exiting now\n";
@@ -39,10 +49,11 @@ static void on_alarm(int sig)
 
 void svc_consumer_signals_install(double shutdown_timeout)
 {
-	struct sigaction sa;
+	struct sigaction sa, old;
 	double s = ceil(shutdown_timeout);
 
 	svc_consumer_stop = 0;
+	svc_consumer_reload = 0;
 	shutdown_seconds = (sig_atomic_t)(s < 1 ? 1 : s > 86400 ? 86400 : s);
 	memset(&sa, 0, sizeof(sa));
 	sigemptyset(&sa.sa_mask);
@@ -51,6 +62,13 @@ void svc_consumer_signals_install(double shutdown_timeout)
 	sigaction(SIGINT, &sa, NULL);
 	sa.sa_handler = on_alarm;
 	sigaction(SIGALRM, &sa, NULL);
+	/* A supervised worker inherits SIGHUP ignored (the supervisor replaces workers itself),
+	 * as does a process started under nohup: leave it ignored then. */
+	sigaction(SIGHUP, NULL, &old);
+	if (old.sa_handler != SIG_IGN) {
+		sa.sa_handler = on_hup;
+		sigaction(SIGHUP, &sa, NULL);
+	}
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
 }

@@ -28,12 +28,21 @@ struct slot {
 	unsigned crashes;
 	double started;
 	double restart_at;
-	int ready_fd; /* read end of the worker's readiness pipe, -1 when none */
-	bool ready;   /* the worker said it consumes: an exit status 2 is no longer a
-	               * configuration error */
+	int ready_fd;       /* read end of the worker's readiness pipe, -1 when none */
+	bool ready;         /* the worker said it consumes: an exit status 2 is no longer a
+	                     * configuration error */
+	pid_t replaced_pid; /* SIGHUP: the worker asked to stop for a replacement, 0 when none */
 };
 
-static volatile sig_atomic_t signals_seen;
+static volatile sig_atomic_t signals_seen, hups_seen;
+
+/* SIGHUP rounds started so far; a forked worker keeps the count of its fork. */
+static int reload_rounds;
+
+int svc_supervisor_reloads(void)
+{
+	return reload_rounds;
+}
 
 /* In a worker: the write end of its readiness pipe (-1 in the supervisor, and in a process
  * run without one). */
@@ -51,8 +60,10 @@ void svc_supervisor_ready(void)
 
 static void on_signal(int sig)
 {
-	(void)sig;
-	signals_seen++;
+	if (sig == SIGHUP)
+		hups_seen++;
+	else
+		signals_seen++;
 }
 
 /* Restart delay after `crashes` failures in a row (1, 2, ...): 0.5 s doubling, no jitter. */
@@ -69,6 +80,8 @@ struct supervisor {
 	void *arg;
 	bool stopping;
 	int result;
+	int rolling;     /* SIGHUP: the slot being replaced, -1 when no replacement runs */
+	bool roll_again; /* another SIGHUP came during the replacement: one more round after */
 };
 
 /* Reads what worker slot s wrote on its readiness pipe, without blocking. */
@@ -114,6 +127,7 @@ static void spawn(struct supervisor *sv, int i)
 		char tag[32];
 		signal(SIGTERM, SIG_DFL);
 		signal(SIGINT, SIG_DFL);
+		signal(SIGHUP, SIG_IGN); /* the supervisor replaces workers on SIGHUP */
 		for (int j = 0; j < sv->n; j++)
 			close_ready(&sv->slots[j]);
 		if (fds[0] >= 0)
@@ -154,15 +168,24 @@ static bool log_exit(int i, pid_t pid, int status)
 	return clean;
 }
 
-/* Worker i + 1 ended: while stopping it only counts towards the result; a configuration error
- * (status 2 before the worker said it consumes) stops all; otherwise it is restarted after its
- * backoff. */
+/* Worker i + 1 ended: while stopping it only counts towards the result; one stopped for a
+ * SIGHUP replacement starts again at once; a configuration error (status 2 before the worker
+ * said it consumes) stops all, unless files were reloaded since start; otherwise it is
+ * restarted after its backoff. */
 static void worker_ended(struct supervisor *sv, int i, pid_t pid, int status)
 {
 	struct slot *s = &sv->slots[i];
 	bool clean = log_exit(i, pid, status);
 	read_ready(s); /* it may have said so just before it exited */
 	close_ready(s);
+	if (pid == s->replaced_pid && !sv->stopping) {
+		/* asked to stop by a SIGHUP replacement: start the new one now, no backoff */
+		if (!clean)
+			svc_warn(LOG, "worker %d did not stop cleanly for its replacement", i + 1);
+		s->crashes = 0;
+		s->restart_at = 0;
+		return;
+	}
 	if (sv->stopping) {
 		if (!clean && sv->result == SVC_EXIT_OK)
 			sv->result = SVC_EXIT_FAILURE;
@@ -173,6 +196,13 @@ static void worker_ended(struct supervisor *sv, int i, pid_t pid, int status)
 		         "worker %d exited with %d after it started consuming: a crash, not a "
 		         "configuration error",
 		         i + 1, SVC_EXIT_USAGE);
+	else if (WIFEXITED(status) && WEXITSTATUS(status) == SVC_EXIT_USAGE && reload_rounds > 0)
+		/* Files changed under a running service: keep the workers that still run the old
+		 * code rather than stop them all; this one retries with backoff. */
+		svc_error(LOG,
+		          "worker %d: the handler files or settings as they are now do not load "
+		          "(exit %d); the other workers go on, fix them and send SIGHUP again",
+		          i + 1, SVC_EXIT_USAGE);
 	else if (WIFEXITED(status) && WEXITSTATUS(status) == SVC_EXIT_USAGE) {
 		svc_error(LOG, "configuration error in worker %d: stopping all", i + 1);
 		sv->result = SVC_EXIT_USAGE;
@@ -220,11 +250,63 @@ static void restart_due(struct supervisor *sv)
 			spawn(sv, i);
 }
 
+/* SIGHUP, step one: ask worker i + 1 to stop (it commits and acks its batch, its prefetched
+ * messages go back to the queue for the others); reap() and restart_due() start the new one. */
+static void replace(struct supervisor *sv, int i)
+{
+	struct slot *s = &sv->slots[i];
+
+	sv->rolling = i;
+	s->replaced_pid = s->pid > 0 ? s->pid : -1;
+	if (s->pid > 0) {
+		svc_info(LOG, "replacing worker %d (pid %d)", i + 1, (int)s->pid);
+		kill(s->pid, SIGTERM);
+	} else {
+		s->restart_at = 0; /* waiting for its backoff: start it now with the new code */
+	}
+}
+
+/* Starts a round of replacements, or asks for one more after the current round. */
+static void start_round(struct supervisor *sv)
+{
+	if (sv->rolling >= 0) {
+		sv->roll_again = true;
+		return;
+	}
+	reload_rounds++;
+	svc_info(LOG, "SIGHUP: replacing %d worker(s) one at a time", sv->n);
+	replace(sv, 0);
+}
+
+/* Moves on once the replacement of the current slot consumes (said so on its pipe). */
+static void roll_step(struct supervisor *sv)
+{
+	struct slot *s;
+
+	if (sv->rolling < 0)
+		return;
+	s = &sv->slots[sv->rolling];
+	if (s->pid <= 0 || s->pid == s->replaced_pid || !s->ready)
+		return;
+	svc_info(LOG, "worker %d replaced (pid %d consumes)", sv->rolling + 1, (int)s->pid);
+	s->replaced_pid = 0;
+	if (sv->rolling + 1 < sv->n) {
+		replace(sv, sv->rolling + 1);
+		return;
+	}
+	sv->rolling = -1;
+	svc_info(LOG, "SIGHUP: all %d worker(s) replaced", sv->n);
+	if (sv->roll_again) {
+		sv->roll_again = false;
+		start_round(sv);
+	}
+}
+
 int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
 {
 	struct sigaction sa;
-	struct supervisor sv = {.n = n, .fn = fn, .arg = arg, .result = SVC_EXIT_OK};
-	sig_atomic_t forwarded = 0;
+	struct supervisor sv = {.n = n, .fn = fn, .arg = arg, .result = SVC_EXIT_OK, .rolling = -1};
+	sig_atomic_t forwarded = 0, hups_handled = 0;
 
 	sv.slots = calloc((size_t)n, sizeof(*sv.slots));
 	if (!sv.slots) {
@@ -238,7 +320,9 @@ int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
 	sa.sa_handler = on_signal;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 	signals_seen = 0;
+	hups_seen = 0;
 
 	for (int i = 0; i < n; i++)
 		spawn(&sv, i);
@@ -251,13 +335,20 @@ int svc_supervisor_run(int n, svc_worker_fn fn, void *arg)
 			sv.stopping = true;
 			signal_all(&sv, SIGTERM);
 		}
+		if (hups_seen != hups_handled) {
+			hups_handled = hups_seen;
+			if (!sv.stopping)
+				start_round(&sv);
+		}
 		for (int i = 0; i < n; i++)
 			read_ready(&sv.slots[i]);
 		reap(&sv);
 		if (sv.stopping && live_workers(&sv) == 0)
 			break;
-		if (!sv.stopping)
+		if (!sv.stopping) {
 			restart_due(&sv);
+			roll_step(&sv);
+		}
 		struct timespec ts = {.tv_sec = 0, .tv_nsec = 50 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}

@@ -16,6 +16,7 @@
 #include "lua/pg.h"
 #include "util/clock.h"
 #include "util/ident.h"
+#include "util/log.h"
 #include "util/secret.h"
 
 /* parse_amqp_url(url) -> {host, port, user, vhost, ssl} | nil, err. The password is
@@ -276,6 +277,69 @@ static int core_uuid4(lua_State *L)
 	return 1;
 }
 
+/* ---- logging ------------------------------------------------------------------------ */
+
+#define LOG_MAX_FIELDS 32
+
+static int check_level(lua_State *L, int idx, enum svc_log_level *level)
+{
+	const char *name = luaL_checkstring(L, idx);
+
+	if (svc_log_parse_level(name, level) < 0 || *level == SVC_LOG_OFF)
+		return luaL_argerror(L, idx, "level must be debug, info, warning or error");
+	return 0;
+}
+
+/* log_enabled(level) -> boolean: whether a line at that level would be written */
+static int core_log_enabled(lua_State *L)
+{
+	enum svc_log_level level;
+
+	check_level(L, 1, &level);
+	lua_pushboolean(L, level >= svc_log_threshold);
+	return 1;
+}
+
+/* log(level, message [, {key1, value1, key2, value2, ...}]): one line through util/log, with
+ * the current message's id (set by the consumer around each handler call) as first field. */
+static int core_log(lua_State *L)
+{
+	struct svc_log_field fields[LOG_MAX_FIELDS + 1];
+	enum svc_log_level level;
+	const char *message;
+	size_t n = 0;
+
+	check_level(L, 1, &level);
+	message = luaL_checkstring(L, 2);
+	if (!lua_isnoneornil(L, 3))
+		luaL_checktype(L, 3, LUA_TTABLE);
+	if (level < svc_log_threshold)
+		return 0;
+	lua_settop(L, 3);
+	/* The strings stay referenced by the table at index 3 (or the registry entry pushed
+	 * here) until svc_log_write_fields returned, and nothing below can raise. */
+	if (lua_getfield(L, LUA_REGISTRYINDEX, SVC_LUA_MESSAGE_ID_KEY) == LUA_TSTRING)
+		fields[n++] = (struct svc_log_field){"message_id", lua_tostring(L, -1)};
+	if (lua_istable(L, 3)) {
+		lua_Integer len = luaL_len(L, 3);
+
+		luaL_checkstack(L, 2 * LOG_MAX_FIELDS, "too many log fields");
+		for (lua_Integer i = 1; i + 1 <= len && n < LOG_MAX_FIELDS + 1; i += 2) {
+			const char *k, *v;
+
+			lua_geti(L, 3, i);
+			lua_geti(L, 3, i + 1);
+			k = lua_tostring(L, -2);
+			v = lua_tostring(L, -1);
+			if (!k || !v)
+				return luaL_argerror(L, 3, "fields are strings: key, value, ...");
+			fields[n++] = (struct svc_log_field){k, v};
+		}
+	}
+	svc_log_write_fields(level, "handler", message, fields, n);
+	return 0;
+}
+
 /* ---- registration ------------------------------------------------------------------- */
 
 static const luaL_Reg core_funcs[] = {
@@ -290,6 +354,8 @@ static const luaL_Reg core_funcs[] = {
     {"utc_iso", core_utc_iso},
     {"utc_now_iso", core_utc_iso},
     {"uuid4", core_uuid4},
+    {"log", core_log},
+    {"log_enabled", core_log_enabled},
     {NULL, NULL},
 };
 

@@ -9,6 +9,7 @@
 
 #include "lua/outbox.h"
 #include "pg/conn.h"
+#include "util/numfmt.h"
 
 #define CONN_MT   "svccomm.pg.conn"
 #define RESULT_MT "svccomm.pg.result"
@@ -295,7 +296,9 @@ static const char **collect_params(lua_State *L, int first, int n)
 				else if (isinf(d))
 					vals[i] = d > 0 ? "Infinity" : "-Infinity";
 				else {
-					snprintf(buf, sizeof(buf), "%.17g", d);
+					/* Shortest round-trip text: 19.99 reaches a numeric column
+					 * as 19.99, not 19.989999999999998. */
+					svc_numfmt_double(buf, sizeof(buf), d);
 					vals[i] = lua_pushstring(L, buf);
 				}
 			}

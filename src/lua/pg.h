@@ -9,9 +9,10 @@
  *   core.null (SQL NULL / JSON null: the same light userdata as cjson.null)
  *
  * Parameters ($1, $2, ... after sql): nil or core.null -> NULL, booleans, integers, floats
- * ("%.17g"; NaN and infinities spelled as PostgreSQL reads them), strings without zero
- * bytes. Tables are refused (the Lua side JSON-encodes them). With no parameters, exec() may
- * run several statements separated by ';' (query() runs exactly one).
+ * (shortest round-trip text, util/numfmt.h: 19.99 -> "19.99"; NaN and infinities spelled as
+ * PostgreSQL reads them: "NaN", "Infinity", "-Infinity"), strings without zero bytes.
+ * Tables are refused (the Lua side JSON-encodes them). With no parameters, exec() may run
+ * several statements separated by ';' (query() runs exactly one).
  *
  * Results: rows is an array of tables keyed by column name (a later column wins on a
  * duplicate name); columns is an array of {name=, oid=, type=}. Values by type: bool ->

@@ -22,9 +22,9 @@
 #define SVC_MIGRATE_LOCK_KEY "32496242386136429"
 
 /* Applies the migrations not applied yet for these tables. inbox_table may be NULL (inbox
- * migrations skipped). conn must be idle (no open transaction). Returns 0 (the migrations
- * applied are logged at info level), or SVC_EINVAL (bad table name), SVC_EDB, SVC_ECONN with the
- * message in err. */
+ * migrations skipped). conn must be idle (no open transaction). Returns how many were applied
+ * (each is logged at info level; 0: all were there), or SVC_EINVAL (bad table name), SVC_EDB,
+ * SVC_ECONN with the message in err. */
 int svc_migrate(PGconn *conn, const char *outbox_table, const char *inbox_table, char *err,
                 size_t errsz);
 

@@ -106,6 +106,21 @@ static int build_params(const PQconninfoOption *opts, const char *application_na
 	return 0;
 }
 
+/* Appends which database the failed connection was for: with several services and an
+ * exported SVCCOMM_DATABASE_URL, "which database?" is the first question. No password. */
+static void name_target(PGconn *conn, char *err, size_t errsz)
+{
+	size_t n = strlen(err);
+	const char *db = PQdb(conn), *host = PQhost(conn), *port = PQport(conn),
+	           *user = PQuser(conn);
+
+	if (!db || n + 1 >= errsz)
+		return;
+	snprintf(err + n, errsz - n, " (database \"%s\" on %s:%s as %s)", db,
+	         host && *host ? host : "localhost", port && *port ? port : "5432",
+	         user ? user : "?");
+}
+
 /* Connects with the built parameters; errors are scrubbed of conninfo's passwords. */
 static PGconn *connect_params(const char **keys, const char **vals, const char *conninfo, char *err,
                               size_t errsz)
@@ -118,6 +133,7 @@ static PGconn *connect_params(const char **keys, const char **vals, const char *
 	}
 	if (PQstatus(conn) != CONNECTION_OK) {
 		svc_pg_set_error(err, errsz, PQerrorMessage(conn));
+		name_target(conn, err, errsz); /* before scrub: the host may hold a piece of it */
 		scrub(err, errsz, conninfo);
 		PQfinish(conn);
 		return NULL;

@@ -1,6 +1,7 @@
 #include "util/log.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -89,6 +90,43 @@ void svc_log_write(enum svc_log_level level, const char *component, const char *
 	line[n++] = '\n';
 	fwrite(line, 1, n, stderr);
 	fflush(stderr);
+}
+
+/* Appends src to buf[*n] (cap bytes), quoted when a reader could not tell where it ends. */
+static void append_value(char *buf, size_t cap, size_t *n, const char *src)
+{
+	bool quote = *src == '\0' || strpbrk(src, " \"=\\") != NULL;
+
+	if (quote && *n + 1 < cap)
+		buf[(*n)++] = '"';
+	for (const char *p = src; *p && *n + 2 < cap; p++) {
+		if (quote && (*p == '"' || *p == '\\'))
+			buf[(*n)++] = '\\';
+		buf[(*n)++] = *p;
+	}
+	if (quote && *n + 1 < cap)
+		buf[(*n)++] = '"';
+	buf[*n] = '\0';
+}
+
+void svc_log_write_fields(enum svc_log_level level, const char *component, const char *message,
+                          const struct svc_log_field *fields, size_t n_fields)
+{
+	char text[2048];
+	size_t n;
+
+	if (level < svc_log_threshold)
+		return;
+	n = (size_t)snprintf(text, sizeof(text), "%s", message);
+	for (size_t i = 0; i < n_fields && n + 2 < sizeof(text); i++) {
+		n += (size_t)snprintf(text + n, sizeof(text) - n, " %s=", fields[i].key);
+		if (n >= sizeof(text)) {
+			n = sizeof(text) - 1;
+			break;
+		}
+		append_value(text, sizeof(text), &n, fields[i].value);
+	}
+	svc_log_write(level, component, "%s", text);
 }
 
 const char *svc_strerror(int code)

@@ -26,6 +26,19 @@ size_t svc_log_escape(char *dst, size_t cap, const char *src);
 void svc_log_write(enum svc_log_level level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* One named value of a structured log line; key and value are borrowed NUL-terminated text. */
+struct svc_log_field {
+	const char *key;
+	const char *value;
+};
+
+/* Writes message followed by its fields as key=value (a value that is empty or holds a space,
+ * a double quote, '=' or a backslash is double-quoted, with quotes and backslashes escaped by a
+ * backslash), control characters escaped as in svc_log_write; the fields stay separate so
+ * another line format (JSON) can render them its own way. */
+void svc_log_write_fields(enum svc_log_level level, const char *component, const char *message,
+                          const struct svc_log_field *fields, size_t n_fields);
+
 #define svc_log(level, component, ...)                                                             \
 	do {                                                                                       \
 		if ((level) >= svc_log_threshold)                                                  \

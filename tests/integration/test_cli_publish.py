@@ -60,3 +60,22 @@ def test_publish_settings_option_after_the_command(project, outbox, tmp_path):
                     env=project.env(), timeout=30)
         assert r.returncode == 0, r.stderr
         assert row(project, outbox, r.stdout.strip())[:3] == ("agg", "ev", [1])
+
+
+@pytest.mark.parametrize("at, seconds", [("+10s", 10), ("+5m", 300), ("+1h", 3600)])
+def test_publish_at_a_relative_time_is_due_that_long_from_now(project, outbox, at, seconds):
+    before = datetime.datetime.now(datetime.timezone.utc)
+    r = project.run("publish", "agg", "ev", "{}", "--at", at)
+    after = datetime.datetime.now(datetime.timezone.utc)
+    assert r.returncode == 0, r.stderr
+    send_after = row(project, outbox, r.stdout.strip())[3]
+    delta = datetime.timedelta(seconds=seconds)
+    assert before + delta - datetime.timedelta(seconds=1) <= send_after <= after + delta
+
+
+@pytest.mark.parametrize("at", ["+10", "10s", "+10x", "+-5m", "soon", "2030-13-01T00:00:00Z"])
+def test_publish_at_garbage_is_a_usage_error(project, outbox, at):
+    r = project.run("publish", "agg", "ev", "{}", "--at", at)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "--at" in r.stderr and "+10s" in r.stderr, r.stderr
+    assert svc.pg_query(project.pg(), f'SELECT count(*) FROM "{outbox}"') == [(0,)]

@@ -6,6 +6,7 @@ test's own. The outbox and inbox tables carry the prefix too, so the NOTIFY chan
 outbox table name) is unique to the test.
 """
 import os
+import re
 import select
 import subprocess
 import time
@@ -57,11 +58,22 @@ def q(project, sql, params=None):
     return svc.pg_query(project.pg(), sql, params)
 
 
-def migrate_ok(project, names):
+def migrate_ok(project, names, applied=None):
+    """Runs migrate; with applied=N, checks it says it applied N (0: nothing to apply)."""
     r = project.run("migrate")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "migrated: outbox %s.%s and inbox %s.%s are up to date\n" % (
-        names.schema, names.outbox, names.schema, names.inbox)
+    tables = "outbox %s.%s and inbox %s.%s" % (names.schema, names.outbox, names.schema,
+                                               names.inbox)
+    done = "migrated: nothing to apply, %s are up to date\n" % tables
+    if applied is None:
+        assert r.stdout == done or re.fullmatch(r"migrated: applied [12] migrations? to "
+                                                + re.escape(tables) + "\n", r.stdout), r.stdout
+    elif applied == 0:
+        assert r.stdout == done
+    else:
+        assert r.stdout == "migrated: applied %d migration%s to %s\n" % (
+            applied, "" if applied == 1 else "s", tables)
+        assert "up to date" not in r.stdout + r.stderr
     return r
 
 
@@ -160,6 +172,17 @@ def test_migrate_twice_leaves_one_correct_schema(project, names):
     migrate_ok(project, names)
     assert_one_correct_schema(project, names)
     assert_one_notification_per_transaction(project, names)
+
+
+def test_migrate_says_what_it_applied_and_only_then_up_to_date(project, names):
+    r = migrate_ok(project, names, applied=2)
+    assert "applied 001_outbox" in r.stderr and "applied 002_inbox" in r.stderr, r.stderr
+    r = migrate_ok(project, names, applied=0)
+    assert "applied" not in r.stdout + r.stderr
+    q(project, 'DROP TABLE "%s"."%s"' % (names.schema, names.inbox))
+    q(project, "DELETE FROM \"%s\".svccomm_migrations WHERE version = '002_inbox'"
+      % names.schema)
+    migrate_ok(project, names, applied=1)
 
 
 def test_migrate_keeps_existing_rows(project, names):

@@ -97,6 +97,27 @@ describe("svccomm.db with PostgreSQL", function()
 		assert.truthy(select(2, pcall(d.query, d, "SELECT $1::text", "a\0b")):find("zero byte"))
 	end)
 
+	it("binds floats in their shortest round-trip form: 19.99 stays 19.99 in a numeric column", function()
+		d:exec("CREATE TEMP TABLE t_float_param (id int, amount numeric)")
+		local values = { 19.99, 0.1, 0.1 + 0.2, 1 / 3, 1e21, -2.5, 3.0, 42, 1e-7 }
+		for i, v in ipairs(values) do
+			d:exec("INSERT INTO t_float_param VALUES ($1, $2)", i, v)
+		end
+		local rows = d:query("SELECT id, amount::text AS a FROM t_float_param ORDER BY id")
+		local texts = {}
+		for i, r in ipairs(rows) do
+			texts[i] = r.a
+		end
+		assert.same({ "19.99", "0.1", "0.30000000000000004", "0.3333333333333333", "1000000000000000000000",
+			"-2.5", "3", "42", "0.0000001" }, texts)
+		for i, r in ipairs(d:query("SELECT id, amount::float8 AS f FROM t_float_param ORDER BY id")) do
+			assert.equal(values[i], r.f)
+		end
+		local nan = d:query("SELECT $1::numeric::text AS n, $2::float8 AS inf", 0 / 0, -math.huge)[1]
+		assert.equal("NaN", nan.n)
+		assert.equal(-math.huge, nan.inf)
+	end)
+
 	it("raises errors carrying the SQLSTATE", function()
 		local ok, err = pcall(d.query, d, "SELECT * FROM svccomm_no_such_table")
 		assert.is_false(ok)

@@ -219,6 +219,28 @@ describe("svccomm.events", function()
 		end)
 	end)
 
+	it("publish_aggregate_event{delay = s} schedules the event s seconds from now", function()
+		local before = core.time()
+		d:transaction(function()
+			events.publish_aggregate_event { aggregate = "order", event_type = "remind", payload = { o = 1 }, delay = 90 }
+			events.publish_aggregate_event { aggregate = "order", event_type = "now", payload = { o = 2 } }
+		end)
+		local after = core.time()
+		local rs = d:query("SELECT body, extract(epoch FROM send_after)::float8 AS due FROM " .. T .. " ORDER BY id")
+		assert.is_true(rs[1].due >= before + 90 - 1e-5 and rs[1].due <= after + 90 + 1e-5)
+		assert.is_true(rs[2].due <= after + 1e-5)
+		local et = cjson.decode(rs[1].body).eventTime
+		assert.equal(core.utc_iso(rs[1].due), et)
+		d:transaction(function()
+			for _, bad in ipairs({ -1, "10", 0 / 0, math.huge }) do
+				local ok, err = pcall(events.publish_aggregate_event,
+					{ aggregate = "order", event_type = "x", delay = bad })
+				assert.is_false(ok)
+				assert.truthy(tostring(err):find("delay must be a number of seconds"), tostring(err))
+			end
+		end)
+	end)
+
 	it("send_command validates the expiry and writes the documented body", function()
 		d:transaction(function()
 			local ok, err = pcall(events.send_command, "billing", { a = 1 }, { command_name = "charge", timeout = 5, expired_time = core.time() + 10 })

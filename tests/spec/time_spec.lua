@@ -40,4 +40,17 @@ describe("svccomm.time.parse", function()
 		end
 		assert.is_nil(time.parse(42))
 	end)
+
+	it("parses relative times +10s, +5m, +1h, +2d and refuses anything else", function()
+		assert.equal(10, time.parse_relative("+10s"))
+		assert.equal(300, time.parse_relative("+5m"))
+		assert.equal(3600, time.parse_relative("+1h"))
+		assert.equal(5400, time.parse_relative("+1.5h"))
+		assert.equal(172800, time.parse_relative("+2d"))
+		for _, s in ipairs({ "10s", "+10", "+s", "+10x", "+ 10s", "-10s", "+10s ", "+1e3s", "" }) do
+			local t, err = time.parse_relative(s)
+			assert.is_nil(t, s)
+			assert.is_string(err)
+		end
+	end)
 end)

@@ -1,4 +1,5 @@
-/* Unit tests for log.c: level parsing, error names and escaping of control characters. */
+/* Unit tests for log.c: level parsing, error names, escaping of control characters and
+ * key=value fields. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -41,17 +42,22 @@ static void escapes_control_characters(void **state)
 	assert_string_equal(out, "");
 }
 
-/* Runs svc_log_write with stderr redirected to a file; returns what it wrote. */
-static void capture_log(char *buf, size_t cap, const char *component, const char *text)
+/* Redirects stderr to a temporary file; end_capture reads it back and restores stderr. */
+static FILE *begin_capture(int *saved)
 {
 	FILE *tmp = tmpfile();
-	int saved = dup(2);
-	size_t n;
 
 	assert_non_null(tmp);
 	fflush(stderr);
+	*saved = dup(2);
 	assert_int_not_equal(dup2(fileno(tmp), 2), -1);
-	svc_log_write(SVC_LOG_ERROR, component, "message %s", text);
+	return tmp;
+}
+
+static void end_capture(FILE *tmp, int saved, char *buf, size_t cap)
+{
+	size_t n;
+
 	fflush(stderr);
 	dup2(saved, 2);
 	close(saved);
@@ -59,6 +65,16 @@ static void capture_log(char *buf, size_t cap, const char *component, const char
 	n = fread(buf, 1, cap - 1, tmp);
 	buf[n] = '\0';
 	fclose(tmp);
+}
+
+/* Runs svc_log_write with stderr redirected to a file; returns what it wrote. */
+static void capture_log(char *buf, size_t cap, const char *component, const char *text)
+{
+	int saved;
+	FILE *tmp = begin_capture(&saved);
+
+	svc_log_write(SVC_LOG_ERROR, component, "message %s", text);
+	end_capture(tmp, saved, buf, cap);
 }
 
 static void a_forged_line_stays_on_its_line(void **state)
@@ -84,12 +100,38 @@ static void a_forged_line_stays_on_its_line(void **state)
 	assert_non_null(strstr(buf, "\\x1b\\x1b\n"));
 }
 
+static void writes_fields_as_key_value(void **state)
+{
+	const struct svc_log_field fields[] = {
+	    {"message_id", "m-1"}, {"order", "17"}, {"note", "two words"}, {"quote", "a\"b\\c"},
+	    {"empty", ""},         {"eq", "k=v"},   {"nl", "x\ny"},
+	};
+	char buf[4096];
+	int saved;
+	FILE *tmp;
+
+	(void)state;
+	svc_log_set_tag("worker 2");
+	tmp = begin_capture(&saved);
+	svc_log_write_fields(SVC_LOG_WARNING, "handler", "order stored", fields, 7);
+	svc_log_write_fields(SVC_LOG_DEBUG, "handler", "filtered out", fields, 1);
+	end_capture(tmp, saved, buf, sizeof(buf));
+	svc_log_set_tag(NULL);
+	assert_non_null(strstr(buf,
+	                       " warning worker 2 [handler] order stored message_id=m-1 order=17 "
+	                       "note=\"two words\" quote=\"a\\\"b\\\\c\" empty=\"\" "
+	                       "eq=\"k=v\" nl=x\\ny\n"));
+	assert_null(strstr(buf, "filtered out"));
+	assert_ptr_equal(strchr(buf, '\n'), buf + strlen(buf) - 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(parses_levels),
 	    cmocka_unit_test(escapes_control_characters),
 	    cmocka_unit_test(a_forged_line_stays_on_its_line),
+	    cmocka_unit_test(writes_fields_as_key_value),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
