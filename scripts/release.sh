@@ -46,9 +46,13 @@ grep -q "^version = \"$ver-1\"" "$rockspec" || {
 	echo "release.sh: could not set the version in $rockspec" >&2
 	exit 1
 }
-(cd "$out" && rm -f "$name-1.src.rock" && luarocks --lua-version 5.4 pack "$rockspec" >/dev/null)
-# luarocks pack fetches the source through the rockspec's url: without a local copy (a remote
-# SVCCOMM_RELEASE_URL not published yet) pack it from the tarball instead
+# luarocks pack fetches the source through the url: pack from a copy of the rockspec that
+# points at the local tarball, so a SVCCOMM_RELEASE_URL not published yet works as well
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+sed "s|^   url = .*|   url = \"file://$tarball\",|" "$rockspec" >"$tmp/$name-1.rockspec"
+(cd "$tmp" && luarocks --lua-version 5.4 pack "$name-1.rockspec" >/dev/null)
+mv "$tmp/$name-1.src.rock" "$out/"
 echo "$tarball"
 echo "$rockspec"
 echo "$out/$name-1.src.rock"
