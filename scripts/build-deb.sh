@@ -41,8 +41,8 @@ start=$SECONDS
 	exit 1
 }
 echo "build-deb.sh: dpkg-buildpackage took $((SECONDS - start)) s"
-rm -f "$out"/svccomm_*
-mv "$work"/svccomm_* "$out"/
+rm -f "$out"/svccomm_* "$out"/svccomm-dbgsym_*
+mv "$work"/svccomm_* "$work"/svccomm-dbgsym_* "$out"/
 changes=$(ls "$out"/svccomm_*.changes)
 lintian --fail-on error --suppress-tags-from-file /dev/null "$changes"
 echo "build-deb.sh: lintian: no errors"
