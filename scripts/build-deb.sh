@@ -56,7 +56,16 @@ if dpkg-query -W -f='${Status}' svccomm 2>/dev/null | grep -q installed; then
 	echo "build-deb.sh: svccomm is already installed; not testing over it" >&2
 	exit 1
 fi
-remove() { "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q svccomm >/dev/null; }
+had_user=0
+getent passwd svccomm >/dev/null && had_user=1
+# purge leaves the system user (Debian's rule); the test removes the one it made
+remove() {
+	"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q svccomm >/dev/null
+	if [ $had_user = 0 ] && getent passwd svccomm >/dev/null; then
+		"${SUDO[@]}" deluser --quiet --system svccomm
+		! getent group svccomm >/dev/null || "${SUDO[@]}" delgroup --quiet --system svccomm
+	fi
+}
 trap 'remove; rm -rf "$work"' EXIT
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg" >/dev/null
 set -x
