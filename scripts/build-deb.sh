@@ -62,7 +62,7 @@ getent passwd svccomm >/dev/null && had_user=1
 remove() {
 	"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q svccomm >/dev/null
 	if [ $had_user = 0 ] && getent passwd svccomm >/dev/null; then
-		"${SUDO[@]}" deluser --quiet --system svccomm
+		"${SUDO[@]}" deluser --quiet --system svccomm 2>/dev/null
 		! getent group svccomm >/dev/null || "${SUDO[@]}" delgroup --quiet --system svccomm
 	fi
 }

@@ -141,3 +141,13 @@ def test_missing_cjson_is_one_line_naming_the_path(prefix, tmp_path):
     r = run(prefix, "check", cwd=example, env=clean_env(LUA_CPATH_5_4=nowhere))
     line = one_line_exit_2(r, nowhere)
     assert "cjson" in line
+
+
+def test_one_version_number():
+    """VERSION is the one place: the Debian changelog and CHANGELOG.md follow it (CMake, the
+    binary and the release rockspec read it; the tests above and test_luarocks.py check)."""
+    deb = (svc.ROOT / "debian" / "changelog").read_text().splitlines()[0]
+    assert deb.startswith("svccomm (%s-" % VERSION), deb
+    assert ("\n## %s " % VERSION) in (svc.ROOT / "CHANGELOG.md").read_text()
+    assert "version = \"scm-1\"" in (svc.ROOT / "svccomm-scm-1.rockspec").read_text()
+    assert (svc.ROOT / "LICENSE").read_text().startswith("MIT License")
