@@ -9,7 +9,6 @@ no network: luarocks runs with --deps-mode=none, the system's lua-cjson stands i
 declared dependency, and the rock tree's own cjson.so is simulated by a copy. Two Release
 builds: a few minutes.
 """
-import glob
 import os
 import shutil
 import subprocess
