@@ -17,6 +17,8 @@ PACKAGES=(
 	rabbitmq-server postgresql util-linux procps
 	socat openssl # tests/integration/test_tls.py: a TLS terminator and a test CA
 	python3 python3-pytest python3-pika python3-psycopg2
+	# packaging: the Debian package (scripts/build-deb.sh) and the man page checks
+	dpkg-dev debhelper fakeroot lintian man-db
 )
 
 missing=()

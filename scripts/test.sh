@@ -9,6 +9,8 @@
 #                                         (+ integration with SVCCOMM_ASAN_INTEGRATION=1)
 #   6. valgrind on the unit test binaries of build/
 #   7. libFuzzer targets in build-fuzz/ (scripts/fuzz.sh), SVCCOMM_FUZZ_SECONDS each (default 15)
+#   8. the Debian package in build-deb/   (scripts/build-deb.sh; --test under CI: apt install,
+#                                         run, remove; skip: SVCCOMM_SKIP_DEB=1)
 #
 # Exits non-zero when any step fails; the later test steps still run so one report shows all.
 # SVCCOMM_JOBS sets build/ctest parallelism (default: number of CPUs). A test without its own
@@ -121,6 +123,15 @@ check "valgrind" valgrind_all
 
 step "fuzz: libFuzzer targets (build-fuzz/)"
 check "fuzz" bash scripts/fuzz.sh "${SVCCOMM_FUZZ_SECONDS:-15}"
+
+# The Debian package (CPU time about a minute): built, lintian-checked, and under CI also
+# installed with apt, run and removed again (scripts/build-deb.sh). Skip: SVCCOMM_SKIP_DEB=1.
+if [ "${SVCCOMM_SKIP_DEB:-0}" != 1 ]; then
+	step "Debian package (build-deb/)"
+	deb_args=()
+	[ "${CI:-}" = true ] && deb_args=(--test)
+	check "deb" bash scripts/build-deb.sh "${deb_args[@]}" build-deb
+fi
 
 printf '\n==== total: %ss\n' "$((SECONDS - T_START))"
 if [ ${#FAILED[@]} -gt 0 ]; then

@@ -8,6 +8,7 @@
 
 #include <lauxlib.h>
 
+#include "cli/gen.h"
 #include "cli/parse.h"
 #include "cli/suggest.h"
 #include "cli/usage.h"
@@ -97,8 +98,9 @@ static int load(struct svc_cli_ctx *ctx, struct svc_config *config)
 	ctx->rt = svc_runtime_new(dirname_of(ctx->settings_path, dirbuf, sizeof(dirbuf)), err,
 	                          sizeof(err));
 	if (!ctx->rt) {
+		/* a missing cjson.so or a bad SVCCOMM_LUA_PATH: the installation, not the run */
 		fprintf(stderr, "svccomm: %s\n", err);
-		return SVC_EXIT_FAILURE;
+		return SVC_EXIT_USAGE;
 	}
 	rc = svc_config_load(svc_runtime_state(ctx->rt), ctx->settings_path, config, err,
 	                     sizeof(err));
@@ -195,6 +197,9 @@ int svc_cli_run(int argc, char **argv)
 		svc_cli_usage_main(stderr);
 		return SVC_EXIT_USAGE;
 	}
+	/* hidden: the build makes the man pages and the completion with it (gen.h) */
+	if (strcmp(argv[at], SVC_CLI_GENERATE) == 0)
+		return svc_cli_generate(argc - at, argv + at);
 	ctx.cmd = svc_cli_find(argv[at]);
 	if (!ctx.cmd)
 		return svc_cli_unknown_command(argv[at]);

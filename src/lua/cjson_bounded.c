@@ -3,15 +3,13 @@
 #include "lua/cjson_bounded.h"
 
 #include <lauxlib.h>
+#include <lualib.h>
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 
 #include "lua/runtime.h"
-
-int luaopen_cjson(lua_State *L);
-int luaopen_cjson_safe(lua_State *L);
 
 /* The largest text either direction handles: cjson keeps sizes in ints and grows its buffer
  * to twice the text. */
@@ -323,9 +321,58 @@ static void bound_module(lua_State *L)
 	replace(L, "encode_keep_buffer", keep_buffer_off, 0);
 }
 
+/* Pushes package.searchpath("cjson", package.cpath): the file's name, or nil and the list of
+ * files tried. The package table is taken from the registry, so Lua code that replaced the
+ * global cannot divert it; leaves the package table below the two results. */
+static void search_cjson(lua_State *L)
+{
+	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+	lua_getfield(L, -1, LUA_LOADLIBNAME);
+	lua_remove(L, -2);
+	lua_getfield(L, -1, "searchpath");
+	lua_pushliteral(L, "cjson");
+	lua_getfield(L, -3, "cpath");
+	lua_call(L, 2, 2);
+}
+
+/* Raises the one-line error of a cjson.so that package.cpath does not find (the package table
+ * and searchpath's two results on top). */
+static int not_found(lua_State *L)
+{
+	lua_getfield(L, -3, "cpath");
+	return luaL_error(L, "module 'cjson' (lua-cjson) not found in package.cpath %s",
+	                  lua_tostring(L, -1));
+}
+
+/* Pushes cjson's own opener `sym`, from the cjson.so that package.cpath finds. */
+static void push_opener(lua_State *L, const char *sym)
+{
+	search_cjson(L);
+	if (lua_isnil(L, -2))
+		not_found(L);
+	lua_pop(L, 1);
+	lua_getfield(L, -2, "loadlib");
+	lua_insert(L, -2);
+	lua_pushstring(L, sym);
+	lua_call(L, 2, 2);
+	if (lua_isnil(L, -2))
+		luaL_error(L, "cannot load cjson: %s", lua_tostring(L, -1));
+	lua_pop(L, 1);
+	lua_remove(L, -2);
+}
+
+int svc_cjson_check(lua_State *L)
+{
+	search_cjson(L);
+	if (lua_isnil(L, -2))
+		return not_found(L);
+	lua_pop(L, 3);
+	return 0;
+}
+
 int svc_luaopen_cjson_bounded(lua_State *L)
 {
-	lua_pushcfunction(L, luaopen_cjson);
+	push_opener(L, "luaopen_cjson");
 	lua_call(L, 0, 1);
 	bound_module(L);
 	return 1;
@@ -333,7 +380,7 @@ int svc_luaopen_cjson_bounded(lua_State *L)
 
 int svc_luaopen_cjson_safe_bounded(lua_State *L)
 {
-	lua_pushcfunction(L, luaopen_cjson_safe);
+	push_opener(L, "luaopen_cjson_safe");
 	lua_call(L, 0, 1);
 	bound_module(L);
 	return 1;

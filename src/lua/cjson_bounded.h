@@ -1,6 +1,7 @@
 /* lua/cjson_bounded: the cjson that Lua code in the runtime gets from require "cjson" and
- * require "cjson.safe" (lua-cjson 2.1, linked in), with its C buffers counted against
- * LUA_MEMORY_LIMIT_MB.
+ * require "cjson.safe" (lua-cjson 2.1, loaded at run time from the cjson.so that package.cpath
+ * finds: Debian's lua-cjson or the rock's dependency, never linked in), with its C buffers
+ * counted against LUA_MEMORY_LIMIT_MB.
  *
  * lua-cjson writes JSON into a buffer of its own (malloc, outside the Lua allocator) grown by
  * doubling, and by default keeps it between calls: a handler that encoded a huge table pushed a
@@ -21,5 +22,7 @@ int svc_luaopen_cjson_bounded(lua_State *L);
 /* The "cjson.safe" module (invalid input returns nil, message; running out of memory raises,
  * as in cjson). */
 int svc_luaopen_cjson_safe_bounded(lua_State *L);
+/* Raises a one-line error naming package.cpath when no cjson.so is on it; returns 0. */
+int svc_cjson_check(lua_State *L);
 
 #endif

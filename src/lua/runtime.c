@@ -10,6 +10,7 @@
 #include "lua/cjson_bounded.h"
 #include "lua/core.h"
 #include "lua/embedded.h"
+#include "lua/modpath.h"
 #include "util/clock.h"
 #include "util/error.h"
 
@@ -109,6 +110,7 @@ static int build_state(lua_State *L)
 		lua_setfield(L, -2, e->name);
 	}
 	lua_pop(L, 1);
+	svc_modpath_setup(L);
 	if (project_dir) {
 		/* the project's modules are found from the start (settings.lua may require them);
 		 * svccomm.apps owns the path rule, for a plain lua5.4 as well */

@@ -1,17 +1,24 @@
-"""`luarocks make` in a clean tree installs a module that a plain `lua5.4` can require and publish with.
+"""The rock (issue 18): `scripts/release.sh` makes the tarball (git archive), the release
+rockspec and the .src.rock; `luarocks make` in the unpacked tarball and `luarocks install
+./svccomm-<ver>-1.src.rock` both install, outside the checkout, a module that a plain `lua5.4`
+can require and publish with, and a binary that runs.
 
 Copies the working tree as git sees it (tracked and untracked files, minus what .gitignore
-excludes: no build/ or .local/), runs the rockspec at the root with luarocks into a private
-tree, then loads `svccomm` from that tree only. One test: it is a full Release build.
+excludes) into a fresh git repository, so release.sh archives what is being tested. There is
+no network: luarocks runs with --deps-mode=none, the system's lua-cjson stands in for the
+declared dependency, and the rock tree's own cjson.so is simulated by a copy. Two Release
+builds: a few minutes.
 """
-import glob
 import os
 import shutil
 import subprocess
+import tarfile
 
 import svc
 
 ROOT = str(svc.ROOT)
+VERSION = (svc.ROOT / "VERSION").read_text().strip()
+LUA = ["luarocks", "--lua-version", "5.4"]
 
 
 def repo_files():
@@ -27,28 +34,64 @@ def clean_copy(dest):
             continue
         os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
         shutil.copy2(src, os.path.join(dest, rel))
+    git = ["git", "-C", dest, "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "release"]):
+        subprocess.run(git + args, check=True, capture_output=True)
 
 
 def tail(text, n=60):
     return "\n".join(text.splitlines()[-n:])
 
 
-def test_luarocks_make_installs_modules_native_module_and_binary_that_lua54_loads(tmp_path):
-    rockspecs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.rockspec")))
-    assert len(rockspecs) == 1, rockspecs
-    rockspec = rockspecs[0]
-    version = rockspec[len("svccomm-"):-len(".rockspec")].rsplit("-", 1)[0]
-    src, tree, elsewhere = tmp_path / "src", tmp_path / "tree", tmp_path / "elsewhere"
+def release(tmp_path):
+    """Runs release.sh in a clean copy; returns (tarball, rockspec, src.rock)."""
+    src = tmp_path / "checkout"
     src.mkdir()
-    elsewhere.mkdir()
     clean_copy(str(src))
-    assert not (src / "build").exists()
+    r = subprocess.run(["bash", "scripts/release.sh", str(tmp_path / "dist")], cwd=src,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    files = r.stdout.split()
+    names = [os.path.basename(f) for f in files]
+    assert names == ["svccomm-%s.tar.gz" % VERSION, "svccomm-%s-1.rockspec" % VERSION,
+                     "svccomm-%s-1.src.rock" % VERSION]
+    return files
 
-    env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
-    r = subprocess.run(["luarocks", "--lua-version", "5.4", "make", "--tree", str(tree),
-                        rockspec], cwd=src, env=env, capture_output=True, text=True,
-                       timeout=1200)
-    assert r.returncode == 0, "luarocks make failed:\n%s\n%s" % (tail(r.stdout), tail(r.stderr))
+
+def rockspec_table(path):
+    """dependencies and source of a rockspec, as lua5.4 reads it."""
+    script = ("local t = {} ; assert(loadfile(arg[1], 't', t))() ; "
+              "print(t.version) ; print(t.source.url) ; print(t.source.dir) ; "
+              "for _, d in ipairs(t.dependencies) do print(d) end")
+    r = subprocess.run(["lua5.4", "-", path], input=script, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def luarocks(args, cwd, tree):
+    env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL="2")
+    r = subprocess.run(LUA + args + ["--tree", str(tree), "--deps-mode=none"], cwd=cwd,
+                       env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, "luarocks %s failed:\n%s\n%s" % (
+        args[0], tail(r.stdout), tail(r.stderr))
+
+
+def test_release_rock_make_and_install_outside_the_checkout(tmp_path):
+    tarball, rockspec, src_rock = release(tmp_path)
+    version = VERSION
+    lines = rockspec_table(rockspec)
+    assert lines[:3] == [version + "-1", "file://%s" % tarball, "svccomm-" + version]
+    assert any(d.startswith("lua-cjson") for d in lines[3:]), lines
+
+    # `luarocks make` in the unpacked tarball (no checkout, no git)
+    unpacked, tree, elsewhere = tmp_path / "unpacked", tmp_path / "tree", tmp_path / "elsewhere"
+    unpacked.mkdir()
+    elsewhere.mkdir()
+    with tarfile.open(tarball) as tar:
+        tar.extractall(unpacked)
+    src = unpacked / ("svccomm-" + version)
+    assert not (src / ".git").exists() and not (src / "build").exists()
+    luarocks(["make", rockspec], src, tree)
 
     share = tree / "share" / "lua" / "5.4"
     lib = tree / "lib" / "lua" / "5.4"
@@ -137,3 +180,32 @@ def test_luarocks_make_installs_modules_native_module_and_binary_that_lua54_load
         with conn.cursor() as cur:
             cur.execute("DROP SCHEMA IF EXISTS %s CASCADE" % schema)
         conn.close()
+
+
+    # `luarocks install ./svccomm-<ver>-1.src.rock` in a second tree, from another folder
+    tree2 = tmp_path / "tree2"
+    shutil.copy(src_rock, elsewhere)
+    luarocks(["install", "./" + os.path.basename(src_rock)], elsewhere, tree2)
+    binary2 = tree2 / "bin" / "svccomm"
+    lib2 = tree2 / "lib" / "lua" / "5.4"
+    assert (lib2 / "svccomm" / "core.so").is_file()
+    r = subprocess.run([str(binary2), "version"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "svccomm " + version, r.stderr
+    # lua-cjson is not linked in: the binary loads cjson.so at run time. With nothing on the
+    # system's path, the one in the rock tree's lib/lua/5.4 (where luarocks would install the
+    # lua-cjson dependency; a copy here) is found next to bin/.
+    nm = subprocess.run(["nm", "-D", "--defined-only", str(binary2)], capture_output=True,
+                        text=True, check=True).stdout
+    assert "luaopen_cjson" not in nm
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SVCCOMM_", "LUA_"))}
+    env["LUA_CPATH_5_4"] = str(tmp_path / "nowhere" / "?.so")
+    r = subprocess.run([str(binary2), "check"], cwd=src, env=env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "cjson" in r.stderr, r.stderr
+    system_cjson = subprocess.run(["lua5.4", "-e", "print(package.searchpath('cjson', "
+                                   "package.cpath))"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+    shutil.copy(system_cjson, lib2 / "cjson.so")
+    r = subprocess.run([str(binary2), "check"], cwd=src, env=env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr

@@ -1,8 +1,11 @@
+-- The rockspec of a checkout: `luarocks --lua-version 5.4 make svccomm-scm-1.rockspec`.
+-- scripts/release.sh derives the release rockspec from this file (version from VERSION,
+-- source = the release tarball), so there is one rockspec to maintain and no version here.
 rockspec_format = "3.0"
 package = "svccomm"
-version = "0.1.0-1"
+version = "scm-1"
 source = {
-   url = "git+file:///dev/null",
+   url = "file://.", -- a checkout is built in place (luarocks make)
 }
 description = {
    summary = "RabbitMQ consumers in Lua and a PostgreSQL transactional outbox",
@@ -17,10 +20,14 @@ transaction committed. This rock installs the `svccomm` Lua modules, the native 
 }
 dependencies = {
    "lua >= 5.4, < 5.5",
+   -- the svccomm executable loads cjson.so at run time (from this tree's lib/lua/5.4 or the
+   -- system's package.cpath); svccomm.json needs it in a plain lua5.4 too
+   "lua-cjson >= 2.1",
 }
 external_dependencies = {
    RABBITMQ = { header = "amqp.h" },
    PQ = { library = "pq" },
+   OPENSSL = { header = "openssl/ssl.h" },
 }
 build = {
    type = "cmake",
@@ -29,6 +36,7 @@ build = {
       CMAKE_INSTALL_PREFIX = "$(PREFIX)",
       SVCCOMM_TESTS = "OFF",
       SVCCOMM_WERROR = "OFF",
+      SVCCOMM_DOCS = "OFF",
       SVCCOMM_LUA_INSTALL_DIR = "$(LUADIR)",
       SVCCOMM_LIB_INSTALL_DIR = "$(LIBDIR)",
    },
