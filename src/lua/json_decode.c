@@ -58,63 +58,25 @@ static bool is_digit(const struct jd *d)
 
 static bool parse_value(struct jd *d);
 
-/* Four hex digits at p (bounds checked by the caller); -1 when one is not hex. */
-static long hex4(const char *p)
-{
-	long v = 0;
-
-	for (int i = 0; i < 4; i++) {
-		char c = p[i];
-		int h = c >= '0' && c <= '9'   ? c - '0'
-		        : c >= 'a' && c <= 'f' ? c - 'a' + 10
-		        : c >= 'A' && c <= 'F' ? c - 'A' + 10
-		                               : -1;
-		if (h < 0)
-			return -1;
-		v = v * 16 + h;
-	}
-	return v;
-}
-
 /* d->p after a backslash-u: appends the code point (a surrogate pair joined) as UTF-8. */
 static bool add_unicode(struct jd *d, luaL_Buffer *b)
 {
 	char out[4];
 	long cp, lo;
-	int n;
 
-	if (d->end - d->p < 5 || (cp = hex4(d->p + 1)) < 0)
+	if (d->end - d->p < 5 || (cp = svc_utf8_hex4(d->p + 1)) < 0)
 		return fail(d, "invalid unicode escape");
 	d->p += 5;
 	if (cp >= 0xDC00 && cp <= 0xDFFF)
 		return fail(d, "invalid unicode escape (lone low surrogate)");
 	if (cp >= 0xD800 && cp <= 0xDBFF) {
 		if (d->end - d->p < 6 || d->p[0] != '\\' || d->p[1] != 'u' ||
-		    (lo = hex4(d->p + 2)) < 0xDC00 || lo > 0xDFFF)
+		    (lo = svc_utf8_hex4(d->p + 2)) < 0xDC00 || lo > 0xDFFF)
 			return fail(d, "invalid unicode escape (lone high surrogate)");
 		d->p += 6;
 		cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
 	}
-	if (cp < 0x80) {
-		out[0] = (char)cp;
-		n = 1;
-	} else if (cp < 0x800) {
-		out[0] = (char)(0xC0 | (cp >> 6));
-		out[1] = (char)(0x80 | (cp & 0x3F));
-		n = 2;
-	} else if (cp < 0x10000) {
-		out[0] = (char)(0xE0 | (cp >> 12));
-		out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-		out[2] = (char)(0x80 | (cp & 0x3F));
-		n = 3;
-	} else {
-		out[0] = (char)(0xF0 | (cp >> 18));
-		out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-		out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-		out[3] = (char)(0x80 | (cp & 0x3F));
-		n = 4;
-	}
-	luaL_addlstring(b, out, (size_t)n);
+	luaL_addlstring(b, out, svc_utf8_put(out, (unsigned long)cp));
 	return true;
 }
 
