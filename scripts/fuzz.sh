@@ -19,7 +19,7 @@ cd "$ROOT"
 SECS=${1:-15}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(json_scan utf8 relay_headers amqp_headers amqp_frames)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(json_scan utf8 relay_headers amqp_headers amqp_frames json_decode)
 TIMEOUT=${SVCCOMM_FUZZ_TIMEOUT:-10}
 BUILD=${SVCCOMM_FUZZ_BUILD:-build-fuzz}
 WORK=${SVCCOMM_FUZZ_WORK:-$(mktemp -d /tmp/svccomm-fuzz.XXXXXX)}
@@ -38,7 +38,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 dict_of() {
 	case $1 in
-	json_scan | relay_headers) echo tests/fuzz/dict/json.dict ;;
+	json_scan | relay_headers | json_decode) echo tests/fuzz/dict/json.dict ;;
 	amqp_*) echo tests/fuzz/dict/amqp.dict ;;
 	esac
 }

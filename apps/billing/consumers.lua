@@ -4,7 +4,7 @@ local router = svccomm.message_router
 
 router.consumer("billing", "customer.*", svccomm.event_consumer(function(payload, meta)
   print(string.format("billing: customer %s is now %s (event %s)",
-    tostring(math.tointeger(payload.user_id) or payload.user_id),
+    tostring(payload.user_id),
     tostring(payload.name), meta.event_id))
 end))
 

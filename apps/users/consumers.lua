@@ -6,7 +6,7 @@ local router = svccomm.message_router
 
 local function on_user_update(payload, meta)
   print(string.format("users: %s for user %s (%s), event %s", meta.event_type,
-    tostring(math.tointeger(payload.id) or payload.id), tostring(payload.name), meta.event_id))
+    tostring(payload.id), tostring(payload.name), meta.event_id))
   svccomm.publish_aggregate_event {
     aggregate = "billing",
     event_type = "customer.updated",

@@ -17,8 +17,8 @@
 --- ({name=, oid=, type=}). Types: bool -> boolean; int2/int4/int8 -> integer; float4/float8 ->
 --- float; numeric -> integer when whole and within 64 bits, else a float (double precision:
 --- cast to text in SQL for exact decimals); json/jsonb -> decoded Lua value (JSON null ->
---- db.null; numbers decode as floats, so integers beyond 2^53 lose precision: select them
---- as text); timestamps -> text in UTC ("2024-01-02 03:04:05.123456+00", the session runs
+--- db.null; integers within int64 decode as integers, exactly, other numbers as floats;
+--- see svccomm.json.decode); timestamps -> text in UTC ("2024-01-02 03:04:05.123456+00", the session runs
 --- with TimeZone=UTC); other types -> their text; SQL NULL -> nil (the key is absent).
 ---
 --- Errors raise a table {message=, sqlstate=, detail=, hint=, connection_lost=} whose

@@ -2,21 +2,20 @@
 --- route, run the handler.
 --
 -- JSON null decodes to `cjson.null` (a light userdata, also `dispatch.null`), never to nil, so
--- a key present with null is distinguishable from a missing key. Numbers decode as Lua floats
--- (lua-cjson 2.1.0); `math.tointeger(x)` gives the integer.
+-- a key present with null is distinguishable from a missing key. Integers that fit in int64
+-- decode as Lua integers, other numbers as floats (svccomm.json.try_decode).
 local M = {}
 
 local type, tostring, format = type, tostring, string.format
 
 local router = require("svccomm.message_router")
 local keys = require("svccomm.keys")
-local cjson_safe = require("cjson.safe")
+local json = require("svccomm.json")
 
-M.null = cjson_safe.null
+M.null = json.null
 
 local config = { MAX_JSON_DEPTH = 128, KEY_STYLE = "preserve", UNROUTED = "ack" }
-local json -- the private cjson instance
-local decode
+local try_decode = json.try_decode
 local to_snake = keys.to_snake
 local snake = false
 local last -- route chosen for the last message
@@ -30,8 +29,8 @@ function M.configure(opts)
 	end
 	opts = opts or {}
 	local depth = opts.MAX_JSON_DEPTH or config.MAX_JSON_DEPTH
-	if math.type(depth) ~= "integer" or depth < 1 then
-		error("configure: MAX_JSON_DEPTH must be a positive integer", 2)
+	if math.type(depth) ~= "integer" or depth < 1 or depth > 1000 then
+		error("configure: MAX_JSON_DEPTH must be a positive integer (at most 1000)", 2)
 	end
 	local style = opts.KEY_STYLE or config.KEY_STYLE
 	if style ~= "preserve" and style ~= "snake" then
@@ -42,10 +41,6 @@ function M.configure(opts)
 		error('configure: UNROUTED must be "ack" or "dead-letter"', 2)
 	end
 	config = { MAX_JSON_DEPTH = depth, KEY_STYLE = style, UNROUTED = unrouted }
-	json = cjson_safe.new()
-	json.decode_max_depth(depth)
-	json.decode_invalid_numbers(false) -- NaN, Infinity and hex are not JSON
-	decode = json.decode
 	snake = style == "snake"
 end
 
@@ -66,7 +61,7 @@ end
 ---@return string status, string|nil reason
 function M.handle(exchange, routing_key, body_string, message)
 	last = nil
-	local body, err = decode(body_string)
+	local body, err = try_decode(body_string, config.MAX_JSON_DEPTH)
 	if body == nil then
 		return "malformed", "invalid JSON: " .. tostring(err)
 	end

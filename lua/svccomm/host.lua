@@ -1,9 +1,9 @@
 --- What the svccomm binary asks of the Lua side: load settings and apps, describe them for
 --- `svccomm check`, write an event for `svccomm publish`. Not part of the public API.
 local apps = require "svccomm.apps"
-local cjson_safe = require "cjson.safe"
 local dispatch = require "svccomm.dispatch"
 local events = require "svccomm.events"
+local json = require "svccomm.json"
 local router = require "svccomm.message_router"
 local settings_mod = require "svccomm.settings"
 local svccomm = require "svccomm"
@@ -209,15 +209,14 @@ end
 ---@return "usage"|"runtime"|nil kind
 function M.publish(aggregate, event_type, payload_json, at, tags_json)
 	local s = assert(M.settings, "load_settings first")
-	local cjson = cjson_safe.new()
-	local payload, perr = cjson.decode(payload_json)
+	local payload, perr = json.try_decode(payload_json)
 	if payload == nil then
 		return nil, "payload is not valid JSON: " .. tostring(perr), "usage"
 	end
 	local tags
 	if tags_json then
 		if not at then return nil, "--tags needs --at", "usage" end
-		tags = cjson.decode(tags_json)
+		tags = json.try_decode(tags_json)
 		if type(tags) ~= "table" then return nil, "--tags is not a JSON object", "usage" end
 	end
 	if at then

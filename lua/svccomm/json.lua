@@ -2,11 +2,13 @@
 --- columns) and reads (json/jsonb columns).
 ---
 --- The encoder is not cjson's: lua-cjson 2.1 writes numbers with 14 significant digits
---- (integers above 1e14 lose digits) and cannot write an empty array. Decoding is cjson's
---- (JSON null -> json.null, numbers as floats).
+--- (integers above 1e14 lose digits) and cannot write an empty array. Nor is the decoder
+--- (svccomm.core.json_decode, src/lua/json_decode.c): strict RFC 8259, JSON null -> json.null,
+--- integers that fit in int64 -> Lua integers exactly, every other number -> float.
 ---
 --- svccomm.db re-exports encode as db.encode_json and array as db.array (and svccomm.array).
 local cjson = require "cjson"
+local core = require "svccomm.core"
 
 local M = {}
 
@@ -204,17 +206,36 @@ function M.encode(value, max_depth, what)
 	enc(value, 0)
 	return concat(buf, "", 1, n)
 end
-local decoder = cjson.new()
+local core_decode = core.json_decode
 
---- Decode JSON text (cjson: JSON null is json.null, numbers are floats). Raises on invalid
---- text.
+--- Decode JSON text (strict RFC 8259): JSON null is json.null; an integer without fraction or
+--- exponent that fits in int64 is a Lua integer, exactly; every other number is a float (an
+--- integer beyond int64: the nearest float, logged at debug); arrays and objects are plain
+--- tables. Raises on invalid text or nesting deeper than max_depth (default 1000, at most 1000).
 ---@param text string
+---@param max_depth integer|nil
 ---@return any
-function M.decode(text)
+function M.decode(text, max_depth)
 	if type(text) ~= "string" then
 		error("decode: expected a string, got " .. type(text), 2)
 	end
-	return decoder.decode(text)
+	local v, err = core_decode(text, max_depth)
+	if err then
+		error("decode: invalid JSON: " .. err, 2)
+	end
+	return v
+end
+
+--- As decode, but invalid text returns nil, message instead of raising.
+---@param text string
+---@param max_depth integer|nil
+---@return any value
+---@return string|nil err
+function M.try_decode(text, max_depth)
+	if type(text) ~= "string" then
+		error("try_decode: expected a string, got " .. type(text), 2)
+	end
+	return core_decode(text, max_depth)
 end
 
 return M

@@ -11,7 +11,8 @@
  * runs, and refuses, as an out-of-memory error, a text that would not fit; decode counts its
  * scratch buffer (the size of the input) the same way. Texts over 1 GiB are refused even without
  * a cap (cjson's sizes are ints). encode_keep_buffer is always off, so no buffer outlives a
- * call. Everything else is cjson's: same functions, results and error messages. */
+ * call. Everything else is cjson's: same functions, results and error messages (numbers decode
+ * as floats). svccomm's own decoding (bodies, svccomm.json, svccomm.db) is lua/json_decode.h. */
 #ifndef SVC_LUA_CJSON_BOUNDED_H
 #define SVC_LUA_CJSON_BOUNDED_H
 

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "lua/json_decode.h"
 #include "lua/outbox.h"
 #include "lua/pg.h"
 #include "util/clock.h"
@@ -366,5 +367,6 @@ int luaopen_svccomm_core(lua_State *L)
 	lua_setfield(L, -2, "VERSION");
 	svc_lua_pg_open(L);
 	svc_lua_outbox_open(L);
+	svc_lua_json_open(L);
 	return 1;
 }

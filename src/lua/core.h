@@ -2,7 +2,7 @@
  * by a plain lua5.4 (build/lua/svccomm/core.so). It holds the small C helpers the Lua
  * modules need (URL and conninfo checks, secret masking, identifier quoting, directory
  * listing, versions, time and ids), the PostgreSQL binding of lua/pg.h and the outbox calls
- * of lua/outbox.h. The helpers:
+ * of lua/outbox.h and the JSON decoder of lua/json_decode.h. The helpers:
  *   core.time() -> seconds since the epoch (float, microseconds)
  *   core.utc_iso([t]) -> "2024-01-02T03:04:05.123456Z" (t: seconds; default now); utc_now_iso
  *   core.uuid4() -> random UUID string

@@ -2,6 +2,7 @@
 #include "relay/headers.h"
 
 #include "util/error.h"
+#include "util/utf8.h"
 
 static char *skip_ws(char *p)
 {
@@ -10,63 +11,18 @@ static char *skip_ws(char *p)
 	return p;
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-static long hex4(const char *p)
-{
-	long v = 0;
-
-	for (int i = 0; i < 4; i++) {
-		int h = hexval(p[i]);
-
-		if (h < 0)
-			return -1;
-		v = v * 16 + h;
-	}
-	return v;
-}
-
-static char *put_utf8(char *w, unsigned long cp)
-{
-	if (cp < 0x80) {
-		*w++ = (char)cp;
-	} else if (cp < 0x800) {
-		*w++ = (char)(0xC0 | (cp >> 6));
-		*w++ = (char)(0x80 | (cp & 0x3F));
-	} else if (cp < 0x10000) {
-		*w++ = (char)(0xE0 | (cp >> 12));
-		*w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
-		*w++ = (char)(0x80 | (cp & 0x3F));
-	} else {
-		*w++ = (char)(0xF0 | (cp >> 18));
-		*w++ = (char)(0x80 | ((cp >> 12) & 0x3F));
-		*w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
-		*w++ = (char)(0x80 | (cp & 0x3F));
-	}
-	return w;
-}
-
 /* r points at the 'u' of a \\u escape: writes its code point as UTF-8 at *w (a surrogate
  * pair when the low half follows) and returns the position after the escape, or NULL for bad
  * hex digits or U+0000. */
 static char *unescape_u(char *r, char **w)
 {
-	long cp = hex4(r + 1);
+	long cp = svc_utf8_hex4(r + 1);
 
 	if (cp < 0)
 		return NULL;
 	r += 5;
 	if (cp >= 0xD800 && cp <= 0xDBFF && r[0] == '\\' && r[1] == 'u') {
-		long lo = hex4(r + 2);
+		long lo = svc_utf8_hex4(r + 2);
 
 		if (lo >= 0xDC00 && lo <= 0xDFFF) {
 			cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
@@ -75,7 +31,7 @@ static char *unescape_u(char *r, char **w)
 	}
 	if (cp == 0)
 		return NULL; /* a NUL cannot travel in a C string */
-	*w = put_utf8(*w, (unsigned long)cp);
+	*w += svc_utf8_put(*w, (unsigned long)cp);
 	return r;
 }
 

@@ -75,6 +75,9 @@ describe("dispatch", function()
 			{ "NaN", "NaN" },
 			{ "Infinity", '{"a":Infinity}' },
 			{ "hex number", "[0x10]" },
+			{ "leading zero", '{"id":007}' },
+			{ "number overflowing a double", '{"a":1e999999}' },
+			{ "lone surrogate", '{"a":"\\ud800"}' },
 		}
 		for _, c in ipairs(bad) do
 			it(c[1], function()
@@ -93,6 +96,13 @@ describe("dispatch", function()
 			assert.are.equal("malformed", status)
 			assert.matches("too many nested", reason)
 			assert.are.equal(1, #calls)
+		end)
+
+		it("a number at exactly MAX_JSON_DEPTH decodes; integers stay exact", function()
+			dispatch.configure({ MAX_JSON_DEPTH = 2 })
+			assert.are.equal("ok", dispatch.handle("ex", "k", '{"a":[9007199254740993]}', {}))
+			assert.are.equal(9007199254740993, calls[1].body.a[1])
+			assert.are.equal("integer", math.type(calls[1].body.a[1]))
 		end)
 
 		it("10,000-deep nesting is refused without a crash", function()

@@ -69,7 +69,7 @@ describe("svccomm.json.encode", function()
 end)
 
 describe("svccomm.json.decode", function()
-	it("decodes with cjson: null is json.null, arrays and objects as tables", function()
+	it("decodes null as json.null (cjson.null), arrays and objects as tables", function()
 		local v = json.decode('{"a":[1,null,"x"],"b":{"c":true}}')
 		assert.same({ 1, json.null, "x" }, v.a)
 		assert.is_true(v.b.c)
@@ -80,6 +80,56 @@ describe("svccomm.json.decode", function()
 		assert.is_false(pcall(json.decode, "{nope"))
 		assert.matches("json_spec.lua:%d+: decode: expected a string, got number",
 			SPEC.error_of(function() json.decode(42) end))
+		assert.matches("json_spec.lua:%d+: decode: invalid JSON: .*leading zero",
+			SPEC.error_of(function() json.decode("[01]") end))
+	end)
+
+	it("decodes integers that fit in int64 as integers, exactly; other numbers as floats", function()
+		local function int(text, want)
+			local v = json.decode(text)
+			assert.equal("integer", math.type(v), text)
+			assert.equal(want, v, text)
+		end
+		local function float(text, want)
+			local v = json.decode(text)
+			assert.equal("float", math.type(v), text)
+			assert.equal(want, v, text)
+		end
+		int("42", 42)
+		int("9007199254740993", 9007199254740993) -- 2^53 + 1
+		int("9223372036854775807", math.maxinteger)
+		int("-9223372036854775808", math.mininteger)
+		float("9223372036854775808", 2.0 ^ 63)
+		float("42.0", 42.0)
+		float("1e2", 100.0)
+		float("-0", 0.0)
+		assert.equal(-math.huge, 1 / json.decode("-0"))
+		local body = json.decode('{"id": 9007199254740993, "n": 42}')
+		assert.equal("user:42", "user:" .. body.n)
+		assert.equal("9007199254740993", string.format("%d", body.id))
+	end)
+
+	it("re-encodes decoded integers exactly", function()
+		local text = '{"big":-9223372036854775808,"id":9007199254740993,"x":[1,2.5]}'
+		assert.equal(text, json.encode(json.decode(text)))
+	end)
+
+	it("refuses what RFC 8259 forbids, with a message (try_decode returns it)", function()
+		for _, text in ipairs { "01", "1.", ".5", "+1", "NaN", "Infinity", "-Infinity", "1e999999",
+			"[1,]", '{"a":1,}', "'a'", '"\\ud800"', '"\\udc00"', '"\xff"', "\"\255\"", "\"a\tb\"",
+			string.rep("9", 400), "1 2", "" } do
+			local v, err = json.try_decode(text)
+			assert.is_nil(v, text)
+			assert.matches("at character %d+$", err)
+		end
+	end)
+
+	it("counts depth as cjson did: max_depth containers, a number inside the deepest", function()
+		assert.equal(7, json.decode("[[[7]]]", 3)[1][1][1])
+		local v, err = json.try_decode("[[[[7]]]]", 3)
+		assert.is_nil(v)
+		assert.matches("too many nested data structures %(4%)", err)
+		assert.is_nil((json.try_decode(string.rep("[", 1001) .. string.rep("]", 1001))))
 	end)
 end)
 

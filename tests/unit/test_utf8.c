@@ -75,12 +75,31 @@ static void test_large_buffer(void **state)
 	free(buf);
 }
 
+static void test_put_and_hex4(void **state)
+{
+	char out[4];
+	(void)state;
+	assert_int_equal(svc_utf8_put(out, 0x41), 1);
+	assert_memory_equal(out, "A", 1);
+	assert_int_equal(svc_utf8_put(out, 0xE9), 2);
+	assert_memory_equal(out, "\xc3\xa9", 2);
+	assert_int_equal(svc_utf8_put(out, 0x20AC), 3);
+	assert_memory_equal(out, "\xe2\x82\xac", 3);
+	assert_int_equal(svc_utf8_put(out, 0x1F600), 4);
+	assert_memory_equal(out, "\xf0\x9f\x98\x80", 4);
+	assert_true(svc_utf8_valid(out, 4, NULL));
+	assert_int_equal(svc_utf8_hex4("00e9"), 0xE9);
+	assert_int_equal(svc_utf8_hex4("D83D"), 0xD83D);
+	assert_int_equal(svc_utf8_hex4("12g4"), -1);
+	assert_int_equal(svc_utf8_hex4("1\0zz"), -1); /* stops at the first non-hex byte */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_ascii_and_empty), cmocka_unit_test(test_multibyte),
 	    cmocka_unit_test(test_invalid),         cmocka_unit_test(test_embedded_nul_is_valid),
-	    cmocka_unit_test(test_large_buffer),
+	    cmocka_unit_test(test_large_buffer),    cmocka_unit_test(test_put_and_hex4),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,415 @@
+/* lua/json_decode: strict JSON text -> Lua values, int64 exact. See json_decode.h. */
+#include "lua/json_decode.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util/error.h"
+#include "util/log.h"
+#include "util/utf8.h"
+
+/* The decoder's state; the error text is written once, at the first failure. */
+struct jd {
+	lua_State *L;
+	const char *start, *p, *end;
+	int depth, max_depth;
+	char err[96];
+	bool failed;
+};
+
+static unsigned long long lossy;
+
+unsigned long long svc_json_decode_lossy(void)
+{
+	return lossy;
+}
+
+/* Records the first failure at the current position; always false. */
+static bool fail(struct jd *d, const char *what)
+{
+	if (!d->failed)
+		snprintf(d->err, sizeof(d->err), "%s at character %zu", what,
+		         (size_t)(d->p - d->start) + 1);
+	d->failed = true;
+	return false;
+}
+
+/* A refused number, reported at its first character. */
+static bool bad_number(struct jd *d, const char *s, const char *what)
+{
+	d->p = s;
+	return fail(d, what);
+}
+
+static void skip_ws(struct jd *d)
+{
+	while (d->p < d->end && (*d->p == ' ' || *d->p == '\n' || *d->p == '\r' || *d->p == '\t'))
+		d->p++;
+}
+
+static bool is_digit(const struct jd *d)
+{
+	return d->p < d->end && *d->p >= '0' && *d->p <= '9';
+}
+
+static bool parse_value(struct jd *d);
+
+/* d->p after a backslash-u: appends the code point (a surrogate pair joined) as UTF-8. */
+static bool add_unicode(struct jd *d, luaL_Buffer *b)
+{
+	char out[4];
+	long cp, lo;
+
+	if (d->end - d->p < 5 || (cp = svc_utf8_hex4(d->p + 1)) < 0)
+		return fail(d, "invalid unicode escape");
+	d->p += 5;
+	if (cp >= 0xDC00 && cp <= 0xDFFF)
+		return fail(d, "invalid unicode escape (lone low surrogate)");
+	if (cp >= 0xD800 && cp <= 0xDBFF) {
+		if (d->end - d->p < 6 || d->p[0] != '\\' || d->p[1] != 'u' ||
+		    (lo = svc_utf8_hex4(d->p + 2)) < 0xDC00 || lo > 0xDFFF)
+			return fail(d, "invalid unicode escape (lone high surrogate)");
+		d->p += 6;
+		cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+	}
+	luaL_addlstring(b, out, svc_utf8_put(out, (unsigned long)cp));
+	return true;
+}
+
+/* Moves d->p over raw string bytes (no quote, backslash or control character) and checks the
+ * run is UTF-8; false on invalid UTF-8. */
+static bool scan_raw(struct jd *d)
+{
+	const unsigned char *s = (const unsigned char *)d->p, *q = s;
+	const unsigned char *end = (const unsigned char *)d->end;
+	unsigned char high = 0;
+
+	while (q < end && *q != '"' && *q != '\\' && *q >= 0x20)
+		high |= *q++;
+	if ((high & 0x80) && !svc_utf8_valid(s, (size_t)(q - s), NULL))
+		return fail(d, "invalid UTF-8 in a string");
+	d->p = (const char *)q;
+	return true;
+}
+
+/* The rest of a string with escapes, into a buffer: run (already scanned) is its start. */
+static bool parse_escaped(struct jd *d, const char *run)
+{
+	static const char plain[] = "\"\\/bfnrt";
+	static const char made[] = "\"\\/\b\f\n\r\t";
+	luaL_Buffer b;
+
+	luaL_buffinit(d->L, &b);
+	for (;;) {
+		luaL_addlstring(&b, run, (size_t)(d->p - run));
+		if (d->p >= d->end)
+			return fail(d, "unterminated string");
+		if (*d->p == '"')
+			break;
+		if ((unsigned char)*d->p < 0x20)
+			return fail(d, "control character in a string");
+		/* a backslash */
+		if (++d->p >= d->end)
+			return fail(d, "unterminated string");
+		if (*d->p == 'u') {
+			if (!add_unicode(d, &b))
+				return false;
+		} else {
+			const char *e = *d->p ? strchr(plain, *d->p) : NULL;
+			if (!e)
+				return fail(d, "invalid escape in a string");
+			luaL_addchar(&b, made[e - plain]);
+			d->p++;
+		}
+		run = d->p;
+		if (!scan_raw(d))
+			return false;
+	}
+	d->p++;
+	luaL_pushresult(&b);
+	return true;
+}
+
+/* d->p at the opening quote: pushes the string. */
+static bool parse_string(struct jd *d)
+{
+	const char *run = ++d->p;
+
+	if (!scan_raw(d))
+		return false;
+	if (d->p < d->end && *d->p == '"') { /* no escapes: the common case, no copy */
+		lua_pushlstring(d->L, run, (size_t)(d->p - run));
+		d->p++;
+		return true;
+	}
+	return parse_escaped(d, run);
+}
+
+/* Pushes the float of the number text [s, e) (already checked to be a JSON number). */
+static bool push_float(struct jd *d, const char *s, const char *e)
+{
+	char buf[128];
+	size_t n = (size_t)(e - s);
+	const char *text = buf;
+
+	if (n < sizeof(buf)) {
+		memcpy(buf, s, n);
+		buf[n] = '\0';
+	} else { /* a long one (400 digits): through a Lua string */
+		lua_pushlstring(d->L, s, n);
+		text = lua_tostring(d->L, -1);
+	}
+	/* strtod underneath, with a '.' whatever the locale */
+	if (lua_stringtonumber(d->L, text) == 0)
+		return bad_number(d, s, "invalid number");
+	if (n >= sizeof(buf))
+		lua_remove(d->L, -2);
+	if (isinf(lua_tonumber(d->L, -1)))
+		return bad_number(d, s, "number out of range");
+	return true;
+}
+
+/* Reads digits into *u; *over is set when they exceed UINT64_MAX. */
+static void digits(struct jd *d, uint64_t *u, bool *over)
+{
+	for (; is_digit(d); d->p++) {
+		unsigned v = (unsigned)(*d->p - '0');
+		if (*u > (UINT64_MAX - v) / 10)
+			*over = true;
+		else
+			*u = *u * 10 + v;
+	}
+}
+
+/* d->p at '-' or a digit: pushes an integer or a float per the rules of json_decode.h. */
+static bool parse_number(struct jd *d)
+{
+	const char *s = d->p;
+	bool neg = *d->p == '-', over = false, integral = true;
+	uint64_t u = 0;
+
+	if (neg)
+		d->p++;
+	if (!is_digit(d))
+		return bad_number(d, s, "invalid number");
+	if (*d->p == '0') {
+		d->p++;
+		if (is_digit(d))
+			return bad_number(d, s, "invalid number (leading zero)");
+	} else {
+		digits(d, &u, &over);
+	}
+	if (d->p < d->end && *d->p == '.') {
+		d->p++;
+		if (!is_digit(d))
+			return bad_number(d, s, "invalid number (no digit after '.')");
+		while (is_digit(d))
+			d->p++;
+		integral = false;
+	}
+	if (d->p < d->end && (*d->p == 'e' || *d->p == 'E')) {
+		d->p++;
+		if (d->p < d->end && (*d->p == '+' || *d->p == '-'))
+			d->p++;
+		if (!is_digit(d))
+			return bad_number(d, s, "invalid number (no digit in the exponent)");
+		while (is_digit(d))
+			d->p++;
+		integral = false;
+	}
+	if (integral && !over) {
+		if (!neg && u <= (uint64_t)INT64_MAX) {
+			lua_pushinteger(d->L, (lua_Integer)u);
+			return true;
+		}
+		if (neg && u != 0 && u <= (uint64_t)INT64_MAX + 1) {
+			/* -(u - 1) - 1: no signed overflow at -2^63 */
+			lua_pushinteger(d->L, -(lua_Integer)(u - 1) - 1);
+			return true;
+		}
+	}
+	if (integral && u == 0) { /* "-0": a float, so its sign survives */
+		lua_pushnumber(d->L, -0.0);
+		return true;
+	}
+	if (integral) {
+		lossy++;
+		svc_debug("json", "integer %.*s%s beyond 64 bits decoded as a float (%llu so far)",
+		          (int)(d->p - s > 40 ? 40 : d->p - s), s, d->p - s > 40 ? "..." : "",
+		          lossy);
+	}
+	return push_float(d, s, d->p);
+}
+
+/* Opens one nesting level; false past max_depth. */
+static bool enter(struct jd *d)
+{
+	char what[64];
+
+	if (++d->depth > d->max_depth || !lua_checkstack(d->L, 4)) {
+		snprintf(what, sizeof(what), "too many nested data structures (%d)", d->depth);
+		return fail(d, what);
+	}
+	d->p++;
+	lua_createtable(d->L, 0, 0);
+	skip_ws(d);
+	return true;
+}
+
+/* Moves over the ',' between members, or the closing byte `close` (*done). */
+static bool next_member(struct jd *d, char close, bool *done)
+{
+	skip_ws(d);
+	if (d->p < d->end && *d->p == ',') {
+		d->p++;
+		return true;
+	}
+	if (d->p < d->end && *d->p == close) {
+		d->p++;
+		d->depth--;
+		*done = true;
+		return true;
+	}
+	return fail(d, close == ']' ? "expected ',' or ']'" : "expected ',' or '}'");
+}
+
+static bool parse_array(struct jd *d)
+{
+	bool done = false;
+
+	if (!enter(d))
+		return false;
+	if (d->p < d->end && *d->p == ']') {
+		d->p++;
+		d->depth--;
+		return true;
+	}
+	for (lua_Integer i = 1; !done; i++) {
+		if (!parse_value(d))
+			return false;
+		lua_rawseti(d->L, -2, i);
+		if (!next_member(d, ']', &done))
+			return false;
+	}
+	return true;
+}
+
+static bool parse_object(struct jd *d)
+{
+	bool done = false;
+
+	if (!enter(d))
+		return false;
+	if (d->p < d->end && *d->p == '}') {
+		d->p++;
+		d->depth--;
+		return true;
+	}
+	while (!done) {
+		skip_ws(d);
+		if (d->p >= d->end || *d->p != '"')
+			return fail(d, "expected an object key string");
+		if (!parse_string(d))
+			return false;
+		skip_ws(d);
+		if (d->p >= d->end || *d->p != ':')
+			return fail(d, "expected ':'");
+		d->p++;
+		if (!parse_value(d))
+			return false;
+		lua_rawset(d->L, -3);
+		if (!next_member(d, '}', &done))
+			return false;
+	}
+	return true;
+}
+
+/* The literal word at d->p, pushed by the caller when it matches. */
+static bool word(struct jd *d, const char *w, size_t n)
+{
+	if ((size_t)(d->end - d->p) < n || memcmp(d->p, w, n) != 0)
+		return fail(d, "invalid token");
+	d->p += n;
+	return true;
+}
+
+static bool parse_value(struct jd *d)
+{
+	skip_ws(d);
+	if (d->p >= d->end)
+		return fail(d, "expected a value but the text ended");
+	switch (*d->p) {
+	case '{':
+		return parse_object(d);
+	case '[':
+		return parse_array(d);
+	case '"':
+		return parse_string(d);
+	case 't':
+		return word(d, "true", 4) && (lua_pushboolean(d->L, 1), true);
+	case 'f':
+		return word(d, "false", 5) && (lua_pushboolean(d->L, 0), true);
+	case 'n':
+		return word(d, "null", 4) && (lua_pushlightuserdata(d->L, NULL), true);
+	default:
+		if (*d->p == '-' || (*d->p >= '0' && *d->p <= '9'))
+			return parse_number(d);
+		return fail(d, "expected a value but found an invalid token");
+	}
+}
+
+int svc_json_decode(lua_State *L, const char *json, size_t len, int max_depth)
+{
+	struct jd d = {.L = L, .start = json, .p = json, .end = json + len};
+	int base = lua_gettop(L);
+
+	d.max_depth = max_depth < 1                    ? 1
+	              : max_depth > SVC_JSON_MAX_DEPTH ? SVC_JSON_MAX_DEPTH
+	                                               : max_depth;
+	if (parse_value(&d)) {
+		skip_ws(&d);
+		if (d.p == d.end)
+			return 0;
+		fail(&d, "trailing text after the value");
+	}
+	lua_settop(L, base);
+	lua_pushstring(L, d.err);
+	return SVC_EINVAL;
+}
+
+/* json_decode(text[, max_depth]) -> value | nil, err */
+static int lua_json_decode(lua_State *L)
+{
+	size_t len;
+	const char *text = luaL_checklstring(L, 1, &len);
+	lua_Integer depth = luaL_optinteger(L, 2, SVC_JSON_MAX_DEPTH);
+
+	luaL_argcheck(L, depth >= 1 && depth <= SVC_JSON_MAX_DEPTH, 2, "max_depth must be 1..1000");
+	lua_settop(L, 1); /* keeps text alive while its bytes are read */
+	if (svc_json_decode(L, text, len, (int)depth) == 0)
+		return 1;
+	lua_pushnil(L);
+	lua_insert(L, -2);
+	return 2;
+}
+
+/* json_lossy() -> how many integer literals beyond int64 were decoded as floats */
+static int lua_json_lossy(lua_State *L)
+{
+	lua_pushinteger(L, (lua_Integer)svc_json_decode_lossy());
+	return 1;
+}
+
+void svc_lua_json_open(lua_State *L)
+{
+	static const luaL_Reg funcs[] = {
+	    {"json_decode", lua_json_decode},
+	    {"json_lossy", lua_json_lossy},
+	    {NULL, NULL},
+	};
+	luaL_setfuncs(L, funcs, 0);
+}
