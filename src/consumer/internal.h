@@ -133,8 +133,9 @@ enum { SVC_INBOX_NEW = 0, SVC_INBOX_DUP = 1, SVC_INBOX_BAD = 2 };
  * be aborted: roll the savepoint back), < 0 on a session error. */
 int svc_consumer_inbox_seen(struct svc_consumer *c, const struct svc_consumer_msg *m, char *why,
                             size_t whysz);
-/* Deletes inbox rows older than INBOX_RETENTION, a bounded number per call. */
-void svc_consumer_inbox_cleanup(struct svc_consumer *c);
+/* Deletes inbox rows older than INBOX_RETENTION in growing batches for a bounded time; true
+ * when rows are left that the next pass should remove soon. */
+bool svc_consumer_inbox_cleanup(struct svc_consumer *c);
 
 /* ---- topology.c ---- */
 

@@ -68,7 +68,8 @@ static int idle_work(struct svc_consumer *c, bool idle)
 	if (c->pg.conn && c->cfg->inbox && !c->in_tx &&
 	    now - c->last_cleanup >= INBOX_CLEANUP_EVERY) {
 		c->last_cleanup = now;
-		svc_consumer_inbox_cleanup(c);
+		if (svc_consumer_inbox_cleanup(c)) /* behind: the next pass in a second */
+			c->last_cleanup -= INBOX_CLEANUP_EVERY - 1.0;
 	}
 	if (idle && !c->batch_n && now - c->last_queue_check >= QUEUE_CHECK_EVERY) {
 		c->last_queue_check = now;
