@@ -7,6 +7,7 @@ local events = require "svccomm.events"
 local router = require "svccomm.message_router"
 local settings_mod = require "svccomm.settings"
 local svccomm = require "svccomm"
+local time = require "svccomm.time"
 
 local M = {}
 
@@ -188,6 +189,20 @@ end
 ---@return "usage"|"runtime"|nil kind
 function M.publish(aggregate, event_type, payload_json, at, tags_json)
 	local s = assert(M.settings, "load_settings first")
+	-- What the command line got wrong is a usage error (exit 2), found before connecting.
+	for _, a in ipairs { { "aggregate", aggregate }, { "event_type", event_type } } do
+		local what, v = a[1], a[2]
+		if v == "" or #v > 255 or v:find("\0", 1, true) then
+			return nil, format("%s must be 1 to 255 bytes (an exchange or routing key), got %d",
+				what, #v), "usage"
+		end
+	end
+	if at then
+		local _, terr = time.parse(at)
+		if terr then
+			return nil, format("--at %q: %s (ISO 8601, e.g. 2026-12-01T10:00:00Z)", at, terr), "usage"
+		end
+	end
 	local cjson = cjson_safe.new()
 	local payload, perr = cjson.decode(payload_json)
 	if payload == nil then
