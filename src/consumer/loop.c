@@ -189,6 +189,13 @@ static int on_delivery(struct svc_consumer *c)
 	}
 	if (c->received % 1024 == 0)
 		idle_work(c, false);
+	if (svc_consumer_lua_wants_recycle(c)) { /* a fresh state needs no open batch */
+		rc = svc_consumer_commit_batch(c);
+		if (rc)
+			return session_lost(c, rc);
+		if (svc_consumer_lua_recycle(c) != 0)
+			return SVC_ELUA;
+	}
 	return 0;
 }
 

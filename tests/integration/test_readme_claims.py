@@ -51,3 +51,33 @@ def test_poll_mode_sends_a_scheduled_row_on_time(project, broker):
     assert len(got) == 1, p.log()
     assert late < 6, "sent %.1f s after due" % late
     assert p.stop() == 0
+
+
+LEAKER = """
+local svccomm = require "svccomm"
+svccomm.message_router.consumer("$EXCHANGE", "#", function(rk, body, msg)
+  if body.leak then -- a handler bug: keeps everything it ever saw in a global list
+    local n = 0
+    while true do n = n + 1; LEAK = { LEAK, "x" .. n } end
+  end
+  local work = string.rep("y", 256 * 1024) .. body.n -- what any handler needs: some memory
+  svccomm.db.query("INSERT INTO $TABLE (n, attempt, rk) VALUES ($1, $2, $3)", body.n, msg.attempt, rk)
+end)
+"""
+
+
+def test_lua_state_that_leaked_to_the_memory_limit_is_replaced(project, broker):
+    """A state that leaked to LUA_MEMORY_LIMIT_MB was kept: every later message failed with
+    the memory error and was dead-lettered."""
+    p = project.setup_consumer(LEAKER, settings={"LUA_MEMORY_LIMIT_MB": 16, "MAX_ATTEMPTS": 1})
+    proc = p.start_consumer()
+    broker.publish(p.exchange(), "a", {"leak": True, "n": 0})
+    svc.wait_until(lambda: broker.count(p.queue() + ".dlq") == 1, 20, what="the leak dead-lettered")
+    for n in (1, 2, 3):
+        broker.publish(p.exchange(), "a", {"n": n})
+    svc.wait_until(lambda: p.record_count() == 3 or broker.count(p.queue() + ".dlq") > 1, 20,
+                   what="the good messages settled")
+    assert sorted(r[0] for r in p.records()) == [1, 2, 3]
+    assert broker.count(p.queue() + ".dlq") == 1  # only the leaking one
+    assert "Lua state replaced" in proc.log()
+    assert p.stop() == 0
