@@ -153,3 +153,30 @@ bool svc_consumer_inbox_cleanup(struct svc_consumer *c)
 		          svc_clock_mono() - start, more ? ", more to do" : "");
 	return more;
 }
+
+int svc_consumer_inbox_stats(PGconn *conn, const char *table, double *rows, double *oldest,
+                             char *err, size_t errsz)
+{
+	char quoted[SVC_IDENT_QUOTED_MAX], sql[512];
+	const char *params[1] = {quoted};
+	PGresult *res = NULL;
+	int rc;
+
+	if (svc_ident_quote(table, quoted, sizeof(quoted)) != 0) {
+		snprintf(err, errsz, "INBOX_TABLE: not a valid identifier");
+		return SVC_EINVAL;
+	}
+	/* The planner's estimate: counting a large inbox would take longer than the check. */
+	snprintf(sql, sizeof(sql),
+	         "SELECT greatest(c.reltuples, 0)::float8, (SELECT coalesce(extract(epoch from "
+	         "now() - min(received_at)), 0)::float8 FROM %s) FROM pg_class c WHERE c.oid = "
+	         "$1::regclass",
+	         quoted);
+	rc = svc_pg_exec_params(conn, sql, 1, params, &res, err, errsz, NULL);
+	if (rc < 0)
+		return rc;
+	*rows = PQntuples(res) ? strtod(PQgetvalue(res, 0, 0), NULL) : 0;
+	*oldest = PQntuples(res) ? strtod(PQgetvalue(res, 0, 1), NULL) : 0;
+	PQclear(res);
+	return 0;
+}

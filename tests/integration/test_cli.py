@@ -205,7 +205,7 @@ OPTIONS = {  # each command's own options, as its --help lists them
     "checkpublisher": ["--max-queue-size N", "--max-delay S", "--max-parked P"],
     "publish": ["--at TIME", "--tags JSON"],
     "migrate": [],
-    "check": [],
+    "check": ["--connect"],
     "version": [],
     "help": [],
 }
@@ -213,6 +213,9 @@ GLOBAL_OPTIONS = ["--settings FILE", "-h, --help", "--version"]
 EXIT_CODES = {  # commands whose exit codes say more than EXIT_CODES_LINE
     "runpublisher": "Exit codes: 0 stopped by a signal, 1 runtime failure, 2 usage or "
                     "configuration error.",
+    "check": "Exit codes: 0 success, 1 runtime failure or (--connect) migrations not applied or "
+             "objects missing under DO_NOT_DECLARE, 2 usage or configuration error, 3 "
+             "(--connect) a server cannot be reached.",
     "checkpublisher": "Exit codes: 0 healthy, 1 unhealthy, 2 usage or configuration error, "
                       "3 the database cannot be reached or the outbox table read (health "
                       "unknown).",

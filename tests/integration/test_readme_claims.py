@@ -1,6 +1,7 @@
 """The README's claims that did not hold (issue 22): inbox retention keeps pace, poll-mode
 schedules run on time, a leaked Lua state is replaced, table arguments refuse unknown keys,
 `check --connect`, NOTIFY channels per schema."""
+import re
 import time
 
 import svc
@@ -81,3 +82,41 @@ def test_lua_state_that_leaked_to_the_memory_limit_is_replaced(project, broker):
     assert broker.count(p.queue() + ".dlq") == 1  # only the leaking one
     assert "Lua state replaced" in proc.log()
     assert p.stop() == 0
+
+
+def test_check_connect_reports_migrations_inbox_and_broker_objects(project, broker):
+    """`check` contacted no server: a database never migrated or a missing queue showed only
+    at the first start of runconsumer."""
+    p = project
+    ex = p.exchange("orders")
+    inbox = p.table("inbox")
+    p.write_settings(EXCHANGES=[ex], BINDS=[[ex, "#"]], INBOX=True, INBOX_TABLE=inbox)
+    assert p.run("check").returncode == 0  # offline by default: no server contacted
+    r = p.run("check", "--connect")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"migrations: \d+ not applied \(001_outbox, 002_inbox.*\): run `svccomm "
+                     r"migrate`", r.stdout), r.stdout
+    assert "queue '%s': missing: declared by runconsumer at start" % p.queue() in r.stdout
+    assert "exchange '%s': missing: declared by runconsumer at start" % ex in r.stdout
+    assert p.run("migrate").returncode == 0
+    sql("INSERT INTO %s (queue, message_id, received_at) SELECT 'q', 'm' || g, "
+        "now() - interval '1 hour' FROM generate_series(1, 50) g" % inbox)
+    sql("ANALYZE %s" % inbox)
+    broker.exchange(ex)
+    broker.queue(p.queue(), [ex])
+    r = p.run("check", "--connect")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "migrations: up to date" in r.stdout
+    assert "inbox: about 50 rows, oldest 36" in r.stdout  # 3600 s and a little
+    assert "queue '%s': exists" % p.queue() in r.stdout
+    assert "exchange '%s': exists" % ex in r.stdout
+    r = p.run("check", "--connect", env={"SVCCOMM_DATABASE_URL": "postgresql://svccomm@127.0.0.1:1/x"})
+    assert r.returncode == 3 and "database: cannot connect" in r.stdout
+
+
+def test_check_connect_fails_when_do_not_declare_lacks_the_queue(project):
+    p = project
+    p.write_settings(DO_NOT_DECLARE=True, DATABASE_URL=None)
+    r = p.run("check", "--connect")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "missing: DO_NOT_DECLARE is set, runconsumer will refuse to start" in r.stdout
