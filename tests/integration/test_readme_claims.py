@@ -120,3 +120,47 @@ def test_check_connect_fails_when_do_not_declare_lacks_the_queue(project):
     r = p.run("check", "--connect")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "missing: DO_NOT_DECLARE is set, runconsumer will refuse to start" in r.stdout
+
+
+def listen_for(channels, action):
+    """The (channel, payload) notifications that `action()` causes on `channels`."""
+    import select
+    listener = svc.pg_connect()
+    listener.autocommit = True
+    try:
+        for ch in channels:
+            svc.pg_query(listener, 'LISTEN "%s"' % ch)
+        action()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            select.select([listener], [], [], 0.2)
+            listener.poll()
+        return sorted({(n.channel, n.payload) for n in listener.notifies})
+    finally:
+        listener.close()
+
+
+def test_same_table_name_in_two_schemas_notify_different_channels(project, broker):
+    """The NOTIFY channel was the bare table name: a.t and b.t woke each other's relay."""
+    p = project
+    s1, s2, name = p.table("s1"), p.table("s2"), "outbox"
+    for s in (s1, s2):
+        p.write_settings(dict(svc.RELAY_SETTINGS, OUTBOX_TABLE="%s.%s" % (s, name)))
+        assert p.run("migrate").returncode == 0
+    got = listen_for([name, "%s.%s" % (s1, name), "%s.%s" % (s2, name)], lambda: sql(
+        "INSERT INTO %s.%s (exchange, routing_key, body) VALUES ('x', 'k', '{}')" % (s2, name)))
+    assert got == [("%s.%s" % (s2, name), "")]
+    # the relay of s1 listens on its own channel: with a 30 s poll, a row goes out at once
+    ex = "agg_" + svc.suffix()
+    q = "q_" + svc.suffix()
+    broker.exchange(ex)
+    broker.queue(q, [ex])
+    p.write_settings(dict(svc.RELAY_SETTINGS, OUTBOX_TABLE="%s.%s" % (s1, name),
+                          PUBLISHER_POLL_INTERVAL=30))
+    relay = p.start_relay()
+    relay.wait_for_log("relay for table", 10)
+    time.sleep(1.0)
+    sql("INSERT INTO %s.%s (exchange, routing_key, body) VALUES (%%s, 'k', '{}')" % (s1, name), ex)
+    assert len(broker.collect(q, 1, timeout=8, settle=0)) == 1, p.log()
+    assert "falling back to polling" not in p.log()
+    assert p.stop() == 0
