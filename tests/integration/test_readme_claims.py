@@ -1,6 +1,7 @@
 """The README's claims that did not hold (issue 22): inbox retention keeps pace, poll-mode
 schedules run on time, a leaked Lua state is replaced, table arguments refuse unknown keys,
 `check --connect`, NOTIFY channels per schema."""
+import os
 import re
 import time
 
@@ -163,4 +164,23 @@ def test_same_table_name_in_two_schemas_notify_different_channels(project, broke
     sql("INSERT INTO %s.%s (exchange, routing_key, body) VALUES (%%s, 'k', '{}')" % (s1, name), ex)
     assert len(broker.collect(q, 1, timeout=8, settle=0)) == 1, p.log()
     assert "falling back to polling" not in p.log()
+    assert p.stop() == 0
+
+
+def test_misspelt_payload_key_fails_the_handler_and_writes_no_event(project, broker):
+    """publish_aggregate_event{paylod = ...} once published an event with payload {}."""
+    p = project.setup_consumer("""
+        local svccomm = require "svccomm"
+        svccomm.message_router.consumer("$EXCHANGE", "#", function(rk, body, msg)
+          svccomm.publish_aggregate_event { aggregate = "user", event_type = "seen", paylod = body }
+        end)
+        """, settings={"MAX_ATTEMPTS": 1}, use_db=False)
+    p.write_settings(p.settings, DATABASE_URL=os.environ["SVCCOMM_DATABASE_URL"])
+    assert p.run("migrate").returncode == 0
+    p.start_consumer()
+    broker.publish(p.exchange(), "a", {"n": 1})
+    svc.wait_until(lambda: broker.count(p.queue() + ".dlq") == 1, 20, what="dead-lettered")
+    (props, body), = broker.get_all(p.queue() + ".dlq")
+    assert "unknown key paylod (did you mean payload?)" in props.headers["x-svccomm-error"]
+    assert p.outbox_count() == 0
     assert p.stop() == 0
