@@ -40,6 +40,7 @@ local json = require "svccomm.json"
 local M = {}
 
 local type, error, pcall, select, tostring, setmetatable = type, error, pcall, select, tostring, setmetatable
+local pairs = pairs
 local format, remove = string.format, table.remove
 local pack, unpack = table.pack, table.unpack
 
@@ -122,6 +123,12 @@ function M.connect(url, opts)
 	end
 	if opts ~= nil and type(opts) ~= "table" then
 		error("svccomm.db.connect: opts must be a table", 2)
+	end
+	for k in pairs(opts or {}) do -- a typo would silently use the default name
+		if k ~= "application_name" then
+			error(format("svccomm.db.connect: opts: unknown key %s (known: application_name)",
+				tostring(k)), 2)
+		end
 	end
 	local conn, err, st = core.connect(url, opts and opts.application_name)
 	if not conn then

@@ -44,13 +44,14 @@ local core = require "svccomm.core"
 local db = require "svccomm.db"
 local json = require "svccomm.json"
 local keys = require "svccomm.keys"
+local checks = require "svccomm.settings_checks"
 local time = require "svccomm.time"
 
 local M = {}
 
 local type, error, tostring, pairs, pcall, format = type, error, tostring, pairs, pcall, string.format
 local math_type, huge = math.type, math.huge
-local find = string.find
+local find, concat = string.find, table.concat
 
 local config = {
 	OUTBOX_TABLE = "svccomm_outbox",
@@ -155,6 +156,34 @@ local function check_name(fname, what, v)
 	end
 	if find(v, "\0", 1, true) then -- the name is stored as a C string: "a\0evil" would be "a"
 		error(format("%s: %s contains a zero byte", fname, what), 3)
+	end
+end
+
+-- A table argument with a key the function does not know is a typo ({paylod = ...} once
+-- published an empty payload): refuse it, naming the key and the likely one.
+local function known_keys(fname, what, t, names, level)
+	for k in pairs(t) do
+		local known = false
+		for i = 1, #names do
+			if k == names[i] then
+				known = true
+				break
+			end
+		end
+		if not known then
+			local s = type(k) == "string" and checks.closest(k, names)
+			error(format("%s: %s: unknown key %s (%s)", fname, what, tostring(k),
+				s and ("did you mean " .. s .. "?") or ("known: " .. concat(names, ", "))), level or 3)
+		end
+	end
+end
+
+-- The table form of publish_*: its known keys, and a payload that must be given (a misspelt
+-- one would otherwise become {}).
+local function event_table(fname, t, names)
+	known_keys(fname, "argument table", t, names, 4)
+	if t.payload == nil then
+		error(fname .. ": payload is required in the table form (give {} for an empty one)", 3)
 	end
 end
 
@@ -329,6 +358,7 @@ function M.publish_aggregate_event(aggregate, event_type, payload)
 	local when
 	if type(aggregate) == "table" and event_type == nil then
 		local a = aggregate
+		event_table(F, a, { "aggregate", "event_type", "payload" })
 		aggregate, event_type, payload = a.aggregate, a.event_type, a.payload
 		if a.delay ~= nil then
 			local dl = a.delay
@@ -353,6 +383,7 @@ function M.publish_future_aggregate_event(aggregate, event_type, event_time, pay
 	local F = "publish_future_aggregate_event"
 	if type(aggregate) == "table" and event_type == nil then
 		local a = aggregate
+		event_table(F, a, { "aggregate", "event_type", "event_time", "payload", "tags" })
 		aggregate, event_type, event_time, payload, tags =
 			a.aggregate, a.event_type, a.event_time, a.payload, a.tags
 	end
@@ -373,6 +404,7 @@ function M.cancel_future_aggregate_event(aggregate, event_type, tags)
 	local F = "cancel_future_aggregate_event"
 	if type(aggregate) == "table" and event_type == nil then
 		local a = aggregate
+		known_keys(F, "argument table", a, { "aggregate", "event_type", "tags" })
 		aggregate, event_type, tags = a.aggregate, a.event_type, a.tags
 	end
 	check_name(F, "aggregate", aggregate)
@@ -440,6 +472,7 @@ function M.send_command(service, arguments, opts)
 	if type(opts) ~= "table" then
 		error(F .. ": opts must be a table with command_name", 2)
 	end
+	known_keys(F, "opts", opts, { "command_name", "timeout", "expired_time" })
 	check_name(F, "command_name", opts.command_name)
 	local exp = expiry(F, opts)
 	local args = arguments
@@ -485,6 +518,7 @@ function M.send_call(service, method, data, opts)
 		error(F .. ": opts must be a table", 2)
 	end
 	opts = opts or {}
+	known_keys(F, "opts", opts, { "reply_to", "timeout", "expired_time" })
 	local reply_to = opts.reply_to or config.APP_ID
 	check_name(F, "reply_to", reply_to)
 	local exp = expiry(F, opts)

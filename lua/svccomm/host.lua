@@ -48,6 +48,20 @@ function M.load_apps()
 	return true
 end
 
+-- The line that registered a route (what to edit to change it) and, when the function is
+-- defined elsewhere, where: "apps/a/consumers.lua:17 (function at :7)".
+local function handler_place(r)
+	local where, defined = r.where or "?", r.defined_at or "?"
+	if where == defined or defined == "?" then
+		return where
+	end
+	local wf, df, dl = where:match("^(.*):%d+$"), defined:match("^(.*):(%d+)$")
+	if wf and wf == df then
+		return format("%s (function at :%s)", where, dl)
+	end
+	return format("%s (function at %s)", where, defined)
+end
+
 local function rows_to_text(rows)
 	local widths = {}
 	for _, row in ipairs(rows) do
@@ -167,11 +181,11 @@ function M.check_report()
 	local notes = {}
 	for _, r in ipairs(routes) do
 		local key = r.kind == "default" and "(no other match)" or (r.pattern or "(any)")
-		route_rows[#route_rows + 1] = { r.exchange or "(default)", key, r.app or "-", r.defined_at or "?" }
+		route_rows[#route_rows + 1] = { r.exchange or "(default)", key, r.app or "-", handler_place(r) }
 		if r.exchange and not bound[r.exchange] then
 			notes[#notes + 1] = format(
 				"warning: %s handles exchange '%s', which BINDS does not bind to QUEUE: it will receive nothing",
-				r.defined_at or "a handler", r.exchange)
+				r.where or "a handler", r.exchange)
 		end
 	end
 	if #routes == 0 then
@@ -209,6 +223,14 @@ end
 ---@return "usage"|"runtime"|nil kind
 function M.publish(aggregate, event_type, payload_json, at, tags_json)
 	local s = assert(M.settings, "load_settings first")
+	-- What the command line got wrong is a usage error (exit 2), found before connecting.
+	for _, a in ipairs { { "aggregate", aggregate }, { "event_type", event_type } } do
+		local what, v = a[1], a[2]
+		if v == "" or #v > 255 or v:find("\0", 1, true) then
+			return nil, format("%s must be 1 to 255 bytes (an exchange or routing key), got %d",
+				what, #v), "usage"
+		end
+	end
 	local payload, perr = json.try_decode(payload_json)
 	if payload == nil then
 		return nil, "payload is not valid JSON: " .. tostring(perr), "usage"

@@ -1,7 +1,9 @@
-/* `svccomm checkpublisher [--max-queue-size N] [--max-delay S]`: a health check for the relay,
- * for container probes and monitoring. Healthy unless more than N rows (default 0) have been
- * due for longer than S seconds (default 10). Parked rows are reported but do not count: they
- * wait for a person, not for the relay. */
+/* `svccomm checkpublisher [--max-queue-size N] [--max-delay S] [--max-parked P]`: a health
+ * check for the relay, for container probes and monitoring. Healthy unless more than N rows
+ * (default 0) have been due for longer than S seconds (default 10), or more than P rows
+ * (default 0) are parked: a parked row is an event that is not being delivered, and waits for
+ * a person. A database that cannot be reached has its own exit code (3): the health of the
+ * relay is then unknown, which a probe may want to treat differently. */
 #include <limits.h>
 #include <stdio.h>
 
@@ -10,7 +12,7 @@
 #include "pg/conn.h"
 #include "util/error.h"
 
-enum { OPT_MAX_QUEUE_SIZE, OPT_MAX_DELAY, N_OPTS };
+enum { OPT_MAX_QUEUE_SIZE, OPT_MAX_DELAY, OPT_MAX_PARKED, N_OPTS };
 
 static const struct svc_opt opts[N_OPTS] = {
     [OPT_MAX_QUEUE_SIZE] = {"max-queue-size", SVC_OPT_INT, "N",
@@ -18,6 +20,8 @@ static const struct svc_opt opts[N_OPTS] = {
                             .max = LONG_MAX},
     [OPT_MAX_DELAY] = {"max-delay", SVC_OPT_SECONDS, "S",
                        "seconds a due row may wait before it counts as late (>= 0, default 10)"},
+    [OPT_MAX_PARKED] = {"max-parked", SVC_OPT_INT, "P",
+                        "parked rows allowed (integer >= 0, default 0)", .min = 0, .max = LONG_MAX},
 };
 _Static_assert(N_OPTS <= SVC_CLI_MAX_OPTS, "too many options");
 
@@ -26,6 +30,7 @@ static int run(struct svc_cli_ctx *ctx)
 	const struct svc_optval *opt = ctx->opt;
 	long max_size = opt[OPT_MAX_QUEUE_SIZE].set ? opt[OPT_MAX_QUEUE_SIZE].num : 0;
 	double max_delay = opt[OPT_MAX_DELAY].set ? opt[OPT_MAX_DELAY].seconds : 10;
+	long max_parked = opt[OPT_MAX_PARKED].set ? opt[OPT_MAX_PARKED].num : 0;
 	long late = 0, due = 0, parked = 0;
 	double oldest = 0;
 	struct svc_relay_sql q;
@@ -46,12 +51,12 @@ static int run(struct svc_cli_ctx *ctx)
 	if (rc == 0)
 		rc = svc_relay_health(&pg, &q, max_delay, &late, &due, &oldest, &parked);
 	if (rc != 0) {
-		fprintf(stderr, "svccomm checkpublisher: %s\n", svc_pg_error(&pg));
-		rc = SVC_EXIT_FAILURE;
-	} else if (late > max_size) {
+		fprintf(stderr, "svccomm checkpublisher: cannot check: %s\n", svc_pg_error(&pg));
+		rc = SVC_EXIT_UNREACHABLE;
+	} else if (late > max_size || parked > max_parked) {
 		printf("publisher unhealthy: %ld row(s) due for more than %g s (allowed %ld); "
-		       "%ld due in total, oldest due %.1f s ago, %ld parked\n",
-		       late, max_delay, max_size, due, oldest, parked);
+		       "%ld due in total, oldest due %.1f s ago, %ld parked (allowed %ld)\n",
+		       late, max_delay, max_size, due, oldest, parked, max_parked);
 		rc = SVC_EXIT_FAILURE;
 	} else {
 		printf("publisher healthy\n");
@@ -71,14 +76,15 @@ const struct svc_cmd svc_cmd_checkpublisher = {
     .name = "checkpublisher",
     .run = run,
     .needs = SVC_NEEDS_SETTINGS,
-    .summary = "exit 1 when outbox rows wait too long (health check)",
+    .summary = "exit 1 when outbox rows wait too long or are parked (health check)",
     .opts = opts,
     .n_opts = N_OPTS,
     .description =
         "Prints \"publisher healthy\" and exits 0 unless more than N outbox rows (default 0) have\n"
-        "been due for longer than S seconds (default 10); then prints the counts and exits 1.\n"
-        "Parked rows are reported but do not count: they wait for a person, not for the relay.\n",
+        "been due for longer than S seconds (default 10) or more than P rows (default 0) are\n"
+        "parked (they are not delivered and wait for a person); then prints the counts and\n"
+        "exits 1.\n",
     .exit_codes =
-        "Exit codes: 0 healthy, 1 unhealthy or the database cannot be reached, 2 usage or\n"
-        "configuration error.",
+        "Exit codes: 0 healthy, 1 unhealthy, 2 usage or configuration error, 3 the database\n"
+        "cannot be reached or the outbox table read (health unknown).",
 };

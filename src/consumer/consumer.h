@@ -24,6 +24,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <libpq-fe.h>
+
 #include "amqp/conn.h"
 #include "amqp/consume.h"
 
@@ -144,5 +146,10 @@ bool svc_consumer_headers_too_large(const struct svc_delivery *d);
  * full size when only a prefix of it was kept; number texts point into numbuf (>= 48 bytes). */
 size_t svc_consumer_build_headers(const struct svc_delivery *d, const struct svc_failure_info *info,
                                   struct svc_amqp_header *out, size_t max, char *numbuf);
+
+/* The inbox table's size (the planner's estimate, -1 or 0 before its first ANALYZE) and the
+ * age in seconds of its oldest row, for `check --connect`; 0 or a negative code with err. */
+int svc_consumer_inbox_stats(PGconn *conn, const char *table, double *rows, double *oldest,
+                             char *err, size_t errsz);
 
 #endif

@@ -25,7 +25,9 @@ struct svc_consumer {
 	lua_State *L;
 	int worker;
 	int ref_handle, ref_last_handler, ref_enter, ref_leave, ref_setctx, ref_clearctx;
-	int ref_conn; /* userdata lending pg to Lua for this session */
+	int ref_conn;           /* userdata lending pg to Lua for this session */
+	bool lua_recycle;       /* replace the Lua state at the next point between batches */
+	size_t lua_fresh_bytes; /* what the state used right after its last replacement */
 
 	struct svc_amqp *in;  /* consumes */
 	struct svc_amqp *out; /* publishes retries and dead letters, confirm mode */
@@ -117,6 +119,12 @@ void svc_consumer_lua_last_handler(struct svc_consumer *c, char *out, size_t out
 int svc_consumer_lua_lend(struct svc_consumer *c);
 /* Takes the lent connection back: a userdata a handler kept raises from then on. */
 void svc_consumer_lua_unlend(struct svc_consumer *c);
+/* True when the Lua state should be replaced: a handler hit the memory cap, or the state is
+ * still near it after a full collection (a leak in a global table). */
+bool svc_consumer_lua_wants_recycle(struct svc_consumer *c);
+/* Between messages, outside a transaction: replaces the Lua state by a fresh one with the
+ * settings and apps loaded again, keeping the connections; logged. 0 or a negative code. */
+int svc_consumer_lua_recycle(struct svc_consumer *c);
 
 /* ---- db.c ---- */
 
@@ -142,8 +150,9 @@ enum { SVC_INBOX_NEW = 0, SVC_INBOX_DUP = 1, SVC_INBOX_BAD = 2 };
  * be aborted: roll the savepoint back), < 0 on a session error. */
 int svc_consumer_inbox_seen(struct svc_consumer *c, const struct svc_consumer_msg *m, char *why,
                             size_t whysz);
-/* Deletes inbox rows older than INBOX_RETENTION, a bounded number per call. */
-void svc_consumer_inbox_cleanup(struct svc_consumer *c);
+/* Deletes inbox rows older than INBOX_RETENTION in growing batches for a bounded time; true
+ * when rows are left that the next pass should remove soon. */
+bool svc_consumer_inbox_cleanup(struct svc_consumer *c);
 
 /* ---- topology.c ---- */
 

@@ -71,7 +71,8 @@ static int idle_work(struct svc_consumer *c, bool idle)
 	if (c->pg.conn && c->cfg->inbox && !c->in_tx &&
 	    now - c->last_cleanup >= INBOX_CLEANUP_EVERY) {
 		c->last_cleanup = now;
-		svc_consumer_inbox_cleanup(c);
+		if (svc_consumer_inbox_cleanup(c)) /* behind: the next pass in a second */
+			c->last_cleanup -= INBOX_CLEANUP_EVERY - 1.0;
 	}
 	if (now - c->last_bind_check >= BIND_CHECK_EVERY) {
 		/* RPCs on the consuming channel: deliveries arriving meanwhile are queued by
@@ -204,6 +205,13 @@ static int on_delivery(struct svc_consumer *c)
 	}
 	if (c->received % 1024 == 0)
 		idle_work(c, false);
+	if (svc_consumer_lua_wants_recycle(c)) { /* a fresh state needs no open batch */
+		rc = svc_consumer_commit_batch(c);
+		if (rc)
+			return session_lost(c, rc);
+		if (svc_consumer_lua_recycle(c) != 0)
+			return SVC_ELUA;
+	}
 	return 0;
 }
 

@@ -273,8 +273,10 @@ void svc_consumer_lua_handle(struct svc_consumer *c, const struct svc_consumer_m
 	lua_pushcfunction(L, invoke_handler);
 	lua_pushlightuserdata(L, &ic);
 	enum svc_lua_status st = svc_lua_pcall(c->rt, 1, 2, c->cfg->handler_timeout);
-	if (st == SVC_LUA_MEMORY)
+	if (st == SVC_LUA_MEMORY) {
 		lua_gc(L, LUA_GCCOLLECT, 0);
+		c->lua_recycle = true; /* what leaked may still be reachable: start afresh */
+	}
 	read_result(c, st, res);
 	lua_settop(L, top);
 	/* false, not nil: the key stays in the registry, so resetting it allocates nothing and
@@ -332,4 +334,83 @@ void svc_consumer_lua_unlend(struct svc_consumer *c)
 	lua_pop(c->L, 1);
 	luaL_unref(c->L, LUA_REGISTRYINDEX, c->ref_conn);
 	c->ref_conn = LUA_NOREF;
+}
+
+/* Loads settings and apps into the fresh state of c->rt, as the start of the process did;
+ * 0 or SVC_ELUA with err filled. */
+static int reload_apps(struct svc_consumer *c, char *err, size_t errsz)
+{
+	struct svc_config cfg;
+	lua_State *L = c->L;
+
+	if (svc_config_load(L, c->cfg->path, &cfg, err, errsz) != 0)
+		return SVC_ELUA;
+	svc_config_release(&cfg);
+	if (svc_runtime_require(c->rt, "svccomm.host", err, errsz) != 0)
+		return SVC_ELUA;
+	lua_getfield(L, -1, "load_apps");
+	lua_remove(L, -2);
+	if (svc_lua_pcall(c->rt, 0, 2, 0) != SVC_LUA_OK) {
+		svc_lua_error_text(L, err, errsz);
+		return SVC_ELUA;
+	}
+	int rc = lua_toboolean(L, -2) ? 0 : SVC_ELUA;
+	if (rc)
+		snprintf(err, errsz, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+	lua_pop(L, 2);
+	return rc;
+}
+
+/* Bytes in use after a full collection, when the state is near its cap (else 0): above 3/4
+ * of it, and above half-way from what a fresh state used to the cap (apps that are large by
+ * design are not replaced after every message). */
+static size_t near_limit(struct svc_consumer *c)
+{
+	size_t limit = svc_runtime_memory_limit(c->rt), fresh = c->lua_fresh_bytes;
+
+	if (!limit || svc_runtime_memory_used(c->rt) < limit / 10 * 9)
+		return 0;
+	lua_gc(c->L, LUA_GCCOLLECT, 0);
+	size_t used = svc_runtime_memory_used(c->rt);
+	if (used < limit / 4 * 3 || (fresh < limit && used < fresh + (limit - fresh) / 2))
+		return 0;
+	return used;
+}
+
+bool svc_consumer_lua_wants_recycle(struct svc_consumer *c)
+{
+	if (!c->lua_recycle && near_limit(c))
+		c->lua_recycle = true;
+	return c->lua_recycle;
+}
+
+int svc_consumer_lua_recycle(struct svc_consumer *c)
+{
+	char err[4096];
+	size_t used = svc_runtime_memory_used(c->rt), limit = svc_runtime_memory_limit(c->rt);
+	bool lent = c->ref_conn != LUA_NOREF;
+
+	c->lua_recycle = false;
+	svc_consumer_lua_unlend(c);
+	if (svc_runtime_renew(c->rt, err, sizeof(err)) != 0) {
+		svc_error(LOG, "cannot replace the Lua state: %s", err);
+		return SVC_ENOMEM;
+	}
+	c->L = svc_runtime_state(c->rt);
+	int rc = reload_apps(c, err, sizeof(err));
+	if (rc == 0)
+		rc = svc_consumer_lua_setup(c);
+	if (rc == 0 && lent)
+		rc = svc_consumer_lua_lend(c);
+	if (rc) {
+		svc_error(LOG, "replacing the Lua state: %s", err);
+		return rc;
+	}
+	lua_gc(c->L, LUA_GCCOLLECT, 0);
+	c->lua_fresh_bytes = svc_runtime_memory_used(c->rt);
+	svc_warn(LOG,
+	         "Lua state replaced after a memory error or near LUA_MEMORY_LIMIT_MB (%zu of %zu "
+	         "KiB in use): apps reloaded, connections kept",
+	         used >> 10, limit >> 10);
+	return 0;
 }

@@ -31,6 +31,7 @@ struct svc_runtime {
 	bool timed_out;
 	double timeout_s;
 	bool exit_forbidden; /* os.exit raises (svc_runtime_forbid_exit) */
+	char *project_dir;   /* for svc_runtime_renew() */
 };
 
 static void deadline_hook(lua_State *L, lua_Debug *ar);
@@ -122,36 +123,65 @@ static int build_state(lua_State *L)
 	return 0;
 }
 
-struct svc_runtime *svc_runtime_new(const char *project_dir, char *err, size_t errsz)
+/* A fresh state of rt (its allocator counts against rt), or NULL with err filled. */
+static lua_State *state_new(struct svc_runtime *rt, char *err, size_t errsz)
 {
-	struct svc_runtime *rt = calloc(1, sizeof(*rt));
+	lua_State *L = lua_newstate(runtime_alloc, rt);
 
-	if (!rt) {
-		snprintf(err, errsz, "out of memory");
-		return NULL;
-	}
-	rt->L = lua_newstate(runtime_alloc, rt);
-	if (!rt->L) {
+	if (!L) {
 		snprintf(err, errsz, "cannot create the Lua state: out of memory");
-		free(rt);
 		return NULL;
 	}
 	/* Generational collection: each message leaves only young garbage (the decoded body,
 	 * the message table), so a collection does not walk the long-lived handlers and routes;
 	 * with incremental collection, per-message cost grew with the number of routes. */
-	lua_gc(rt->L, LUA_GCGEN, 0, 0);
+	lua_gc(L, LUA_GCGEN, 0, 0);
 	/* The deadline hook stays on the main thread for the life of the state: every coroutine
 	 * inherits it when it is created (lua_newthread copies the hook), so a coroutine made
 	 * while a module loaded is under the deadline of whichever call resumes it. */
-	lua_sethook(rt->L, deadline_hook, LUA_MASKCOUNT, HOOK_INSTRUCTIONS);
-	lua_pushcfunction(rt->L, build_state);
-	lua_pushlightuserdata(rt->L, (void *)project_dir);
-	if (lua_pcall(rt->L, 1, 0, 0) != LUA_OK) {
-		snprintf(err, errsz, "cannot set up Lua: %s", lua_tostring(rt->L, -1));
+	lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_INSTRUCTIONS);
+	lua_pushcfunction(L, build_state);
+	lua_pushlightuserdata(L, (void *)rt->project_dir);
+	if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+		snprintf(err, errsz, "cannot set up Lua: %s", lua_tostring(L, -1));
+		lua_close(L);
+		return NULL;
+	}
+	return L;
+}
+
+struct svc_runtime *svc_runtime_new(const char *project_dir, char *err, size_t errsz)
+{
+	struct svc_runtime *rt = calloc(1, sizeof(*rt));
+
+	if (!rt || (project_dir && !(rt->project_dir = strdup(project_dir)))) {
+		snprintf(err, errsz, "out of memory");
+		free(rt);
+		return NULL;
+	}
+	rt->L = state_new(rt, err, errsz);
+	if (!rt->L) {
 		svc_runtime_free(rt);
 		return NULL;
 	}
 	return rt;
+}
+
+int svc_runtime_renew(struct svc_runtime *rt, char *err, size_t errsz)
+{
+	size_t limit = rt->limit;
+	lua_State *L;
+
+	/* The old state may sit at the cap: the new one is built beside it without one. */
+	rt->limit = 0;
+	L = state_new(rt, err, errsz);
+	rt->limit = limit;
+	if (!L)
+		return SVC_ENOMEM;
+	lua_close(rt->L);
+	rt->L = L;
+	rt->over_limit = false;
+	return 0;
 }
 
 void svc_runtime_free(struct svc_runtime *rt)
@@ -160,6 +190,7 @@ void svc_runtime_free(struct svc_runtime *rt)
 		return;
 	if (rt->L)
 		lua_close(rt->L);
+	free(rt->project_dir);
 	free(rt);
 }
 

@@ -20,6 +20,10 @@ struct svc_runtime;
  * NULL and the reason in err on failure. */
 struct svc_runtime *svc_runtime_new(const char *project_dir, char *err, size_t errsz);
 void svc_runtime_free(struct svc_runtime *rt);
+/* Replaces the state by a fresh one built as svc_runtime_new() built it (nothing loaded into
+ * it yet), closing the old one: every reference into the old state is gone. 0, or SVC_ENOMEM
+ * with err filled and the old state kept. */
+int svc_runtime_renew(struct svc_runtime *rt, char *err, size_t errsz);
 lua_State *svc_runtime_state(struct svc_runtime *rt);
 /* The runtime whose state L is, or NULL when svc_runtime_new() did not make L. */
 struct svc_runtime *svc_runtime_of(lua_State *L);

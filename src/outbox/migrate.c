@@ -238,3 +238,57 @@ int svc_migrate(PGconn *conn, const char *outbox_table, const char *inbox_table,
 	/* The caller says how many were applied, in words of its own (cmd_migrate.c). */
 	return n;
 }
+
+int svc_migrate_pending(PGconn *conn, const char *outbox_table, const char *inbox_table, char *list,
+                        size_t listsz, char *err, size_t errsz)
+{
+	struct names o;
+	char sql[256], reg[SVC_IDENT_MAX + 32];
+	const char *params[2];
+	PGresult *res = NULL;
+	size_t len = 0;
+	int n = 0, rc;
+	bool book;
+
+	list[0] = '\0';
+	if (names_of(outbox_table, &o) < 0 ||
+	    (inbox_table && svc_ident_check(inbox_table, err, errsz) < 0)) {
+		snprintf(err, errsz, "not a valid table name");
+		return SVC_EINVAL;
+	}
+	/* no bookkeeping table yet: nothing was ever migrated there */
+	snprintf(reg, sizeof(reg), "%ssvccomm_migrations", o.prefix);
+	params[0] = reg;
+	rc = svc_pg_exec_params(conn, "SELECT to_regclass($1) IS NOT NULL", 1, params, &res, err,
+	                        errsz, NULL);
+	if (rc < 0)
+		return rc;
+	book = PQgetvalue(res, 0, 0)[0] == 't';
+	PQclear(res);
+	snprintf(sql, sizeof(sql),
+	         "SELECT 1 FROM %ssvccomm_migrations WHERE table_name = $1 AND version = $2",
+	         o.prefix);
+	for (const struct svc_embedded *m = svc_embedded_sql; m->name; m++) {
+		bool inbox = is_inbox_migration(m->name);
+		bool applied = false;
+
+		if (inbox && !inbox_table)
+			continue;
+		if (book) {
+			params[0] = inbox ? inbox_table : outbox_table;
+			params[1] = m->name;
+			rc = svc_pg_exec_params(conn, sql, 2, params, &res, err, errsz, NULL);
+			if (rc < 0)
+				return rc;
+			applied = PQntuples(res) > 0;
+			PQclear(res);
+		}
+		if (applied)
+			continue;
+		n++;
+		if (len < listsz)
+			len += (size_t)snprintf(list + len, listsz - len, "%s%s", len ? ", " : "",
+			                        m->name);
+	}
+	return n;
+}

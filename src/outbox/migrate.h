@@ -28,6 +28,12 @@
 int svc_migrate(PGconn *conn, const char *outbox_table, const char *inbox_table, char *err,
                 size_t errsz);
 
+/* How many migrations `svc_migrate` would apply for these tables (inbox_table may be NULL),
+ * their names in list (", "-separated, cut to listsz); or SVC_EINVAL, SVC_EDB, SVC_ECONN
+ * with the message in err. Reads only. */
+int svc_migrate_pending(PGconn *conn, const char *outbox_table, const char *inbox_table, char *list,
+                        size_t listsz, char *err, size_t errsz);
+
 /* Replaces the placeholders of sql for the given table names (each may be NULL when sql does
  * not use it). Returns a malloc'd string (caller frees) or NULL: a bad name, an unknown
  * placeholder, a placeholder of a NULL name, or out of memory. */

@@ -343,9 +343,35 @@ int svc_relay_health(struct svc_pg *pg, struct svc_relay_sql *q, double max_dela
 	return 0;
 }
 
+/* The channel of sql/003_outbox_notify_channel.sql for the table $1; no row when it is missing. */
+#define SCHEMA_CHANNEL_SQL                                                                         \
+	"SELECT CASE WHEN octet_length(x) > 63 THEN 'svccomm_' || md5(x) ELSE x END FROM (SELECT " \
+	"n.nspname || '.' || c.relname AS x FROM pg_class c JOIN pg_namespace n ON n.oid = "       \
+	"c.relnamespace WHERE c.oid = to_regclass($1)) s"
+
 int svc_relay_listen(struct svc_pg *pg, struct svc_relay_sql *q)
 {
-	return svc_pg_exec(pg, q->listen, 0, NULL, NULL);
+	const char *params[1] = {q->table};
+	PGresult *res = NULL;
+	char *ident, sql[160];
+	int rc = svc_pg_exec(pg, q->listen, 0, NULL, NULL);
+
+	if (rc == 0)
+		rc = svc_pg_exec(pg, SCHEMA_CHANNEL_SQL, 1, params, &res);
+	if (rc != 0)
+		return rc;
+	q->schema_channel[0] = '\0';
+	if (PQntuples(res) == 1)
+		snprintf(q->schema_channel, sizeof(q->schema_channel), "%s", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	if (!q->schema_channel[0])
+		return 0;
+	ident = PQescapeIdentifier(pg->conn, q->schema_channel, strlen(q->schema_channel));
+	if (!ident)
+		return SVC_ENOMEM;
+	snprintf(sql, sizeof(sql), "LISTEN %s", ident);
+	PQfreemem(ident);
+	return svc_pg_exec(pg, sql, 0, NULL, NULL);
 }
 
 int svc_relay_notify(struct svc_pg *pg, struct svc_relay_sql *q, const char *payload)

@@ -65,7 +65,8 @@ struct svc_relay_buf {
 
 struct svc_relay_sql {
 	char *table;   /* quoted, possibly schema-qualified: "public"."svccomm_outbox" */
-	char *channel; /* NOTIFY channel: the table name without schema (unquoted) */
+	char *channel; /* NOTIFY channel before migration 003: the bare table name (unquoted) */
+	char schema_channel[64]; /* since 003: "schema.table" (svc_relay_listen() reads it) */
 	int32_t key_part;
 	int32_t key_member;
 	char *claim_all;  /* delete the confirmed ids $3, claim from every partition */
@@ -119,7 +120,8 @@ int svc_relay_backlog(struct svc_pg *pg, struct svc_relay_sql *q, long *count, d
 int svc_relay_health(struct svc_pg *pg, struct svc_relay_sql *q, double max_delay, long *late,
                      long *due, double *oldest, long *parked);
 
-/* LISTEN on the table's channel. */
+/* LISTEN on the table's channels: "schema.table" (as the trigger of sql/003 computes it, read
+ * from the catalog) and the bare table name that older triggers notify. */
 int svc_relay_listen(struct svc_pg *pg, struct svc_relay_sql *q);
 /* NOTIFY the channel with payload (to check that notifications arrive). */
 int svc_relay_notify(struct svc_pg *pg, struct svc_relay_sql *q, const char *payload);

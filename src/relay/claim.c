@@ -166,10 +166,15 @@ static int publish_rows(struct relay *r, PGresult *res, int n)
  * a notification or the poll, unless isolation goes on. */
 static void caught_up(struct relay *r, int n)
 {
+	r->work = r->isolate_upto > 0 && n > 0;
+	relay_read_next_due(r);
+}
+
+void relay_read_next_due(struct relay *r)
+{
 	double secs;
 	int rc;
 
-	r->work = r->isolate_upto > 0 && n > 0;
 	if (!r->db_up)
 		return;
 	rc = svc_relay_next_due(&r->pg, &r->q, &secs);

@@ -69,7 +69,8 @@ struct relay {
 	bool listen_tested; /* the start-up check ran */
 	bool work;          /* claim as soon as possible */
 	double next_poll, next_due, next_rebalance, next_stats;
-	int64_t isolate_upto; /* publish one at a time up to this id (0 = off) */
+	double next_due_check; /* without LISTEN: when to read the next due time again */
+	int64_t isolate_upto;  /* publish one at a time up to this id (0 = off) */
 
 	int64_t *defer_ids; /* rows kept for later within the current batch */
 	size_t n_defer;
@@ -140,5 +141,7 @@ void relay_drain(struct relay *r, double deadline);
 long relay_claim_limit(struct relay *r);
 /* Deletes the confirmed rows, claims one batch and publishes it. */
 void relay_claim_and_publish(struct relay *r);
+/* Reads when the next scheduled row is due into r->next_due (0: none known). */
+void relay_read_next_due(struct relay *r);
 
 #endif

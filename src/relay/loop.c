@@ -22,6 +22,7 @@
 
 #define PROBE_IDLE      10.0 /* probe the database after this many idle seconds */
 #define DELETE_MAX_WAIT 0.1  /* seconds a confirmed row may wait for a claim to delete it */
+#define DUE_CHECK_EVERY 1.0  /* without LISTEN: seconds between reads of the next due time */
 
 static void stats(struct relay *r)
 {
@@ -91,6 +92,8 @@ static double wake_time(struct relay *r, double t)
 	if (r->n_del > 0)
 		until = min_d(until, r->del_since + DELETE_MAX_WAIT);
 	until = min_d(until, r->next_poll);
+	if (!r->listen && r->db_up)
+		until = min_d(until, r->next_due_check);
 	until = min_d(until, r->next_rebalance);
 	until = min_d(until, r->next_stats);
 	if (r->next_due > 0)
@@ -159,6 +162,14 @@ static void timers(struct relay *r)
 		r->next_poll =
 		    t +
 		    (r->cfg->publisher_poll_interval > 0 ? r->cfg->publisher_poll_interval : 1.0);
+	}
+	/* Without notifications a row scheduled after the last claim is unknown until the next
+	 * poll: reading the next due time (one index probe) keeps schedules on time in poll
+	 * mode too, while rows due at once still wait for the poll as documented. */
+	if (!r->listen && r->db_up && t >= r->next_due_check) {
+		r->next_due_check = t + DUE_CHECK_EVERY;
+		if (r->next_due == 0 || r->next_due > r->next_due_check)
+			relay_read_next_due(r);
 	}
 	if (r->next_due > 0 && t >= r->next_due) {
 		r->work = true;

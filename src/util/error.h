@@ -25,8 +25,9 @@ const char *svc_strerror(int code);
 /* Process exit codes, documented in --help and the README. */
 enum {
 	SVC_EXIT_OK = 0,
-	SVC_EXIT_FAILURE = 1, /* runtime failure */
-	SVC_EXIT_USAGE = 2,   /* usage or configuration error */
+	SVC_EXIT_FAILURE = 1,     /* runtime failure */
+	SVC_EXIT_USAGE = 2,       /* usage or configuration error */
+	SVC_EXIT_UNREACHABLE = 3, /* checks: a server cannot be reached, nothing was checked */
 };
 
 #endif

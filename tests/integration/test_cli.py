@@ -202,10 +202,10 @@ def test_runtime_failure_exits_1_not_2(project):
 OPTIONS = {  # each command's own options, as its --help lists them
     "runconsumer": ["--workers N"],
     "runpublisher": [],
-    "checkpublisher": ["--max-queue-size N", "--max-delay S"],
+    "checkpublisher": ["--max-queue-size N", "--max-delay S", "--max-parked P"],
     "publish": ["--at TIME", "--tags JSON"],
     "migrate": [],
-    "check": [],
+    "check": ["--connect"],
     "version": [],
     "help": [],
 }
@@ -213,8 +213,12 @@ GLOBAL_OPTIONS = ["--settings FILE", "-h, --help", "--version"]
 EXIT_CODES = {  # commands whose exit codes say more than EXIT_CODES_LINE
     "runpublisher": "Exit codes: 0 stopped by a signal, 1 runtime failure, 2 usage or "
                     "configuration error.",
-    "checkpublisher": "Exit codes: 0 healthy, 1 unhealthy or the database cannot be reached, "
-                      "2 usage or configuration error.",
+    "check": "Exit codes: 0 success, 1 runtime failure or (--connect) migrations not applied or "
+             "objects missing under DO_NOT_DECLARE, 2 usage or configuration error, 3 "
+             "(--connect) a server cannot be reached.",
+    "checkpublisher": "Exit codes: 0 healthy, 1 unhealthy, 2 usage or configuration error, "
+                      "3 the database cannot be reached or the outbox table read (health "
+                      "unknown).",
 }
 LATER = "2030-01-02T03:04:05Z"
 
@@ -261,7 +265,7 @@ def test_command_help_shows_its_own_options_the_global_ones_and_its_exit_codes(e
 def test_detailed_usage_of_runpublisher_and_checkpublisher_is_the_one_shown(empty_dir):
     r = run(["checkpublisher", "--help"], empty_dir)
     assert r.returncode == 0
-    assert "Parked rows are reported but do not count" in r.stdout
+    assert "more than P rows (default 0) are\nparked" in r.stdout
     assert ("--max-delay S       seconds a due row may wait before it counts as late"
             in r.stdout)
     r = run(["help", "runpublisher"], empty_dir)

@@ -5,6 +5,7 @@ bookkeeping table svccomm_migrations, the tables, indexes, trigger and function 
 test's own. The outbox and inbox tables carry the prefix too, so the NOTIFY channel (the bare
 outbox table name) is unique to the test.
 """
+import hashlib
 import os
 import re
 import select
@@ -139,14 +140,19 @@ def assert_one_correct_schema(project, n):
     recorded = q(project, 'SELECT table_name, version FROM "%s".svccomm_migrations '
                           "ORDER BY version" % n.schema)
     assert recorded == [("%s.%s" % (n.schema, n.outbox), "001_outbox"),
-                        ("%s.%s" % (n.schema, n.inbox), "002_inbox")]
+                        ("%s.%s" % (n.schema, n.inbox), "002_inbox"),
+                        ("%s.%s" % (n.schema, n.outbox), "003_outbox_notify_channel")]
 
 
 def assert_one_notification_per_transaction(project, n):
     """The trigger works: two rows inserted in one transaction wake a listener once, on
-    the channel named after the bare outbox table."""
+    the channel named after the schema and the outbox table (003; 001 used the bare name)."""
+    channel = "%s.%s" % (n.schema, n.outbox)
+    if len(channel.encode()) > 63:  # over PostgreSQL's channel limit
+        channel = "svccomm_" + hashlib.md5(channel.encode()).hexdigest()
     listener = project.pg()
     svc.pg_query(listener, 'LISTEN "%s"' % n.outbox)
+    svc.pg_query(listener, 'LISTEN "%s"' % channel)
     writer = svc.pg_connect()
     try:
         writer.autocommit = False
@@ -163,7 +169,7 @@ def assert_one_notification_per_transaction(project, n):
         listener.poll()
     time.sleep(0.3)
     listener.poll()
-    assert [(x.channel, x.payload) for x in listener.notifies] == [(n.outbox, "")]
+    assert [(x.channel, x.payload) for x in listener.notifies] == [(channel, "")]
 
 
 def test_migrate_twice_leaves_one_correct_schema(project, names):

@@ -172,11 +172,14 @@ def test_12_checkpublisher_healthy_and_unhealthy(project):
     assert r.returncode == 1
     assert "unhealthy" in r.stdout and "2 row(s)" in r.stdout and "3 due" in r.stdout
     assert "1 parked" in r.stdout
+    # a parked row counts against health unless allowed (issue 22)
     r = p.run("checkpublisher", "--max-queue-size", "2")
+    assert r.returncode == 1 and "1 parked (allowed 0)" in r.stdout
+    r = p.run("checkpublisher", "--max-queue-size", "2", "--max-parked", "1")
     assert r.returncode == 0 and "publisher healthy" in r.stdout
-    r = p.run("checkpublisher", "--max-delay", "120")
+    r = p.run("checkpublisher", "--max-delay", "120", "--max-parked=1")
     assert r.returncode == 0 and "publisher healthy" in r.stdout
-    r = p.run("checkpublisher", "--max-delay=1", "--max-queue-size=2")
+    r = p.run("checkpublisher", "--max-delay=1", "--max-queue-size=2", "--max-parked=1")
     assert r.returncode == 1 and "3 row(s)" in r.stdout
     r = p.run("checkpublisher", "--max-delay", "soon")
     assert r.returncode == 2
@@ -190,7 +193,7 @@ def test_12b_checkpublisher_database_down_is_failure(project):
     p = project.setup_relay()
     r = p.run("checkpublisher",
               env={"SVCCOMM_DATABASE_URL": "postgresql://svccomm@127.0.0.1:1/svccomm"})
-    assert r.returncode == 1
+    assert r.returncode == 3  # not 1: the health is unknown (issue 22)
     assert "publisher healthy" not in r.stdout
 
 

@@ -201,6 +201,24 @@ static void memory_cap_fails_the_call_not_the_process(void **state)
 	svc_runtime_set_memory_limit(rt, 0);
 }
 
+static void a_full_state_is_renewed_empty_under_the_same_cap(void **state)
+{
+	struct svc_runtime *rt = *state;
+	char err[256];
+
+	svc_runtime_set_memory_limit(rt, svc_runtime_memory_used(rt) + (4u << 20));
+	assert_int_equal(run(rt, "while true do LEAK = {LEAK, 'x' .. #tostring(LEAK)} end", 0),
+	                 SVC_LUA_MEMORY);
+	lua_pop(svc_runtime_state(rt), 1);
+	assert_int_equal(svc_runtime_renew(rt, err, sizeof(err)), 0);
+	assert_true(svc_runtime_memory_used(rt) < (1u << 20)); /* the old state's bytes are gone */
+	assert_int_equal(run(rt, "assert(LEAK == nil) return require('cjson').encode({1})", 1),
+	                 SVC_LUA_OK);
+	lua_pop(svc_runtime_state(rt), 1);
+	assert_ptr_equal(svc_runtime_of(svc_runtime_state(rt)), rt);
+	svc_runtime_set_memory_limit(rt, 0);
+}
+
 static void cjson_and_embedded_modules_are_preloaded(void **state)
 {
 	struct svc_runtime *rt = *state;
@@ -447,6 +465,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(the_deadline_stops_loops_inside_coroutines, setup,
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(cjson_buffers_count_against_the_memory_cap, setup,
+	                                    teardown),
+	    cmocka_unit_test_setup_teardown(a_full_state_is_renewed_empty_under_the_same_cap, setup,
 	                                    teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
