@@ -358,7 +358,7 @@ function M.publish_aggregate_event(aggregate, event_type, payload)
 	local when
 	if type(aggregate) == "table" and event_type == nil then
 		local a = aggregate
-		event_table(F, a, { "aggregate", "event_type", "payload" })
+		event_table(F, a, { "aggregate", "event_type", "payload", "delay" })
 		aggregate, event_type, payload = a.aggregate, a.event_type, a.payload
 		if a.delay ~= nil then
 			local dl = a.delay
