@@ -234,7 +234,7 @@ describe("svccomm.events", function()
 		d:transaction(function()
 			for _, bad in ipairs({ -1, "10", 0 / 0, math.huge }) do
 				local ok, err = pcall(events.publish_aggregate_event,
-					{ aggregate = "order", event_type = "x", delay = bad })
+					{ aggregate = "order", event_type = "x", payload = {}, delay = bad })
 				assert.is_false(ok)
 				assert.truthy(tostring(err):find("delay must be a number of seconds"), tostring(err))
 			end
