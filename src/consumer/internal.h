@@ -27,6 +27,7 @@ struct svc_consumer {
 	int ref_handle, ref_last_handler, ref_enter, ref_leave, ref_setctx, ref_clearctx;
 	int ref_conn;           /* userdata lending pg to Lua for this session */
 	bool lua_recycle;       /* replace the Lua state at the next point between batches */
+	bool lua_unusable;      /* replacing it failed: no handler can run, the worker stops */
 	size_t lua_fresh_bytes; /* what the state used right after its last replacement */
 
 	struct svc_amqp *in;  /* consumes */

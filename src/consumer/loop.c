@@ -209,8 +209,10 @@ static int on_delivery(struct svc_consumer *c)
 		rc = svc_consumer_commit_batch(c);
 		if (rc)
 			return session_lost(c, rc);
-		if (svc_consumer_lua_recycle(c) != 0)
+		if (svc_consumer_lua_recycle(c) != 0) {
+			c->lua_unusable = true;
 			return SVC_ELUA;
+		}
 	}
 	return 0;
 }
@@ -328,6 +330,12 @@ static int run_sessions(struct svc_consumer *c)
 			break;
 		if (rc == SVC_ECONFIG && !c->connected_once)
 			return SVC_EXIT_USAGE;
+		if (c->lua_unusable) { /* every message would fail: a restart is the only cure */
+			svc_error(LOG, "the Lua state could not be rebuilt (see above): stopping; "
+			               "unacked messages go back to the queue");
+			stats_line(c, svc_clock_mono());
+			return SVC_EXIT_FAILURE;
+		}
 		failures++;
 		double delay = svc_backoff((failures > INT_MAX ? INT_MAX : (int)failures) - 1,
 		                           RECONNECT_BASE_S, cfg->reconnect_max_delay,

@@ -85,6 +85,21 @@ def test_lua_state_that_leaked_to_the_memory_limit_is_replaced(project, broker):
     assert p.stop() == 0
 
 
+def test_a_lua_state_that_cannot_be_rebuilt_stops_the_worker_and_loses_nothing(project, broker):
+    """When the apps no longer load (broken on disk since the start), a replaced state would
+    have no handlers: the worker stops (exit 1) and the messages wait in the queue."""
+    p = project.setup_consumer(LEAKER, settings={"LUA_MEMORY_LIMIT_MB": 16, "MAX_ATTEMPTS": 1})
+    proc = p.start_consumer()
+    p.write_app("rec", "this is not Lua (")
+    broker.publish(p.exchange(), "a", {"leak": True, "n": 0})
+    assert proc.wait(30) == 1, proc.log()
+    assert "the Lua state could not be rebuilt" in proc.log()
+    broker.publish(p.exchange(), "a", {"n": 1})
+    svc.wait_until(lambda: broker.count(p.queue()) == 1, 10, what="the good message waiting")
+    assert broker.count(p.queue() + ".dlq") == 1  # only the leaking one
+    assert p.record_count() == 0
+
+
 def test_check_connect_reports_migrations_inbox_and_broker_objects(project, broker):
     """`check` contacted no server: a database never migrated or a missing queue showed only
     at the first start of runconsumer."""
