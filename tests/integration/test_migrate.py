@@ -127,7 +127,8 @@ def assert_one_correct_schema(project, n):
     recorded = q(project, 'SELECT table_name, version FROM "%s".svccomm_migrations '
                           "ORDER BY version" % n.schema)
     assert recorded == [("%s.%s" % (n.schema, n.outbox), "001_outbox"),
-                        ("%s.%s" % (n.schema, n.inbox), "002_inbox")]
+                        ("%s.%s" % (n.schema, n.inbox), "002_inbox"),
+                        ("%s.%s" % (n.schema, n.outbox), "003_outbox_functions")]
 
 
 def assert_one_notification_per_transaction(project, n):

@@ -6,6 +6,8 @@ import json
 import random
 import threading
 
+import pytest
+
 import svc
 from svc import sql
 
@@ -27,9 +29,9 @@ end)
 """
 
 
-def ordinary_writer(outbox, counters, aggs, n, errors):
+def ordinary_writer(outbox, counters, aggs, n, errors, use_function):
     """Commits n events, each with its aggregate's next sequence number, the way any SQL
-    client writes the outbox (nextval at insert)."""
+    client writes the outbox: nextval at insert, or the outbox's publish function."""
     conn = svc.pg_connect()
     conn.autocommit = False
     rnd = random.Random(7)
@@ -40,6 +42,11 @@ def ordinary_writer(outbox, counters, aggs, n, errors):
                 cur.execute("UPDATE %s SET seq = seq + 1 WHERE agg = %%s RETURNING seq" % counters,
                             (agg,))
                 seq = cur.fetchone()[0]
+                if use_function:
+                    cur.execute('SELECT "%s_publish_event"(%%s, %%s, %%s)' % outbox,
+                                (agg, "seq", json.dumps({"seq": seq, "src": "writer"})))
+                    conn.commit()
+                    continue
                 cur.execute(
                     "INSERT INTO %s (id, exchange, routing_key, body) "
                     "SELECT n.id, %%s, 'seq', '{\"eventId\":\"' || n.id || '\",\"eventType\":\"seq\","
@@ -53,7 +60,10 @@ def ordinary_writer(outbox, counters, aggs, n, errors):
         conn.close()
 
 
-def test_handler_and_writer_events_keep_per_aggregate_order(project, broker):
+@pytest.mark.parametrize("writer_kind", ["insert", "function"])
+def test_handler_and_writer_events_keep_per_aggregate_order(project, broker, writer_kind):
+    """writer_kind: the ordinary writer inserts rows itself, or calls the SQL function of
+    issue 20 (mixed Lua and SQL writers)."""
     counters = project.table("counters")
     outbox = project.table("outbox")
     aggs = [project.exchange("agg%d" % i) for i in range(AGGREGATES)]
@@ -68,7 +78,7 @@ def test_handler_and_writer_events_keep_per_aggregate_order(project, broker):
 
     errors = []
     writer = threading.Thread(target=ordinary_writer,
-                              args=(outbox, counters, aggs, WRITTEN, errors))
+                              args=(outbox, counters, aggs, WRITTEN, errors, writer_kind == "function"))
     writer.start()
     rnd = random.Random(3)
     for i in range(HANDLED):
@@ -103,3 +113,4 @@ def test_handler_and_writer_events_keep_per_aggregate_order(project, broker):
     assert srcs == {"handler", "writer"}
     assert violations == [], "%d per-aggregate order violations, first: %s" % (
         len(violations), violations[:5])
+    sql("DELETE FROM svccomm_migrations WHERE table_name = %s", outbox)
