@@ -201,7 +201,15 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 	                           : NULL;
 	if (row->id_sequence && svc_outbox_deferral(conn)) {
 		/* the consumer's connection: the row is written, and takes its id, with the
-		 * batch before its COMMIT */
+		 * batch before its COMMIT. The first row of a transaction the handlers' SQL has
+		 * not opened yet opens it (the pending BEGIN and savepoint, one round trip per
+		 * batch at most), so the batch commits its rows and a flush lands inside it. */
+		if (PQtransactionStatus(conn) == PQTRANS_IDLE && svc_pg_prelude_pending(conn)) {
+			res = svc_pg_query(conn, "SELECT 1", 0, NULL, false);
+			rc = svc_pg_result_error(conn, res, PGRES_TUPLES_OK, err, errsz, sqlstate);
+			if (rc < 0)
+				goto out;
+		}
 		rc = defer_row(conn, qname, row->id_sequence, params, err, errsz, sqlstate);
 		if (rc == 0 && id_out)
 			*id_out = 0;
