@@ -3,11 +3,14 @@
 --- handler's transaction, or db:transaction()); `svccomm runpublisher` sends them after
 --- commit. Outside a transaction they raise and write nothing.
 ---
---- Inside a consumer handler the rows are deferred: the eventId comes from ids the consumer
---- reserves inside its transaction, and the batch's rows are inserted with one statement just
---- before its COMMIT (a row the database refuses then fails the batch, which is retried one
---- message at a time). Until then SQL in the handler does not see them; cancel_future_* and a
---- nested db:transaction() write the pending rows first.
+--- Inside a consumer handler the rows are deferred: the batch's rows are inserted with one
+--- statement just before its COMMIT (a row the database refuses then fails the batch, which is
+--- retried one message at a time), and each takes its id (the eventId) there, from the
+--- table's sequence like any other writer's row, while the transaction holds its locks: so the
+--- relay's id order keeps per-aggregate order against other writers. The functions therefore
+--- return nil instead of the id inside a handler (send_call still returns its call id). Until
+--- then SQL in the handler does not see the rows; cancel_future_* and a nested
+--- db:transaction() write the pending rows first.
 ---
 --- Event envelope (the body of the row, published as is):
 ---   {"eventId":"<row id>","eventTime":"2023-06-02T10:58:58.340174Z",
@@ -297,8 +300,9 @@ local function insert(d, row)
 	return core.outbox_insert(d.conn, config.OUTBOX_TABLE, row)
 end
 
+-- nil for a row deferred inside a consumer handler: its id is taken when the batch is written
 local function id_string(id)
-	return format("%d", id)
+	return id and format("%d", id) or nil
 end
 
 -- the envelope's members after eventId and eventTime (outbox/envelope.h builds the envelope)
@@ -344,7 +348,8 @@ local function write_event(F, aggregate, event_type, payload, when, tags)
 	return id_string(id)
 end
 
---- Write an event to the outbox in the current transaction; returns its eventId.
+--- Write an event to the outbox in the current transaction; returns its eventId (nil inside a
+--- consumer handler: the id is taken when the batch's rows are written, see above).
 --- Named: publish_aggregate_event{aggregate=, event_type=, payload=[, delay=]} or positional
 --- (aggregate, event_type, payload). A nil payload is {}. delay = seconds (>= 0, named form
 --- only) publishes it that much later: the same as publish_future_aggregate_event with
@@ -352,7 +357,7 @@ end
 ---@param aggregate string|table
 ---@param event_type string|nil
 ---@param payload any
----@return string event_id
+---@return string|nil event_id
 function M.publish_aggregate_event(aggregate, event_type, payload)
 	local F = "publish_aggregate_event"
 	local when
@@ -376,9 +381,10 @@ end
 --- Schedule an event: published once event_time (seconds since the epoch, or an ISO 8601
 --- string; no zone = UTC) has come. eventTime of the envelope is event_time. tags (string
 --- keys, values compared as strings) let cancel_future_aggregate_event find it. Named or
---- positional (aggregate, event_type, event_time, payload, tags). Returns the eventId.
+--- positional (aggregate, event_type, event_time, payload, tags). Returns the eventId (nil
+--- inside a consumer handler).
 ---@param aggregate string|table
----@return string event_id
+---@return string|nil event_id
 function M.publish_future_aggregate_event(aggregate, event_type, event_time, payload, tags)
 	local F = "publish_future_aggregate_event"
 	if type(aggregate) == "table" and event_type == nil then
@@ -461,11 +467,12 @@ end
 
 --- Write a command for another service: exchange = service, routing key =
 --- opts.command_name, body = arguments + meta.expired_time (opts.timeout seconds from now,
---- or opts.expired_time; not both; not in the past). Returns the message id.
+--- or opts.expired_time; not both; not in the past). Returns the row id (nil inside a
+--- consumer handler).
 ---@param service string
 ---@param arguments table|nil
 ---@param opts {command_name: string, timeout: number|nil, expired_time: number|string|nil}
----@return string message_id
+---@return string|nil row_id
 function M.send_command(service, arguments, opts)
 	local F = "send_command"
 	check_name(F, "service", service)

@@ -39,7 +39,7 @@ static const char *text_arg(lua_State *L, int idx)
 	return s;
 }
 
-/* core.outbox_insert(conn, table, row) -> id */
+/* core.outbox_insert(conn, table, row) -> id, or nil for a deferred row */
 static int l_outbox_insert(lua_State *L)
 {
 	PGconn *conn = svc_lua_pg_check(L, 1);
@@ -77,7 +77,10 @@ static int l_outbox_insert(lua_State *L)
 		svc_lua_pg_push_error(L, err, st);
 		return lua_error(L);
 	}
-	lua_pushinteger(L, (lua_Integer)id);
+	if (id)
+		lua_pushinteger(L, (lua_Integer)id);
+	else
+		lua_pushnil(L); /* deferred: the id is taken when the batch's rows are written */
 	return 1;
 }
 

@@ -1,4 +1,4 @@
-/* outbox/batch: deferred rows, poison and id reservation of a transaction. See batch.h. */
+/* outbox/batch: deferred rows and poison of a transaction. See batch.h. */
 #include "outbox/batch.h"
 
 #include <stdio.h>
@@ -8,8 +8,6 @@
 #include "pg/conn.h"
 #include "util/error.h"
 
-#define ID_BLOCK_MIN  8         /* ids reserved by the first reservation of a transaction */
-#define ID_BLOCK_MAX  128       /* each further reservation doubles, up to this */
 #define MAX_ROW_BYTES (1 << 20) /* deferred rows are written early past this much JSON */
 
 /* The per-connection state (libpq instance data of batch_proc). */
@@ -24,10 +22,6 @@ struct batch {
 	unsigned long flushes; /* flushes so far (a caller can tell whether one happened) */
 	bool poisoned;
 	char poison[256];
-	/* ids reserved in the current transaction */
-	char *id_seq;
-	long long ids[ID_BLOCK_MAX];
-	int ids_n, ids_next, id_block, id_first_block, ids_used;
 };
 
 static void truncate_rows(struct batch *s, size_t mark)
@@ -43,11 +37,6 @@ static void transaction_reset(struct batch *s)
 	truncate_rows(s, 0);
 	s->poisoned = false;
 	s->poison[0] = '\0';
-	/* the next transaction starts with a block as large as this one used */
-	s->id_first_block = s->ids_used > ID_BLOCK_MIN ? s->ids_used : ID_BLOCK_MIN;
-	s->ids_used = 0;
-	s->ids_n = s->ids_next = 0;
-	s->id_block = 0;
 }
 
 /* A new server session, or the connection is finished: the transaction is gone. */
@@ -56,11 +45,10 @@ static void forget(void *state)
 	struct batch *s = state;
 
 	transaction_reset(s);
-	free(s->id_seq);
 	free(s->rows_sql);
 	free(s->rows);
 	free(s->row_end);
-	s->id_seq = s->rows_sql = s->rows = NULL;
+	s->rows_sql = s->rows = NULL;
 	s->row_end = NULL;
 	s->rows_cap = s->row_cap = 0;
 }
@@ -218,59 +206,4 @@ void svc_outbox_transaction_reset(PGconn *conn)
 
 	if (s)
 		transaction_reset(s);
-}
-
-int svc_outbox_reserve_id(PGconn *conn, const char *sequence, long long *id, char *err,
-                          size_t errsz, char *sqlstate)
-{
-	struct batch *s = batch_of(conn, true);
-	char block[16];
-	const char *params[2] = {sequence, block};
-	PGresult *r;
-	int rc, n;
-
-	if (!s) {
-		svc_pg_set_error(err, errsz, "out of memory");
-		return SVC_ENOMEM;
-	}
-	if (!s->id_seq || strcmp(s->id_seq, sequence) != 0) {
-		free(s->id_seq);
-		s->id_seq = strdup(sequence);
-		s->ids_n = s->ids_next = 0;
-		if (!s->id_seq) {
-			svc_pg_set_error(err, errsz, "out of memory");
-			return SVC_ENOMEM;
-		}
-	}
-	s->ids_used++;
-	if (s->ids_next < s->ids_n) {
-		*id = s->ids[s->ids_next++];
-		return 0;
-	}
-	s->id_block = s->id_block         ? s->id_block * 2
-	              : s->id_first_block ? s->id_first_block
-	                                  : ID_BLOCK_MIN;
-	if (s->id_block > ID_BLOCK_MAX)
-		s->id_block = ID_BLOCK_MAX;
-	snprintf(block, sizeof(block), "%d", s->id_block);
-	r = svc_pg_query(
-	    conn, "SELECT nextval($1::regclass) FROM generate_series(1, $2::int4) ORDER BY 1", 2,
-	    params, true);
-	rc = svc_pg_result_error(conn, r, PGRES_TUPLES_OK, err, errsz, sqlstate);
-	if (rc < 0) {
-		PQclear(r);
-		return rc;
-	}
-	n = PQntuples(r);
-	for (int i = 0; i < n && i < ID_BLOCK_MAX; i++)
-		s->ids[i] = strtoll(PQgetvalue(r, i, 0), NULL, 10);
-	PQclear(r);
-	s->ids_n = n < ID_BLOCK_MAX ? n : ID_BLOCK_MAX;
-	s->ids_next = 0;
-	if (s->ids_n == 0) {
-		svc_pg_set_error(err, errsz, "reserving outbox ids returned no row");
-		return SVC_EDB;
-	}
-	*id = s->ids[s->ids_next++];
-	return 0;
 }

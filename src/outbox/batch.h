@@ -8,8 +8,9 @@
  * fails poisons the transaction: every row of the batch is then suspect and the caller must
  * roll the whole transaction back (svc_outbox_poisoned() gives the reason).
  *
- * Ids: rows get their ids from svc_outbox_reserve_id() before they are deferred, so the
- * envelope's eventId is known without a round trip per row.
+ * Ids: a deferred row takes its id from the table's sequence in the statement that writes it,
+ * like every other writer's row, so ids follow the order in which writers held their locks
+ * (outbox/write.c). Its id is not known before the flush.
  *
  * The state lives in libpq's instance data (PQregisterEventProc), like pg/session's: it
  * follows the PGconn wherever it is lent, is freed with it, and a PQreset() drops it.
@@ -47,15 +48,7 @@ void svc_outbox_poison(PGconn *conn, const char *reason);
 /* The error of a failed deferred write in this transaction, or NULL. */
 const char *svc_outbox_poisoned(PGconn *conn);
 
-/* End of a transaction: drops queued rows, reserved ids and the poison. */
+/* End of a transaction: drops queued rows and the poison. */
 void svc_outbox_transaction_reset(PGconn *conn);
-
-/* An id from `sequence` reserved inside the current transaction: ids are taken in blocks
- * by one statement (first as many as the previous transaction used, at least 8, then doubling
- * up to 128); unused ones are dropped at the end of the transaction, so an id is never used by
- * a later transaction than the one that took it. Returns 0 with *id set, or a negative SVC_E*
- * with the message in err. */
-int svc_outbox_reserve_id(PGconn *conn, const char *sequence, long long *id, char *err,
-                          size_t errsz, char *sqlstate);
 
 #endif

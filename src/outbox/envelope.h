@@ -63,6 +63,13 @@ const char *svc_wire_content_type(enum svc_wire_format fmt);
 	                " || '\",\"eventTime\":\"' || " SVC_ENVELOPE_TIME_SQL(                     \
 	                    time_utc, event_time, send_after) " || '\"' END || " tail
 
+/* SQL expression of the tail (after eventTime) of an event's envelope, for SQL that builds it
+ * from JSON texts itself (the outbox functions of sql/004_outbox_functions.sql): the members of
+ * svc_envelope_members() in the same order, and the closing brace. */
+#define SVC_ENVELOPE_MEMBERS_SQL(type_json, aggregate_json, payload_json)                          \
+	"',\"eventType\":' || " type_json " || ',\"aggregate\":' || " aggregate_json               \
+	" || ',\"payload\":' || " payload_json " || '}'"
+
 /* Writes the members of an event, {"eventType":<type_json>,"aggregate":<aggregate_json>,
  * "payload":<payload_json>} (each argument a JSON text), into out. Returns the length of the
  * whole text, as snprintf: the text is complete when that is less than outsz. */

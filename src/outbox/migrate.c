@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "lua/embedded.h"
+#include "outbox/envelope.h"
 #include "pg/conn.h"
 #include "util/error.h"
 #include "util/ident.h"
@@ -30,10 +31,21 @@ static int names_of(const char *name, struct names *n)
 	return 0;
 }
 
+/* The envelope in the outbox functions (sql/004_outbox_functions.sql): the same expression as
+ * every statement of outbox/write.c, over the functions' variables. */
+#define FUNCTIONS_ENVELOPE                                                                         \
+	SVC_ENVELOPE_SQL("new_id", "NULL", "NULL", "send_at",                                      \
+	                 "(" SVC_ENVELOPE_MEMBERS_SQL("to_json(event_type)::text",                 \
+	                                              "to_json(aggregate)::text",                  \
+	                                              "coalesce(payload, '{}')::text") ")")
+
 /* Value of placeholder key (length len), or NULL when unknown or its name is absent. */
 static const char *lookup(const char *key, size_t len, const struct names *o, const struct names *i)
 {
 	static const char *const kinds[] = {"outbox", "inbox"};
+
+	if (len == 8 && strncmp(key, "envelope", 8) == 0)
+		return FUNCTIONS_ENVELOPE;
 
 	for (int k = 0; k < 2; k++) {
 		const struct names *n = k == 0 ? o : i;

@@ -5,7 +5,9 @@
  * outbox table; in the SQL, {{outbox}} / {{inbox}} stand for the quoted table name,
  * {{outbox_name}} / {{inbox_name}} for the bare table name (inside quoted index, trigger and
  * function names, and as the NOTIFY channel) and {{outbox_prefix}} / {{inbox_prefix}} for
- * the quoted schema plus a dot (or nothing).
+ * the quoted schema plus a dot (or nothing); {{envelope}} is the event envelope's SQL
+ * expression (outbox/envelope.h) over the variables new_id, send_at, event_type, aggregate and
+ * payload of the outbox functions.
  *
  * Applied migrations are recorded in svccomm_migrations(table_name, version, applied_at), in
  * the schema of the outbox table (or the first schema of the search path). Each migration

@@ -32,17 +32,23 @@ static const char insert_fmt[] =
     "pg_get_serial_sequence($11, 'id')::regclass)) AS id) n RETURNING id";
 
 /* Deferred rows (the consumer's connection): many rows in one statement, $1 a JSON array of
- * objects with the fields of insert_fmt's parameters and the id reserved beforehand. One
- * statement for a batch's rows costs about a tenth of one statement per row. */
+ * objects with the fields of insert_fmt's parameters; the second %s is the id sequence (a
+ * string literal). One statement for a batch's rows costs about a tenth of one statement per
+ * row. Each row takes its id here, when it is inserted, like insert_fmt: the transaction holds
+ * every lock its handlers took by now, so a writer that committed under one of them before has
+ * the lower id and the relay's id order follows the order of those commits (issue 17). The
+ * subquery is not pulled up (nextval is volatile), so id and eventId are one value, and the
+ * function scan yields the rows in queue order, so ids follow the order of the calls. */
 static const char rows_fmt[] =
     "INSERT INTO %s (id, send_after, exchange, routing_key, body, message_id, "
     "correlation_id, headers, tags) "
     "SELECT r.id, coalesce(r.send_after::timestamptz, now()), r.exchange, r.routing_key, "
     "CASE WHEN r.envelope THEN " ROWS_ENVELOPE " ELSE r.body END, "
     "r.message_id, r.correlation_id, r.headers::jsonb, r.tags::jsonb "
-    "FROM json_to_recordset($1::json) AS r(id int8, send_after text, exchange text, "
+    "FROM (SELECT nextval('%s'::regclass) AS id, j.* "
+    "FROM json_to_recordset($1::json) AS j(send_after text, exchange text, "
     "routing_key text, envelope boolean, event_time text, body text, message_id text, "
-    "correlation_id text, headers text, tags text, event_time_utc text, wire_format text)";
+    "correlation_id text, headers text, tags text, event_time_utc text, wire_format text)) r";
 
 int svc_outbox_insert_sql(const char *quoted_table, char *out, size_t outsz)
 {
@@ -115,18 +121,25 @@ static void jb_field(struct jbuf *b, const char *key, const char *v)
 }
 
 /* params: insert_fmt's parameters ($1..$14). */
-static int defer_row(PGconn *conn, const char *qname, long long id, const char *const *params,
-                     char *err, size_t errsz, char *sqlstate)
+static int defer_row(PGconn *conn, const char *qname, const char *sequence,
+                     const char *const *params, char *err, size_t errsz, char *sqlstate)
 {
 	static const char *const keys[] = {
 	    "send_after", "exchange",   "routing_key",    NULL,      "event_time",
 	    "body",       "message_id", "correlation_id", "headers", "tags"};
-	char sql[sizeof(rows_fmt) + SVC_IDENT_QUOTED_MAX], num[40];
+	char sql[sizeof(rows_fmt) + 3 * SVC_IDENT_QUOTED_MAX], num[40];
 	struct jbuf b = {0};
-	int rc;
+	int n, rc;
 
-	snprintf(sql, sizeof(sql), rows_fmt, qname);
-	snprintf(num, sizeof(num), "{\"id\":%lld,\"envelope\":%s", id,
+	/* the sequence name comes from pg_get_serial_sequence() of a checked table name: it has
+	 * no quote to escape, and one would only make the statement fail */
+	if (strchr(sequence, '\'') ||
+	    (n = snprintf(sql, sizeof(sql), rows_fmt, qname, sequence)) < 0 ||
+	    (size_t)n >= sizeof(sql)) {
+		svc_pg_set_error(err, errsz, "bad outbox id sequence name");
+		return SVC_EINVAL;
+	}
+	snprintf(num, sizeof(num), "{\"envelope\":%s",
 	         strcmp(params[3], "true") == 0 ? "true" : "false");
 	jb_put(&b, num, strlen(num));
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
@@ -154,7 +167,6 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 	char *tail = NULL;
 	const char *params[14];
 	char now_iso[40];
-	long long id;
 	PGresult *res = NULL;
 	int rc;
 
@@ -192,13 +204,19 @@ int svc_outbox_insert_st(PGconn *conn, const char *table, const struct svc_outbo
 	                           : NULL;
 	params[13] = svc_wire_format_name(row->wire_format);
 	if (row->id_sequence && svc_outbox_deferral(conn)) {
-		/* the consumer's connection: the row is written with the batch, before its COMMIT
-		 */
-		rc = svc_outbox_reserve_id(conn, row->id_sequence, &id, err, errsz, sqlstate);
-		if (rc == 0)
-			rc = defer_row(conn, qname, id, params, err, errsz, sqlstate);
+		/* the consumer's connection: the row is written, and takes its id, with the
+		 * batch before its COMMIT. The first row of a transaction the handlers' SQL has
+		 * not opened yet opens it (the pending BEGIN and savepoint, one round trip per
+		 * batch at most), so the batch commits its rows and a flush lands inside it. */
+		if (PQtransactionStatus(conn) == PQTRANS_IDLE && svc_pg_prelude_pending(conn)) {
+			res = svc_pg_query(conn, "SELECT 1", 0, NULL, false);
+			rc = svc_pg_result_error(conn, res, PGRES_TUPLES_OK, err, errsz, sqlstate);
+			if (rc < 0)
+				goto out;
+		}
+		rc = defer_row(conn, qname, row->id_sequence, params, err, errsz, sqlstate);
 		if (rc == 0 && id_out)
-			*id_out = id;
+			*id_out = 0;
 		goto out;
 	}
 	/* unnamed: an application's connection may go through a transaction-pooling proxy */

@@ -40,9 +40,10 @@ struct svc_outbox_row {
 };
 
 /* Inserts one row in ONE round trip on conn, inside whatever transaction conn has open (with
- * deferral on and id_sequence given: queued, no round trip but the id reservation's). The row id is
- * taken from the table's id sequence first, so the envelope's eventId equals it. Returns 0 with
- * *id_out set, or SVC_EINVAL (bad table or row), SVC_EDB, SVC_ECONN with the message in err. */
+ * deferral on and id_sequence given: queued, no round trip). The row id is taken from the
+ * table's id sequence by the statement that inserts the row, so the envelope's eventId equals
+ * it. Returns 0 with *id_out set (0 for a queued row: its id is taken when the batch is
+ * written), or SVC_EINVAL (bad table or row), SVC_EDB, SVC_ECONN with the message in err. */
 int svc_outbox_insert(PGconn *conn, const char *table, const struct svc_outbox_row *row,
                       long long *id_out, char *err, size_t errsz);
 /* The same, also giving the SQLSTATE of a failure in sqlstate (char[6], "" when none). */

@@ -141,7 +141,8 @@ def assert_one_correct_schema(project, n):
                           "ORDER BY version" % n.schema)
     assert recorded == [("%s.%s" % (n.schema, n.outbox), "001_outbox"),
                         ("%s.%s" % (n.schema, n.inbox), "002_inbox"),
-                        ("%s.%s" % (n.schema, n.outbox), "003_outbox_notify_channel")]
+                        ("%s.%s" % (n.schema, n.outbox), "003_outbox_notify_channel"),
+                        ("%s.%s" % (n.schema, n.outbox), "004_outbox_functions")]
 
 
 def assert_one_notification_per_transaction(project, n):

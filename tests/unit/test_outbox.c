@@ -257,16 +257,23 @@ static void test_migrate_render(void **state)
 static void test_embedded_migrations_render(void **state)
 {
 	int n = 0;
+	char *s;
 	(void)state;
 	for (const struct svc_embedded *m = svc_embedded_sql; m->name; m++) {
-		char *s = svc_migrate_render(m->data, "svccomm_outbox", "svccomm_inbox");
+		s = svc_migrate_render(m->data, "svccomm_outbox", "svccomm_inbox");
 		assert_non_null(s);
 		assert_null(strstr(s, "{{"));
 		free(s);
 		n++;
 	}
-	assert_true(n >= 2);
+	assert_true(n >= 3);
 	assert_string_equal(svc_embedded_sql[0].name, "001_outbox");
+	/* the outbox functions get the envelope of outbox/envelope.h */
+	s = svc_migrate_render("{{envelope}}", "o", NULL);
+	assert_non_null(s);
+	assert_non_null(strstr(s, "'{\"eventId\":\"' || new_id"));
+	assert_non_null(strstr(s, "',\"payload\":' || coalesce(payload, '{}')::text || '}'"));
+	free(s);
 }
 
 int main(void)

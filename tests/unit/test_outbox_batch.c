@@ -1,6 +1,6 @@
 /* Unit tests of outbox/batch.c without a server: the deferred-row queue (marks, truncation),
- * poison and its reset, and failures of a flush and of an id reservation on a connection that
- * is gone. The state belongs to the PGconn, so a connection that failed to open carries it. */
+ * poison and its reset, a deferred insert, and failures of a flush on a connection that is
+ * gone. The state belongs to the PGconn, so a connection that failed to open carries it. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -118,21 +118,10 @@ static void rows_of_another_statement_flush_the_queue_first(void **state)
 	svc_outbox_transaction_reset(conn);
 }
 
-static void reserving_ids_on_a_lost_connection_fails(void **state)
-{
-	PGconn *conn = *state;
-	char err[256], st[6];
-	long long id = -1;
-
-	assert_int_equal(svc_outbox_reserve_id(conn, "t_id_seq", &id, err, sizeof(err), st),
-	                 SVC_ECONN);
-	assert_int_equal(id, -1);
-	assert_true(strlen(err) > 0);
-}
-
-/* An outbox row on a deferring connection reserves its id first: nothing is queued when
- * that fails. */
-static void a_deferred_insert_needs_its_id(void **state)
+/* An outbox row on a deferring connection is queued without a round trip: it takes its id
+ * when the batch is written (under the locks the transaction holds then), so none is known
+ * yet. */
+static void a_deferred_insert_takes_its_id_when_written(void **state)
 {
 	PGconn *conn = *state;
 	struct svc_outbox_row row = {.exchange = "e",
@@ -144,10 +133,16 @@ static void a_deferred_insert_needs_its_id(void **state)
 	long long id = -1;
 
 	svc_outbox_set_deferral(conn, true);
+	assert_int_equal(svc_outbox_insert_st(conn, "t", &row, &id, err, sizeof(err), st), 0);
+	assert_int_equal(id, 0);
+	assert_int_equal(svc_outbox_deferred_mark(conn), 1);
+	assert_int_equal(svc_outbox_flush_count(conn), 0);
+	/* a sequence name that would break the statement's literal is refused, nothing queued */
+	row.id_sequence = "t'_id_seq";
 	assert_int_equal(svc_outbox_insert_st(conn, "t", &row, &id, err, sizeof(err), st),
-	                 SVC_ECONN);
-	assert_int_equal(id, -1);
-	assert_int_equal(svc_outbox_deferred_mark(conn), 0);
+	                 SVC_EINVAL);
+	assert_int_equal(svc_outbox_deferred_mark(conn), 1);
+	svc_outbox_transaction_reset(conn);
 }
 
 /* The batch state the consumer drives: deferral, poison, marks, flushes and the reset. */
@@ -178,9 +173,8 @@ int main(void)
 	                                    setup, teardown),
 	    cmocka_unit_test_setup_teardown(rows_of_another_statement_flush_the_queue_first, setup,
 	                                    teardown),
-	    cmocka_unit_test_setup_teardown(reserving_ids_on_a_lost_connection_fails, setup,
+	    cmocka_unit_test_setup_teardown(a_deferred_insert_takes_its_id_when_written, setup,
 	                                    teardown),
-	    cmocka_unit_test_setup_teardown(a_deferred_insert_needs_its_id, setup, teardown),
 	    cmocka_unit_test_setup_teardown(batch_state_round_trip, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
