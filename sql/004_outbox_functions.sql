@@ -3,8 +3,11 @@
 -- as in 001_outbox.sql; the functions are named after the table ("<table>_publish_event", ...)
 -- and live in its schema, so several outboxes coexist. {{envelope}} is the envelope expression
 -- of src/outbox/envelope.h (SVC_ENVELOPE_SQL and SVC_ENVELOPE_MEMBERS_SQL) over the variables
--- new_id, send_at, event_type, aggregate and payload, so these rows and the ones svccomm's Lua
--- API writes come from one definition.
+-- new_id, send_at, event_type, aggregate, payload and fmt, so these rows and the ones svccomm's
+-- Lua API writes come from one definition. fmt is the WIRE_FORMAT of what they write: the
+-- setting svccomm.wire_format of the session, role or database ('svccomm' when unset, or
+-- 'django': `ALTER DATABASE ... SET svccomm.wire_format = 'django'`), as the writers' own
+-- WIRE_FORMAT setting does for the Lua API.
 --
 -- Bad input raises SQLSTATE 22023 (invalid_parameter_value) and writes nothing. PostgreSQL
 -- text cannot hold a zero byte, so a name with one never reaches these functions.
@@ -46,6 +49,21 @@ BEGIN
 END
 $fn$;
 
+-- The wire format these functions write: svccomm.wire_format ('svccomm' when unset); 22023
+-- for any other value.
+CREATE OR REPLACE FUNCTION {{outbox_prefix}}"{{outbox_name}}_wire_format"()
+    RETURNS text LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    fmt text := coalesce(nullif(current_setting('svccomm.wire_format', true), ''), 'svccomm');
+BEGIN
+    IF fmt NOT IN ('svccomm', 'django') THEN
+        RAISE EXCEPTION 'svccomm.wire_format: must be ''svccomm'' or ''django'', got %', fmt
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN fmt;
+END
+$fn$;
+
 -- Writes an event (exchange = aggregate, routing key = event_type, body = the envelope) and
 -- returns its id, the eventId. payload: any JSON, NULL = {}. send_after: a due time (not in
 -- the past) makes it a scheduled event, with eventTime = send_after; tags let
@@ -61,6 +79,7 @@ DECLARE
     send_at timestamptz := send_after;
     tag_set jsonb;
     corr text := correlation_id;
+    fmt text := {{outbox_prefix}}"{{outbox_name}}_wire_format"();
 BEGIN
     PERFORM {{outbox_prefix}}"{{outbox_name}}_check_name"('aggregate', aggregate);
     PERFORM {{outbox_prefix}}"{{outbox_name}}_check_name"('event_type', event_type);
@@ -106,7 +125,8 @@ $fn$;
 
 -- Writes a command for another service (exchange = service, routing key = command, body =
 -- arguments, a JSON object, NULL = {}, plus meta.expired_time = expires_at in UTC with
--- microseconds, or null) and returns its row id.
+-- microseconds, or null; with svccomm.wire_format 'django' meta.expiredTime in milliseconds,
+-- or nothing) and returns its row id.
 CREATE OR REPLACE FUNCTION {{outbox_prefix}}"{{outbox_name}}_send_command"(
     service text, command text, arguments jsonb, expires_at timestamptz DEFAULT NULL)
     RETURNS bigint LANGUAGE plpgsql AS $fn$
@@ -129,8 +149,16 @@ BEGIN
     IF expires_at IS NOT NULL AND expires_at <= now() THEN
         RAISE EXCEPTION 'expires_at % is in the past', expires_at USING ERRCODE = '22023';
     END IF;
-    meta := meta || jsonb_build_object('expired_time',
-        to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));
+    IF {{outbox_prefix}}"{{outbox_name}}_wire_format"() = 'django' THEN
+        -- the Python library's: meta.expiredTime in milliseconds, or no member
+        IF expires_at IS NOT NULL THEN
+            meta := meta || jsonb_build_object('expiredTime',
+                to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'));
+        END IF;
+    ELSE
+        meta := meta || jsonb_build_object('expired_time',
+            to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'));
+    END IF;
     body := body || jsonb_build_object('meta', meta);
     INSERT INTO {{outbox}} (exchange, routing_key, body)
     VALUES (service, command, body::text) RETURNING id INTO new_id;

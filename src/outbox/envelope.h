@@ -65,10 +65,13 @@ const char *svc_wire_content_type(enum svc_wire_format fmt);
 
 /* SQL expression of the tail (after eventTime) of an event's envelope, for SQL that builds it
  * from JSON texts itself (the outbox functions of sql/004_outbox_functions.sql): the members of
- * svc_envelope_members() in the same order, and the closing brace. */
-#define SVC_ENVELOPE_MEMBERS_SQL(type_json, aggregate_json, payload_json)                          \
-	"',\"eventType\":' || " type_json " || ',\"aggregate\":' || " aggregate_json               \
-	" || ',\"payload\":' || " payload_json " || '}'"
+ * svc_envelope_members_as() in the same order and format (fmt as in SVC_ENVELOPE_SQL), and the
+ * closing brace. */
+#define SVC_ENVELOPE_MEMBERS_SQL(fmt, type_json, aggregate_json, payload_json)                     \
+	"',\"' || CASE WHEN " fmt                                                                  \
+	" = 'django' THEN 'event_type' ELSE 'eventType' END || '\":' || " type_json                \
+	" || ',\"aggregate\":' || " aggregate_json " || ',\"payload\":' || " payload_json          \
+	" || '}'"
 
 /* Writes the members of an event, {"eventType":<type_json>,"aggregate":<aggregate_json>,
  * "payload":<payload_json>} (each argument a JSON text), into out. Returns the length of the

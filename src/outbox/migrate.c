@@ -34,8 +34,8 @@ static int names_of(const char *name, struct names *n)
 /* The envelope in the outbox functions (sql/004_outbox_functions.sql): the same expression as
  * every statement of outbox/write.c, over the functions' variables. */
 #define FUNCTIONS_ENVELOPE                                                                         \
-	SVC_ENVELOPE_SQL("new_id", "NULL", "NULL", "send_at",                                      \
-	                 "(" SVC_ENVELOPE_MEMBERS_SQL("to_json(event_type)::text",                 \
+	SVC_ENVELOPE_SQL("fmt", "new_id", "NULL", "NULL", "send_at",                               \
+	                 "(" SVC_ENVELOPE_MEMBERS_SQL("fmt", "to_json(event_type)::text",          \
 	                                              "to_json(aggregate)::text",                  \
 	                                              "coalesce(payload, '{}')::text") ")")
 

@@ -67,7 +67,7 @@ def migrate_ok(project, names, applied=None):
                                                names.inbox)
     done = "migrated: nothing to apply, %s are up to date\n" % tables
     if applied is None:
-        assert r.stdout == done or re.fullmatch(r"migrated: applied [12] migrations? to "
+        assert r.stdout == done or re.fullmatch(r"migrated: applied [1-9][0-9]* migrations? to "
                                                 + re.escape(tables) + "\n", r.stdout), r.stdout
     elif applied == 0:
         assert r.stdout == done
@@ -182,7 +182,7 @@ def test_migrate_twice_leaves_one_correct_schema(project, names):
 
 
 def test_migrate_says_what_it_applied_and_only_then_up_to_date(project, names):
-    r = migrate_ok(project, names, applied=2)
+    r = migrate_ok(project, names, applied=4)
     assert "applied 001_outbox" in r.stderr and "applied 002_inbox" in r.stderr, r.stderr
     r = migrate_ok(project, names, applied=0)
     assert "applied" not in r.stdout + r.stderr

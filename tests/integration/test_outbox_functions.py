@@ -198,3 +198,35 @@ def test_migration_from_the_previous_schema_keeps_the_rows(system):
     svc.wait_until(lambda: p.record_count() == 4, 30, what="old and new rows handled")
     assert [r[0] for r in sql("SELECT rk FROM %s ORDER BY id" % p.table())] == \
         ["old.row"] * 3 + ["new.row"]
+
+
+def test_the_functions_write_the_wire_format_of_svccomm_wire_format(project):
+    """svccomm.wire_format = 'django' (session, role or database) makes the functions write the
+    Python library's bodies, as WIRE_FORMAT = "django" does for the Lua API; the default is
+    svccomm's envelope; any other value is refused."""
+    p = project
+    p.write_settings(INBOX_TABLE=p.table("inbox"))
+    migrate(p)
+    try:
+        r = psql("SET svccomm.wire_format = 'django';"
+                 "SELECT %s('orders', 'order.created', '{\"a\": 1}');"
+                 "SELECT %s('billing', 'charge', '{\"n\": 2}', now() + interval '1 hour');"
+                 "RESET svccomm.wire_format;"
+                 "SELECT %s('orders', 'order.created', '{\"a\": 1}');"
+                 % (fn(p, "publish_event"), fn(p, "send_command"), fn(p, "publish_event")))
+        assert r.returncode == 0, r.stderr
+        dj_id, cmd_id, sv_id = (int(x) for x in r.stdout.split())
+        rows = dict(sql("SELECT id, body FROM %s" % p.table("outbox")))
+        dj, cmd, sv = (json.loads(rows[i]) for i in (dj_id, cmd_id, sv_id))
+        assert sorted(dj) == ["aggregate", "eventId", "event_time", "event_type", "payload"]
+        assert dj["eventId"] == dj_id and dj["event_type"] == "order.created"
+        assert len(dj["event_time"]) == len("2026-12-01T10:00:00.123Z")
+        assert sorted(cmd["meta"]) == ["expiredTime"] and cmd["meta"]["expiredTime"].endswith("Z")
+        assert sorted(sv) == ["aggregate", "eventId", "eventTime", "eventType", "payload"]
+        assert sv["eventId"] == str(sv_id)
+        r = psql("SET svccomm.wire_format = 'pickle'; SELECT %s('orders', 'x', '{}');"
+                 % fn(p, "publish_event"))
+        assert r.returncode != 0 and "svccomm.wire_format" in r.stderr, r.stderr
+    finally:
+        sql("DELETE FROM svccomm_migrations WHERE table_name = ANY(%s)",
+            [p.table("outbox"), p.table("inbox")])
