@@ -72,11 +72,17 @@ static int idle_work(struct svc_consumer *c, bool idle)
 	}
 	if (idle && !c->batch_n && now - c->last_queue_check >= QUEUE_CHECK_EVERY) {
 		c->last_queue_check = now;
-		if (svc_amqp_declare_queue(c->in, c->cfg->queue, amqp_empty_table, true) != 0) {
+		int rc = svc_amqp_declare_queue(c->in, c->cfg->queue, amqp_empty_table, true);
+		/* only a channel closed by the broker (404) says the queue is gone; a timeout
+		 * or a lost connection says nothing about it */
+		if (rc == SVC_EPROTO)
 			snprintf(c->cs.err, sizeof(c->cs.err), "queue '%s' is gone: %s",
 			         c->cfg->queue, svc_amqp_error(c->in));
-			return SVC_EPROTO;
-		}
+		else if (rc)
+			snprintf(c->cs.err, sizeof(c->cs.err), "checking queue '%s': %s",
+			         c->cfg->queue, svc_amqp_error(c->in));
+		if (rc)
+			return rc;
 	}
 	return 0;
 }
