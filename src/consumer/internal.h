@@ -18,6 +18,8 @@
 #define ERROR_LINES 6 /* lines of an error text a republished copy carries */
 #define HANDLER_SZ  256
 #define MSG_ID(d)   ((d)->message_id ? (d)->message_id : "-")
+#define INFRA_BACKOFF_BASE_S                                                                       \
+	0.5 /* first pause after a database failure that is not the message's */
 
 struct svc_consumer {
 	const struct svc_config *cfg;
@@ -55,6 +57,7 @@ struct svc_consumer {
 	bool *settled; /* outcome published (retry/DLQ): ack even when the COMMIT fails */
 	double batch_start;
 	unsigned batch_gen;
+	unsigned infra_failures; /* database failures in a row that were not the messages' */
 
 	/* stats */
 	unsigned long long received, ok, retried, dead, unrouted, dup, skipped;
@@ -77,7 +80,9 @@ struct svc_handler_result {
 	bool permanent; /* raised an error table with permanent = true */
 	char status[16];
 	char reason[512];
-	/* the error text is in c->pending_error */
+	char infra[6]; /* failed because a statement failed for the database's reasons: its
+	                  SQLSTATE (pg/errclass.h), else "" */
+	               /* the error text is in c->pending_error */
 };
 
 /* ---- signals.c ---- */
@@ -164,6 +169,10 @@ int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_m
  * queue or the DLQ, as the failure policy says. */
 int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consumer_msg *m,
                                 bool permanent, const char *handler, const char *error_text);
+/* A statement failed for the database's reasons (sqlstate, pg/errclass.h), not the
+ * message's: rolls the batch back, requeues it without counting an attempt, logs it and backs
+ * off (heartbeats go on). 0, or SVC_ECONN when a connection is lost. */
+int svc_consumer_infra_failure(struct svc_consumer *c, const char *sqlstate, const char *error);
 /* Commits the open batch and acks it; 0, or SVC_ECONN when a connection is lost (then
  * nothing is acked: the session ends and the broker redelivers). */
 int svc_consumer_commit_batch(struct svc_consumer *c);

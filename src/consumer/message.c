@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "config/config.h"
+#include "pg/errclass.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/utf8.h"
@@ -225,6 +226,8 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 	size_t mark = c->pg.conn ? svc_outbox_deferred_mark(c->pg.conn) : 0;
 	unsigned long flushes = c->pg.conn ? svc_outbox_flush_count(c->pg.conn) : 0;
 	rc = inbox_check(c, &m, mark);
+	if (rc == SVC_EDB && svc_pg_sqlstate_is_infra(c->pg.sqlstate))
+		return svc_consumer_infra_failure(c, c->pg.sqlstate, c->pg.error);
 	if (rc)
 		return rc == 1 ? 0 : rc;
 	svc_consumer_lua_handle(c, &m, &res);
@@ -233,6 +236,8 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 	rc = check_session(c, touched, &res);
 	if (rc)
 		return rc;
+	if (res.failed && res.infra[0]) /* the database's failure, not the message's */
+		return svc_consumer_infra_failure(c, res.infra, c->pending_error);
 	bool undo = res.failed || !keeps_work(res.status);
 	if (c->pg.conn && undo && svc_outbox_flush_count(c->pg.conn) != flushes) {
 		rc = undo_flushed(c, &touched);
