@@ -25,13 +25,14 @@ bool svc_consumer_should_commit(size_t batch_len, size_t limit, double elapsed_s
 	return batch_len >= (limit ? limit : 1) || elapsed_s >= interval_s;
 }
 
-void svc_consumer_batch_add(struct svc_consumer *c, uint64_t tag)
+void svc_consumer_batch_add(struct svc_consumer *c, const struct svc_delivery *d)
 {
 	if (c->batch_n == 0) {
 		c->batch_start = svc_clock_mono();
 		c->batch_gen = c->generation;
 	}
-	c->tags[c->batch_n] = tag;
+	c->tags[c->batch_n] = d->tag;
+	svc_consumer_batch_id(c, c->batch_n, d->message_id);
 	c->settled[c->batch_n] = false;
 	c->batch_n++;
 }
@@ -169,7 +170,9 @@ static int rollback_poisoned(struct svc_consumer *c, const char *poison)
  * SVC_ECONN, *failed with the reason in c->pg.error. */
 static int commit(struct svc_consumer *c, bool *failed)
 {
+	svc_consumer_watch_arm(c, 0); /* heartbeats while the COMMIT waits */
 	PGresult *r = PQexec(c->pg.conn, "COMMIT");
+	svc_consumer_watch_disarm(c);
 	int rc = 0;
 	c->in_tx = false;
 	c->sp_open = false;
@@ -315,7 +318,14 @@ int svc_consumer_commit_batch(struct svc_consumer *c)
 		return rc;
 	if (!failed) {
 		c->infra_failures = 0;
+		svc_consumer_committed_record(c);
 		rc = svc_amqp_consumer_ack(&c->cs, c->tags[c->batch_n - 1], true);
+		if (rc)
+			svc_warn(
+			    LOG,
+			    "%zu message(s) committed but the ack failed: when they come back, "
+			    "those with a message id are acked without their handler",
+			    c->batch_n);
 		if (c->solo)
 			c->solo--;
 		c->batch_n = 0;

@@ -273,7 +273,8 @@ static int consumer_init(struct svc_consumer *c, const struct svc_config *cfg)
 	c->delay_ms = calloc(cfg->n_retry_delays + 1, sizeof(*c->delay_ms));
 	c->in = svc_amqp_new();
 	c->out = svc_amqp_new();
-	if (!c->tags || !c->settled || !c->delay_ms || !c->in || !c->out) {
+	if (!c->tags || !c->settled || !c->delay_ms || !c->in || !c->out ||
+	    svc_consumer_committed_init(c) != 0) {
 		svc_error(LOG, "out of memory");
 		return SVC_EXIT_FAILURE;
 	}
@@ -281,12 +282,18 @@ static int consumer_init(struct svc_consumer *c, const struct svc_config *cfg)
 	svc_amqp_set_tls(c->out, &cfg->broker_tls);
 	for (size_t i = 0; i < cfg->n_retry_delays; i++)
 		c->delay_ms[i] = svc_consumer_delay_ms(cfg->retry_delays[i]);
+	if (svc_consumer_watch_start(c) != 0) {
+		svc_error(LOG, "cannot start the heartbeat and deadline thread");
+		return SVC_EXIT_FAILURE;
+	}
 	return 0;
 }
 
 static void consumer_free(struct svc_consumer *c)
 {
 	svc_consumer_signals_disarm();
+	svc_consumer_watch_stop(c);
+	svc_consumer_committed_free(c);
 	if (c->in)
 		svc_amqp_free(c->in);
 	if (c->out)
