@@ -26,11 +26,9 @@ def test_read_only_database_requeues_without_counting_attempts(project, broker, 
     p = project.setup_consumer(FLOW, {"RETRY_DELAYS": [0.1, 0.1], "MAX_ATTEMPTS": 3,
                                       "RECONNECT_MAX_DELAY": 1, "PREFETCH_COUNT": 10})
     if inbox:
-        table = p.table("inbox")
-        sql("CREATE TABLE %s (queue text NOT NULL, message_id text NOT NULL, "
-            "received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (queue, message_id))"
-            % table)
-        p.write_settings(p.settings, INBOX=True, INBOX_TABLE=table)
+        p.write_settings(p.settings, INBOX=True, INBOX_TABLE=p.table("inbox"))
+        r = p.run("migrate", timeout=60)  # the outbox and inbox tables
+        assert r.returncode == 0, r.stderr
     p.start_consumer()
     admin = project.pg()
     n = 0
