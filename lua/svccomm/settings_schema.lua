@@ -67,7 +67,7 @@ M.rows = {
 		doc = "Delay before each retry; the last one repeats." },
 	{ key = "HANDLER_TIMEOUT", type = "seconds", default = 30,
 		check = C.number(0, true),
-		doc = "A handler running longer is stopped and counts as failed." },
+		doc = "A handler running longer (in Lua or in a database statement, then cancelled) is stopped and counts as failed." },
 	{ key = "LUA_MEMORY_LIMIT_MB", type = "integer", default = 64,
 		check = C.integer(1, 1048576),
 		doc = "Memory cap of the Lua state, in MiB." },

@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include <amqp_ssl_socket.h>
@@ -103,7 +106,14 @@ int svc_amqp_read_frame_max(struct svc_amqp *c, int frame_max)
 
 int svc_amqp_lib_error(struct svc_amqp *c, const char *what, int status)
 {
-	snprintf(c->err, sizeof(c->err), "%s: %s", what, amqp_error_string2(status));
+	if (status == AMQP_STATUS_TIMEOUT)
+		snprintf(c->err, sizeof(c->err),
+		         "%s: timed out: no answer from the broker within %d s", what, RPC_TIMEOUT);
+	else if (status == AMQP_STATUS_HEARTBEAT_TIMEOUT)
+		snprintf(c->err, sizeof(c->err), "%s: heartbeat timeout: the broker went silent",
+		         what);
+	else
+		snprintf(c->err, sizeof(c->err), "%s: %s", what, amqp_error_string2(status));
 	c->open = false;
 	return SVC_ECONN;
 }
@@ -380,4 +390,36 @@ int svc_amqp_confirm_select(struct svc_amqp *c)
 uint64_t svc_amqp_last_seq(const struct svc_amqp *c)
 {
 	return c->next_seq;
+}
+
+int svc_amqp_check_alive(struct svc_amqp *c)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	if (!svc_amqp_is_open(c))
+		return SVC_ECONN;
+	int hb = amqp_get_heartbeat(c->st);
+	if (hb <= 0 || getsockopt(amqp_get_sockfd(c->st), IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+		return 0;
+	/* A live broker sends something at least once per HEARTBEAT (a heartbeat frame when it
+	 * had nothing else to say for HEARTBEAT / 2); the kernel knows when data last came,
+	 * whoever read it. Half an interval more covers scheduling. */
+	double silent = ti.tcpi_last_data_recv / 1000.0;
+	if (silent <= 1.5 * hb)
+		return 0;
+	snprintf(c->err, sizeof(c->err),
+	         "heartbeat timeout: nothing from the broker for %.1f s (HEARTBEAT %d s)", silent,
+	         hb);
+	c->open = false;
+	return SVC_ECONN;
+}
+
+int svc_amqp_send_heartbeat(struct svc_amqp *c)
+{
+	amqp_frame_t f = {.frame_type = AMQP_FRAME_HEARTBEAT, .channel = 0};
+
+	if (!svc_amqp_is_open(c) || amqp_get_heartbeat(c->st) <= 0)
+		return 0;
+	return amqp_send_frame(c->st, &f) == AMQP_STATUS_OK ? 0 : SVC_ECONN;
 }

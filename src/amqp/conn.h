@@ -125,6 +125,13 @@ int svc_amqp_fd(const struct svc_amqp *c);
 /* True when frames are already buffered in rabbitmq-c: poll() on the socket would not see
  * them, so call svc_amqp_poll_confirms(c, 0, ...) first. */
 bool svc_amqp_buffered(const struct svc_amqp *c);
+/* Checks that the broker still talks: with heartbeats on, a connection on which nothing
+ * arrived for 1.5 x HEARTBEAT is dead (marked broken, text in svc_amqp_error()). Call it
+ * when the socket was just found empty. 0 or SVC_ECONN. */
+int svc_amqp_check_alive(struct svc_amqp *c);
+/* Sends one heartbeat frame (nothing when heartbeats are off). Only writes: it may be called
+ * by another thread while the owner does not use the connection. 0 or SVC_ECONN. */
+int svc_amqp_send_heartbeat(struct svc_amqp *c);
 /* Reply code of the last channel.close / connection.close sent by the broker (0 = none):
  * e.g. 404 NOT_FOUND (no such exchange), 406 PRECONDITION_FAILED, 403 ACCESS_REFUSED. */
 int svc_amqp_reply_code(const struct svc_amqp *c);

@@ -312,8 +312,18 @@ static int wait_frame(struct svc_amqp_consumer *cs, amqp_frame_t *f, int timeout
 		                     .tv_usec = (timeout_ms % 1000) * 1000};
 		status = amqp_simple_wait_frame_noblock(st, f, &tv);
 	}
-	if (status == AMQP_STATUS_TIMEOUT)
+	if (status == AMQP_STATUS_TIMEOUT) {
+		/* nothing to read: the moment to see whether the broker went silent */
+		if (svc_amqp_check_alive(cs->conn) != 0) {
+			snprintf(cs->err, sizeof(cs->err), "%s", svc_amqp_error(cs->conn));
+			return SVC_ECONN;
+		}
 		return SVC_ETIMEOUT;
+	}
+	if (status == AMQP_STATUS_HEARTBEAT_TIMEOUT) {
+		set_err(cs, "reading a frame: heartbeat timeout", status);
+		return broken(cs);
+	}
 	if (status == AMQP_STATUS_BAD_AMQP_DATA) {
 		/* most likely a frame over the size this connection reads (see README, Security) */
 		set_err(cs, "reading a frame (too large, or not AMQP)", status);

@@ -271,8 +271,11 @@ int svc_amqp_poll_confirms(struct svc_amqp *c, int timeout_ms, struct svc_amqp_c
 			break;
 		st = wait_frame(c, &f, first && timeout_ms < 0, first ? timeout_ms : 0);
 		first = false;
-		if (st == AMQP_STATUS_TIMEOUT)
+		if (st == AMQP_STATUS_TIMEOUT) {
+			/* the socket is empty: has the broker gone silent? */
+			rc = svc_amqp_check_alive(c);
 			break;
+		}
 		if (st != AMQP_STATUS_OK) {
 			rc = svc_amqp_lib_error(c, "reading confirms", st);
 			break;

@@ -2,14 +2,19 @@
  * transaction, each under its own savepoint; the batch is committed, then acked with one
  * multiple ack. A message whose outcome was republished (retry or dead letter) is "settled": it
  * is acked even when the COMMIT fails. A failed COMMIT requeues the rest and commits them one at
- * a time ("solo") to find the message that causes it. */
+ * a time ("solo") to find the message that causes it. A failure that is the database's, not
+ * the message's (pg/errclass.h), rolls the batch back, requeues it without counting an attempt
+ * and backs off. */
 #include "consumer/internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config/config.h"
+#include "pg/errclass.h"
+#include "util/backoff.h"
 #include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -23,14 +28,15 @@ bool svc_consumer_should_commit(size_t batch_len, size_t limit, double elapsed_s
 	return batch_len >= (limit ? limit : 1) || elapsed_s >= interval_s;
 }
 
-void svc_consumer_batch_add(struct svc_consumer *c, uint64_t tag)
+void svc_consumer_batch_add(struct svc_consumer *c, const struct svc_delivery *d)
 {
 	if (c->batch_n == 0) {
 		c->batch_start = svc_clock_mono();
 		c->batch_gen = c->generation;
 		c->notes_len = c->notes_more = 0;
 	}
-	c->tags[c->batch_n] = tag;
+	c->tags[c->batch_n] = d->tag;
+	svc_consumer_batch_id(c, c->batch_n, d->message_id);
 	c->settled[c->batch_n] = false;
 	c->batch_n++;
 }
@@ -256,7 +262,9 @@ static int rollback_poisoned(struct svc_consumer *c, const char *poison)
  * SVC_ECONN, *failed with the reason in c->pg.error. */
 static int commit(struct svc_consumer *c, bool *failed)
 {
+	svc_consumer_watch_arm(c, 0); /* heartbeats while the COMMIT waits */
 	PGresult *r = PQexec(c->pg.conn, "COMMIT");
+	svc_consumer_watch_disarm(c);
 	int rc = 0;
 	c->in_tx = false;
 	c->sp_open = false;
@@ -283,10 +291,12 @@ static int commit(struct svc_consumer *c, bool *failed)
 static int end_transaction(struct svc_consumer *c, bool *failed)
 {
 	*failed = false;
+	c->pg.sqlstate[0] = '\0';
 	if (c->pg.conn && c->in_tx) {
 		/* the outbox rows of the batch, in one statement; a failure poisons the batch */
-		char ferr[256];
-		svc_outbox_flush(c->pg.conn, ferr, sizeof(ferr), NULL);
+		char ferr[256], state[6] = "";
+		if (svc_outbox_flush(c->pg.conn, ferr, sizeof(ferr), state) < 0)
+			memcpy(c->pg.sqlstate, state, sizeof(state));
 	}
 	const char *poison = c->pg.conn ? svc_outbox_poisoned(c->pg.conn) : NULL;
 	if (c->pg.conn && poison) {
@@ -315,17 +325,73 @@ static int blame_message(struct svc_consumer *c)
 	return rc;
 }
 
-/* Nothing of the batch is committed: requeue what depends on the commit, ack what was already
- * republished (retry/DLQ), then commit one by one to find the culprit. The connections are
- * fine: the session goes on. */
-static int requeue_batch(struct svc_consumer *c)
+/* Nothing of the batch is committed: requeue what depends on the commit (the broker keeps its
+ * headers, so no attempt is counted), ack what was already republished (retry/DLQ). */
+static int return_batch(struct svc_consumer *c)
 {
 	int rc = 0;
 	for (size_t i = 0; i < c->batch_n && rc == 0; i++)
 		rc = c->settled[i] ? svc_amqp_consumer_ack(&c->cs, c->tags[i], false)
 		                   : svc_amqp_consumer_nack(&c->cs, c->tags[i], false, true);
-	c->solo = c->batch_n;
 	c->batch_n = 0;
+	return rc;
+}
+
+/* The batch failed to commit for its own reasons: back to the queue, then commit one by one
+ * to find the culprit. The connections are fine: the session goes on. */
+static int requeue_batch(struct svc_consumer *c)
+{
+	size_t n = c->batch_n;
+	int rc = return_batch(c);
+	c->solo = n;
+	return rc;
+}
+
+/* Waits seconds without reading from the broker (deliveries stay queued in order), keeping
+ * both connections alive with heartbeats. */
+static void pause_with_heartbeats(struct svc_consumer *c, double seconds)
+{
+	double until = svc_clock_mono() + seconds;
+	for (;;) {
+		svc_amqp_send_heartbeat(c->in);
+		svc_amqp_send_heartbeat(c->out);
+		double left = until - svc_clock_mono();
+		if (left <= 0 || svc_consumer_stop)
+			break;
+		svc_consumer_nap(left > 0.5 ? 0.5 : left);
+	}
+}
+
+int svc_consumer_infra_failure(struct svc_consumer *c, const char *sqlstate, const char *error)
+{
+	char state[6], first[256];
+	int rc = 0;
+
+	snprintf(state, sizeof(state), "%s", sqlstate);
+	svc_consumer_error_excerpt(error, 1, first, sizeof(first));
+	if (c->pg.conn) {
+		c->in_tx = c->sp_open = false;
+		svc_outbox_transaction_reset(c->pg.conn);
+		svc_pg_clear_prelude(c->pg.conn);
+		if (PQtransactionStatus(c->pg.conn) != PQTRANS_IDLE)
+			rc = svc_consumer_db_cmd(c, "ROLLBACK");
+		if (rc == SVC_ECONN)
+			return rc;
+	}
+	size_t n = c->batch_n;
+	rc = c->batch_gen == c->generation ? return_batch(c) : 0;
+	c->batch_n = 0;
+	c->infra_failures++;
+	int k = c->infra_failures > 30 ? 30 : (int)c->infra_failures;
+	double delay = svc_backoff(k - 1, INFRA_BACKOFF_BASE_S, c->cfg->reconnect_max_delay,
+	                           (double)rand() / ((double)RAND_MAX + 1.0));
+	svc_warn(LOG,
+	         "database unavailable (%s, SQLSTATE %s): %s: %zu message(s) go back to the "
+	         "queue, no attempt counted; next try in %.1f s",
+	         svc_pg_infra_reason(state) ? svc_pg_infra_reason(state) : "failure", state, first,
+	         n, delay);
+	if (rc == 0)
+		pause_with_heartbeats(c, delay);
 	return rc;
 }
 
@@ -343,14 +409,24 @@ int svc_consumer_commit_batch(struct svc_consumer *c)
 	if (rc)
 		return rc;
 	if (!failed) {
+		c->infra_failures = 0;
+		svc_consumer_committed_record(c);
 		rc = svc_amqp_consumer_ack(&c->cs, c->tags[c->batch_n - 1], true);
 		if (rc == 0)
 			log_notes(c);
+		else
+			svc_warn(
+			    LOG,
+			    "%zu message(s) committed but the ack failed: when they come back, "
+			    "those with a message id are acked without their handler",
+			    c->batch_n);
 		if (c->solo)
 			c->solo--;
 		c->batch_n = 0;
 		return rc;
 	}
+	if (svc_pg_sqlstate_is_infra(c->pg.sqlstate))
+		return svc_consumer_infra_failure(c, c->pg.sqlstate, c->pg.error);
 	svc_warn(LOG, "%s: %zu message(s) go back to the queue", c->pg.error, c->batch_n);
 	if (c->batch_n == 1 && c->solo && !c->settled[0] && c->d.tag == c->tags[0])
 		return blame_message(c);

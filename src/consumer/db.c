@@ -22,12 +22,17 @@ int svc_consumer_db_connect(struct svc_consumer *c)
 	rc = svc_consumer_lua_lend(c);
 	if (rc)
 		svc_pg_close(&c->pg);
+	else
+		c->pg_cancel = PQgetCancel(c->pg.conn); /* NULL: HANDLER_TIMEOUT cannot cancel */
 	return rc;
 }
 
 void svc_consumer_db_disconnect(struct svc_consumer *c)
 {
 	svc_consumer_lua_unlend(c);
+	if (c->pg_cancel)
+		PQfreeCancel(c->pg_cancel);
+	c->pg_cancel = NULL;
 	svc_pg_close(&c->pg);
 	c->in_tx = false;
 	c->sp_open = false;

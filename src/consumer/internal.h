@@ -5,6 +5,7 @@
 #define SVC_CONSUMER_INTERNAL_H
 
 #include <lua.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -18,6 +19,20 @@
 #define ERROR_LINES 6 /* lines of an error text a republished copy carries */
 #define HANDLER_SZ  256
 #define MSG_ID(d)   ((d)->message_id ? (d)->message_id : "-")
+#define INFRA_BACKOFF_BASE_S                                                                       \
+	0.5 /* first pause after a database failure that is not the message's */
+
+/* The helper thread of watch.c (see there); its fields are under mu. */
+struct svc_consumer_watch {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool running, stop, armed, cancelled;
+	double deadline; /* svc_clock_mono() time to cancel the statement at; 0: none */
+	double next_hb, hb_interval;
+	PGcancel *cancel;
+	struct svc_amqp *in, *out;
+};
 
 struct svc_consumer {
 	const struct svc_config *cfg;
@@ -57,12 +72,21 @@ struct svc_consumer {
 	size_t batch_n;
 	uint64_t *tags;
 	bool *settled; /* outcome published (retry/DLQ): ack even when the COMMIT fails */
+	char **ids;    /* AMQP message_id of each batch slot ("" when none), buffers reused */
+	size_t *idcap;
 	double batch_start;
 	unsigned batch_gen;
 	/* outcomes that are true only once the batch is acked ("...: acked"), NUL-separated,
 	 * logged after the ack; notes_more counts those that did not fit */
 	char notes[4096];
 	size_t notes_len, notes_more;
+	/* ids of the latest committed messages (committed.c), a ring of reused buffers */
+	char **ring;
+	size_t *ringcap;
+	size_t ring_n, ring_next;
+	struct svc_consumer_watch watch;
+	PGcancel *pg_cancel;     /* for c->pg.conn; NULL between sessions */
+	unsigned infra_failures; /* database failures in a row that were not the messages' */
 
 	/* stats */
 	unsigned long long received, ok, retried, dead, unrouted, dup, skipped;
@@ -89,7 +113,9 @@ struct svc_handler_result {
 	bool permanent; /* raised an error table with permanent = true */
 	char status[16];
 	char reason[512];
-	/* the error text is in c->pending_error */
+	char infra[6]; /* failed because a statement failed for the database's reasons: its
+	                  SQLSTATE (pg/errclass.h), else "" */
+	               /* the error text is in c->pending_error */
 };
 
 /* ---- signals.c ---- */
@@ -172,8 +198,8 @@ int svc_consumer_publish_copy(struct svc_consumer *c, const struct svc_delivery 
 
 /* ---- batch.c ---- */
 
-/* Adds a delivery tag to the open batch (starting it when empty). */
-void svc_consumer_batch_add(struct svc_consumer *c, uint64_t tag);
+/* Adds a delivery to the open batch (starting it when empty). */
+void svc_consumer_batch_add(struct svc_consumer *c, const struct svc_delivery *d);
 /* Makes the transaction and this message's savepoint wait for its first statement; 0 or
  * SVC_ENOMEM. */
 int svc_consumer_begin_message(struct svc_consumer *c);
@@ -194,9 +220,41 @@ int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_m
  * queue or the DLQ, as the failure policy says. */
 int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consumer_msg *m,
                                 bool permanent, const char *handler, const char *error_text);
+/* A statement failed for the database's reasons (sqlstate, pg/errclass.h), not the
+ * message's: rolls the batch back, requeues it without counting an attempt, logs it and backs
+ * off (heartbeats go on). 0, or SVC_ECONN when a connection is lost. */
+int svc_consumer_infra_failure(struct svc_consumer *c, const char *sqlstate, const char *error);
 /* Commits the open batch and acks it; 0, or SVC_ECONN when a connection is lost (then
  * nothing is acked: the session ends and the broker redelivers). */
 int svc_consumer_commit_batch(struct svc_consumer *c);
+
+/* ---- committed.c ---- */
+
+/* Allocates the batch slots' ids and the ring of committed ids; 0 or -1 (out of memory). */
+int svc_consumer_committed_init(struct svc_consumer *c);
+/* Keeps message_id (NULL: none) as the id of batch slot. */
+void svc_consumer_batch_id(struct svc_consumer *c, size_t slot, const char *message_id);
+/* The batch committed: remembers the ids of its messages (not those settled by a republished
+ * copy), before the ack that may be lost. */
+void svc_consumer_committed_record(struct svc_consumer *c);
+/* True when message_id is among the latest committed: a redelivery to ack without the
+ * handler. */
+bool svc_consumer_committed_seen(struct svc_consumer *c, const char *message_id);
+/* Frees all of it. */
+void svc_consumer_committed_free(struct svc_consumer *c);
+
+/* ---- watch.c ---- */
+
+/* Starts the helper thread (idle until armed); 0 or -1. */
+int svc_consumer_watch_start(struct svc_consumer *c);
+/* Stops and joins it. */
+void svc_consumer_watch_stop(struct svc_consumer *c);
+/* The main thread is about to wait (a handler, a COMMIT) and leaves the broker connections to
+ * the thread: heartbeats are sent; with timeout_s > 0 the statement running when it passes is
+ * cancelled. */
+void svc_consumer_watch_arm(struct svc_consumer *c, double timeout_s);
+/* Takes the connections back; true when the deadline passed and a statement was cancelled. */
+bool svc_consumer_watch_disarm(struct svc_consumer *c);
 
 /* ---- message.c ---- */
 

@@ -89,11 +89,17 @@ static int idle_work(struct svc_consumer *c, bool idle)
 	}
 	if (idle && !c->batch_n && now - c->last_queue_check >= QUEUE_CHECK_EVERY) {
 		c->last_queue_check = now;
-		if (svc_amqp_declare_queue(c->in, c->cfg->queue, amqp_empty_table, true) != 0) {
+		int rc = svc_amqp_declare_queue(c->in, c->cfg->queue, amqp_empty_table, true);
+		/* only a channel closed by the broker (404) says the queue is gone; a timeout
+		 * or a lost connection says nothing about it */
+		if (rc == SVC_EPROTO)
 			snprintf(c->cs.err, sizeof(c->cs.err), "queue '%s' is gone: %s",
 			         c->cfg->queue, svc_amqp_error(c->in));
-			return SVC_EPROTO;
-		}
+		else if (rc)
+			snprintf(c->cs.err, sizeof(c->cs.err), "checking queue '%s': %s",
+			         c->cfg->queue, svc_amqp_error(c->in));
+		if (rc)
+			return rc;
 	}
 	return 0;
 }
@@ -293,7 +299,8 @@ static int consumer_init(struct svc_consumer *c, const struct svc_config *cfg)
 	c->delay_ms = calloc(cfg->n_retry_delays + 1, sizeof(*c->delay_ms));
 	c->in = svc_amqp_new();
 	c->out = svc_amqp_new();
-	if (!c->tags || !c->settled || !c->delay_ms || !c->in || !c->out) {
+	if (!c->tags || !c->settled || !c->delay_ms || !c->in || !c->out ||
+	    svc_consumer_committed_init(c) != 0) {
 		svc_error(LOG, "out of memory");
 		return SVC_EXIT_FAILURE;
 	}
@@ -301,12 +308,18 @@ static int consumer_init(struct svc_consumer *c, const struct svc_config *cfg)
 	svc_amqp_set_tls(c->out, &cfg->broker_tls);
 	for (size_t i = 0; i < cfg->n_retry_delays; i++)
 		c->delay_ms[i] = svc_consumer_delay_ms(cfg->retry_delays[i]);
+	if (svc_consumer_watch_start(c) != 0) {
+		svc_error(LOG, "cannot start the heartbeat and deadline thread");
+		return SVC_EXIT_FAILURE;
+	}
 	return 0;
 }
 
 static void consumer_free(struct svc_consumer *c)
 {
 	svc_consumer_signals_disarm();
+	svc_consumer_watch_stop(c);
+	svc_consumer_committed_free(c);
 	if (c->in)
 		svc_amqp_free(c->in);
 	if (c->out)

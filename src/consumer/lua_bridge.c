@@ -263,6 +263,18 @@ static void read_result(struct svc_consumer *c, enum svc_lua_status st,
 	lua_pop(L, 2);
 }
 
+/* The SQLSTATE of the first statement on the lent connection that failed for the database's
+ * reasons since the last call (a handler may have caught it and raised another error). */
+static void take_infra(struct svc_consumer *c, char sqlstate[6])
+{
+	sqlstate[0] = '\0';
+	if (c->ref_conn == LUA_NOREF)
+		return;
+	lua_rawgeti(c->L, LUA_REGISTRYINDEX, c->ref_conn);
+	svc_lua_pg_take_infra(c->L, -1, sqlstate);
+	lua_pop(c->L, 1);
+}
+
 void svc_consumer_lua_handle(struct svc_consumer *c, const struct svc_consumer_msg *m,
                              struct svc_handler_result *res)
 {
@@ -270,6 +282,7 @@ void svc_consumer_lua_handle(struct svc_consumer *c, const struct svc_consumer_m
 	struct invoke_ctx ic = {c, m};
 	int top = lua_gettop(L);
 
+	take_infra(c, res->infra); /* forget what an earlier message's statements left */
 	lua_pushcfunction(L, invoke_handler);
 	lua_pushlightuserdata(L, &ic);
 	enum svc_lua_status st = svc_lua_pcall(c->rt, 1, 2, c->cfg->handler_timeout);
@@ -283,6 +296,10 @@ void svc_consumer_lua_handle(struct svc_consumer *c, const struct svc_consumer_m
 	 * cannot raise outside a protected call. */
 	lua_pushboolean(L, 0);
 	lua_setfield(L, LUA_REGISTRYINDEX, SVC_LUA_MESSAGE_ID_KEY);
+	char infra[6];
+	take_infra(c, infra);
+	if (res->failed)
+		memcpy(res->infra, infra, sizeof(infra));
 	if (c->ref_clearctx != LUA_NOREF)
 		call_helper(c, c->ref_clearctx, 0, "events._clear_context");
 	if (c->ref_leave != LUA_NOREF && c->ref_conn != LUA_NOREF)

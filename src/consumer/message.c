@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "config/config.h"
+#include "pg/errclass.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/utf8.h"
@@ -26,6 +27,20 @@ static const char *body_problem(const struct svc_consumer *c, const struct svc_d
 		return "invalid-utf8";
 	}
 	return NULL;
+}
+
+/* The watch cancelled the handler's statement at HANDLER_TIMEOUT: the handler failed, even
+ * when it caught the error. */
+static void timed_out_in_sql(struct svc_consumer *c, struct svc_handler_result *res)
+{
+	char was[sizeof(c->pending_error)];
+	memcpy(was, res->failed ? c->pending_error : "", res->failed ? sizeof(was) : 1);
+	res->failed = true;
+	res->infra[0] = '\0';
+	snprintf(c->pending_error, sizeof(c->pending_error),
+	         "timed out after %.3g s (HANDLER_TIMEOUT): its database statement was cancelled"
+	         "%s%.1900s",
+	         c->cfg->handler_timeout, was[0] ? ": " : "", was);
 }
 
 /* Statuses whose database work is kept: the others (and failures) roll back. */
@@ -204,8 +219,17 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 	char msg[160], what[800];
 
 	c->received++;
-	svc_consumer_batch_add(c, d->tag);
+	svc_consumer_batch_add(c, d);
 	svc_consumer_msg_init(c, d, &m);
+	if (d->redelivered && svc_consumer_committed_seen(c, d->message_id)) {
+		/* its work committed, the ack was lost: not twice */
+		c->dup++;
+		svc_warn(LOG,
+		         "message %s came back after its work committed (the ack was lost): "
+		         "acked without the handler",
+		         MSG_ID(d));
+		return 0;
+	}
 	const char *problem = origin_problem(&m, msg, sizeof(msg));
 	if (problem) {
 		/* the names themselves go to no log line and no header */
@@ -226,14 +250,21 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 	size_t mark = c->pg.conn ? svc_outbox_deferred_mark(c->pg.conn) : 0;
 	unsigned long flushes = c->pg.conn ? svc_outbox_flush_count(c->pg.conn) : 0;
 	rc = inbox_check(c, &m, mark);
+	if (rc == SVC_EDB && svc_pg_sqlstate_is_infra(c->pg.sqlstate))
+		return svc_consumer_infra_failure(c, c->pg.sqlstate, c->pg.error);
 	if (rc)
 		return rc == 1 ? 0 : rc;
+	svc_consumer_watch_arm(c, c->cfg->handler_timeout);
 	svc_consumer_lua_handle(c, &m, &res);
+	if (svc_consumer_watch_disarm(c))
+		timed_out_in_sql(c, &res);
 
 	bool touched = svc_consumer_end_message(c);
 	rc = check_session(c, touched, &res);
 	if (rc)
 		return rc;
+	if (res.failed && res.infra[0]) /* the database's failure, not the message's */
+		return svc_consumer_infra_failure(c, res.infra, c->pending_error);
 	bool undo = res.failed || !keeps_work(res.status);
 	if (c->pg.conn && undo && svc_outbox_flush_count(c->pg.conn) != flushes) {
 		rc = undo_flushed(c, &touched);

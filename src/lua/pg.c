@@ -9,6 +9,7 @@
 
 #include "lua/outbox.h"
 #include "pg/conn.h"
+#include "pg/errclass.h"
 #include "util/numfmt.h"
 
 #define CONN_MT   "svccomm.pg.conn"
@@ -41,6 +42,7 @@ enum {
 struct lconn {
 	PGconn *conn; /* NULL once closed or detached */
 	bool owned;
+	char infra[6]; /* SQLSTATE of the first infrastructure failure (pg/errclass), or "" */
 };
 
 /* Holds a PGresult while it is turned into Lua values, so a Lua error (memory) in between
@@ -137,11 +139,14 @@ static void set_field_str(lua_State *L, const char *key, const char *val)
 }
 
 /* Pushes the error value for a failed result (res may be NULL) of conn. */
-static void push_result_error(lua_State *L, PGconn *conn, const PGresult *res)
+static void push_result_error(lua_State *L, struct lconn *lc, const PGresult *res)
 {
 	char msg[SVC_PG_ERRSZ], st[6];
 
-	svc_pg_result_error(conn, res, PGRES_COMMAND_OK, msg, sizeof(msg), st);
+	svc_pg_result_error(lc->conn, res, PGRES_COMMAND_OK, msg, sizeof(msg), st);
+	/* kept for the host: a handler may catch this error and raise another */
+	if (!lc->infra[0] && svc_pg_sqlstate_is_infra(st))
+		memcpy(lc->infra, st, sizeof(lc->infra));
 	svc_lua_pg_push_error(L, msg, st);
 	if (res) {
 		set_field_str(L, "detail", PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
@@ -186,8 +191,21 @@ int svc_lua_pg_push(lua_State *L, PGconn *conn, bool owned)
 	c = (struct lconn *)lua_newuserdatauv(L, sizeof(*c), 0);
 	c->conn = conn;
 	c->owned = owned;
+	c->infra[0] = '\0';
 	luaL_setmetatable(L, CONN_MT);
 	return 1;
+}
+
+bool svc_lua_pg_take_infra(lua_State *L, int idx, char sqlstate[6])
+{
+	struct lconn *c = (struct lconn *)luaL_testudata(L, idx, CONN_MT);
+
+	sqlstate[0] = '\0';
+	if (!c || !c->infra[0])
+		return false;
+	memcpy(sqlstate, c->infra, sizeof(c->infra));
+	c->infra[0] = '\0';
+	return true;
 }
 
 void svc_lua_pg_detach(lua_State *L, int idx)
@@ -461,7 +479,7 @@ static int run_statement(lua_State *L, bool want_rows)
 		return lua_error(L);
 	}
 	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-		push_result_error(L, conn, box->res);
+		push_result_error(L, to_lconn(L, 1), box->res);
 		PQclear(box->res);
 		box->res = NULL;
 		return lua_error(L);

@@ -50,6 +50,11 @@ int svc_lua_pg_push(lua_State *L, PGconn *conn, bool owned);
 /* Pushes a new error value {message=, sqlstate=, connection_lost=} (see above). */
 void svc_lua_pg_push_error(lua_State *L, const char *msg, const char *sqlstate);
 
+/* Copies into sqlstate (and forgets) the SQLSTATE of the first statement on the conn userdata
+ * at idx that failed for the infrastructure's reasons (pg/errclass.h) since the last call;
+ * false and "" when none did. */
+bool svc_lua_pg_take_infra(lua_State *L, int idx, char sqlstate[6]);
+
 /* Makes the conn userdata at idx closed (without PQfinish when lent): later use from Lua
  * raises "connection is closed" instead of touching freed memory. */
 void svc_lua_pg_detach(lua_State *L, int idx);
