@@ -15,14 +15,7 @@ local function connect()
 	return assert(db.connect(URL))
 end
 
-local function create_outbox(d, name)
-	local f = assert(io.open(ROOT .. "/sql/001_outbox.sql"))
-	local sql = f:read("a")
-	f:close()
-	sql = sql:gsub("{{outbox}}", '"' .. name .. '"'):gsub("{{outbox_name}}", name):gsub("{{outbox_prefix}}", "")
-	d:exec('DROP TABLE IF EXISTS "' .. name .. '"')
-	d:exec(sql)
-end
+local create_outbox = SPEC.create_outbox
 
 local ISO = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%d%d%d%dZ$"
 

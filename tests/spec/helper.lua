@@ -29,3 +29,13 @@ function SPEC.error_of(fn, ...)
 	end
 	return err
 end
+
+-- (re)creates outbox table name on svccomm.db connection d from sql/001_outbox.sql
+function SPEC.create_outbox(d, name)
+	local f = assert(io.open(root .. "/sql/001_outbox.sql"))
+	local sql = f:read("a")
+	f:close()
+	sql = sql:gsub("{{outbox}}", '"' .. name .. '"'):gsub("{{outbox_name}}", name):gsub("{{outbox_prefix}}", "")
+	d:exec('DROP TABLE IF EXISTS "' .. name .. '"')
+	d:exec(sql)
+end

@@ -39,14 +39,7 @@ local function shape(v)
 	return s
 end
 
-local function create_outbox(d, name)
-	local f = assert(io.open(ROOT .. "/sql/001_outbox.sql"))
-	local sql = f:read("a")
-	f:close()
-	sql = sql:gsub("{{outbox}}", '"' .. name .. '"'):gsub("{{outbox_name}}", name):gsub("{{outbox_prefix}}", "")
-	d:exec('DROP TABLE IF EXISTS "' .. name .. '"')
-	d:exec(sql)
-end
+local create_outbox = SPEC.create_outbox
 
 describe("the Python library's wire format", function()
 	local d, T
