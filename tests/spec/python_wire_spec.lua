@@ -13,7 +13,6 @@ local core = require "svccomm.core"
 local cjson = require "cjson"
 
 local URL = os.getenv("SVCCOMM_DATABASE_URL")
-local ROOT = SPEC and SPEC.root or "."
 
 -- the captured bodies, byte for byte
 local GOLDEN = {
