@@ -114,7 +114,9 @@ def test_impossible_rows_are_parked_and_do_not_block_others(project, broker):
     assert "headers" in parked[1][2]
     assert "parked" in p.log(relay)
     r = p.run("checkpublisher")
-    assert r.returncode == 0  # parked rows are reported, not counted as late
+    assert r.returncode == 1, r.stdout  # parked rows count against health (--max-parked 0)
+    r = p.run("checkpublisher", "--max-parked", "2")
+    assert r.returncode == 0, r.stdout
     assert p.stop(relay) == 0
 
 

@@ -148,8 +148,9 @@ def test_wire_format_django_writes_what_python_writes(project, broker):
 
 def test_call_whose_reply_to_exchange_does_not_exist(project, broker):
     """The call is handled once and acked; the response is published to the exchange the
-    relay declares, no queue takes it, and under PUBLISHER_UNROUTABLE = "drop" it is logged
-    and dropped: no retry, no dead letter, no loop."""
+    relay declares, no queue takes it, and under the default PUBLISHER_UNROUTABLE = "keep" it
+    stays in the outbox with a warning, retried with a growing delay: the call is not handled
+    again, no dead letter, no loop."""
     p = project
     start_both(p, ANSWER_APP)
     nowhere = p.exchange("nowhere")
@@ -157,8 +158,8 @@ def test_call_whose_reply_to_exchange_does_not_exist(project, broker):
     broker.publish(p.exchange(), "get.user",
                    (PY_CALL % (iso_ms(now), nowhere, iso_ms(now + 60))).encode(),
                    content_type="text/json")
-    svc.wait_until(lambda: "unroutable message(s) dropped" in p.log(), 20,
-                   what="the response dropped as unroutable")
+    svc.wait_until(lambda: "unroutable message(s) kept for a retry" in p.log(), 20,
+                   what="the response kept as unroutable")
     assert p.record_count() == 1
     assert broker.count(p.queue() + ".dlq") == 0
-    assert p.outbox_count() == 0
+    assert p.outbox_count() == 1  # the response, kept until a queue is bound
