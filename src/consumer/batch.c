@@ -233,11 +233,26 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 	    .error = excerpt,
 	    .signature = copy_signature(c, m, m->attempt + 1, sig),
 	};
+	long ms = c->delay_ms[di];
 	int rc = svc_consumer_publish_copy(c, m->d, queue, &info);
+	if (rc == SVC_ENACK && ms != longest_delay(c)) {
+		/* that retry queue refused the copy (a max-length policy with reject-publish?): the
+		 * longest one holds it instead, as for a refusing DLQ, so the queue keeps flowing
+		 */
+		char refused[300];
+		snprintf(refused, sizeof(refused), "%s", queue);
+		ms = longest_delay(c);
+		svc_consumer_retry_queue(c->cfg->queue, ms, queue, sizeof(queue));
+		rc = svc_consumer_publish_copy(c, m->d, queue, &info);
+		if (rc == 0)
+			svc_error(LOG,
+			          "%s: the retry queue '%s' refused it (basic.nack): held in '%s'",
+			          what, refused, queue);
+	}
 	if (rc == 0) {
 		c->retried++;
 		c->settled[c->batch_n - 1] = true;
-		svc_warn(LOG, "%s, retry in %ld ms: %s", what, c->delay_ms[di], first);
+		svc_warn(LOG, "%s, retry in %ld ms: %s", what, ms, first);
 	}
 	return rc;
 }

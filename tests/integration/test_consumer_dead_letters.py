@@ -51,6 +51,29 @@ def test_a_dlq_that_refuses_copies_holds_the_message_and_the_queue_keeps_flowing
     assert p.stop() == 0
 
 
+def test_a_retry_queue_that_refuses_copies_holds_the_message_in_the_longest(project, broker):
+    """A refused retry copy ended the session: the batch went back to the queue and the
+    consumer reconnected, again and again."""
+    p = project.setup_consumer(RECORDER, {"RETRY_DELAYS": [0.2, 0.6], "MAX_ATTEMPTS": 3})
+    policy = p.prefix + "_refuse_retry"
+    set_policy(policy, p.queue() + ".retry.200", REFUSE_ALL)
+    try:
+        p.start_consumer()
+        broker.publish(p.exchange(), "once", {"n": 0, "fail_until": 2}, message_id="flaky")
+        for i in range(1, 11):
+            broker.publish(p.exchange(), "good", {"n": i})
+        svc.wait_until(lambda: p.record_count() == 11, 20, what="all eleven handled")
+        log = p.log()
+        assert "the retry queue '%s.retry.200' refused it" % p.queue() in log, log
+        assert "held in '%s.retry.600'" % p.queue() in log, log
+        assert "reconnecting" not in log and log.count("consuming '") == 1, log
+        assert dict((r[0], r[1]) for r in p.records())[0] == 2  # handled on its 2nd attempt
+        assert broker.count(p.queue() + ".dlq") == 0
+    finally:
+        clear_policy(policy)
+    assert p.stop() == 0
+
+
 def test_dead_letters_keep_the_original_content_type_or_none(project, broker):
     p = project.setup_consumer(RECORDER)
     p.start_consumer()
