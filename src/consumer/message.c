@@ -159,7 +159,11 @@ static int inbox_check(struct svc_consumer *c, const struct svc_consumer_msg *m,
 	char why[SVC_PG_ERRSZ + 64], what[SVC_PG_ERRSZ + 600];
 	if (!c->pg.conn || !c->cfg->inbox)
 		return 0;
+	/* heartbeats while the insert waits: a copy of the same message being handled by another
+	 * worker holds its key until that worker commits */
+	svc_consumer_watch_arm(c, 0);
 	int rc = svc_consumer_inbox_seen(c, m, why, sizeof(why));
+	svc_consumer_watch_disarm(c);
 	if (rc == SVC_INBOX_NEW)
 		return 0;
 	bool touched = svc_consumer_end_message(c);

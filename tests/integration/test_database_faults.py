@@ -118,6 +118,39 @@ def test_heartbeats_flow_while_a_handler_waits_longer_than_two_intervals(project
     assert p.stop() == 0
 
 
+def test_heartbeats_flow_while_the_inbox_insert_waits_on_a_lock(project, broker):
+    """Another transaction holds the inbox key of the message (a copy in flight elsewhere)
+    for 7 s with HEARTBEAT 2 s: the insert waits, the broker keeps the connection, and once
+    the other transaction rolls back the message is handled once."""
+    p = project.setup_consumer(SLOW, {"HEARTBEAT": 2, "HANDLER_TIMEOUT": 30})
+    inbox = p.table("inbox")
+    sql("CREATE TABLE %s (queue text NOT NULL, message_id text NOT NULL, "
+        "received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (queue, message_id))"
+        % inbox)
+    p.write_settings(p.settings, INBOX=True, INBOX_TABLE=inbox)
+    p.start_consumer()
+    before = consumer_connections(p)
+    holder = svc.pg_connect()
+    try:
+        holder.autocommit = False
+        holder.cursor().execute("INSERT INTO %s (queue, message_id) VALUES (%%s, %%s)" % inbox,
+                                (p.queue(), "held-1"))
+        broker.publish(p.exchange(), "m", {"n": 1}, message_id="held-1")
+        svc.wait_until(lambda: "Lock" == (sql("SELECT wait_event_type FROM pg_stat_activity "
+                                              "WHERE query LIKE %s AND state = 'active'",
+                                              "%" + inbox + "%") or [[None]])[0][0],
+                       10, what="the inbox insert waiting on the key")
+        time.sleep(7)
+        holder.rollback()
+    finally:
+        holder.close()
+    svc.wait_until(lambda: p.record_count() == 1, 20, what="the message handled")
+    svc.wait_until(lambda: broker.count(p.queue()) == 0, 10, what="the ack")
+    assert consumer_connections(p) == before  # the same two connections
+    assert "reconnecting in" not in p.log() and "heartbeat timeout" not in p.log()
+    assert p.stop() == 0
+
+
 def test_work_committed_whose_ack_was_lost_is_not_done_twice(project, broker):
     """The broker closes the consumer's connections while a handler waits: the COMMIT
     succeeds, the ack is lost, the message comes back and is acked without its handler."""
