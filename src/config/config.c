@@ -216,6 +216,22 @@ static int copy_tls(lua_State *L, int t, struct svc_config *cfg)
 	return rc;
 }
 
+/* A copy of settings._SOURCES[key] (see lua/svccomm/settings.lua), or NULL. */
+static char *source_of(lua_State *L, int t, const char *key)
+{
+	char *out = NULL;
+
+	lua_getfield(L, t, "_SOURCES");
+	if (lua_istable(L, -1)) {
+		lua_getfield(L, -1, key);
+		if (lua_type(L, -1) == LUA_TSTRING)
+			out = strdup(lua_tostring(L, -1));
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	return out;
+}
+
 static int copy_delays(lua_State *L, int t, struct svc_config *cfg)
 {
 	size_t n;
@@ -299,6 +315,8 @@ int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char
 		rc = copy_field(L, t, &fields[i], cfg);
 		bad = fields[i].key;
 	}
+	if (rc == 0) /* for error lines that must say which database, and why that one */
+		cfg->database_url_source = source_of(L, t, "DATABASE_URL");
 	if (rc == 0) {
 		bad = "EXCHANGES";
 		rc =
@@ -342,6 +360,7 @@ void svc_config_release(struct svc_config *cfg)
 		free(cfg->exchanges[i].name);
 		free(cfg->exchanges[i].type);
 	}
+	free(cfg->database_url_source);
 	free(cfg->exchanges);
 	for (size_t i = 0; i < cfg->n_binds; i++) {
 		free(cfg->binds[i].exchange);

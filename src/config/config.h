@@ -37,8 +37,9 @@ struct svc_config {
 	char *dir;  /* its directory: the project dir (apps are in dir/apps) */
 	char *app_id;
 	char *broker_url;
-	char *database_url; /* NULL when not set */
-	char *queue;        /* NULL when not set */
+	char *database_url;        /* NULL when not set */
+	char *database_url_source; /* where it came from ("settings file", "env ..."), or NULL */
+	char *queue;               /* NULL when not set */
 	struct svc_queue_arg *queue_args;
 	size_t n_queue_args;
 	struct svc_exchange_decl *exchanges;

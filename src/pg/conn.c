@@ -106,19 +106,31 @@ static int build_params(const PQconninfoOption *opts, const char *application_na
 	return 0;
 }
 
+int svc_pg_target(PGconn *conn, char *out, size_t outsz)
+{
+	const char *db = conn ? PQdb(conn) : NULL, *host, *port, *user;
+
+	if (!db)
+		return SVC_EINVAL;
+	host = PQhost(conn);
+	port = PQport(conn);
+	user = PQuser(conn);
+	snprintf(out, outsz, "database \"%s\" on %s:%s as %s", db,
+	         host && *host ? host : "localhost", port && *port ? port : "5432",
+	         user ? user : "?");
+	return 0;
+}
+
 /* Appends which database the failed connection was for: with several services and an
  * exported SVCCOMM_DATABASE_URL, "which database?" is the first question. No password. */
 static void name_target(PGconn *conn, char *err, size_t errsz)
 {
+	char target[512];
 	size_t n = strlen(err);
-	const char *db = PQdb(conn), *host = PQhost(conn), *port = PQport(conn),
-	           *user = PQuser(conn);
 
-	if (!db || n + 1 >= errsz)
+	if (n + 1 >= errsz || svc_pg_target(conn, target, sizeof(target)) != 0)
 		return;
-	snprintf(err + n, errsz - n, " (database \"%s\" on %s:%s as %s)", db,
-	         host && *host ? host : "localhost", port && *port ? port : "5432",
-	         user ? user : "?");
+	snprintf(err + n, errsz - n, " (%s)", target);
 }
 
 /* Connects with the built parameters; errors are scrubbed of conninfo's passwords. */

@@ -51,6 +51,10 @@ int svc_pg_result_error(PGconn *conn, const PGresult *res, ExecStatusType want, 
  * cut to errsz. */
 void svc_pg_set_error(char *err, size_t errsz, const char *msg);
 
+/* Writes which database conn is for, 'database "<name>" on <host>:<port> as <user>' (never
+ * the password), into out: 0, or SVC_EINVAL when conn is NULL or has no database. */
+int svc_pg_target(PGconn *conn, char *out, size_t outsz);
+
 /* "idle" | "active" | "intrans" | "inerror" | "unknown" for PQtransactionStatus(). */
 const char *svc_pg_transaction_status_name(PGTransactionStatusType st);
 

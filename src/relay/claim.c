@@ -110,6 +110,25 @@ long relay_claim_limit(struct relay *r)
 	return batch;
 }
 
+/* Logs a failed claim. A missing table usually means the wrong database (an exported
+ * SVCCOMM_DATABASE_URL points every service at one) or no `svccomm migrate`: say which
+ * database it was and where its URL came from (never the password). */
+static void claim_error(struct relay *r)
+{
+	const char *src = r->cfg->database_url_source;
+	char target[512];
+
+	if (strcmp(svc_pg_sqlstate(&r->pg), "42P01") != 0 ||
+	    svc_pg_target(r->pg.conn, target, sizeof(target)) != 0) {
+		svc_error(COMP, "claiming rows: %s", svc_pg_error(&r->pg));
+		return;
+	}
+	svc_error(COMP,
+	          "claiming rows: %s (%s; DATABASE_URL from %s): run `svccomm migrate` for this "
+	          "database, or point DATABASE_URL at the right one",
+	          svc_pg_error(&r->pg), target, src ? src : "the settings");
+}
+
 /* Runs the claim, which also deletes the confirmed rows. Returns its result, or NULL after a
  * failure (logged; the connection is dropped when lost). */
 static PGresult *claim(struct relay *r, long limit)
@@ -124,7 +143,7 @@ static PGresult *claim(struct relay *r, long limit)
 		if (rc == SVC_ECONN)
 			relay_db_lost(r, "claiming rows");
 		else
-			svc_error(COMP, "claiming rows: %s", svc_pg_error(&r->pg));
+			claim_error(r);
 		r->work = false;
 		return NULL;
 	}

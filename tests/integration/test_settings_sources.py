@@ -51,3 +51,14 @@ def test_publish_sql_error_names_the_database_and_where_its_url_came_from(projec
     assert r.returncode == 1
     assert "does not exist" in r.stderr, r.stderr
     assert "DATABASE_URL from env SVCCOMM_DATABASE_URL (overrides the settings file)" in r.stderr
+
+
+def test_a_missing_outbox_table_names_the_database_and_where_its_url_came_from(project):
+    """`relation "..." does not exist` from runpublisher named neither the database nor the
+    source of DATABASE_URL (an exported SVCCOMM_DATABASE_URL points every service at one)."""
+    project.write_settings(DATABASE_URL=None)  # as with `eval "$(scripts/servers.sh env)"`
+    proc = project.start("runpublisher", env={"SVCCOMM_DATABASE_URL": os.environ["SVCCOMM_DATABASE_URL"]})
+    proc.wait_for_log(r'claiming rows: relation .* does not exist \(database "[^"]+" on '
+                      r'[^ ]+ as [^;]+; DATABASE_URL from env SVCCOMM_DATABASE_URL\): run '
+                      r'`svccomm migrate`', 20)
+    assert proc.stop() == 0
