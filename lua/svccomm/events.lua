@@ -121,6 +121,10 @@ function M.config()
 	return c
 end
 
+--- (for svccomm.testing) {insert = fn(row) -> id|nil, cancel = fn(aggregate, event_type,
+--- tags_json) -> n}: outbox writes go there instead of the database. nil otherwise.
+M._capture = nil
+
 -- Context the consumer sets for the duration of a handler: {correlation_id=, traceparent=}.
 local host_ctx = nil
 
@@ -296,6 +300,9 @@ local function insert(d, row)
 	if tp then
 		row.headers_json = '{"traceparent":' .. quote(tp) .. "}"
 	end
+	if M._capture then -- svccomm.testing: the row as written, kept instead of inserted
+		return M._capture.insert(row)
+	end
 	row.id_sequence = id_sequence(d)
 	return core.outbox_insert(d.conn, config.OUTBOX_TABLE, row)
 end
@@ -417,6 +424,9 @@ function M.cancel_future_aggregate_event(aggregate, event_type, tags)
 	check_name(F, "event_type", event_type)
 	local tj = tags_json(F, tags, true)
 	local d = current(F)
+	if M._capture then
+		return M._capture.cancel(aggregate, event_type, tj)
+	end
 	return core.outbox_cancel(d.conn, config.OUTBOX_TABLE, aggregate, event_type, tj)
 end
 
