@@ -210,6 +210,9 @@ local function failure(self, err, attempt, handler, exchange, routing_key)
 	local s = self.settings
 	local permanent = handlers.is_permanent(err)
 	local text = tostring(type(err) == "table" and (err.message or err) or err)
+	-- paths relative to the project, as the consumer reports them (lua_bridge.c relative_paths)
+	local prefix = (s._DIR or self.dir) .. "/"
+	text = text:gsub(prefix:gsub("%p", "%%%0"), "")
 	local delays = s.RETRY_DELAYS or {}
 	if permanent or #delays == 0 or attempt >= s.MAX_ATTEMPTS then
 		local reason = permanent and "permanent-error" or "max-attempts"

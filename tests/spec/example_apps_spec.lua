@@ -45,7 +45,7 @@ describe("example apps", function()
 	it("users: a failed publish is retried with RETRY_DELAYS, then dead-lettered", function()
 		local svccomm = require "svccomm"
 		local real = svccomm.publish_aggregate_event
-		svccomm.publish_aggregate_event = function() error("outbox unavailable") end
+		svccomm.publish_aggregate_event = function() error("outbox unavailable", 0) end
 		finally(function() svccomm.publish_aggregate_event = real end)
 		local ev = t:event("user", "update.name", { id = 7, name = "Ada" })
 		local delays = {}
@@ -60,6 +60,7 @@ describe("example apps", function()
 		assert.are.equal("dead_letter", last.status)
 		assert.are.equal("max-attempts", last.headers["x-svccomm-reason"])
 		assert.matches("apps/users/consumers.lua", last.headers["x-svccomm-handler"])
+		assert.are.equal("outbox unavailable", last.error)
 		assert.are.equal(0, #t.outbox)
 	end)
 
