@@ -112,7 +112,8 @@ local function captured(self, row)
 		send_after = row.send_after,
 		event_time = row.event_time,
 		tags = tags,
-		message_id = row.message_id or (row.envelope and tostring(id)) or nil,
+		-- as the relay sets it (relay/claim.c): the row's own, else "<APP_ID>:<row id>"
+		message_id = row.message_id or (tostring(self.settings.APP_ID) .. ":" .. id),
 		correlation_id = row.correlation_id,
 		headers = headers,
 		envelope = row.envelope or false,
