@@ -109,6 +109,7 @@ extern const struct svc_cmd svc_cmd_checkpublisher;
 extern const struct svc_cmd svc_cmd_publish;
 extern const struct svc_cmd svc_cmd_migrate;
 extern const struct svc_cmd svc_cmd_check;
+extern const struct svc_cmd svc_cmd_init;
 extern const struct svc_cmd svc_cmd_version;
 extern const struct svc_cmd svc_cmd_help;
 

@@ -14,5 +14,6 @@ struct svc_embedded {
 
 extern const struct svc_embedded svc_embedded_lua[];
 extern const struct svc_embedded svc_embedded_sql[];
+extern const struct svc_embedded svc_embedded_templates[]; /* svccomm init */
 
 #endif

@@ -12,7 +12,7 @@ import svc
 from svc import Project
 
 COMMANDS = ["runconsumer", "runpublisher", "checkpublisher", "publish", "migrate", "check",
-            "version", "help"]
+            "init", "version", "help"]
 EXIT_CODES_LINE = "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error."
 UNKNOWN_COMMAND = "svccomm: unknown command '{}'\n\n"  # then the main usage
 
@@ -206,6 +206,7 @@ OPTIONS = {  # each command's own options, as its --help lists them
     "publish": ["--at TIME", "--tags JSON"],
     "migrate": [],
     "check": ["--connect"],
+    "init": [],
     "version": [],
     "help": [],
 }
@@ -216,6 +217,8 @@ EXIT_CODES = {  # commands whose exit codes say more than EXIT_CODES_LINE
     "check": "Exit codes: 0 success, 1 runtime failure or (--connect) migrations not applied or "
              "objects missing under DO_NOT_DECLARE, 2 usage or configuration error, 3 "
              "(--connect) a server cannot be reached.",
+    "init": "Exit codes: 0 written, 1 a file could not be written, 2 usage error or a file "
+            "exists already (nothing written).",
     "checkpublisher": "Exit codes: 0 healthy, 1 unhealthy, 2 usage or configuration error, "
                       "3 the database cannot be reached or the outbox table read (health "
                       "unknown).",

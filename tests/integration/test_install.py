@@ -151,3 +151,15 @@ def test_one_version_number():
     assert ("\n## %s " % VERSION) in (svc.ROOT / "CHANGELOG.md").read_text()
     assert "version = \"scm-1\"" in (svc.ROOT / "svccomm-scm-1.rockspec").read_text()
     assert (svc.ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_install_ships_the_type_definitions_init_points_at(prefix, tmp_path):
+    types = prefix / "share" / "svccomm" / "types"
+    assert sorted(p.name for p in types.iterdir()) == \
+        sorted(p.name for p in (svc.ROOT / "types").glob("*.lua"))
+    r = run(prefix, "init", "svc", cwd=tmp_path, env=clean_env(SVCCOMM_TYPES_DIR=str(types)))
+    assert r.returncode == 0, r.stderr
+    luarc = json.loads((tmp_path / "svc" / ".luarc.json").read_text())
+    assert luarc["workspace.library"] == [str(types)]
+    r = run(prefix, "check", cwd=tmp_path / "svc")
+    assert r.returncode == 0, r.stdout + r.stderr

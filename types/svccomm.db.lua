@@ -1,0 +1,3 @@
+---@meta svccomm.db
+---@type svccomm.db
+return require("svccomm").db

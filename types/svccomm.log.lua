@@ -1,0 +1,3 @@
+---@meta svccomm.log
+---@type svccomm.log
+return require("svccomm").log
