@@ -70,6 +70,7 @@ def test_twenty_reloads_under_a_stream_keep_the_connection_and_every_message_onc
         done.set()
         th.join()
     total = sent[0]
+    assert total > 100, "the stream did not run during the reloads"
     svc.wait_until(lambda: p.record_count() >= total and broker.count(p.queue()) == 0, 30,
                    what="every message handled")
     ns = sorted(r[0] for r in p.records("n"))
@@ -110,5 +111,47 @@ def test_a_broken_save_or_a_duplicate_route_keeps_the_old_handler(project, broke
     broker.publish(p.exchange(), "ev", {"n": 4})
     assert info_of(p, 4) == ["v4"]
     assert consumer_connections(p) == before
+    assert proc.running()
+    assert p.stop(proc) == 0
+
+
+def test_a_settings_change_restarts_devconsumer_once_it_validates(project, broker):
+    p = project.setup_consumer(VERSIONED.replace("VERSION", "v1"), {"PREFETCH_COUNT": 20})
+    write_handler(p, "v1")
+    proc = start_dev(p)
+    good = p.settings_path.read_text()
+    p.write_settings_source(good + "\nPREFETCH_COUNT = 'many'\n")  # fails validation
+    svc.wait_until(lambda: REFUSED in proc.log(), 20, what="the refused settings")
+    assert "PREFETCH_COUNT" in proc.log().split(REFUSED)[-1], proc.log()
+    broker.publish(p.exchange(), "ev", {"n": 1})
+    assert info_of(p, 1) == ["v1"]
+    p.write_settings(p.settings, PREFETCH_COUNT=7)
+    svc.wait_until(lambda: proc.log().count("consuming '%s' (prefetch 7" % p.queue()) == 1, 30,
+                   what="consuming again with the new settings")
+    broker.publish(p.exchange(), "ev", {"n": 2})
+    assert info_of(p, 2) == ["v1"]
+    assert proc.running()  # exec keeps the pid
+    assert p.stop(proc) == 0
+
+
+def test_devpublisher_restarts_when_settings_lua_changes_and_ignores_a_broken_save(project,
+                                                                                   broker):
+    p = project.setup_relay({"PUBLISHER_BATCH_SIZE": 100})
+    ex, q = p.exchange("relayed"), p.queue("relayed")
+    broker.exchange(ex)
+    broker.queue(q, bind_to=[ex])
+    proc = p.start("devpublisher")
+    proc.wait_for_log("batch 100,", 10)
+    p.outbox_insert_many(ex, 50)
+    good = p.settings_path.read_text()
+    p.write_settings_source(good + "\nPUBLISHER_BATCH_SIZE = = 3\n")  # does not load
+    proc.wait_for_log("does not validate", 20)
+    assert "starting again" not in proc.log()
+    p.write_settings(p.settings, PUBLISHER_BATCH_SIZE=77)
+    proc.wait_for_log("batch 77,", 30)  # the same process, exec'd with the new settings
+    assert "starting again with the same command line" in proc.log()
+    p.outbox_insert_many(ex, 50)
+    svc.wait_until(lambda: p.outbox_count() == 0 and broker.count(q) == 100, 30,
+                   what="all 100 rows relayed")
     assert proc.running()
     assert p.stop(proc) == 0
