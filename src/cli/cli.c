@@ -17,9 +17,9 @@
 #include "util/log.h"
 
 static const struct svc_cmd *const commands[] = {
-    &svc_cmd_runconsumer, &svc_cmd_runpublisher, &svc_cmd_checkpublisher,
-    &svc_cmd_publish,     &svc_cmd_migrate,      &svc_cmd_check,
-    &svc_cmd_init,        &svc_cmd_version,      &svc_cmd_help,
+    &svc_cmd_runconsumer,    &svc_cmd_runpublisher, &svc_cmd_devconsumer, &svc_cmd_devpublisher,
+    &svc_cmd_checkpublisher, &svc_cmd_publish,      &svc_cmd_migrate,     &svc_cmd_check,
+    &svc_cmd_init,           &svc_cmd_version,      &svc_cmd_help,
 };
 
 #define N_COMMANDS ((int)(sizeof(commands) / sizeof(commands[0])))
@@ -168,10 +168,11 @@ static int usage_error(const struct svc_cli_parse *p, const struct svc_cmd *cmd)
  * the command stopped cleanly and freed its connections and Lua state. Returns only on failure. */
 static int reexec(char **argv)
 {
-	svc_info("cli", "SIGHUP: starting again with the same command line");
+	svc_info("cli",
+	         "SIGHUP or a changed settings file: starting again with the same command line");
 	fflush(NULL);
 	execv("/proc/self/exe", argv);
-	svc_error("cli", "SIGHUP: cannot exec /proc/self/exe: %s", strerror(errno));
+	svc_error("cli", "cannot exec /proc/self/exe: %s", strerror(errno));
 	return SVC_EXIT_FAILURE;
 }
 

@@ -105,6 +105,8 @@ int svc_cli_unknown_command(const char *name);
 /* Commands, one per cmd_*.c file, in the order of the table. */
 extern const struct svc_cmd svc_cmd_runconsumer;
 extern const struct svc_cmd svc_cmd_runpublisher;
+extern const struct svc_cmd svc_cmd_devconsumer;
+extern const struct svc_cmd svc_cmd_devpublisher;
 extern const struct svc_cmd svc_cmd_checkpublisher;
 extern const struct svc_cmd svc_cmd_publish;
 extern const struct svc_cmd svc_cmd_migrate;

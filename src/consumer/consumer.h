@@ -41,6 +41,10 @@ int svc_consumer_run(const struct svc_config *cfg, struct svc_runtime *rt, int w
 /* Set when the stop came from SIGHUP: the caller should start the consumer again (new code). */
 extern volatile sig_atomic_t svc_consumer_reload;
 
+/* Set by `devconsumer` before svc_consumer_run(): watch the project's files and reload the
+ * apps between two messages when they change (watchfiles.c). */
+extern bool svc_consumer_dev;
+
 /* ---- pure logic (unit-tested) ---- */
 
 enum svc_failure_action {

@@ -44,6 +44,7 @@ struct svc_consumer {
 	bool lua_recycle;       /* replace the Lua state at the next point between batches */
 	bool lua_unusable;      /* replacing it failed: no handler can run, the worker stops */
 	size_t lua_fresh_bytes; /* what the state used right after its last replacement */
+	struct svc_consumer_devwatch *dev; /* devconsumer's file watch, NULL otherwise */
 
 	struct svc_amqp *in;  /* consumes */
 	struct svc_amqp *out; /* publishes retries and dead letters, confirm mode */
@@ -152,6 +153,20 @@ bool svc_consumer_lua_wants_recycle(struct svc_consumer *c);
 /* Between messages, outside a transaction: replaces the Lua state by a fresh one with the
  * settings and apps loaded again, keeping the connections; logged. 0 or a negative code. */
 int svc_consumer_lua_recycle(struct svc_consumer *c);
+/* Between messages, outside a transaction: loads settings and apps into a new state and, when
+ * they load (syntax, duplicate routes...), puts it in place of the current one, keeping the
+ * connections; else keeps the current one. 0, or SVC_ELUA with err filled. */
+int svc_consumer_lua_reload(struct svc_consumer *c, char *err, size_t errsz);
+
+/* ---- watchfiles.c ---- */
+
+/* Starts watching settings.lua and the project's .lua files (inotify); 0 or a negative code. */
+int svc_consumer_devwatch_open(struct svc_consumer *c);
+/* Reads pending file events without waiting; between messages, outside a transaction, once
+ * 200 ms passed without a new one, commits the batch and reloads (app files) or asks for a
+ * restart (settings.lua); 0, or the code of a failed commit. */
+int svc_consumer_devwatch_poll(struct svc_consumer *c);
+void svc_consumer_devwatch_close(struct svc_consumer *c);
 
 /* ---- db.c ---- */
 

@@ -191,6 +191,9 @@ static int on_idle(struct svc_consumer *c)
 	int rc = svc_consumer_commit_batch(c);
 	if (rc)
 		return session_lost(c, rc);
+	rc = svc_consumer_devwatch_poll(c);
+	if (rc)
+		return session_lost(c, rc);
 	rc = idle_work(c, true);
 	if (rc)
 		svc_warn(LOG, "%s: reconnecting", c->cs.err);
@@ -220,6 +223,9 @@ static int on_delivery(struct svc_consumer *c)
 			return SVC_ELUA;
 		}
 	}
+	rc = svc_consumer_devwatch_poll(c);
+	if (rc)
+		return session_lost(c, rc);
 	return 0;
 }
 
@@ -319,6 +325,7 @@ static void consumer_free(struct svc_consumer *c)
 {
 	svc_consumer_signals_disarm();
 	svc_consumer_watch_stop(c);
+	svc_consumer_devwatch_close(c);
 	svc_consumer_committed_free(c);
 	if (c->in)
 		svc_amqp_free(c->in);
@@ -374,6 +381,8 @@ int svc_consumer_run(const struct svc_config *cfg, struct svc_runtime *rt, int w
 	svc_pg_init(&c.pg);
 	exit_code = consumer_init(&c, cfg);
 	if (exit_code == 0 && svc_consumer_lua_setup(&c) != 0)
+		exit_code = SVC_EXIT_FAILURE;
+	if (exit_code == 0 && svc_consumer_dev && svc_consumer_devwatch_open(&c) != 0)
 		exit_code = SVC_EXIT_FAILURE;
 	if (exit_code != 0)
 		goto out;

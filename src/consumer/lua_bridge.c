@@ -431,3 +431,40 @@ int svc_consumer_lua_recycle(struct svc_consumer *c)
 	         used >> 10, limit >> 10);
 	return 0;
 }
+
+int svc_consumer_lua_reload(struct svc_consumer *c, char *err, size_t errsz)
+{
+	int saved[7] = {c->ref_handle, c->ref_last_handler, c->ref_enter, c->ref_leave,
+	                c->ref_setctx, c->ref_clearctx,     c->ref_conn};
+	lua_State *old = c->L;
+	lua_State *L = svc_runtime_state_new(c->rt, err, errsz);
+
+	if (!L)
+		return SVC_ELUA;
+	svc_runtime_exchange(c->rt, L);
+	c->L = L;
+	int rc = reload_apps(c, err, errsz);
+	if (rc == 0 && (rc = svc_consumer_lua_setup(c)) != 0)
+		snprintf(err, errsz, "the svccomm modules did not load (see above)");
+	if (rc == 0 && saved[6] != LUA_NOREF && (rc = svc_consumer_lua_lend(c)) != 0)
+		snprintf(err, errsz, "%s", c->pg.error);
+	if (rc) { /* the new state goes, the old one serves on as if nothing happened */
+		svc_runtime_exchange(c->rt, old);
+		lua_close(L);
+		c->L = old;
+		c->ref_handle = saved[0], c->ref_last_handler = saved[1], c->ref_enter = saved[2];
+		c->ref_leave = saved[3], c->ref_setctx = saved[4], c->ref_clearctx = saved[5];
+		c->ref_conn = saved[6];
+		relative_paths(c->cfg->dir, err);
+		return SVC_ELUA;
+	}
+	if (saved[6] != LUA_NOREF) { /* a handler may have kept the old userdata */
+		lua_rawgeti(old, LUA_REGISTRYINDEX, saved[6]);
+		svc_lua_pg_detach(old, -1);
+		lua_pop(old, 1);
+	}
+	lua_close(old);
+	lua_gc(c->L, LUA_GCCOLLECT, 0);
+	c->lua_fresh_bytes = svc_runtime_memory_used(c->rt);
+	return 0;
+}

@@ -184,6 +184,27 @@ int svc_runtime_renew(struct svc_runtime *rt, char *err, size_t errsz)
 	return 0;
 }
 
+lua_State *svc_runtime_state_new(struct svc_runtime *rt, char *err, size_t errsz)
+{
+	size_t limit = rt->limit;
+	lua_State *L;
+
+	/* built beside the current state, which may sit near the cap */
+	rt->limit = 0;
+	L = state_new(rt, err, errsz);
+	rt->limit = limit;
+	return L;
+}
+
+lua_State *svc_runtime_exchange(struct svc_runtime *rt, lua_State *L)
+{
+	lua_State *old = rt->L;
+
+	rt->L = L;
+	rt->over_limit = false;
+	return old;
+}
+
 void svc_runtime_free(struct svc_runtime *rt)
 {
 	if (!rt)

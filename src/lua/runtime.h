@@ -24,6 +24,11 @@ void svc_runtime_free(struct svc_runtime *rt);
  * it yet), closing the old one: every reference into the old state is gone. 0, or SVC_ENOMEM
  * with err filled and the old state kept. */
 int svc_runtime_renew(struct svc_runtime *rt, char *err, size_t errsz);
+/* A fresh state counted against rt but not installed (NULL with err filled): apps can be
+ * loaded into it while the current one keeps serving, see svc_runtime_exchange(). */
+lua_State *svc_runtime_state_new(struct svc_runtime *rt, char *err, size_t errsz);
+/* Makes L the state of rt and returns the one it replaces (the caller closes it). */
+lua_State *svc_runtime_exchange(struct svc_runtime *rt, lua_State *L);
 lua_State *svc_runtime_state(struct svc_runtime *rt);
 /* The runtime whose state L is, or NULL when svc_runtime_new() did not make L. */
 struct svc_runtime *svc_runtime_of(lua_State *L);

@@ -11,8 +11,8 @@ import pytest
 import svc
 from svc import Project
 
-COMMANDS = ["runconsumer", "runpublisher", "checkpublisher", "publish", "migrate", "check",
-            "init", "version", "help"]
+COMMANDS = ["runconsumer", "runpublisher", "devconsumer", "devpublisher", "checkpublisher",
+            "publish", "migrate", "check", "init", "version", "help"]
 EXIT_CODES_LINE = "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error."
 UNKNOWN_COMMAND = "svccomm: unknown command '{}'\n\n"  # then the main usage
 
@@ -202,6 +202,8 @@ def test_runtime_failure_exits_1_not_2(project):
 OPTIONS = {  # each command's own options, as its --help lists them
     "runconsumer": ["--workers N"],
     "runpublisher": [],
+    "devconsumer": [],
+    "devpublisher": [],
     "checkpublisher": ["--max-queue-size N", "--max-delay S", "--max-parked P"],
     "publish": ["--at TIME", "--tags JSON"],
     "migrate": [],
@@ -213,6 +215,8 @@ OPTIONS = {  # each command's own options, as its --help lists them
 GLOBAL_OPTIONS = ["--settings FILE", "-h, --help", "--version"]
 EXIT_CODES = {  # commands whose exit codes say more than EXIT_CODES_LINE
     "runpublisher": "Exit codes: 0 stopped by a signal, 1 runtime failure, 2 usage or "
+                    "configuration error.",
+    "devpublisher": "Exit codes: 0 stopped by a signal, 1 runtime failure, 2 usage or "
                     "configuration error.",
     "check": "Exit codes: 0 success, 1 runtime failure or (--connect) migrations not applied or "
              "objects missing under DO_NOT_DECLARE, 2 usage or configuration error, 3 "

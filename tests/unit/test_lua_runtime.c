@@ -219,6 +219,34 @@ static void a_full_state_is_renewed_empty_under_the_same_cap(void **state)
 	svc_runtime_set_memory_limit(rt, 0);
 }
 
+/* devconsumer's reload: the new state is built beside the serving one, which serves on
+ * unchanged when the new one is given back. */
+static void a_new_state_is_built_beside_and_swapped_only_when_asked(void **state)
+{
+	struct svc_runtime *rt = *state;
+	lua_State *old = svc_runtime_state(rt);
+	char err[256];
+
+	assert_int_equal(run(rt, "KEPT = 1", 0), SVC_LUA_OK);
+	lua_State *L = svc_runtime_state_new(rt, err, sizeof(err));
+	assert_non_null(L);
+	assert_ptr_equal(svc_runtime_state(rt), old);
+	assert_ptr_equal(svc_runtime_of(L), rt);
+	/* a failed load: put the old state back, close the new one */
+	assert_ptr_equal(svc_runtime_exchange(rt, L), old);
+	assert_int_equal(run(rt, "assert(KEPT == nil) NEW = 1", 0), SVC_LUA_OK);
+	assert_ptr_equal(svc_runtime_exchange(rt, old), L);
+	lua_close(L);
+	assert_int_equal(run(rt, "assert(KEPT == 1 and NEW == nil)", 0), SVC_LUA_OK);
+	/* a good load: the new state stays, the old one is closed */
+	L = svc_runtime_state_new(rt, err, sizeof(err));
+	assert_non_null(L);
+	lua_close(svc_runtime_exchange(rt, L));
+	assert_int_equal(run(rt, "assert(KEPT == nil) return require('cjson').encode({1})", 0),
+	                 SVC_LUA_OK);
+	lua_pop(svc_runtime_state(rt), 1);
+}
+
 static void cjson_and_embedded_modules_are_preloaded(void **state)
 {
 	struct svc_runtime *rt = *state;
@@ -468,6 +496,8 @@ int main(void)
 	                                    teardown),
 	    cmocka_unit_test_setup_teardown(a_full_state_is_renewed_empty_under_the_same_cap, setup,
 	                                    teardown),
+	    cmocka_unit_test_setup_teardown(a_new_state_is_built_beside_and_swapped_only_when_asked,
+	                                    setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
