@@ -39,13 +39,34 @@ end
 --- Loads every installed app. Returns true, or nil and a message naming the app.
 ---@return boolean|nil ok
 ---@return string|nil err
-function M.load_apps()
+function M.load_apps(keep)
 	local s = assert(M.settings, "load_settings first")
 	local ok, err = pcall(apps.load_all, s._DIR, s.INSTALLED_APPS)
 	if not ok then
 		return nil, tostring(err)
 	end
+	-- a reload (devconsumer) must not drop an app silently: its routes would just vanish
+	for name in (keep or ""):gmatch("[^\n]+") do
+		local found = false
+		for _, a in ipairs(apps.loaded()) do
+			found = found or a.name == name
+		end
+		if not found then
+			return nil, format("app '%s' is gone (its folder or consumers.lua was removed, or it left "
+				.. "INSTALLED_APPS): restart devconsumer to run without it", name)
+		end
+	end
 	return true
+end
+
+--- The names of the apps loaded, one per line (what a reload must keep).
+---@return string
+function M.app_names()
+	local names = {}
+	for i, a in ipairs(apps.loaded()) do
+		names[i] = a.name
+	end
+	return concat(names, "\n")
 end
 
 -- The line that registered a route (what to edit to change it) and, when the function is

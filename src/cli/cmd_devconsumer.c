@@ -10,24 +10,28 @@
 #include "util/error.h"
 #include "util/log.h"
 
-/* LOG_LEVEL is debug unless SVCCOMM_LOG_LEVEL or the settings file names one. */
-static void debug_unless_set(const struct svc_config *cfg)
-{
-	const char *env = getenv("SVCCOMM_LOG_LEVEL");
-	char line[1024];
-	FILE *f;
+/* Retry delays of development, when settings.lua gives none: a failing handler comes back
+ * while its author is still looking at it. */
+static const double dev_retry_delays[] = {1, 2, 5};
 
-	if ((env && *env) || !cfg->path || !(f = fopen(cfg->path, "r")))
-		return;
-	while (fgets(line, sizeof(line), f)) {
-		char *k = strstr(line, "LOG_LEVEL"), *comment = strstr(line, "--");
-		if (k && (!comment || comment > k)) {
-			fclose(f);
-			return;
-		}
+/* Development defaults for what the settings left at the production default: LOG_LEVEL debug
+ * (unless SVCCOMM_LOG_LEVEL or the file set it) and short RETRY_DELAYS. 0 or SVC_ENOMEM. */
+static int dev_defaults(struct svc_config *cfg)
+{
+	size_t n = sizeof(dev_retry_delays) / sizeof(dev_retry_delays[0]);
+
+	if (cfg->log_level_default)
+		svc_log_threshold = SVC_LOG_DEBUG;
+	if (cfg->retry_delays_default) {
+		double *d = calloc(n, sizeof(*d));
+		if (!d)
+			return SVC_ENOMEM;
+		memcpy(d, dev_retry_delays, sizeof(dev_retry_delays));
+		free(cfg->retry_delays);
+		cfg->retry_delays = d;
+		cfg->n_retry_delays = n;
 	}
-	fclose(f);
-	svc_log_threshold = SVC_LOG_DEBUG;
+	return 0;
 }
 
 static int run(struct svc_cli_ctx *ctx)
@@ -37,7 +41,10 @@ static int run(struct svc_cli_ctx *ctx)
 		        ctx->config->path ? ctx->config->path : "settings.lua");
 		return SVC_EXIT_USAGE;
 	}
-	debug_unless_set(ctx->config);
+	if (dev_defaults(ctx->config) != 0) {
+		fprintf(stderr, "svccomm: out of memory\n");
+		return SVC_EXIT_FAILURE;
+	}
 	svc_consumer_dev = true;
 	int rc = svc_consumer_run(ctx->config, ctx->rt, 0);
 	/* settings.lua changed (or SIGHUP): the batch is committed and acked; start again */
@@ -51,8 +58,9 @@ const struct svc_cmd svc_cmd_devconsumer = {
     .needs = SVC_NEEDS_APPS,
     .summary = "runconsumer for development: reload the apps when a file changes",
     .description =
-        "Runs as runconsumer with one worker and LOG_LEVEL debug (unless settings.lua or\n"
-        "SVCCOMM_LOG_LEVEL set it), and watches settings.lua and every .lua file under the\n"
+        "Runs as runconsumer with one worker, LOG_LEVEL debug (unless settings.lua or\n"
+        "SVCCOMM_LOG_LEVEL set it) and RETRY_DELAYS of 1, 2 and 5 s (unless settings.lua sets\n"
+        "them), and watches settings.lua and every .lua file under the\n"
         "project directory (apps/ and the modules the apps require). When an app file changes\n"
         "(saves within 200 ms count once), the batch in progress is committed and the settings\n"
         "and apps are loaded into a new Lua state, checked as `svccomm check` does (syntax\n"

@@ -109,7 +109,7 @@ static int run_relay(struct svc_cli_ctx *ctx, bool dev)
 	sigaction(SIGPIPE, &sa, NULL);
 
 	if (dev) {
-		if (!getenv("SVCCOMM_LOG_LEVEL"))
+		if (ctx->config->log_level_default) /* neither the file nor the env set it */
 			svc_log_threshold = SVC_LOG_DEBUG;
 		watching = pthread_create(&th, NULL, watch_settings, ctx->config) == 0;
 	}
@@ -158,7 +158,8 @@ const struct svc_cmd svc_cmd_devpublisher = {
     .needs = SVC_NEEDS_SETTINGS,
     .summary = "runpublisher for development: restart when settings.lua changes",
     .description =
-        "Runs as runpublisher with LOG_LEVEL debug (unless SVCCOMM_LOG_LEVEL sets it) and\n"
+        "Runs as runpublisher with LOG_LEVEL debug (unless settings.lua or SVCCOMM_LOG_LEVEL set "
+        "it) and\n"
         "watches the settings file. When it changes (saves within 200 ms count once) and\n"
         "validates, the relay stops as on SIGHUP (confirmed rows deleted) and execs the same\n"
         "command line again; settings that do not validate are ignored and the reason logged.\n"

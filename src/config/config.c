@@ -232,6 +232,16 @@ static char *source_of(lua_State *L, int t, const char *key)
 	return out;
 }
 
+/* Whether key kept its default (development commands choose other defaults then). */
+static bool is_default(lua_State *L, int t, const char *key)
+{
+	char *src = source_of(L, t, key);
+	bool yes = src && strcmp(src, "default") == 0;
+
+	free(src);
+	return yes;
+}
+
 static int copy_delays(lua_State *L, int t, struct svc_config *cfg)
 {
 	size_t n;
@@ -315,8 +325,11 @@ int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char
 		rc = copy_field(L, t, &fields[i], cfg);
 		bad = fields[i].key;
 	}
-	if (rc == 0) /* for error lines that must say which database, and why that one */
+	if (rc == 0) { /* for error lines that must say which database, and why that one */
 		cfg->database_url_source = source_of(L, t, "DATABASE_URL");
+		cfg->log_level_default = is_default(L, t, "LOG_LEVEL");
+		cfg->retry_delays_default = is_default(L, t, "RETRY_DELAYS");
+	}
 	if (rc == 0) {
 		bad = "EXCHANGES";
 		rc =

@@ -39,6 +39,8 @@ struct svc_config {
 	char *broker_url;
 	char *database_url;        /* NULL when not set */
 	char *database_url_source; /* where it came from ("settings file", "env ..."), or NULL */
+	bool log_level_default;    /* LOG_LEVEL set neither in the file nor by env */
+	bool retry_delays_default; /* RETRY_DELAYS not set in the file */
 	char *queue;               /* NULL when not set */
 	struct svc_queue_arg *queue_args;
 	size_t n_queue_args;

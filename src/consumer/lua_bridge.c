@@ -6,6 +6,7 @@
 
 #include <lauxlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config/config.h"
@@ -355,7 +356,7 @@ void svc_consumer_lua_unlend(struct svc_consumer *c)
 
 /* Loads settings and apps into the fresh state of c->rt, as the start of the process did;
  * 0 or SVC_ELUA with err filled. */
-static int reload_apps(struct svc_consumer *c, char *err, size_t errsz)
+static int reload_apps(struct svc_consumer *c, const char *keep, char *err, size_t errsz)
 {
 	struct svc_config cfg;
 	lua_State *L = c->L;
@@ -367,7 +368,9 @@ static int reload_apps(struct svc_consumer *c, char *err, size_t errsz)
 		return SVC_ELUA;
 	lua_getfield(L, -1, "load_apps");
 	lua_remove(L, -2);
-	if (svc_lua_pcall(c->rt, 0, 2, 0) != SVC_LUA_OK) {
+	if (keep)
+		lua_pushstring(L, keep);
+	if (svc_lua_pcall(c->rt, keep ? 1 : 0, 2, 0) != SVC_LUA_OK) {
 		svc_lua_error_text(L, err, errsz);
 		return SVC_ELUA;
 	}
@@ -414,7 +417,7 @@ int svc_consumer_lua_recycle(struct svc_consumer *c)
 		return SVC_ENOMEM;
 	}
 	c->L = svc_runtime_state(c->rt);
-	int rc = reload_apps(c, err, sizeof(err));
+	int rc = reload_apps(c, NULL, err, sizeof(err));
 	if (rc == 0)
 		rc = svc_consumer_lua_setup(c);
 	if (rc == 0 && lent)
@@ -432,18 +435,39 @@ int svc_consumer_lua_recycle(struct svc_consumer *c)
 	return 0;
 }
 
+/* The names of the apps the current state loaded, one per line (malloc'd), or NULL when they
+ * cannot be read (then a reload checks nothing). */
+static char *app_names(struct svc_consumer *c)
+{
+	char err[256];
+	char *out = NULL;
+
+	if (svc_runtime_require(c->rt, "svccomm.host", err, sizeof(err)) != 0)
+		return NULL;
+	lua_getfield(c->L, -1, "app_names");
+	lua_remove(c->L, -2);
+	if (svc_lua_pcall(c->rt, 0, 1, 0) == SVC_LUA_OK && lua_type(c->L, -1) == LUA_TSTRING)
+		out = strdup(lua_tostring(c->L, -1));
+	lua_pop(c->L, 1);
+	return out;
+}
+
 int svc_consumer_lua_reload(struct svc_consumer *c, char *err, size_t errsz)
 {
 	int saved[7] = {c->ref_handle, c->ref_last_handler, c->ref_enter, c->ref_leave,
 	                c->ref_setctx, c->ref_clearctx,     c->ref_conn};
 	lua_State *old = c->L;
+	char *keep = app_names(c);
 	lua_State *L = svc_runtime_state_new(c->rt, err, errsz);
 
-	if (!L)
+	if (!L) {
+		free(keep);
 		return SVC_ELUA;
+	}
 	svc_runtime_exchange(c->rt, L);
 	c->L = L;
-	int rc = reload_apps(c, err, errsz);
+	int rc = reload_apps(c, keep, err, errsz);
+	free(keep);
 	if (rc == 0 && (rc = svc_consumer_lua_setup(c)) != 0)
 		snprintf(err, errsz, "the svccomm modules did not load (see above)");
 	if (rc == 0 && saved[6] != LUA_NOREF && (rc = svc_consumer_lua_lend(c)) != 0)

@@ -155,3 +155,29 @@ def test_devpublisher_restarts_when_settings_lua_changes_and_ignores_a_broken_sa
                    what="all 100 rows relayed")
     assert proc.running()
     assert p.stop(proc) == 0
+
+
+def test_development_defaults_and_a_deleted_app_that_keeps_the_old_code(project, broker):
+    """Without LOG_LEVEL and RETRY_DELAYS in settings.lua, devconsumer logs at debug and
+    retries after 1, 2 and 5 s; deleting an app's folder is refused (its routes would vanish
+    silently) and the old code keeps running."""
+    import shutil
+    p = project.setup_consumer(VERSIONED.replace("VERSION", "v0"))
+    p.write_settings(p.settings, RETRY_DELAYS=None, LOG_LEVEL=None)
+    ex, table = p.exchange(), p.table()
+    p.write_app("rec", 'local svccomm = require "svccomm"\n'
+                'svccomm.message_router.consumer("%s", "ok.*", function(rk, body)\n'
+                '  svccomm.db.query("INSERT INTO %s (n, info) VALUES ($1, \'v0\')", body.n)\n'
+                'end)\n' % (ex, table))
+    p.write_app("flaky", 'require("svccomm").message_router.consumer("%s", "fail.*", '
+                'function() error("boom") end)\n' % ex)
+    proc = start_dev(p)
+    assert re.search(r" debug \[", proc.log()), proc.log()
+    broker.publish(p.exchange(), "fail.x", {"n": 1})
+    proc.wait_for_log(r"retry in 1000 ms", 20)
+    shutil.rmtree(p.dir / "apps" / "flaky")
+    proc.wait_for_log(re.escape(REFUSED) + ".*app 'flaky' is gone", 20)
+    broker.publish(p.exchange(), "ok.y", {"n": 2})
+    assert info_of(p, 2) == ["v0"]
+    assert proc.log().count(RELOADED) == 0
+    assert p.stop() == 0
