@@ -120,6 +120,14 @@ static long longest_delay(const struct svc_consumer *c)
 	return ms;
 }
 
+/* Publishes m's copy (info) to the retry queue of delay ms; its name is left in queue. */
+static int copy_to_retry(struct svc_consumer *c, const struct svc_consumer_msg *m, long ms,
+                         const struct svc_failure_info *info, char *queue, size_t queuesz)
+{
+	svc_consumer_retry_queue(c->cfg->queue, ms, queue, queuesz);
+	return svc_consumer_publish_copy(c, m->d, queue, info);
+}
+
 /* The DLQ refused m's copy (a nack: a max-length policy with reject-publish, a full disk...).
  * That is not the connection's fault: the message waits in the longest retry queue with the
  * same attempt, so it comes back, fails the same way and tries the DLQ again, while the
@@ -140,7 +148,6 @@ static int hold_refused(struct svc_consumer *c, const struct svc_consumer_msg *m
 		          c->dlq, tail ? ": " : "", tail ? tail : "");
 		return SVC_ENACK;
 	}
-	svc_consumer_retry_queue(c->cfg->queue, ms, queue, sizeof(queue));
 	struct svc_failure_info info = {
 	    .dead_letter = false,
 	    .next_attempt = m->attempt,
@@ -149,7 +156,7 @@ static int hold_refused(struct svc_consumer *c, const struct svc_consumer_msg *m
 	    .error = error,
 	    .signature = copy_signature(c, m, m->attempt, sig),
 	};
-	int rc = svc_consumer_publish_copy(c, m->d, queue, &info);
+	int rc = copy_to_retry(c, m, ms, &info, queue, sizeof(queue));
 	if (rc)
 		return rc;
 	c->settled[c->batch_n - 1] = true;
@@ -224,7 +231,6 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 		return svc_consumer_dead_letter(c, m,
 		                                permanent ? "permanent-error" : "max-attempts",
 		                                handler, excerpt, what, first);
-	svc_consumer_retry_queue(c->cfg->queue, c->delay_ms[di], queue, sizeof(queue));
 	struct svc_failure_info info = {
 	    .dead_letter = false,
 	    .next_attempt = m->attempt + 1,
@@ -234,7 +240,7 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 	    .signature = copy_signature(c, m, m->attempt + 1, sig),
 	};
 	long ms = c->delay_ms[di];
-	int rc = svc_consumer_publish_copy(c, m->d, queue, &info);
+	int rc = copy_to_retry(c, m, ms, &info, queue, sizeof(queue));
 	if (rc == SVC_ENACK && ms != longest_delay(c)) {
 		/* that retry queue refused the copy (a max-length policy with reject-publish?): the
 		 * longest one holds it instead, as for a refusing DLQ, so the queue keeps flowing
@@ -242,8 +248,7 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 		char refused[300];
 		snprintf(refused, sizeof(refused), "%s", queue);
 		ms = longest_delay(c);
-		svc_consumer_retry_queue(c->cfg->queue, ms, queue, sizeof(queue));
-		rc = svc_consumer_publish_copy(c, m->d, queue, &info);
+		rc = copy_to_retry(c, m, ms, &info, queue, sizeof(queue));
 		if (rc == 0)
 			svc_error(LOG,
 			          "%s: the retry queue '%s' refused it (basic.nack): held in '%s'",
