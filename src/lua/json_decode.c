@@ -59,9 +59,8 @@ static bool is_digit(const struct jd *d)
 static bool parse_value(struct jd *d);
 
 /* d->p after a backslash-u: appends the code point (a surrogate pair joined) as UTF-8. */
-static bool add_unicode(struct jd *d, luaL_Buffer *b)
+static bool add_unicode(struct jd *d, char **out_p)
 {
-	char out[4];
 	long cp, lo;
 
 	if (d->end - d->p < 5 || (cp = svc_utf8_hex4(d->p + 1)) < 0)
@@ -76,7 +75,7 @@ static bool add_unicode(struct jd *d, luaL_Buffer *b)
 		d->p += 6;
 		cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
 	}
-	luaL_addlstring(b, out, svc_utf8_put(out, (unsigned long)cp));
+	*out_p += svc_utf8_put(*out_p, (unsigned long)cp);
 	return true;
 }
 
@@ -96,16 +95,29 @@ static bool scan_raw(struct jd *d)
 	return true;
 }
 
-/* The rest of a string with escapes, into a buffer: run (already scanned) is its start. */
+/* Where the string that starts at p ends (its closing quote), skipping escaped characters;
+ * end when it has none. Only a size bound: parse_escaped() checks the bytes. */
+static const char *string_end(const char *p, const char *end)
+{
+	while (p < end && *p != '"')
+		p += *p == '\\' ? 2 : 1;
+	return p < end ? p : end;
+}
+
+/* The rest of a string with escapes: run (already scanned) is its start. The text is built in
+ * a plain userdata sized from the raw bytes (unescaping never lengthens a string), not in a
+ * luaL_Buffer: a failure then leaves no to-be-closed slot for svc_json_decode's lua_settop to
+ * close (Lua 5.4.4's lua_settop can use a stale stack pointer after closing one). */
 static bool parse_escaped(struct jd *d, const char *run)
 {
 	static const char plain[] = "\"\\/bfnrt";
 	static const char made[] = "\"\\/\b\f\n\r\t";
-	luaL_Buffer b;
+	size_t bound = (size_t)(string_end(d->p, d->end) - run);
+	char *start = lua_newuserdatauv(d->L, bound ? bound : 1, 0), *o = start;
 
-	luaL_buffinit(d->L, &b);
 	for (;;) {
-		luaL_addlstring(&b, run, (size_t)(d->p - run));
+		memcpy(o, run, (size_t)(d->p - run));
+		o += d->p - run;
 		if (d->p >= d->end)
 			return fail(d, "unterminated string");
 		if (*d->p == '"')
@@ -116,13 +128,13 @@ static bool parse_escaped(struct jd *d, const char *run)
 		if (++d->p >= d->end)
 			return fail(d, "unterminated string");
 		if (*d->p == 'u') {
-			if (!add_unicode(d, &b))
+			if (!add_unicode(d, &o))
 				return false;
 		} else {
 			const char *e = *d->p ? strchr(plain, *d->p) : NULL;
 			if (!e)
 				return fail(d, "invalid escape in a string");
-			luaL_addchar(&b, made[e - plain]);
+			*o++ = made[e - plain];
 			d->p++;
 		}
 		run = d->p;
@@ -130,7 +142,8 @@ static bool parse_escaped(struct jd *d, const char *run)
 			return false;
 	}
 	d->p++;
-	luaL_pushresult(&b);
+	lua_pushlstring(d->L, start, (size_t)(o - start));
+	lua_remove(d->L, -2); /* the userdata */
 	return true;
 }
 
