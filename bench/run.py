@@ -2,7 +2,10 @@
 """svccomm benchmark: relay and consumer throughput against raw ceilings measured in the same run.
 
     bench/run.py [--quick] [--only SECTION[,SECTION...]] [--svccomm PATH] [--queue-types LIST]
-                 [--main-type TYPE] [--count N] [--mem-messages N] [--scale-count N]
+                 [--main-type TYPE] [--count N] [--mem-messages N] [--scale-count N] [--repeat K]
+
+The relay and consumer rows are measured as K interleaved pairs (ceiling, svccomm, ceiling,
+svccomm, ...) and report the median ratio with its min-max; see bench/README.md.
 
 Sections (in this order): ceilings, relay, consumer, latency, memory, scaling. Each section
 prints its duration; a section that fails prints "FAILED: reason" in the table and the run goes
@@ -144,6 +147,20 @@ def mem_kib(pid):
     return rss, hwm
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process in clock ticks, or None when it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Proc:
     """A svccomm process started by the benchmark: its log, its memory, a bounded stop."""
 
@@ -164,6 +181,7 @@ class Proc:
         self.rss_child = 0
         self.pids = [self.pid]
         self.last_tree = 0.0
+        self.cpu_ticks = {}  # pid -> utime + stime (clock ticks), the last value read
         Proc.running.append(self)
 
     def sample(self):
@@ -174,6 +192,9 @@ class Proc:
             self.last_tree = now
         child_rss = 0
         for p in self.pids:
+            t = cpu_ticks(p)
+            if t is not None:
+                self.cpu_ticks[p] = max(t, self.cpu_ticks.get(p, 0))
             m = mem_kib(p)
             if m is None:
                 continue
@@ -184,6 +205,10 @@ class Proc:
                 child_rss = max(child_rss, m[0])
                 self.peak_child = max(self.peak_child, m[1])
         self.rss_child = child_rss
+
+    def cpu_seconds(self):
+        """CPU time (user + system) used by the process and its workers, as last sampled."""
+        return sum(self.cpu_ticks.values()) / CLK_TCK
 
     def worker_peak(self):
         """Peak RSS (KiB) of the process that handles messages: a child when there is one."""
@@ -605,7 +630,8 @@ class Bench:
         return {"rate": steady_rate(n_done, q_first, t_prev, t_first, t_done),
                 "rate_incl_start": n_done / (t_done - p.started), "startup_s": t_first - p.started,
                 "seconds": t_done - p.started, "n": n, "done": n_done, "partial": partial,
-                "body_bytes": real, "rss_peak_kib": p.peak_root, "queue_type": qtype}
+                "body_bytes": real, "rss_peak_kib": p.peak_root, "queue_type": qtype,
+                "cpu_us_per_msg": p.cpu_seconds() * 1e6 / max(1, n_done)}
 
     def consumer_settings(self, qtype, queue, exchange, with_db, extra=None):
         s = {"QUEUE": queue, "QUEUE_ARGUMENTS": queue_args(qtype), "EXCHANGES": [exchange],
@@ -723,6 +749,7 @@ class Bench:
                "rate_incl_start": n_done / (t_done - p.started), "startup_s": t_first - p.started,
                "seconds": t_done - p.started, "n": n, "done": n_done, "partial": partial,
                "rss_peak_kib": p.worker_peak(),
+               "cpu_us_per_msg": p.cpu_seconds() * 1e6 / max(1, n_done),
                "supervisor_peak_kib": p.peak_root if p.peak_child else None, "queue_type": qtype}
         out.update(extra_out)
         return out
@@ -792,23 +819,65 @@ class Bench:
             rows.append(failed("ceilings", "pg handler SQL", e))
         return rows
 
+    # --- interleaved pairs ------------------------------------------------------------------
+
+    def pairs(self, what, ceiling_fn, svccomm_fn):
+        """Ceiling, svccomm, ceiling, svccomm, ... (--repeat pairs): the load of a shared machine
+        drifts, and a ratio taken within one pair does not carry the drift between them.
+        Returns the summary of the pairs: median and min-max of the ratios."""
+        pairs = []
+        for i in range(self.o.repeat):
+            c = ceiling_fn()
+            r = svccomm_fn()
+            pairs.append((c, r))
+            log("    %s pair %d/%d: ceiling %.0f, svccomm %.0f, ratio %.2f"
+                % (what, i + 1, self.o.repeat, c, r["rate"], r["rate"] / c if c else 0))
+        return summarize_pairs(pairs)
+
+    def ceiling_publish(self, qt, n, size=300):
+        q = "bench.raw." + qt
+        try:
+            w = self.ceiling.get(qt, {}).get("window", self.o.windows[-1])
+            return self.raw_publish(qt, n, size, [w], exchange=q, queue=q)["rate"]
+        finally:
+            self.broker.delete_queue(q)
+
+    def ceiling_consume(self, qt, n, size=300):
+        q = "bench.raw." + qt
+        c = self.ceiling.get(qt, {})
+        try:
+            self.raw_publish(qt, n, size, [c.get("window", 1000)], exchange=q, queue=q)
+            return self.raw_consume(q, n, c.get("prefetch", 500), c.get("ack_every", 100))["rate"]
+        finally:
+            self.broker.delete_queue(q)
+
+    def ceiling_pg_handler(self, n):
+        return self.ceiling_tool([os.path.join(BUILD_BENCH, "pg_handler"), "--url", self.db_url,
+                                  "--count", str(n), "--batch", "100"], timeout=120 + n / 100)["rate"]
+
     def sec_relay(self):
         rows = []
         self.migrate()
+        n = self.o.count
         for qt in self.o.queue_types:
             try:
-                r = self.run_relay("q-" + qt, qt, self.o.count)
-                rows.append(self.relay_row("relay %s" % qt, qt, r, target=0.9))
-                rows.append(row("relay", "relay %s peak RSS" % qt, r["rss_peak_kib"] / 1024, "MiB",
-                                target_text="<= 10 MiB", ok=r["rss_peak_kib"] <= 10 * 1024,
-                                settings="%d rows waiting at start" % self.o.count))
+                s = self.pairs("relay " + qt, lambda: self.ceiling_publish(qt, n),
+                               lambda: self.run_relay("q-" + qt, qt, n))
+                rows.append(self.relay_row("relay %s" % qt, qt, s, target=0.9))
+                rows.append(row("relay", "relay %s peak RSS" % qt, s["rss_peak_kib"] / 1024, "MiB",
+                                target_text="<= 10 MiB", ok=s["rss_peak_kib"] <= 10 * 1024,
+                                settings="%d rows waiting at start; largest of %d runs"
+                                % (n, len(s["pairs"]))))
             except (BenchError, subprocess.TimeoutExpired) as e:
                 rows.append(failed("relay", "relay %s" % qt, e))
         return rows
 
     def relay_row(self, name, qt, r, target=None, settings="", ceil=None):
-        ceil = ceil or self.ceiling.get(qt, {}).get("publish")
-        ratio = r["rate"] / ceil if ceil else None
+        if "ratio" in r:  # a summary of interleaved pairs
+            ratio = r["ratio"]
+        else:
+            ceil = ceil or self.ceiling.get(qt, {}).get("publish")
+            ratio = r["rate"] / ceil if ceil else None
         return row("relay", name, r["rate"], "events/s", ratio=ratio,
                    target_text=("ratio >= %.1f" % target) if target else "",
                    ok=(ratio >= target) if (target and ratio is not None) else None,
@@ -817,8 +886,11 @@ class Bench:
 
     def consumer_row(self, section, name, qt, r, target_ratio=None, target_abs=None, settings="",
                      ceil=None):
-        ceil = ceil if ceil is not None else self.ceiling.get(qt, {}).get("consume")
-        ratio = r["rate"] / ceil if ceil and ceil > 0 else None  # ceil -1: none measured
+        if "ratio" in r:  # a summary of interleaved pairs
+            ratio = r["ratio"]
+        else:
+            ceil = ceil if ceil is not None else self.ceiling.get(qt, {}).get("consume")
+            ratio = r["rate"] / ceil if ceil and ceil > 0 else None  # ceil -1: none measured
         ok = None
         tt = ""
         if target_ratio is not None:
@@ -834,24 +906,29 @@ class Bench:
         rows = []
         self.migrate()
         n = self.o.count
+        hn = max(2000, n // 5)
         # The transactional handler is bound by PostgreSQL, not by the queue: main type only.
         for qt, kind in [(q, "noop") for q in self.o.queue_types] + [(self.o.main_type, "tx")]:
             try:
-                r = self.run_consumer("%s-%s" % (kind, qt), qt, n, kind)
                 if kind == "noop":
+                    s = self.pairs("consumer no-op " + qt, lambda: self.ceiling_consume(qt, n),
+                                   lambda: self.run_consumer("noop-" + qt, qt, n, "noop"))
                     rows.append(self.consumer_row(
-                        "consumer", "consumer no-op %s" % qt, qt, r, target_ratio=0.8,
+                        "consumer", "consumer no-op %s" % qt, qt, s, target_ratio=0.8,
                         settings="N=%d, no DATABASE_URL, default prefetch (1000)" % n))
                 else:
+                    s = self.pairs("consumer insert+outbox " + qt,
+                                   lambda: self.ceiling_pg_handler(hn),
+                                   lambda: self.run_consumer("tx-" + qt, qt, n, "tx"))
                     rows.append(self.consumer_row(
-                        "consumer", "consumer insert+outbox %s" % qt, qt, r, target_abs=5000,
-                        ceil=self.ceiling.get("pg_handler", -1),
+                        "consumer", "consumer insert+outbox %s" % qt, qt, s, target_ratio=2.0,
                         settings="N=%d, handler: INSERT + publish_aggregate_event; ratio to the "
-                        "plain libpq client doing the same SQL" % n))
+                        "plain libpq client doing the same SQL (N=%d)" % (n, hn)))
                 rows.append(row("consumer", "consumer %s %s worker peak RSS" % (kind, qt),
-                                r["rss_peak_kib"] / 1024, "MiB", target_text="<= 20 MiB",
-                                ok=r["rss_peak_kib"] <= 20 * 1024,
-                                settings="%d messages waiting at start" % n))
+                                s["rss_peak_kib"] / 1024, "MiB", target_text="<= 20 MiB",
+                                ok=s["rss_peak_kib"] <= 20 * 1024,
+                                settings="%d messages waiting at start; largest of %d runs"
+                                % (n, len(s["pairs"]))))
             except (BenchError, subprocess.TimeoutExpired) as e:
                 rows.append(failed("consumer", "consumer %s %s" % (kind, qt), e))
         return rows
@@ -1204,8 +1281,50 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+SPREAD = 0.1  # a section whose ratios lie further than this from their median says so
+
+
+def median(vals):
+    v = sorted(vals)
+    m = len(v) // 2
+    return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
+
+
+def summarize_pairs(pairs):
+    """Median ratio of interleaved (ceiling rate, svccomm result) pairs, its min-max, and the
+    svccomm result whose ratio is the median (for its rate, notes and CPU figures)."""
+    ratios = [r["rate"] / c if c else 0.0 for c, r in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: ratios[i])
+    mid = pairs[order[len(order) // 2]][1]
+    out = dict(mid)
+    out.update({
+        "ratio": median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "rate": median([r["rate"] for _, r in pairs]),
+        "ceiling_median": median([c for c, _ in pairs]),
+        "spread": max(abs(x - median(ratios)) for x in ratios) > SPREAD,
+        "rss_peak_kib": max(r["rss_peak_kib"] for _, r in pairs),
+        "cpu_us_per_msg": median([r["cpu_us_per_msg"] for _, r in pairs]),
+        "pairs": [{"ceiling": c, "rate": r["rate"], "ratio": x, "cpu_us_per_msg": r["cpu_us_per_msg"]}
+                  for (c, r), x in zip(pairs, ratios)],
+    })
+    return out
+
+
+def fmt_ratio(r):
+    if r.get("ratio") is None:
+        return ""
+    if "ratio_min" not in r:
+        return "%.2f" % r["ratio"]
+    s = "%.2f (%.2f–%.2f, %d pairs)" % (r["ratio"], r["ratio_min"], r["ratio_max"], len(r["pairs"]))
+    if r.get("spread"):
+        s += " **spread > ±%.1f**" % SPREAD
+    return s
+
+
 def run_note(r):
     note = "; startup %.2f s" % r["startup_s"]
+    if "cpu_us_per_msg" in r:
+        note += "; CPU %.1f µs/msg" % r["cpu_us_per_msg"]
     if r.get("partial"):
         note += "; stopped at the time cap: %d of %d in %.0f s" % (r["done"], r["n"], r["seconds"])
     return note
@@ -1226,8 +1345,12 @@ def reason(e):
 
 
 def row(section, name, value, unit, ratio=None, target_text="", ok=None, settings="", extra=None):
-    return {"section": section, "name": name, "value": value, "unit": unit, "ratio": ratio,
-            "target": target_text, "ok": ok, "settings": settings, "extra": extra or {}}
+    r = {"section": section, "name": name, "value": value, "unit": unit, "ratio": ratio,
+         "target": target_text, "ok": ok, "settings": settings, "extra": extra or {}}
+    for k in ("ratio_min", "ratio_max", "pairs", "spread"):
+        if extra and k in extra:
+            r[k] = extra[k]
+    return r
 
 
 def failed(section, name, e):
@@ -1260,7 +1383,7 @@ def fmt_value(r):
 def fmt_row_text(r):
     parts = [r["name"] + ":", fmt_value(r)]
     if r.get("ratio") is not None:
-        parts.append("ratio %.2f" % r["ratio"])
+        parts.append("ratio " + fmt_ratio(r))
     if r.get("target"):
         parts.append("[target %s: %s]" % (r["target"], "met" if r["ok"] else ("NOT met" if r["ok"] is False else "?")))
     if r.get("settings"):
@@ -1291,7 +1414,7 @@ def markdown(bench, opts, total):
                 tgt = "%s: %s" % (r["target"], "met" if r["ok"] else ("**not met**" if r["ok"] is False else "?"))
             out.append("| %s | %s | %s | %s | %s | %s |" % (
                 s, r["name"], fmt_value(r).replace("|", "/"),
-                "%.2f" % r["ratio"] if r.get("ratio") is not None else "",
+                fmt_ratio(r),
                 tgt, r.get("settings", "").replace("|", "/")))
     out += ["", "Section durations: " + ", ".join("%s %.0f s" % (s, bench.results[s]["seconds"])
                                                    for s in SECTIONS if s in bench.results), ""]
@@ -1313,9 +1436,13 @@ def main():
     ap.add_argument("--scale-count", type=int, help="N of each scaling point (default 20000)")
     ap.add_argument("--cap", type=float, help="seconds after which a svccomm run stops and "
                     "reports the rate so far (default 45; --quick 15)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="interleaved ceiling/svccomm pairs per relay and consumer row (default 3)")
     ap.add_argument("-v", "--verbose", action="store_true", help="tracebacks of failures")
     o = ap.parse_args()
     o.argv = sys.argv[1:]
+    if o.repeat < 1:
+        ap.error("--repeat must be at least 1")
     o.only = [s.strip() for s in o.only.split(",")] if o.only else None
     for s in o.only or []:
         if s not in SECTIONS:

@@ -1,0 +1,68 @@
+"""The benchmark harness (bench/run.py): interleaved ceiling/svccomm pairs and what it reports.
+
+No timing is asserted: these tests check that the harness measures what it says it measures
+(pair count, medians, spreads, CPU per message), not how fast anything is."""
+
+import importlib.util
+import json
+import os
+import subprocess
+
+import pytest
+
+import svc
+
+RUN_PY = svc.ROOT / "bench" / "run.py"
+
+
+def load_run_py():
+    spec = importlib.util.spec_from_file_location("bench_run", RUN_PY)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def result(rate, cpu=5.0, rss=1000):
+    return {"rate": rate, "cpu_us_per_msg": cpu, "rss_peak_kib": rss, "startup_s": 0.1}
+
+
+def test_pairs_summary_median_range_and_spread():
+    b = load_run_py()
+    s = b.summarize_pairs([(100.0, result(80, cpu=4, rss=900)), (200.0, result(150, cpu=6, rss=1200)),
+                           (100.0, result(90, cpu=5, rss=1000))])
+    assert s["ratio"] == pytest.approx(0.80)  # ratios 0.80, 0.75, 0.90
+    assert (s["ratio_min"], s["ratio_max"]) == (pytest.approx(0.75), pytest.approx(0.90))
+    assert s["rate"] == 90 and s["ceiling_median"] == 100.0
+    assert s["rss_peak_kib"] == 1200 and s["cpu_us_per_msg"] == 5
+    assert not s["spread"]
+    assert len(s["pairs"]) == 3
+    wide = b.summarize_pairs([(100.0, result(50)), (100.0, result(80)), (100.0, result(81))])
+    assert wide["spread"] and "spread" in b.fmt_ratio(wide)
+    assert b.fmt_ratio(s).startswith("0.80 (0.75–0.90, 3 pairs)")
+
+
+def test_quick_run_reports_interleaved_pairs(servers, tmp_path):
+    """A small real run: each relay and consumer row carries --repeat pairs, its ratio is the
+    median of the pairs' ratios, and the CPU per message is measured."""
+    res = subprocess.run(
+        ["/usr/bin/python3", str(RUN_PY), "--quick", "--only", "relay,consumer", "--count", "600",
+         "--repeat", "3", "--queue-types", "quorum", "--svccomm", svc.svccomm_bin()],
+        capture_output=True, text=True, timeout=600, cwd=svc.ROOT)
+    out = json.loads((svc.ROOT / "bench" / "results" / "latest.json").read_text())
+    rows = [r for sec in ("relay", "consumer") for r in out["sections"][sec]["rows"]]
+    assert not [r for r in rows if r.get("failed")], res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.returncode == 0, res.stderr[-3000:]
+    paired = [r for r in rows if r.get("pairs")]
+    assert sorted(r["name"] for r in paired) == ["consumer insert+outbox quorum",
+                                                "consumer no-op quorum", "relay quorum"]
+    for r in paired:
+        ratios = sorted(p["ratio"] for p in r["pairs"])
+        assert len(ratios) == 3
+        assert r["ratio"] == pytest.approx(ratios[1])
+        assert r["ratio_min"] == pytest.approx(ratios[0])
+        assert r["ratio_max"] == pytest.approx(ratios[2])
+        assert all(p["ceiling"] > 0 and p["rate"] > 0 for p in r["pairs"])
+        assert r["extra"]["cpu_us_per_msg"] > 0
+        assert "µs/msg" in r["settings"]
+    md = (svc.ROOT / "bench" / "results" / "latest.md").read_text()
+    assert "3 pairs)" in md
