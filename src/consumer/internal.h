@@ -40,7 +40,10 @@ struct svc_consumer {
 	lua_State *L;
 	int worker;
 	int ref_handle, ref_last_handler, ref_enter, ref_leave, ref_setctx, ref_clearctx;
-	int ref_conn;           /* userdata lending pg to Lua for this session */
+	int ref_conn; /* userdata lending pg to Lua for this session */
+	/* The message whose handler runs now (NULL between handlers): message.properties is
+	 * built from it on first access (lua_bridge.c). */
+	const struct svc_consumer_msg *cur_msg;
 	bool lua_recycle;       /* replace the Lua state at the next point between batches */
 	bool lua_unusable;      /* replacing it failed: no handler can run, the worker stops */
 	size_t lua_fresh_bytes; /* what the state used right after its last replacement */

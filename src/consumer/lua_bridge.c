@@ -163,22 +163,10 @@ static void push_headers(lua_State *L, const struct svc_delivery *d)
 	}
 }
 
-/* Pushes the message table the handler receives. */
-static void push_message(lua_State *L, const struct svc_consumer_msg *m)
+/* Pushes message.properties of a delivery: its AMQP properties and every header with a Lua
+ * form. */
+static void push_properties(lua_State *L, const struct svc_delivery *d)
 {
-	const struct svc_delivery *d = m->d;
-	lua_createtable(L, 0, 8);
-	set_str(L, "exchange", m->exchange);
-	set_str(L, "routing_key", m->routing_key);
-	lua_pushboolean(L, d->redelivered);
-	lua_setfield(L, -2, "redelivered");
-	lua_pushinteger(L, m->attempt);
-	lua_setfield(L, -2, "attempt");
-	set_str(L, "correlation_id", d->correlation_id);
-	set_str(L, "message_id", d->message_id);
-	lua_pushinteger(L, (lua_Integer)d->tag);
-	lua_setfield(L, -2, "delivery_tag");
-
 	lua_createtable(L, 0, 7);
 	set_str(L, "content_type", d->content_type);
 	set_str(L, "message_id", d->message_id);
@@ -192,19 +180,80 @@ static void push_message(lua_State *L, const struct svc_consumer_msg *m)
 	}
 	push_headers(L, d);
 	lua_setfield(L, -2, "headers");
-	lua_setfield(L, -2, "properties");
+}
+
+/* Registry keys (their addresses): the metatable of message tables, and the message table of
+ * the handler that runs now (false between handlers). */
+static const char message_mt_key = 'm';
+static const char current_message_key = 'c';
+
+/* __index of a message table: builds message.properties on first access, which most handlers
+ * never make (a table, a header table and up to a dozen strings per message saved). The
+ * delivery lives only while its handler runs, so a message table kept for later has no
+ * properties to build: reading them then is an error, not a silent nil. */
+static int message_index(lua_State *L)
+{
+	struct svc_consumer *c = lua_touserdata(L, lua_upvalueindex(1));
+	const char *k = lua_tostring(L, 2);
+	if (lua_type(L, 2) != LUA_TSTRING || strcmp(k, "properties") != 0)
+		return 0;
+	lua_rawgetp(L, LUA_REGISTRYINDEX, &current_message_key);
+	if (!c->cur_msg || !lua_rawequal(L, 1, -1))
+		return luaL_error(L, "message.properties read after its handler returned: read it "
+		                     "inside the handler (local p = message.properties)");
+	push_properties(L, c->cur_msg->d);
+	lua_pushvalue(L, -1);
+	lua_setfield(L, 1, "properties"); /* rawset: the table has no __newindex */
+	return 1;
+}
+
+/* Pushes the metatable of message tables, made once per Lua state. */
+static void push_message_mt(lua_State *L, struct svc_consumer *c)
+{
+	if (lua_rawgetp(L, LUA_REGISTRYINDEX, &message_mt_key) == LUA_TTABLE)
+		return;
+	lua_pop(L, 1);
+	lua_createtable(L, 0, 1);
+	lua_pushlightuserdata(L, c);
+	lua_pushcclosure(L, message_index, 1);
+	lua_setfield(L, -2, "__index");
+	lua_pushvalue(L, -1);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &message_mt_key);
+}
+
+/* Pushes the message table the handler receives; `properties` comes on first access. */
+static void push_message(lua_State *L, struct svc_consumer *c, const struct svc_consumer_msg *m)
+{
+	const struct svc_delivery *d = m->d;
+	lua_createtable(L, 0, 8);
+	set_str(L, "exchange", m->exchange);
+	set_str(L, "routing_key", m->routing_key);
+	lua_pushboolean(L, d->redelivered);
+	lua_setfield(L, -2, "redelivered");
+	lua_pushinteger(L, m->attempt);
+	lua_setfield(L, -2, "attempt");
+	set_str(L, "correlation_id", d->correlation_id);
+	set_str(L, "message_id", d->message_id);
+	lua_pushinteger(L, (lua_Integer)d->tag);
+	lua_setfield(L, -2, "delivery_tag");
+	push_message_mt(L, c);
+	lua_setmetatable(L, -2);
+	lua_pushvalue(L, -1);
+	lua_rawsetp(L, LUA_REGISTRYINDEX, &current_message_key);
+	c->cur_msg = m;
 }
 
 struct invoke_ctx {
 	struct svc_consumer *c;
 	const struct svc_consumer_msg *m;
+	bool ctx_set; /* events._set_context was called: clear it afterwards */
 };
 
 /* Runs under svc_lua_pcall: lends the connection, sets the correlation context, builds the
  * arguments and calls dispatch.handle(exchange, routing_key, body, message) -> 2 values. */
 static int invoke_handler(lua_State *L)
 {
-	const struct invoke_ctx *ic = lua_touserdata(L, 1);
+	struct invoke_ctx *ic = lua_touserdata(L, 1);
 	struct svc_consumer *c = ic->c;
 	const struct svc_delivery *d = ic->m->d;
 
@@ -213,14 +262,19 @@ static int invoke_handler(lua_State *L)
 		lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_conn);
 		lua_call(L, 1, 0);
 	}
-	if (c->ref_setctx != LUA_NOREF) {
-		const struct svc_delivery_header *tp = svc_delivery_header(d, "traceparent");
+	const struct svc_delivery_header *tp = svc_delivery_header(d, "traceparent");
+	if (tp && tp->kind != 's')
+		tp = NULL;
+	/* Without a correlation id or a traceparent there is no context to set: the last one was
+	 * cleared after its handler. */
+	if (c->ref_setctx != LUA_NOREF && (d->correlation_id || tp)) {
 		lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_setctx);
 		lua_createtable(L, 0, 2);
 		set_str(L, "correlation_id", d->correlation_id);
-		if (tp && tp->kind == 's')
+		if (tp)
 			set_str(L, "traceparent", tp->str);
 		lua_call(L, 1, 0);
+		ic->ctx_set = true;
 	}
 	/* svccomm.log attaches it to the handler's lines (lua/core.c). */
 	lua_pushstring(L, MSG_ID(d));
@@ -229,7 +283,7 @@ static int invoke_handler(lua_State *L)
 	lua_pushstring(L, ic->m->exchange);
 	lua_pushstring(L, ic->m->routing_key);
 	lua_pushlstring(L, d->body, d->body_len);
-	push_message(L, ic->m);
+	push_message(L, c, ic->m);
 	lua_call(L, 4, 2);
 	return 2;
 }
@@ -280,7 +334,7 @@ void svc_consumer_lua_handle(struct svc_consumer *c, const struct svc_consumer_m
                              struct svc_handler_result *res)
 {
 	lua_State *L = c->L;
-	struct invoke_ctx ic = {c, m};
+	struct invoke_ctx ic = {c, m, false};
 	int top = lua_gettop(L);
 
 	take_infra(c, res->infra); /* forget what an earlier message's statements left */
@@ -293,6 +347,13 @@ void svc_consumer_lua_handle(struct svc_consumer *c, const struct svc_consumer_m
 	}
 	read_result(c, st, res);
 	lua_settop(L, top);
+	/* The delivery is about to go: message.properties can no longer be built. The key exists
+	 * once push_message ran (inside the protected call), so this allocates nothing. */
+	if (c->cur_msg) {
+		c->cur_msg = NULL;
+		lua_pushboolean(L, 0);
+		lua_rawsetp(L, LUA_REGISTRYINDEX, &current_message_key);
+	}
 	/* false, not nil: the key stays in the registry, so resetting it allocates nothing and
 	 * cannot raise outside a protected call. */
 	lua_pushboolean(L, 0);
@@ -301,7 +362,7 @@ void svc_consumer_lua_handle(struct svc_consumer *c, const struct svc_consumer_m
 	take_infra(c, infra);
 	if (res->failed)
 		memcpy(res->infra, infra, sizeof(infra));
-	if (c->ref_clearctx != LUA_NOREF)
+	if (ic.ctx_set && c->ref_clearctx != LUA_NOREF)
 		call_helper(c, c->ref_clearctx, 0, "events._clear_context");
 	if (c->ref_leave != LUA_NOREF && c->ref_conn != LUA_NOREF)
 		call_helper(c, c->ref_leave, 0, "db._leave_host");

@@ -146,3 +146,47 @@ def test_a_newline_in_a_message_id_cannot_forge_a_log_line(project, broker):
     assert not [x for x in lines if x.startswith(FORGED)], p.log()
     assert not [x for x in lines if "\x1b" in x], p.log()
     assert [x for x in lines if "message a\\n" + FORGED + "\\x1b[2J: " in x and x.endswith(": acked")], p.log()
+
+
+PROPERTIES = """
+local svccomm = require "svccomm"
+local db = svccomm.db
+local kept
+svccomm.message_router.consumer("$EXCHANGE", "props")(function(rk, body, msg)
+  if body.n == 2 then
+    -- a message table kept from an earlier handler: its delivery is gone
+    local ok, err = pcall(function() return kept.properties end)
+    db.query("INSERT INTO $TABLE (n, rk, info) VALUES ($1, $2, $3)", body.n, rk,
+      require("cjson").encode({ ok = ok, err = tostring(err) }))
+    return
+  end
+  if body.n == 3 then
+    kept = msg -- kept without reading its properties
+    db.query("INSERT INTO $TABLE (n, rk, info) VALUES ($1, $2, '{}')", body.n, rk)
+    return
+  end
+  local p = msg.properties
+  assert(rawequal(p, msg.properties), "built once")
+  db.query("INSERT INTO $TABLE (n, rk, info) VALUES ($1, $2, $3)", body.n, rk,
+    require("cjson").encode({ ct = p.content_type, app = p.app_id, mid = p.message_id,
+      corr = p.correlation_id, h = p.headers.h, ts = p.timestamp }))
+end)
+"""
+
+
+def test_message_properties_in_the_handler_and_not_after(project, broker):
+    """message.properties carries the AMQP properties and headers while the handler runs; a
+    message table kept for later cannot build them any more and says so."""
+    p = project.setup_consumer(PROPERTIES)
+    p.start_consumer()
+    broker.publish(p.exchange(), "props", {"n": 1}, headers={"h": "x"}, message_id="m-1",
+                   correlation_id="c-1")
+    broker.publish(p.exchange(), "props", {"n": 3})
+    svc.wait_until(lambda: p.record_count() >= 2, 20, what="two handled")
+    broker.publish(p.exchange(), "props", {"n": 2})
+    svc.wait_until(lambda: p.record_count() >= 3, 20, what="third handled")
+    got = {r[0]: json.loads(r[4]) for r in p.records()}
+    assert got[1]["ct"] == "application/json" and got[1]["h"] == "x"
+    assert got[1]["mid"] == "m-1" and got[1]["corr"] == "c-1"
+    assert got[2]["ok"] is False and "after its handler returned" in got[2]["err"]
+    assert p.stop() == 0
