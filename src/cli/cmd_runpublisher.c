@@ -99,6 +99,10 @@ static int run_relay(struct svc_cli_ctx *ctx, bool dev)
 		        ctx->settings_path ? ctx->settings_path : "settings.lua");
 		return SVC_EXIT_USAGE;
 	}
+	struct svc_cli_metrics m;
+	rc = svc_cli_metrics_start(ctx->config, 1, 60.0, &m);
+	if (rc != SVC_EXIT_OK)
+		return rc;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
@@ -114,6 +118,7 @@ static int run_relay(struct svc_cli_ctx *ctx, bool dev)
 		watching = pthread_create(&th, NULL, watch_settings, ctx->config) == 0;
 	}
 	rc = svc_publisher_run(ctx->config, &stop_requested);
+	svc_cli_metrics_stop(&m);
 	stop_requested = 1;
 	if (watching)
 		pthread_join(th, NULL);
