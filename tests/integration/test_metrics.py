@@ -142,3 +142,57 @@ def test_unusable_metrics_address_is_a_configuration_error(project):
     r = p.run("runconsumer", env={"SVCCOMM_METRICS_ADDRESS": "no-such-host.invalid:9464"})
     assert r.returncode == 2, r.stderr
     assert "METRICS_ADDRESS" in r.stderr and "no-such-host.invalid" in r.stderr
+
+
+def test_relay_counts_published_confirmed_and_returned_by_exchange(project, broker):
+    port = free_port()
+    p = project.setup_relay({"METRICS_ADDRESS": "127.0.0.1:%d" % port,
+                             "PUBLISHER_UNROUTABLE": "drop"})
+    routed, nowhere = p.exchange("routed"), p.exchange("nowhere")
+    broker.exchange(routed)
+    broker.exchange(nowhere)
+    broker.queue(p.queue("in"), bind_to=[routed])
+    p.start_relay()
+    svc.wait_until(lambda: get(port, "/readyz")[0] == 200, 30, what="the relay ready")
+    before = scrape(port)
+    assert value(before, "svccomm_relay_partitions_held") > 0
+    p.outbox_insert_many(routed, 50)
+    p.outbox_insert_many(nowhere, 4)
+    svc.wait_until(lambda: p.outbox_count() == 0, 30, what="every row sent or dropped")
+    svc.wait_until(lambda: broker.count(p.queue("in")) == 50, 30, what="50 in the queue")
+    after = scrape(port)
+    for ex, published, confirmed, returned in ((routed, 50, 50, 0), (nowhere, 4, 0, 4)):
+        assert delta(before, after, "svccomm_relay_events_total", exchange=ex,
+                     outcome="published") == published
+        assert delta(before, after, "svccomm_relay_events_total", exchange=ex,
+                     outcome="confirmed") == confirmed
+        assert delta(before, after, "svccomm_relay_events_total", exchange=ex,
+                     outcome="returned") == returned
+        assert delta(before, after, "svccomm_relay_events_total", exchange=ex,
+                     outcome="nacked") == 0
+    assert delta(before, after, "svccomm_relay_confirm_latency_seconds_count") == 54
+    assert delta(before, after, "svccomm_relay_claim_duration_seconds_count") > 0
+    assert value(after, "svccomm_relay_parked_total") == 0
+    assert value(after, "svccomm_postgres_connected") == 1
+    assert value(after, "svccomm_amqp_connected") == 1
+    assert get(port, "/healthz")[0] == 200
+
+
+def test_relay_backlog_and_oldest_due_age(project):
+    port = free_port()
+    p = project.setup_relay({"METRICS_ADDRESS": "127.0.0.1:%d" % port})
+    p.start_relay()
+    svc.wait_until(lambda: get(port, "/readyz")[0] == 200, 30, what="the relay ready")
+    # with the broker stopped the relay cannot publish: due rows stay in the table
+    svc.stop_rabbitmq_app()
+    try:
+        svc.wait_until(lambda: get(port, "/readyz")[0] == 503, 30, what="/readyz 503")
+        svc.sql("INSERT INTO %s (exchange, routing_key, body, send_after) SELECT 'x', 'k', "
+                "'{}', now() - interval '1 hour' FROM generate_series(1, 7)"
+                % p.table("outbox"))
+        svc.wait_until(lambda: value(scrape(port), "svccomm_relay_backlog_rows") == 7, 10,
+                       what="backlog 7")
+        assert value(scrape(port), "svccomm_relay_oldest_due_age_seconds") >= 3600
+    finally:
+        svc.start_rabbitmq_app()
+    svc.wait_until(lambda: get(port, "/readyz")[0] == 200, 60, what="/readyz 200 again")
