@@ -49,6 +49,8 @@ static int run(struct svc_cli_ctx *ctx)
 		/* SIGHUP: the batch is committed and acked; start again with the new code. */
 		ctx->reexec = svc_consumer_reload != 0;
 	} else {
+		if (m.http)
+			svc_supervisor_metrics(m.http, m.regions + 2, m.regions[1]);
 		rc = svc_supervisor_run(workers, worker_main, ctx);
 	}
 	svc_cli_metrics_stop(&m);

@@ -1,6 +1,8 @@
 """METRICS_ADDRESS: /metrics counts a known workload exactly, /healthz and /readyz follow the
 process, and an address that cannot be used stops the start (issue 13)."""
+import os
 import re
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -196,3 +198,37 @@ def test_relay_backlog_and_oldest_due_age(project):
     finally:
         svc.start_rabbitmq_app()
     svc.wait_until(lambda: get(port, "/readyz")[0] == 200, 60, what="/readyz 200 again")
+
+
+def test_supervisor_serves_the_sum_of_its_workers_and_keeps_a_dead_ones_counts(project, broker):
+    port = free_port()
+    p = project.setup_consumer(RECORDER, {"METRICS_ADDRESS": "127.0.0.1:%d" % port,
+                                          "PREFETCH_COUNT": 10})
+    proc = p.start("runconsumer", "--workers", "2")
+    proc.wait_for_log("metrics on http", 10)
+    svc.wait_until(lambda: value(scrape(port), "svccomm_consumer_consuming") == 2, 30,
+                   what="both workers consuming")
+    assert get(port, "/readyz")[0] == 200
+    assert value(scrape(port), "svccomm_build_info") == 1  # the supervisor's, once
+    for i in range(100):
+        broker.publish(p.exchange(), "ok", {"n": i})
+    svc.wait_until(lambda: p.record_count() == 100, 30, what="100 handled")
+    svc.wait_until(lambda: value(scrape(port), "svccomm_consumer_messages_total",
+                                 outcome="ok") == 100, 10, what="100 counted")
+    s = scrape(port)
+    assert value(s, "svccomm_consumer_received_total") == 100
+    assert value(s, "svccomm_consumer_batch_size_messages_sum") == 100
+    # a worker is killed: its counts stay in the sum, its replacement starts from zero
+    pid = int(re.search(r"worker 1 started \(pid (\d+)\)", proc.log()).group(1))
+    os.kill(pid, signal.SIGKILL)
+    proc.wait_for_log(r"worker 1 \(pid %d\) killed by signal 9" % pid, 10)
+    assert value(scrape(port), "svccomm_consumer_messages_total", outcome="ok") == 100
+    svc.wait_until(lambda: value(scrape(port), "svccomm_consumer_consuming") == 2, 60,
+                   what="the replacement consuming")
+    for i in range(10):
+        broker.publish(p.exchange(), "ok", {"n": 100 + i})
+    svc.wait_until(lambda: p.record_count() == 110, 30, what="110 handled")
+    svc.wait_until(lambda: value(scrape(port), "svccomm_consumer_messages_total",
+                                 outcome="ok") == 110, 10, what="110 counted")
+    assert value(scrape(port), "svccomm_consumer_received_total") == 110
+    assert p.stop(proc) == 0
