@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
 	# build
 	build-essential cmake pkg-config git ca-certificates
-	liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev librabbitmq-dev libpq-dev libssl-dev
+	liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev librabbitmq-dev libpq-dev libssl-dev libmicrohttpd-dev
 	luarocks
 	# tests: unit (cmocka), specs (busted), sanitizers/valgrind, formatting
 	libcmocka-dev lua-busted valgrind clang-format

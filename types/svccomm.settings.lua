@@ -37,5 +37,6 @@
 ---@field PUBLISHER_WINDOW integer|nil Most published messages awaiting broker confirmation. (default 2000)
 ---@field PUBLISHER_UNROUTABLE string|nil A returned (unroutable) event: "keep" (left in the outbox and published again with a growing delay up to RECONNECT_MAX_DELAY, until a queue is bound) or "drop" (deleted, logged at warning with its exchange and routing key). See "Unroutable events and lost bindings". (default "keep")
 ---@field STATS_INTERVAL number|nil Seconds between stats log lines (0 = off). (default 60)
+---@field METRICS_ADDRESS any|nil runconsumer and runpublisher serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. "127.0.0.1:9464"; unset = no listener. An address that cannot be used (malformed, unknown host, port taken) stops the start with exit 2. Env SVCCOMM_METRICS_ADDRESS overrides. (default nil)
 ---@field LOG_LEVEL string|nil debug, info, warning or error. Env SVCCOMM_LOG_LEVEL overrides. (default "info")
 

@@ -9,7 +9,7 @@ local secrets = require "svccomm.secrets"
 
 local M = {}
 
-local type, pairs, ipairs, tostring, error, pcall, require = type, pairs, ipairs, tostring, error, pcall, require
+local type, pairs, ipairs, tostring, tonumber, error, pcall, require = type, pairs, ipairs, tostring, tonumber, error, pcall, require
 local format, find, sub, lower, gsub = string.format, string.find, string.sub, string.lower, string.gsub
 local tointeger, mtype, huge, floor = math.tointeger, math.type, math.huge, math.floor
 local concat, sort, open = table.concat, table.sort, io.open
@@ -432,7 +432,26 @@ local function check_broker_tls(v, key, from)
 end
 
 -- The checkers by what they check; the schema names them.
+-- METRICS_ADDRESS: "host:port" or "[v6 address]:port", port 1-65535. Whether the host resolves
+-- and the port is free is found when the listener starts (exit 2 with the reason).
+local function check_host_port(v, key)
+	local what = 'a "host:port" string (port 1-65535)'
+	if type(v) ~= "string" then
+		expect(key, what, v)
+	end
+	local host, port = v:match("^%[([^%]]+)%]:(%d+)$")
+	if not host then
+		host, port = v:match("^([^:%[%]]+):(%d+)$")
+	end
+	local n = port and tointeger(tonumber(port))
+	if not host or not n or n < 1 or n > 65535 or #port > 5 or #host > 253 then
+		expect(key, what, v)
+	end
+	return v
+end
+
 M.string = check_string
+M.host_port = check_host_port
 M.queue = check_queue
 M.integer = check_integer
 M.number = check_number

@@ -132,6 +132,12 @@ M.rows = {
 	{ key = "STATS_INTERVAL", type = "seconds", default = 60,
 		check = C.number(0, false),
 		doc = "Seconds between stats log lines (0 = off)." },
+	{ key = "METRICS_ADDRESS", type = "host:port", nullable = true,
+		check = C.host_port, env = "SVCCOMM_METRICS_ADDRESS",
+		doc = 'runconsumer and runpublisher serve /metrics (Prometheus), /healthz and /readyz on '
+			.. 'this address, e.g. "127.0.0.1:9464"; unset = no listener. An address that cannot '
+			.. "be used (malformed, unknown host, port taken) stops the start with exit 2. Env "
+			.. "SVCCOMM_METRICS_ADDRESS overrides." },
 	{ key = "LOG_LEVEL", type = "enum", default = "info",
 		check = C.enum({ "debug", "info", "warning", "error" }, true), env = "SVCCOMM_LOG_LEVEL",
 		doc = 'debug, info, warning or error. Env SVCCOMM_LOG_LEVEL overrides.' },

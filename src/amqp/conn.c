@@ -292,6 +292,22 @@ static int login(struct svc_amqp *c, const struct amqp_connection_info *info, in
 	return rpc_result(c, amqp_get_rpc_reply(c->st), "channel.open") != 0 ? SVC_ECONN : 0;
 }
 
+void svc_amqp_node(const char *url, char *out, size_t outsz)
+{
+	struct amqp_connection_info info;
+	char *copy = strdup(url ? url : "");
+
+	if (outsz)
+		out[0] = '\0';
+	if (!copy)
+		return;
+	amqp_default_connection_info(&info);
+	if (amqp_parse_url(copy, &info) == AMQP_STATUS_OK)
+		snprintf(out, outsz, "%s:%d", info.host, info.port);
+	explicit_bzero(copy, strlen(url ? url : "")); /* parsing cut it with NULs */
+	free(copy);
+}
+
 int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const char *conn_name)
 {
 	struct amqp_connection_info info;

@@ -80,6 +80,9 @@ int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const c
 /* Closes politely when no error happened on it, else only destroys it; safe on a closed or
  * broken connection. */
 void svc_amqp_close(struct svc_amqp *c);
+/* Writes "host:port" of the broker url names into out (metrics name the node in use); "" when
+ * the URL does not parse. */
+void svc_amqp_node(const char *url, char *out, size_t outsz);
 /* Marks the connection broken after a read or protocol error seen outside this file (the
  * consume side): svc_amqp_close will then destroy it without reading from it. */
 void svc_amqp_mark_broken(struct svc_amqp *c);

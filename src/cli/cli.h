@@ -115,4 +115,19 @@ extern const struct svc_cmd svc_cmd_init;
 extern const struct svc_cmd svc_cmd_version;
 extern const struct svc_cmd svc_cmd_help;
 
+/* The METRICS_ADDRESS listener of a long-running command (metrics_serve.c). */
+struct svc_cli_metrics {
+	struct svc_metrics_http *http;       /* NULL when METRICS_ADDRESS is not set */
+	struct svc_metrics_region **regions; /* [0] this process; with workers [1] the retired
+	                                      * counts, [2 + k] worker k + 1 (shared memory) */
+	size_t n, bytes;
+};
+/* Starts the listener when METRICS_ADDRESS is set (workers > 1: regions for a supervisor and
+ * its workers). Returns SVC_EXIT_OK, or SVC_EXIT_USAGE when the address cannot be used (the
+ * reason printed). health_bound_s: /healthz fails when a loop stalls longer. */
+int svc_cli_metrics_start(const struct svc_config *cfg, int workers, double health_bound_s,
+                          struct svc_cli_metrics *m);
+/* Stops the listener and frees the regions (nothing when not started). */
+void svc_cli_metrics_stop(struct svc_cli_metrics *m);
+
 #endif

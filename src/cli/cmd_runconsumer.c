@@ -38,14 +38,23 @@ static int run(struct svc_cli_ctx *ctx)
 		        ctx->config->path ? ctx->config->path : "settings.lua");
 		return SVC_EXIT_USAGE;
 	}
+	/* /healthz: a handler may hold the loop for HANDLER_TIMEOUT; a minute more is a stall */
+	struct svc_cli_metrics m;
+	int rc =
+	    svc_cli_metrics_start(ctx->config, workers, 60.0 + ctx->config->handler_timeout, &m);
+	if (rc != SVC_EXIT_OK)
+		return rc;
 	if (workers == 1) {
-		int rc = svc_consumer_run(ctx->config, ctx->rt, 0);
-
+		rc = svc_consumer_run(ctx->config, ctx->rt, 0);
 		/* SIGHUP: the batch is committed and acked; start again with the new code. */
 		ctx->reexec = svc_consumer_reload != 0;
-		return rc;
+	} else {
+		if (m.http)
+			svc_supervisor_metrics(m.http, m.regions + 2, m.regions[1]);
+		rc = svc_supervisor_run(workers, worker_main, ctx);
 	}
-	return svc_supervisor_run(workers, worker_main, ctx);
+	svc_cli_metrics_stop(&m);
+	return rc;
 }
 
 const struct svc_cmd svc_cmd_runconsumer = {

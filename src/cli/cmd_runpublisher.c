@@ -2,6 +2,7 @@
  * runs the loop until SIGTERM or SIGINT; SIGHUP stops it the same way and starts it again.
  * `svccomm devpublisher` does the same when settings.lua changes (a thread watches it). */
 #include <errno.h>
+#include <lua.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -14,6 +15,7 @@
 #include "cli/cli.h"
 #include "config/config.h"
 #include "lua/runtime.h"
+#include "metrics/metrics.h"
 #include "relay/relay.h"
 #include "util/clock.h"
 #include "util/error.h"
@@ -99,6 +101,13 @@ static int run_relay(struct svc_cli_ctx *ctx, bool dev)
 		        ctx->settings_path ? ctx->settings_path : "settings.lua");
 		return SVC_EXIT_USAGE;
 	}
+	struct svc_cli_metrics m;
+	rc = svc_cli_metrics_start(ctx->config, 1, 60.0, &m);
+	if (rc != SVC_EXIT_OK)
+		return rc;
+	if (ctx->rt) /* the relay runs no Lua: the state that read the settings, once */
+		svc_metric_set(svc_metrics_series(SVC_M_LUA_MEMORY, ""),
+		               (double)lua_gc(svc_runtime_state(ctx->rt), LUA_GCCOUNT, 0) * 1024.0);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
@@ -114,6 +123,7 @@ static int run_relay(struct svc_cli_ctx *ctx, bool dev)
 		watching = pthread_create(&th, NULL, watch_settings, ctx->config) == 0;
 	}
 	rc = svc_publisher_run(ctx->config, &stop_requested);
+	svc_cli_metrics_stop(&m);
 	stop_requested = 1;
 	if (watching)
 		pthread_join(th, NULL);

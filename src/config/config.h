@@ -75,6 +75,7 @@ struct svc_config {
 	char *publisher_unroutable; /* "drop" | "keep" */
 	double stats_interval;
 	char *log_level;
+	char *metrics_address;          /* METRICS_ADDRESS "host:port", NULL when not set */
 	struct svc_amqp_tls broker_tls; /* BROKER_TLS; its strings are owned by the struct */
 };
 

@@ -39,6 +39,7 @@ void svc_consumer_batch_add(struct svc_consumer *c, const struct svc_delivery *d
 	svc_consumer_batch_id(c, c->batch_n, d->message_id);
 	c->settled[c->batch_n] = false;
 	c->batch_n++;
+	svc_metric_set(c->m.in_flight, (double)c->batch_n);
 }
 
 void svc_consumer_batch_note(struct svc_consumer *c, const char *fmt, ...)
@@ -141,6 +142,7 @@ static int hold_refused(struct svc_consumer *c, const struct svc_consumer_msg *m
 	double now = svc_clock_mono();
 
 	c->dlq_refused++;
+	svc_metric_inc(c->m.refused);
 	c->dlq_refused_unlogged++;
 	/* invalid-routing: the origin was blanked, a held copy would come back without it */
 	if (ms == 0 || strcmp(reason, "invalid-routing") == 0) {
@@ -205,6 +207,7 @@ int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_m
 		return hold_refused(c, m, reason, error, what, tail);
 	if (rc == 0) {
 		c->dead++;
+		svc_consumer_metrics_dead_letter(c, reason);
 		c->settled[c->batch_n - 1] = true;
 		/* logged once the broker confirmed the copy: only then is it true */
 		if (tail)
@@ -256,6 +259,7 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 	}
 	if (rc == 0) {
 		c->retried++;
+		svc_metric_inc(c->m.retried);
 		c->settled[c->batch_n - 1] = true;
 		svc_warn(LOG, "%s, retry in %ld ms: %s", what, ms, first);
 	}
@@ -425,6 +429,7 @@ int svc_consumer_commit_batch(struct svc_consumer *c)
 		c->batch_n = 0;
 		return 0;
 	}
+	double t0 = c->m.commit_s ? svc_clock_mono() : 0;
 	int rc = end_transaction(c, &failed);
 	if (rc)
 		return rc;
@@ -442,6 +447,13 @@ int svc_consumer_commit_batch(struct svc_consumer *c)
 			    c->batch_n);
 		if (c->solo)
 			c->solo--;
+		if (c->m.commit_s) {
+			svc_metric_observe(c->m.commit_s, SVC_M_CONSUMER_COMMIT_SECONDS,
+			                   svc_clock_mono() - t0);
+			svc_metric_observe(c->m.batch_size, SVC_M_CONSUMER_BATCH_SIZE,
+			                   (double)c->batch_n);
+			svc_metric_set(c->m.in_flight, 0);
+		}
 		c->batch_n = 0;
 		return rc;
 	}

@@ -12,6 +12,7 @@
 
 #include "consumer/consumer.h"
 #include "lua/runtime.h"
+#include "metrics/metrics.h"
 #include "outbox/batch.h"
 #include "pg/conn.h"
 
@@ -32,6 +33,15 @@ struct svc_consumer_watch {
 	double next_hb, hb_interval;
 	PGcancel *cancel;
 	struct svc_amqp *in, *out;
+};
+
+/* The consumer's metric series (metrics/metrics.h), made once; NULL handles without
+ * METRICS_ADDRESS (every update is then a no-op). */
+struct svc_consumer_metrics {
+	svc_metric received, ok, skipped, expired, unrouted, retried, dead, dup, refused;
+	svc_metric failures, handler_s, batch_size, commit_s, in_flight, consuming, lua_mem;
+	svc_metric amqp_up, amqp_reconnects, pg_up, pg_reconnects;
+	char queue[SVC_METRICS_LABELS_MAX]; /* queue="<QUEUE>" */
 };
 
 struct svc_consumer {
@@ -92,6 +102,7 @@ struct svc_consumer {
 	PGcancel *pg_cancel;     /* for c->pg.conn; NULL between sessions */
 	unsigned infra_failures; /* database failures in a row that were not the messages' */
 
+	struct svc_consumer_metrics m;
 	/* stats */
 	unsigned long long received, ok, retried, dead, unrouted, dup, skipped;
 	unsigned long long last_received;
@@ -283,5 +294,16 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d);
  * consumer's deployment signed, else its own exchange and routing key and attempt 1. */
 void svc_consumer_msg_init(const struct svc_consumer *c, const struct svc_delivery *d,
                            struct svc_consumer_msg *m);
+
+/* ---- metrics.c ---- */
+
+/* Makes the consumer's metric series (no-ops without METRICS_ADDRESS). */
+void svc_consumer_metrics_init(struct svc_consumer *c);
+/* A session started consuming (up) or ended: connection gauges, reconnects, readiness. */
+void svc_consumer_metrics_session(struct svc_consumer *c, bool up);
+/* Counts a dead letter (outcome and reason). */
+void svc_consumer_metrics_dead_letter(struct svc_consumer *c, const char *reason);
+/* Samples the Lua state's memory. */
+void svc_consumer_metrics_lua(struct svc_consumer *c);
 
 #endif

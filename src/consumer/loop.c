@@ -59,6 +59,7 @@ static int idle_work(struct svc_consumer *c, bool idle)
 	double now = svc_clock_mono();
 	if (c->cfg->stats_interval > 0 && now - c->last_stats >= c->cfg->stats_interval)
 		stats_line(c, now);
+	svc_consumer_metrics_lua(c);
 	if (now - c->last_out_poll >= 1.0) {
 		/* let rabbitmq-c answer heartbeats on the otherwise idle publishing connection */
 		struct svc_amqp_confirm conf[8];
@@ -153,6 +154,7 @@ static void session_close(struct svc_consumer *c)
 	if (c->pg.conn && c->in_tx && PQstatus(c->pg.conn) == CONNECTION_OK)
 		svc_consumer_db_cmd(c, "ROLLBACK");
 	c->batch_n = 0;
+	svc_consumer_metrics_session(c, false);
 	svc_amqp_close(c->in);
 	svc_amqp_close(c->out);
 	c->cs.active = false;
@@ -233,6 +235,7 @@ static int on_delivery(struct svc_consumer *c)
 static int session_loop(struct svc_consumer *c)
 {
 	for (;;) {
+		svc_metrics_heartbeat(); /* idle, the loop still turns every IDLE_TICK_MS */
 		if (svc_consumer_stop)
 			return session_stop(c);
 		int wait = c->batch_n ? 0 : IDLE_TICK_MS;
@@ -268,6 +271,7 @@ static int session(struct svc_consumer *c, unsigned *failures)
 		unsigned long long settled = settled_count(c);
 		double start = svc_clock_mono();
 
+		svc_consumer_metrics_session(c, true);
 		if (!c->connected_once)
 			svc_supervisor_ready(); /* an exit status 2 is no longer a configuration
 			                           error */
@@ -361,7 +365,9 @@ static int run_sessions(struct svc_consumer *c)
 		                           RECONNECT_BASE_S, cfg->reconnect_max_delay,
 		                           (double)rand() / ((double)RAND_MAX + 1.0));
 		svc_info(LOG, "reconnecting in %.1f s (attempt %u)", delay, failures);
+		svc_metrics_heartbeat(); /* the nap is at most RECONNECT_MAX_DELAY */
 		svc_consumer_nap(delay);
+		svc_metrics_heartbeat();
 	}
 	stats_line(c, svc_clock_mono());
 	return SVC_EXIT_OK;
@@ -386,6 +392,7 @@ int svc_consumer_run(const struct svc_config *cfg, struct svc_runtime *rt, int w
 		exit_code = SVC_EXIT_FAILURE;
 	if (exit_code != 0)
 		goto out;
+	svc_consumer_metrics_init(&c);
 	/* LUA_MEMORY_LIMIT_MB is set by the command runner (cli.c) before any command runs, so
 	 * the requires of svc_consumer_lua_setup() ran under it too; forked workers inherit it. */
 	svc_consumer_signals_install(cfg->shutdown_timeout);

@@ -8,6 +8,7 @@
 
 #include "config/config.h"
 #include "pg/errclass.h"
+#include "util/clock.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/utf8.h"
@@ -107,6 +108,7 @@ static int unrouted(struct svc_consumer *c, const struct svc_consumer_msg *m, co
 	snprintf(what, sizeof(what), "message %s: %s", MSG_ID(m->d), reason);
 	if (strcmp(c->cfg->unrouted, "dead-letter") == 0)
 		return svc_consumer_dead_letter(c, m, "unrouted", NULL, reason, what, NULL);
+	svc_metric_inc(c->m.unrouted);
 	/* acked with its batch: said once the ack went out, not when a COMMIT may still fail */
 	svc_consumer_batch_note(c, "%s", what);
 	return 0;
@@ -133,16 +135,21 @@ static int outcome(struct svc_consumer *c, const struct svc_consumer_msg *m,
 {
 	if (res->failed) {
 		char handler[HANDLER_SZ];
+		svc_metric_inc(c->m.failures);
 		svc_consumer_lua_last_handler(c, handler, sizeof(handler));
 		return svc_consumer_handle_failure(c, m, res->permanent,
 		                                   handler[0] ? handler : NULL, c->pending_error);
 	}
 	if (strcmp(res->status, "ok") == 0) {
 		c->ok++;
+		svc_metric_inc(c->m.ok);
 		return 0;
 	}
 	if (strcmp(res->status, "skipped") == 0) {
 		c->skipped++;
+		/* handlers.command_consumer's reason for a command past its expired_time */
+		svc_metric_inc(strncmp(res->reason, "command expired", 15) == 0 ? c->m.expired
+		                                                                : c->m.skipped);
 		svc_info(LOG, "message %s (%s %s) skipped%s%s", MSG_ID(m->d), m->exchange,
 		         m->routing_key, res->reason[0] ? ": " : "", res->reason);
 		return 0;
@@ -167,8 +174,10 @@ static int inbox_check(struct svc_consumer *c, const struct svc_consumer_msg *m,
 	if (rc == SVC_INBOX_NEW)
 		return 0;
 	bool touched = svc_consumer_end_message(c);
-	if (rc == SVC_INBOX_DUP)
+	if (rc == SVC_INBOX_DUP) {
 		c->dup++;
+		svc_metric_inc(c->m.dup);
+	}
 	if (rc != SVC_INBOX_BAD)
 		return rc;
 	/* the sender's fault: undo the insert, dead-letter, keep the session */
@@ -223,11 +232,13 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 	char msg[160], what[800];
 
 	c->received++;
+	svc_metric_inc(c->m.received);
 	svc_consumer_batch_add(c, d);
 	svc_consumer_msg_init(c, d, &m);
 	if (d->redelivered && svc_consumer_committed_seen(c, d->message_id)) {
 		/* its work committed, the ack was lost: not twice */
 		c->dup++;
+		svc_metric_inc(c->m.dup);
 		svc_warn(LOG,
 		         "message %s came back after its work committed (the ack was lost): "
 		         "acked without the handler",
@@ -259,7 +270,11 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 	if (rc)
 		return rc == 1 ? 0 : rc;
 	svc_consumer_watch_arm(c, c->cfg->handler_timeout);
+	double t0 = c->m.handler_s ? svc_clock_mono() : 0;
 	svc_consumer_lua_handle(c, &m, &res);
+	if (c->m.handler_s)
+		svc_metric_observe(c->m.handler_s, SVC_M_CONSUMER_HANDLER_SECONDS,
+		                   svc_clock_mono() - t0);
 	if (svc_consumer_watch_disarm(c))
 		timed_out_in_sql(c, &res);
 

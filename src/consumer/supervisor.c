@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "metrics/http.h"
+#include "metrics/metrics.h"
 #include "util/backoff.h"
 #include "util/clock.h"
 #include "util/error.h"
@@ -56,6 +58,32 @@ void svc_supervisor_ready(void)
 		;
 	close(worker_ready_fd);
 	worker_ready_fd = -1;
+}
+
+/* METRICS_ADDRESS (svc_supervisor_metrics): the listener of this process and the regions the
+ * workers write, shared memory mapped before any fork. */
+static struct svc_metrics_http *metrics_http;
+static struct svc_metrics_region *const *metrics_slots;
+static struct svc_metrics_region *metrics_retired;
+
+void svc_supervisor_metrics(struct svc_metrics_http *http, struct svc_metrics_region *const *slots,
+                            struct svc_metrics_region *retired)
+{
+	metrics_http = http;
+	metrics_slots = slots;
+	metrics_retired = retired;
+}
+
+/* Worker i + 1 is gone: its counts move to the retired region (so the sum served never goes
+ * back) and its slot starts from zero for the next worker. */
+static void metrics_retire(int i)
+{
+	if (!metrics_slots)
+		return;
+	svc_metrics_http_lock(metrics_http);
+	svc_metrics_fold(metrics_retired, metrics_slots[i]);
+	memset(metrics_slots[i], 0, sizeof(*metrics_slots[i]));
+	svc_metrics_http_unlock(metrics_http);
 }
 
 static void on_signal(int sig)
@@ -135,6 +163,10 @@ static void spawn(struct supervisor *sv, int i)
 		worker_ready_fd = fds[1];
 		snprintf(tag, sizeof(tag), "worker %d", i + 1);
 		svc_log_set_tag(tag);
+		if (metrics_slots) { /* the listener stays the supervisor's */
+			svc_metrics_http_forget(metrics_http);
+			svc_metrics_use(metrics_slots[i]);
+		}
 		int code = sv->fn(i + 1, sv->arg);
 		fflush(NULL);
 		_exit(code);
@@ -176,6 +208,7 @@ static void worker_ended(struct supervisor *sv, int i, pid_t pid, int status)
 {
 	struct slot *s = &sv->slots[i];
 	bool clean = log_exit(i, pid, status);
+	metrics_retire(i);
 	read_ready(s); /* it may have said so just before it exited */
 	close_ready(s);
 	if (pid == s->replaced_pid && !sv->stopping) {

@@ -16,6 +16,9 @@
 #ifndef SVC_SUPERVISOR_H
 #define SVC_SUPERVISOR_H
 
+struct svc_metrics_http;
+struct svc_metrics_region;
+
 /* The body of a worker: returns the worker's exit code. Runs in the child. */
 typedef int (*svc_worker_fn)(int worker, void *arg);
 
@@ -32,5 +35,12 @@ int svc_supervisor_reloads(void);
  * its exit status 2 no longer stops the supervisor. A no-op outside a supervised worker and
  * after the first call. */
 void svc_supervisor_ready(void);
+
+/* With METRICS_ADDRESS, before svc_supervisor_run(): the supervisor serves the sum of its
+ * workers on one listener (one scrape target whatever N is). Worker k writes slots[k - 1]
+ * (shared memory mapped before the forks); when it ends, its counts are added to retired and
+ * its slot zeroed, so counters never go backwards across crashes and SIGHUP replacements. */
+void svc_supervisor_metrics(struct svc_metrics_http *http, struct svc_metrics_region *const *slots,
+                            struct svc_metrics_region *retired);
 
 #endif

@@ -85,9 +85,13 @@ static void build_others(struct svc_relay_sql *q)
 	q->park = fmt("UPDATE %s SET attempts = attempts + 1, last_error = $2, parked_at = now() "
 	              "WHERE id = ANY($1::int8[])",
 	              t);
-	q->backlog = fmt("SELECT count(*), coalesce(extract(epoch from now() - min(send_after)), "
-	                 "0)::float8 FROM %s WHERE parked_at IS NULL AND send_after <= now()",
-	                 t);
+	/* bounded: the count stops at SVC_RELAY_BACKLOG_MAX rows of the due index, the oldest is
+	 * its first entry; the relay samples it every second for its metrics */
+	q->backlog = fmt("SELECT (SELECT count(*) FROM (SELECT 1 FROM %s WHERE parked_at IS NULL "
+	                 "AND send_after <= now() LIMIT " SVC_RELAY_BACKLOG_MAX_S ") s), "
+	                 "coalesce((SELECT extract(epoch from now() - min(send_after)) FROM %s "
+	                 "WHERE parked_at IS NULL AND send_after <= now()), 0)::float8",
+	                 t, t);
 	q->health =
 	    fmt("SELECT count(*) FILTER (WHERE parked_at IS NULL AND send_after <= now() - "
 	        "$1::float8 * interval '1 second'), count(*) FILTER (WHERE parked_at IS "

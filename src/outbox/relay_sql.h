@@ -113,7 +113,10 @@ int svc_relay_park(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *id
 /* Seconds until the earliest send_after of an unparked row that is not yet due, or 0.05 for one
  * that became due within the last second; *secs < 0 when there is none. */
 int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs);
-/* Number of due unparked rows and the age in seconds of the oldest one (0 when none). */
+/* Number of due unparked rows (counted up to SVC_RELAY_BACKLOG_MAX) and the age in seconds of
+ * the oldest one (0 when none): two index scans, cheap enough to run every second. */
+#define SVC_RELAY_BACKLOG_MAX   100000
+#define SVC_RELAY_BACKLOG_MAX_S "100000"
 int svc_relay_backlog(struct svc_pg *pg, struct svc_relay_sql *q, long *count, double *oldest);
 /* For checkpublisher: rows due for longer than max_delay seconds (*late), due rows (*due), the
  * oldest due age and the number of parked rows. */

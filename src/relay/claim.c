@@ -135,10 +135,12 @@ static PGresult *claim(struct relay *r, long limit)
 {
 	size_t n_skip = svc_flight_ids(&r->fl, r->skip_ids);
 	PGresult *res = NULL;
+	double t0 = svc_clock_mono();
 	int rc;
 
 	rc = svc_relay_claim(&r->pg, &r->q, limit, r->skip_ids, n_skip, r->del_ids, r->n_del,
 	                     r->n_claimable == SVC_RELAY_PARTITIONS ? NULL : r->claimable, &res);
+	svc_metric_observe(r->m.claim_s, SVC_M_RELAY_CLAIM_SECONDS, svc_clock_mono() - t0);
 	if (rc) {
 		if (rc == SVC_ECONN)
 			relay_db_lost(r, "claiming rows");
@@ -176,6 +178,9 @@ static int publish_rows(struct relay *r, PGresult *res, int n)
 			relay_mq_lost(r, "bookkeeping");
 			break;
 		}
+		if (r->m.on)
+			relay_metrics_published(
+			    r, relay_ex_metrics(r, PQgetvalue(res, i, SVC_RELAY_COL_EXCHANGE)));
 		published++;
 	}
 	return published;

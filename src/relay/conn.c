@@ -36,6 +36,7 @@ void relay_db_lost(struct relay *r, const char *what)
 	memset(r->releasing, 0, sizeof(r->releasing));
 	memset(r->claimable, 0, sizeof(r->claimable));
 	r->n_claimable = 0;
+	relay_metrics_partitions(r);
 	/* Confirms still to come cannot be recorded: forget them (the rows are sent again). */
 	svc_flight_clear(&r->fl);
 	r->n_defer = r->n_park = 0;
@@ -127,6 +128,7 @@ void relay_db_connect(struct relay *r)
 	}
 	if (r->db_fails > 0)
 		svc_info(COMP, "database: reconnected");
+	relay_metrics_connected(r, false);
 	r->db_fails = 0;
 	r->db_last_ok = svc_clock_mono();
 	r->work = true; /* catch up */
@@ -148,6 +150,7 @@ void relay_mq_connect(struct relay *r)
 	}
 	if (r->mq_fails > 0)
 		svc_info(COMP, "broker: reconnected");
+	relay_metrics_connected(r, true);
 	r->mq_up = true;
 	r->mq_fails = 0;
 	r->work = true;

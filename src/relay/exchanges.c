@@ -60,6 +60,7 @@ static struct ex_slot *ex_find(struct relay *r, const char *name, bool create)
 	if (!r->ex[i].name)
 		return NULL;
 	r->ex[i].state = 0;
+	r->ex[i].metrics = 0;
 	r->ex[i].fails = 0;
 	r->ex[i].until = 0;
 	r->ex_used++;
@@ -71,6 +72,16 @@ void relay_ex_forget_known(struct relay *r)
 	for (size_t i = 0; i < r->ex_cap; i++)
 		if (r->ex[i].name && r->ex[i].state == EX_KNOWN)
 			r->ex[i].state = 0;
+}
+
+uint16_t relay_ex_metrics(struct relay *r, const char *name)
+{
+	struct ex_slot *s;
+	if (!r->m.on || !(s = ex_find(r, name, true)))
+		return 0;
+	if (!s->metrics)
+		s->metrics = relay_metrics_exchange(r, name);
+	return s->metrics;
 }
 
 void relay_ex_free_all(struct relay *r)

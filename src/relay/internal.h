@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "amqp/conn.h"
+#include "metrics/metrics.h"
 #include "outbox/relay_sql.h"
 #include "pg/conn.h"
 #include "relay/window.h"
@@ -31,8 +32,22 @@ enum ex_state { EX_KNOWN = 1, EX_MISSING = 2 };
 struct ex_slot {
 	char *name; /* NULL = free */
 	uint8_t state;
+	uint16_t metrics; /* relay_metrics_exchange()'s index, 0 before the first publish */
 	int fails;
 	double until; /* EX_MISSING: do not try before */
+};
+
+#define RELAY_EXM_MAX 60 /* exchanges with their own event series (4 each) */
+
+/* The relay's metric series (metrics.c); every handle NULL without METRICS_ADDRESS. */
+struct relay_metrics {
+	bool on;
+	svc_metric parked, backlog, oldest, claim_s, confirm_s, partitions;
+	svc_metric amqp_up, amqp_reconnects, pg_up, pg_reconnects;
+	svc_metric exm[RELAY_EXM_MAX][4]; /* per exchange: published, confirmed, nacked, returned */
+	size_t n_exm;
+	bool mq_seen, db_seen; /* connected once: the next connect is a reconnect */
+	double next_backlog;
 };
 
 struct relay {
@@ -87,6 +102,7 @@ struct relay {
 	char *hdrbuf;
 	size_t hdrcap;
 
+	struct relay_metrics m;
 	uint64_t published, confirmed, returned, nacked, parked, deferred;
 	unsigned int seed;
 };
@@ -143,5 +159,22 @@ long relay_claim_limit(struct relay *r);
 void relay_claim_and_publish(struct relay *r);
 /* Reads when the next scheduled row is due into r->next_due (0: none known). */
 void relay_read_next_due(struct relay *r);
+
+/* ---- metrics.c ---- */
+
+/* Makes the relay's series and hooks the window's decisions (nothing without a region). */
+void relay_metrics_init(struct relay *r);
+/* The event series index (tag) of a new exchange; 0 without metrics. */
+uint16_t relay_metrics_exchange(struct relay *r, const char *exchange);
+/* The row svc_flight_add() just added was published to the exchange of tag. */
+void relay_metrics_published(struct relay *r, uint16_t tag);
+/* Once per loop turn: heartbeat, connection gauges, readiness, the backlog every second. */
+void relay_metrics_tick(struct relay *r, double now);
+/* A connection opened (broker or database): counted as a reconnect after the first. */
+void relay_metrics_connected(struct relay *r, bool broker);
+/* The partitions held changed. */
+void relay_metrics_partitions(struct relay *r);
+/* The metrics tag of an exchange of the cache (made on first use); 0 without metrics. */
+uint16_t relay_ex_metrics(struct relay *r, const char *name);
 
 #endif

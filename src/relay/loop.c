@@ -284,8 +284,10 @@ int svc_publisher_run(const struct svc_config *cfg, volatile sig_atomic_t *stop)
 	svc_info(COMP, "relay for table %s starting (mode %s, batch %ld, window %zu)", r->q.table,
 	         cfg->publisher_mode, cfg->publisher_batch_size, r->fl.cap);
 	r->next_stats = svc_clock_mono() + (cfg->stats_interval > 0 ? cfg->stats_interval : 3600);
+	relay_metrics_init(r);
 	while (!*stop) {
 		timers(r);
+		relay_metrics_tick(r, svc_clock_mono());
 		if (*stop)
 			break;
 		if (r->work && r->mq_up && r->db_up)

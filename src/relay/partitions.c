@@ -109,6 +109,7 @@ int relay_rebalance(struct relay *r)
 	if (nheld < target && (rc = take_free(r, target, nheld)) != 0)
 		goto fail;
 	update_claimable(r);
+	relay_metrics_partitions(r);
 	r->db_last_ok = svc_clock_mono();
 	return 0;
 fail:

@@ -31,8 +31,10 @@ void relay_flush_lists(struct relay *r)
 	}
 	if (rc == 0 && r->n_park) {
 		rc = svc_relay_park(&r->pg, &r->q, r->park_ids, r->n_park, r->park_reason);
-		if (rc == 0)
+		if (rc == 0) {
 			r->parked += r->n_park;
+			svc_metric_add(r->m.parked, r->n_park);
+		}
 		r->n_park = 0;
 	}
 	if (rc == SVC_ECONN)

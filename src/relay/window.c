@@ -72,9 +72,16 @@ int svc_flight_add(struct svc_flight *f, uint64_t seq, int64_t id, int part)
 	e->id = id;
 	e->part = (int16_t)(part >= 0 && part < SVC_RELAY_PARTITIONS ? part : 0);
 	e->state = SVC_FLIGHT_PENDING;
+	e->tag = 0;
+	e->sent = 0;
 	f->part_count[e->part]++;
 	f->count++;
 	return 0;
+}
+
+struct svc_flight_entry *svc_flight_last(struct svc_flight *f)
+{
+	return f->count ? entry_at(f, f->count - 1) : NULL;
 }
 
 static void decide(struct svc_flight_entry *e, bool ack)
@@ -144,6 +151,8 @@ size_t svc_flight_harvest(struct svc_flight *f)
 			f->out.returned[f->out.n_returned++] = e->id;
 		else
 			f->out.nacked[f->out.n_nacked++] = e->id;
+		if (f->on_decided)
+			f->on_decided(f->on_decided_arg, e);
 		if (f->part_count[e->part] > 0)
 			f->part_count[e->part]--;
 		f->head = (f->head + 1) % f->cap;

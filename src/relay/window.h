@@ -29,6 +29,8 @@ struct svc_flight_entry {
 	int64_t id;   /* outbox row id */
 	int16_t part; /* partition of the row */
 	uint8_t state;
+	uint16_t tag; /* the caller's (the relay's exchange metrics), 0 when none */
+	double sent;  /* the caller's: when it was published */
 };
 
 /* Rows whose fate the broker decided, popped in publish order by svc_flight_harvest(). The
@@ -49,6 +51,9 @@ struct svc_flight {
 	uint64_t resolved_upto;                    /* every seq <= this is decided */
 	uint32_t part_count[SVC_RELAY_PARTITIONS]; /* rows in flight per partition */
 	struct svc_flight_out out;
+	/* when set, svc_flight_harvest() shows it every entry it pops (metrics) */
+	void (*on_decided)(void *arg, const struct svc_flight_entry *e);
+	void *on_decided_arg;
 };
 
 /* Allocates for window entries (0 counts as 1). Returns 0 or SVC_ENOMEM. */
@@ -69,6 +74,9 @@ static inline size_t svc_flight_free(const struct svc_flight *f)
 /* Adds a published row. seq must follow the previous one (first: any). SVC_EINVAL when full
  * or out of sequence. */
 int svc_flight_add(struct svc_flight *f, uint64_t seq, int64_t id, int part);
+
+/* The entry svc_flight_add() added last (NULL when empty): the caller may set tag and sent. */
+struct svc_flight_entry *svc_flight_last(struct svc_flight *f);
 
 /* Applies a basic.ack / basic.nack. Unknown sequence numbers are ignored. */
 void svc_flight_confirm(struct svc_flight *f, uint64_t tag, bool multiple, bool ack);
