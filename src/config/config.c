@@ -331,6 +331,8 @@ int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char
 		cfg->database_url_source = source_of(L, t, "DATABASE_URL");
 		cfg->log_level_default = is_default(L, t, "LOG_LEVEL");
 		cfg->retry_delays_default = is_default(L, t, "RETRY_DELAYS");
+		cfg->retry_queue_args_default = is_default(L, t, "RETRY_QUEUE_ARGUMENTS");
+		cfg->dlq_args_default = is_default(L, t, "DEAD_LETTER_QUEUE_ARGUMENTS");
 	}
 	if (rc == 0) {
 		bad = "EXCHANGES";

@@ -51,6 +51,8 @@ struct svc_config {
 	size_t n_retry_queue_args;
 	struct svc_queue_arg *dlq_args;
 	size_t n_dlq_args;
+	bool retry_queue_args_default; /* RETRY_QUEUE_ARGUMENTS not set: derived */
+	bool dlq_args_default;         /* DEAD_LETTER_QUEUE_ARGUMENTS not set: derived */
 	struct svc_exchange_decl *exchanges;
 	size_t n_exchanges;
 	struct svc_bind_decl *binds;

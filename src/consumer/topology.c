@@ -82,11 +82,26 @@ static int queue_arguments(const struct svc_queue_arg *qargs, size_t n, size_t e
 }
 
 /* Declares queue with args; a queue that exists with other arguments (406
- * PRECONDITION_FAILED: another type, another TTL...) is a settings error naming setting. */
+ * PRECONDITION_FAILED: another type, another TTL...) is a settings error naming setting,
+ * unless derived: the arguments were not set but derived from QUEUE_ARGUMENTS (a retry queue
+ * or DLQ declared classic before they followed a quorum QUEUE), then the queue is used as it
+ * is, with a warning. */
 static int declare_with(struct svc_consumer *c, const char *queue, amqp_table_t args,
-                        const char *setting)
+                        const char *setting, bool derived)
 {
 	int rc = svc_amqp_declare_queue(c->in, queue, args, false);
+	if (rc == SVC_EPROTO && svc_amqp_reply_code(c->in) == 406 && derived) {
+		/* the broker closed the channel and svc_amqp reopened it */
+		svc_warn(LOG,
+		         "queue '%s' exists with other arguments than QUEUE_ARGUMENTS implies for "
+		         "it (%s): used as it is; set %s to what it has to silence this, or "
+		         "migrate it (see README, Quorum queues)",
+		         queue, svc_amqp_error(c->in), setting);
+		rc = svc_amqp_declare_queue(c->in, queue, amqp_empty_table, true);
+		if (rc)
+			svc_error(LOG, "declaring queue '%s': %s", queue, svc_amqp_error(c->in));
+		return rc;
+	}
 	if (rc == SVC_EPROTO && svc_amqp_reply_code(c->in) == 406) {
 		svc_error(
 		    LOG,
@@ -121,7 +136,7 @@ static int declare_queue(struct svc_consumer *c, bool passive, struct missing *m
 	rc = queue_arguments(cfg->queue_args, cfg->n_queue_args, 0, &args);
 	if (rc)
 		return rc;
-	rc = declare_with(c, cfg->queue, args, "QUEUE_ARGUMENTS");
+	rc = declare_with(c, cfg->queue, args, "QUEUE_ARGUMENTS", false);
 	free(args.entries);
 	return rc;
 }
@@ -162,7 +177,7 @@ static int declare_retry_queue(struct svc_consumer *c, long delay_ms)
 	e[2].key = amqp_cstring_bytes("x-dead-letter-routing-key");
 	e[2].value.kind = AMQP_FIELD_KIND_UTF8;
 	e[2].value.value.bytes = amqp_cstring_bytes(cfg->queue);
-	rc = declare_with(c, name, t, "RETRY_QUEUE_ARGUMENTS");
+	rc = declare_with(c, name, t, "RETRY_QUEUE_ARGUMENTS", cfg->retry_queue_args_default);
 	free(t.entries);
 	return rc;
 }
@@ -174,7 +189,7 @@ static int declare_own_queues(struct svc_consumer *c)
 	int rc = queue_arguments(c->cfg->dlq_args, c->cfg->n_dlq_args, 0, &t);
 	if (rc)
 		return rc;
-	rc = declare_with(c, c->dlq, t, "DEAD_LETTER_QUEUE_ARGUMENTS");
+	rc = declare_with(c, c->dlq, t, "DEAD_LETTER_QUEUE_ARGUMENTS", c->cfg->dlq_args_default);
 	free(t.entries);
 	if (rc)
 		return rc;

@@ -98,3 +98,26 @@ def test_an_existing_queue_of_another_type_is_a_settings_error(project, broker):
     assert proc.wait(30) == 2, proc.log()
     assert re.search(r"declaring queue '%s\.retry\.300'.*RETRY_QUEUE_ARGUMENTS"
                      % re.escape(q), proc.log()), proc.log()
+
+
+def test_classic_retry_queues_and_dlq_of_an_older_version_are_kept_with_a_warning(project, broker):
+    """A quorum QUEUE whose retry queues and DLQ were declared classic (before they followed
+    QUEUE_ARGUMENTS) keeps working: they are used as they are, with a warning."""
+    p = project.setup_consumer(RECORDER, {"QUEUE_ARGUMENTS": QUORUM,
+                                          "RETRY_QUEUE_ARGUMENTS": {},
+                                          "DEAD_LETTER_QUEUE_ARGUMENTS": {}})
+    proc = p.start_consumer()
+    assert p.stop(proc) == 0
+    q = p.queue()
+    assert queue_info(q + ".dlq")[0] == "classic"
+    p.write_settings(p.settings, RETRY_QUEUE_ARGUMENTS=None, DEAD_LETTER_QUEUE_ARGUMENTS=None)
+    proc = p.start_consumer()
+    log = proc.log()
+    assert "queue '%s.dlq' exists with other arguments" % q in log, log
+    assert "used as it is" in log and "DEAD_LETTER_QUEUE_ARGUMENTS" in log, log
+    assert "queue '%s.retry.300' exists with other arguments" % q in log, log
+    broker.publish(p.exchange(), "bad", {"n": 1, "fail": True}, message_id="doomed")
+    svc.wait_until(lambda: broker.count(q + ".dlq") == 1, 30, what="the dead letter")
+    assert queue_info(q + ".dlq")[0] == "classic"
+    assert queue_info(q + ".retry.300")[0] == "classic"
+    assert p.stop(proc) == 0
