@@ -6,6 +6,9 @@
 #   scripts/servers.sh status   print their state; exit 0 only when both run
 #   scripts/servers.sh env      print shell exports: eval "$(scripts/servers.sh env)"
 #   scripts/servers.sh reset    drop and recreate the vhost and the database
+#   scripts/servers.sh pg-standby start [--sync]|promote|stop|status|env
+#                               a streaming replica of the PostgreSQL (port + 10); --sync makes
+#                               it synchronous; promote makes it a primary; stop removes it
 #
 # State lives in <repo>/.local (git-ignored). The servers use their own ports, node name and
 # socket directory, so a system RabbitMQ or PostgreSQL on the machine is never touched:
@@ -115,6 +118,9 @@ set_paths() {
 	PGLOG=$PGDIR/postgresql.log
 	PG_PWFILE=$PGDIR/password
 	RMQ_PWFILE=$RDIR/password
+	SBDIR=$STATE/pg-standby
+	SBDATA=$SBDIR/data
+	SBLOG=$SBDIR/postgresql.log
 }
 
 resolve_state() {
@@ -404,6 +410,7 @@ PG_HBA='# Written by scripts/servers.sh at every start.
 # TYPE  DATABASE  USER  ADDRESS       METHOD
 local   all       all                 scram-sha-256
 host    all       all   127.0.0.1/32  scram-sha-256
+host    replication  svccomm  127.0.0.1/32  scram-sha-256
 '
 
 # Writes pg_hba.conf when it differs (an older servers.sh used trust); 0 when it changed.
@@ -484,6 +491,162 @@ pg_stop() {
 	fi
 	say "postgresql: stopping"
 	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
+}
+
+# --- PostgreSQL standby -------------------------------------------------------------------------
+# A streaming replica of the cluster above, made by pg_basebackup into .local/pg-standby and
+# listening on PG_PORT + 10 (SVCCOMM_SERVERS_PG_STANDBY_PORT), socket in .local/pg-standby. It
+# replicates as role svccomm over TCP with scram-sha-256 (the password in a passfile of mode
+# 0600, never in argv); with --sync the primary waits for it at every COMMIT
+# (synchronous_standby_names). A stopped standby is removed: the next start takes a new base
+# backup.
+
+SB_PORT=${SVCCOMM_SERVERS_PG_STANDBY_PORT:-$((PG_PORT + 10))}
+SB_NAME=svccomm_standby
+SB_OPTS() { echo "-p $SB_PORT -k $SBDIR -c listen_addresses=$PG_LISTEN"; }
+
+sb_running() {
+	[ -s "$SBDATA/PG_VERSION" ] || return 1
+	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$SBDATA" status >/dev/null 2>&1
+}
+
+psql_standby() {
+	PGPASSWORD=$(read_secret "$PG_PWFILE") PGPASSFILE=/dev/null \
+		psql -X -q -v ON_ERROR_STOP=1 -h "$SBDIR" -p "$SB_PORT" -U "$PG_USER" -d postgres "$@"
+}
+
+# synchronous_standby_names on the primary: the standby's name (--sync) or none.
+sb_set_sync() {
+	if [ "$1" = 1 ]; then
+		psql_admin -c "ALTER SYSTEM SET synchronous_standby_names = '$SB_NAME'"
+	else
+		psql_admin -c "ALTER SYSTEM RESET synchronous_standby_names"
+	fi
+	psql_admin -c "SELECT pg_reload_conf()" >/dev/null
+}
+
+sb_start() {
+	local sync=0
+	case "${1:-}" in
+	--sync) sync=1 ;;
+	"") ;;
+	*) die "pg-standby start: unknown option $1 (usage: pg-standby start [--sync])" ;;
+	esac
+	pg_running || die "postgresql is not running: scripts/servers.sh start"
+	if sb_running; then
+		say "pg-standby: already running (port $SB_PORT)"
+		sb_set_sync "$sync"
+		return 0
+	fi
+	if port_open "$SB_PORT"; then
+		die "port $SB_PORT is taken by another process"
+	fi
+	# the replication line of pg_hba.conf (a primary started by an older servers.sh lacks it)
+	if pg_write_hba; then
+		LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" reload >/dev/null
+	fi
+	rm -rf "$SBDIR"
+	mkdir -p "$SBDIR"
+	chmod 700 "$SBDIR"
+	if is_root; then
+		chown postgres:postgres "$SBDIR"
+	fi
+	# pg_basebackup -R writes the passfile's path (not the password) into primary_conninfo.
+	local pass=$SBDIR/pgpass
+	printf '127.0.0.1:%s:*:%s:%s\n' "$PG_PORT" "$PG_USER" "$(read_secret "$PG_PWFILE")" |
+		"${AS_PG[@]}" sh -c 'umask 077 && cat >"$1"' sh "$pass"
+	say "pg-standby: base backup of port $PG_PORT into $SBDATA"
+	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_basebackup" -D "$SBDATA" -R -X stream -c fast --no-sync \
+		-d "host=127.0.0.1 port=$PG_PORT user=$PG_USER passfile=$pass application_name=$SB_NAME" \
+		>"$SBDIR/basebackup.log" 2>&1 ||
+		{
+			cat "$SBDIR/basebackup.log" >&2
+			die "pg-standby: pg_basebackup failed"
+		}
+	# the primary's settings came with the copy: not its synchronous_standby_names
+	"${AS_PG[@]}" sed -i '/^synchronous_standby_names/d' "$SBDATA/postgresql.auto.conf"
+	say "pg-standby: starting on port $SB_PORT (log: $SBLOG)"
+	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$SBDATA" -l "$SBLOG" -o "$(SB_OPTS)" \
+		-w -t "$START_TIMEOUT" start >/dev/null 9>&- ||
+		{
+			tail -n 30 "$SBLOG" >&2 || true
+			die "pg-standby: pg_ctl start failed (see $SBLOG)"
+		}
+	local deadline=$((SECONDS + START_TIMEOUT))
+	until [ "$(psql_admin -At -c "SELECT state FROM pg_stat_replication WHERE application_name = '$SB_NAME'")" = streaming ]; do
+		[ $SECONDS -lt $deadline ] || die "pg-standby: not streaming after ${START_TIMEOUT}s (see $SBLOG)"
+		sleep 0.2
+	done
+	sb_set_sync "$sync"
+	say "pg-standby: streaming from port $PG_PORT$([ $sync = 1 ] && echo ', synchronous')"
+}
+
+sb_promote() {
+	sb_running || die "pg-standby is not running: scripts/servers.sh pg-standby start"
+	say "pg-standby: promoting (port $SB_PORT)"
+	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$SBDATA" -w -t "$START_TIMEOUT" promote >/dev/null
+}
+
+sb_stop() {
+	if sb_running; then
+		say "pg-standby: stopping"
+		LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$SBDATA" -m fast -w stop >/dev/null
+	else
+		say "pg-standby: not running"
+	fi
+	# a primary waiting for this standby would wait at every COMMIT
+	if pg_running; then
+		sb_set_sync 0
+	elif [ -f "$PGDATA/postgresql.auto.conf" ]; then
+		"${AS_PG[@]}" sed -i '/^synchronous_standby_names/d' "$PGDATA/postgresql.auto.conf"
+	fi
+	rm -rf "$SBDIR"
+}
+
+sb_status() {
+	if ! sb_running; then
+		echo "pg-standby: stopped"
+		return 1
+	fi
+	local role sync=""
+	role=$(psql_standby -At -c "SELECT CASE WHEN pg_is_in_recovery() THEN 'standby' ELSE 'primary (promoted)' END")
+	if pg_running; then
+		sync=$(psql_admin -At -c "SELECT ', ' || state || ', ' || sync_state FROM pg_stat_replication WHERE application_name = '$SB_NAME'" 2>/dev/null || true)
+	fi
+	echo "pg-standby: running  port $SB_PORT, $role$sync, data $SBDATA"
+}
+
+sb_env() {
+	local pgpw
+	pgpw=$(read_secret "$PG_PWFILE") || true
+	local auth=$PG_USER${pgpw:+:$pgpw}
+	echo "export SVCCOMM_STANDBY_DATABASE_URL=postgresql://$auth@localhost:$SB_PORT/$PG_DB"
+	echo "export SVCCOMM_FAILOVER_DATABASE_URL='postgresql://$auth@localhost:$PG_PORT,localhost:$SB_PORT/$PG_DB?target_session_attrs=read-write'"
+}
+
+cmd_pg_standby() {
+	local sub=${1:-}
+	[ $# -gt 0 ] && shift
+	case "$sub" in
+	start | promote | stop)
+		check_tools
+		resolve_state
+		lock
+		"sb_$sub" "$@"
+		;;
+	status)
+		peek_state
+		sb_status
+		;;
+	env)
+		peek_state
+		sb_env
+		;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
 }
 
 # --- commands -----------------------------------------------------------------------------------
@@ -598,7 +761,7 @@ cmd_reset() {
 }
 
 usage() {
-	sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
@@ -607,6 +770,10 @@ stop) cmd_stop ;;
 status) cmd_status ;;
 env) cmd_env ;;
 reset) cmd_reset ;;
+pg-standby)
+	shift
+	cmd_pg_standby "$@"
+	;;
 -h | --help | help)
 	usage
 	exit 0

@@ -22,7 +22,9 @@
 --- with TimeZone=UTC); other types -> their text; SQL NULL -> nil (the key is absent).
 ---
 --- Errors raise a table {message=, sqlstate=, detail=, hint=, connection_lost=} whose
---- tostring is "message (SQLSTATE xxxxx)".
+--- tostring is "message (SQLSTATE xxxxx)". connection_lost is also true for SQLSTATE 25006
+--- (the server went read-only: no primary any more): connect again, and with several hosts
+--- and target_session_attrs=read-write in the URL libpq finds the one that is primary now.
 ---
 --- Transactions: db:transaction(fn, ...) runs fn(db, ...) between BEGIN and COMMIT and returns
 --- fn's results; a nested call uses a SAVEPOINT, so an error inside it rolls back only the

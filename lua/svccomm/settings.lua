@@ -226,6 +226,8 @@ function M.validate(tbl, env, path)
 				end
 			end
 		end
+		-- what the retry queues and the DLQ are declared with: as set, or following QUEUE
+		out.RETRY_QUEUE_ARGUMENTS, out.DEAD_LETTER_QUEUE_ARGUMENTS = checks.own_queue_arguments(out)
 		if out.INBOX and out.DATABASE_URL == nil then
 			fail("INBOX", "expected DATABASE_URL to be set when INBOX = true, got DATABASE_URL nil")
 		end

@@ -292,6 +292,66 @@ local function check_queue_arguments(v, key)
 	return out
 end
 
+-- svccomm sets these on its retry queues: the TTL is the delay, the dead-letter target QUEUE
+local RETRY_OWN = { "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key" }
+
+local function check_retry_queue_arguments(v, key)
+	local out = check_queue_arguments(v, key)
+	for _, k in ipairs(RETRY_OWN) do
+		if out[k] ~= nil then
+			fail(format("%s[%q]", key, k), "is set by svccomm on retry queues (remove it)")
+		end
+	end
+	local qt = out["x-queue-type"]
+	if qt ~= nil and qt ~= "classic" and qt ~= "quorum" then
+		expect(format("%s[%q]", key, "x-queue-type"),
+			'"classic" or "quorum" (a retry queue dead-letters back to QUEUE)', qt)
+	end
+	return out
+end
+
+local function copy_table(t)
+	local out = {}
+	for k, v in pairs(t) do
+		out[k] = v
+	end
+	return out
+end
+
+--- The arguments of svccomm's own queues as declared: RETRY_QUEUE_ARGUMENTS and
+--- DEAD_LETTER_QUEUE_ARGUMENTS as set, or (nil) following QUEUE_ARGUMENTS: quorum when QUEUE is
+--- quorum (with its x-quorum-initial-group-size), classic otherwise (a stream cannot hold a
+--- message for a delay nor dead-letter it). A quorum retry queue dead-letters at-least-once,
+--- which needs x-overflow reject-publish (RabbitMQ falls back to at-most-once otherwise).
+---@param s table normalized settings (QUEUE_ARGUMENTS, RETRY_QUEUE_ARGUMENTS, DEAD_LETTER_QUEUE_ARGUMENTS)
+---@return table retry, table dlq
+function M.own_queue_arguments(s)
+	local main = s.QUEUE_ARGUMENTS or {}
+	local function follow()
+		if main["x-queue-type"] ~= "quorum" then
+			return {}
+		end
+		return { ["x-queue-type"] = "quorum",
+			["x-quorum-initial-group-size"] = main["x-quorum-initial-group-size"] }
+	end
+	local retry = s.RETRY_QUEUE_ARGUMENTS and copy_table(s.RETRY_QUEUE_ARGUMENTS) or follow()
+	local dlq = s.DEAD_LETTER_QUEUE_ARGUMENTS and copy_table(s.DEAD_LETTER_QUEUE_ARGUMENTS) or follow()
+	if retry["x-queue-type"] == "quorum" then
+		if retry["x-dead-letter-strategy"] == nil then
+			retry["x-dead-letter-strategy"] = "at-least-once"
+		end
+		if retry["x-overflow"] == nil and retry["x-dead-letter-strategy"] == "at-least-once" then
+			retry["x-overflow"] = "reject-publish"
+		end
+		if retry["x-dead-letter-strategy"] == "at-least-once" and retry["x-overflow"] ~= "reject-publish" then
+			fail("RETRY_QUEUE_ARGUMENTS", format('expected x-overflow "reject-publish" with '
+				.. 'x-dead-letter-strategy "at-least-once" (RabbitMQ would dead-letter at most '
+				.. "once), got %s", show(retry["x-overflow"])))
+		end
+	end
+	return retry, dlq
+end
+
 local function check_retry_delays(v, key)
 	if not is_list(v) or #v == 0 then
 		expect(key, "a non-empty list of delays in seconds", v)
@@ -463,6 +523,7 @@ M.database_url = check_database_url
 M.exchanges = check_exchanges
 M.binds = check_binds
 M.queue_arguments = check_queue_arguments
+M.retry_queue_arguments = check_retry_queue_arguments
 M.retry_delays = check_retry_delays
 M.apps = check_apps
 M.broker_tls = check_broker_tls

@@ -40,7 +40,21 @@ M.rows = {
 			.. "of UTF-8, so that <QUEUE>.retry.<ms> fits in 255." },
 	{ key = "QUEUE_ARGUMENTS", type = "table", default = {},
 		check = C.queue_arguments,
-		doc = 'Queue arguments, e.g. { ["x-queue-type"] = "quorum" }.' },
+		doc = 'Arguments of QUEUE, e.g. { ["x-queue-type"] = "quorum", '
+			.. '["x-quorum-initial-group-size"] = 3 }. A queue that exists with other arguments '
+			.. "is an error naming this key: a queue's type cannot change in place." },
+	{ key = "RETRY_QUEUE_ARGUMENTS", type = "table", nullable = true,
+		check = C.retry_queue_arguments,
+		doc = "Arguments of the <QUEUE>.retry.<ms> queues (svccomm sets x-message-ttl and "
+			.. "x-dead-letter-*: not allowed here). Unset = follow QUEUE_ARGUMENTS: a quorum "
+			.. "QUEUE gets quorum retry queues (same x-quorum-initial-group-size), any other "
+			.. "type (streams included) classic ones. A quorum retry queue gets "
+			.. 'x-dead-letter-strategy = "at-least-once" and x-overflow = "reject-publish" '
+			.. "unless given." },
+	{ key = "DEAD_LETTER_QUEUE_ARGUMENTS", type = "table", nullable = true,
+		check = C.queue_arguments,
+		doc = "Arguments of <QUEUE>.dlq. Unset = follow QUEUE_ARGUMENTS as the retry queues do "
+			.. "(quorum or classic)." },
 	{ key = "EXCHANGES", type = "list", default = {},
 		check = C.exchanges,
 		doc = 'Exchanges to declare: "name" or {"name", "type"} (type direct|fanout|topic|headers, '

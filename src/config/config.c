@@ -153,25 +153,27 @@ static int copy_pairs(lua_State *L, int t, const char *key, const char *a, const
 	return rc;
 }
 
-static int copy_queue_args(lua_State *L, int t, struct svc_config *cfg)
+/* The queue arguments table settings[key] into *out (n_out entries). */
+static int copy_queue_args(lua_State *L, int t, const char *key, struct svc_queue_arg **out,
+                           size_t *n_out)
 {
 	size_t n = 0;
 	int rc = 0;
 
-	lua_getfield(L, t, "QUEUE_ARGUMENTS");
+	lua_getfield(L, t, key);
 	if (!lua_istable(L, -1)) {
 		lua_pop(L, 1);
 		return SVC_ECONFIG;
 	}
 	for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1))
 		n++;
-	cfg->queue_args = calloc(n ? n : 1, sizeof(*cfg->queue_args));
-	if (!cfg->queue_args) {
+	*out = calloc(n ? n : 1, sizeof(**out));
+	if (!*out) {
 		lua_pop(L, 1);
 		return SVC_ENOMEM;
 	}
 	for (lua_pushnil(L); rc == 0 && lua_next(L, -2); lua_pop(L, 1)) {
-		struct svc_queue_arg *qa = &cfg->queue_args[cfg->n_queue_args];
+		struct svc_queue_arg *qa = &(*out)[*n_out];
 
 		if (lua_type(L, -2) != LUA_TSTRING) {
 			rc = SVC_ECONFIG;
@@ -181,7 +183,7 @@ static int copy_queue_args(lua_State *L, int t, struct svc_config *cfg)
 			rc = SVC_ENOMEM;
 			continue;
 		}
-		cfg->n_queue_args++;
+		(*n_out)++;
 		if (lua_isinteger(L, -1)) {
 			qa->kind = 'i';
 			qa->num = (long long)lua_tointeger(L, -1);
@@ -330,6 +332,8 @@ int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char
 		cfg->database_url_source = source_of(L, t, "DATABASE_URL");
 		cfg->log_level_default = is_default(L, t, "LOG_LEVEL");
 		cfg->retry_delays_default = is_default(L, t, "RETRY_DELAYS");
+		cfg->retry_queue_args_default = is_default(L, t, "RETRY_QUEUE_ARGUMENTS");
+		cfg->dlq_args_default = is_default(L, t, "DEAD_LETTER_QUEUE_ARGUMENTS");
 	}
 	if (rc == 0) {
 		bad = "EXCHANGES";
@@ -344,7 +348,15 @@ int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char
 	}
 	if (rc == 0) {
 		bad = "QUEUE_ARGUMENTS";
-		rc = copy_queue_args(L, t, cfg);
+		rc = copy_queue_args(L, t, bad, &cfg->queue_args, &cfg->n_queue_args);
+	}
+	if (rc == 0) {
+		bad = "RETRY_QUEUE_ARGUMENTS";
+		rc = copy_queue_args(L, t, bad, &cfg->retry_queue_args, &cfg->n_retry_queue_args);
+	}
+	if (rc == 0) {
+		bad = "DEAD_LETTER_QUEUE_ARGUMENTS";
+		rc = copy_queue_args(L, t, bad, &cfg->dlq_args, &cfg->n_dlq_args);
 	}
 	if (rc == 0) {
 		bad = "RETRY_DELAYS";
@@ -364,6 +376,15 @@ int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char
 	return 0;
 }
 
+static void free_queue_args(struct svc_queue_arg *args, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(args[i].key);
+		free(args[i].str);
+	}
+	free(args);
+}
+
 void svc_config_release(struct svc_config *cfg)
 {
 	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
@@ -381,11 +402,9 @@ void svc_config_release(struct svc_config *cfg)
 		free(cfg->binds[i].routing_key);
 	}
 	free(cfg->binds);
-	for (size_t i = 0; i < cfg->n_queue_args; i++) {
-		free(cfg->queue_args[i].key);
-		free(cfg->queue_args[i].str);
-	}
-	free(cfg->queue_args);
+	free_queue_args(cfg->queue_args, cfg->n_queue_args);
+	free_queue_args(cfg->retry_queue_args, cfg->n_retry_queue_args);
+	free_queue_args(cfg->dlq_args, cfg->n_dlq_args);
 	free(cfg->retry_delays);
 	for (size_t i = 0; i < sizeof(tls_fields) / sizeof(tls_fields[0]); i++) {
 		if (tls_fields[i].kind == F_OPT_STRING)

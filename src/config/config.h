@@ -24,7 +24,8 @@ struct svc_bind_decl {
 	char *routing_key;
 };
 
-/* One QUEUE_ARGUMENTS entry: kind is 's' (string), 'i' (integer) or 'b' (boolean). */
+/* One queue argument (QUEUE_ARGUMENTS, RETRY_QUEUE_ARGUMENTS...): kind is 's' (string), 'i'
+ * (integer) or 'b' (boolean). */
 struct svc_queue_arg {
 	char *key;
 	char kind;
@@ -44,6 +45,14 @@ struct svc_config {
 	char *queue;               /* NULL when not set */
 	struct svc_queue_arg *queue_args;
 	size_t n_queue_args;
+	/* RETRY_QUEUE_ARGUMENTS / DEAD_LETTER_QUEUE_ARGUMENTS as declared (settings.lua fills
+	 * them from QUEUE_ARGUMENTS when unset) */
+	struct svc_queue_arg *retry_queue_args;
+	size_t n_retry_queue_args;
+	struct svc_queue_arg *dlq_args;
+	size_t n_dlq_args;
+	bool retry_queue_args_default; /* RETRY_QUEUE_ARGUMENTS not set: derived */
+	bool dlq_args_default;         /* DEAD_LETTER_QUEUE_ARGUMENTS not set: derived */
 	struct svc_exchange_decl *exchanges;
 	size_t n_exchanges;
 	struct svc_bind_decl *binds;

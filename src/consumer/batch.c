@@ -416,6 +416,13 @@ int svc_consumer_infra_failure(struct svc_consumer *c, const char *sqlstate, con
 	         n, delay);
 	if (rc == 0)
 		pause_with_heartbeats(c, delay);
+	/* read-only (25006): this server is no primary any more; the session ends and the next
+	 * one connects to whichever host is (target_session_attrs=read-write) */
+	if (rc == 0 && svc_pg_sqlstate_is_conn(state)) {
+		snprintf(c->pg.sqlstate, sizeof(c->pg.sqlstate), "%s", state);
+		snprintf(c->pg.error, sizeof(c->pg.error), "%s", first);
+		return SVC_ECONN;
+	}
 	return rc;
 }
 

@@ -165,8 +165,10 @@ static void session_close(struct svc_consumer *c)
  * ends the session. */
 static int session_lost(struct svc_consumer *c, int rc)
 {
-	if (rc == SVC_ECONN && c->pg.conn && PQstatus(c->pg.conn) != CONNECTION_OK)
-		svc_error(LOG, "PostgreSQL: %s: unacked messages go back to the queue",
+	if (rc == SVC_ECONN && c->pg.conn &&
+	    (PQstatus(c->pg.conn) != CONNECTION_OK || svc_pg_sqlstate_is_conn(c->pg.sqlstate)))
+		svc_error(LOG,
+		          "PostgreSQL: %s: unacked messages go back to the queue; reconnecting",
 		          c->pg.error);
 	else if (c->pg.conn && c->pg.error[0] && rc == SVC_EDB)
 		svc_error(LOG, "PostgreSQL: %s", c->pg.error);

@@ -1,6 +1,9 @@
 /* topology: what the consumer needs on the broker. The application's exchanges, QUEUE and its
  * bindings are declared, or only checked with DO_NOT_DECLARE (all missing ones are named in one
- * error); svccomm's own <QUEUE>.dlq and <QUEUE>.retry.<ms> queues are always declared. The
+ * error); svccomm's own <QUEUE>.dlq and <QUEUE>.retry.<ms> queues are always declared, with
+ * DEAD_LETTER_QUEUE_ARGUMENTS and RETRY_QUEUE_ARGUMENTS (which follow QUEUE_ARGUMENTS unless
+ * set: lua/svccomm/settings_checks.lua); a queue that exists with other arguments is a
+ * settings error naming the key. The
  * exchanges and bindings are declared again every few seconds: deleting an exchange deletes
  * its bindings, and events would be unroutable until the next session. Copies
  * (retries, dead letters) go out on a second connection in confirm mode, so confirm frames
@@ -50,49 +53,91 @@ static int declare_exchanges(struct svc_consumer *c, bool passive, struct missin
 	return 0;
 }
 
-/* QUEUE_ARGUMENTS as an AMQP table (entries freed by the caller); 0 or SVC_ENOMEM. */
-static int queue_arguments(const struct svc_config *cfg, amqp_table_t *args)
+/* Queue arguments as an AMQP table of extra + n entries: the first extra are left for the
+ * caller, entries freed by the caller; 0 or SVC_ENOMEM. */
+static int queue_arguments(const struct svc_queue_arg *qargs, size_t n, size_t extra,
+                           amqp_table_t *args)
 {
-	amqp_table_entry_t *entries = NULL;
-	if (cfg->n_queue_args) {
-		entries = calloc(cfg->n_queue_args, sizeof(*entries));
-		if (!entries)
-			return SVC_ENOMEM;
-	}
-	for (size_t i = 0; i < cfg->n_queue_args; i++) {
-		const struct svc_queue_arg *a = &cfg->queue_args[i];
-		entries[i].key = amqp_cstring_bytes(a->key);
+	amqp_table_entry_t *entries = calloc(n + extra ? n + extra : 1, sizeof(*entries));
+	if (!entries)
+		return SVC_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		const struct svc_queue_arg *a = &qargs[i];
+		amqp_table_entry_t *e = &entries[extra + i];
+		e->key = amqp_cstring_bytes(a->key);
 		if (a->kind == 's') {
-			entries[i].value.kind = AMQP_FIELD_KIND_UTF8;
-			entries[i].value.value.bytes = amqp_cstring_bytes(a->str);
+			e->value.kind = AMQP_FIELD_KIND_UTF8;
+			e->value.value.bytes = amqp_cstring_bytes(a->str);
 		} else if (a->kind == 'b') {
-			entries[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
-			entries[i].value.value.boolean = a->num != 0;
+			e->value.kind = AMQP_FIELD_KIND_BOOLEAN;
+			e->value.value.boolean = a->num != 0;
 		} else {
-			entries[i].value.kind = AMQP_FIELD_KIND_I64;
-			entries[i].value.value.i64 = a->num;
+			e->value.kind = AMQP_FIELD_KIND_I64;
+			e->value.value.i64 = a->num;
 		}
 	}
-	args->num_entries = (int)cfg->n_queue_args;
+	args->num_entries = (int)(n + extra);
 	args->entries = entries;
 	return 0;
+}
+
+/* Declares queue with args; a queue that exists with other arguments (406
+ * PRECONDITION_FAILED: another type, another TTL...) is a settings error naming setting,
+ * unless derived: the arguments were not set but derived from QUEUE_ARGUMENTS (a retry queue
+ * or DLQ declared classic before they followed a quorum QUEUE), then the queue is used as it
+ * is, with a warning. */
+static int declare_with(struct svc_consumer *c, const char *queue, amqp_table_t args,
+                        const char *setting, bool derived)
+{
+	int rc = svc_amqp_declare_queue(c->in, queue, args, false);
+	if (rc == SVC_EPROTO && svc_amqp_reply_code(c->in) == 406 && derived) {
+		/* the broker closed the channel and svc_amqp reopened it */
+		svc_warn(LOG,
+		         "queue '%s' exists with other arguments than QUEUE_ARGUMENTS implies for "
+		         "it (%s): used as it is; set %s to what it has to silence this, or "
+		         "migrate it (see README, Quorum queues)",
+		         queue, svc_amqp_error(c->in), setting);
+		rc = svc_amqp_declare_queue(c->in, queue, amqp_empty_table, true);
+		if (rc)
+			svc_error(LOG, "declaring queue '%s': %s", queue, svc_amqp_error(c->in));
+		return rc;
+	}
+	if (rc == SVC_EPROTO && svc_amqp_reply_code(c->in) == 406) {
+		svc_error(
+		    LOG,
+		    "declaring queue '%s': %s: it exists with other arguments than %s asks "
+		    "for; a queue's type and arguments cannot change in place: set %s to what "
+		    "the queue has, or move its messages and delete it (see README, Quorum "
+		    "queues)",
+		    queue, svc_amqp_error(c->in), setting, setting);
+		return SVC_ECONFIG;
+	}
+	if (rc)
+		svc_error(LOG, "declaring queue '%s': %s", queue, svc_amqp_error(c->in));
+	return rc;
 }
 
 static int declare_queue(struct svc_consumer *c, bool passive, struct missing *missing)
 {
 	const struct svc_config *cfg = c->cfg;
 	amqp_table_t args;
-	int rc = queue_arguments(cfg, &args);
+	int rc;
+	if (passive) {
+		rc = svc_amqp_declare_queue(c->in, cfg->queue, amqp_empty_table, true);
+		if (rc == SVC_EPROTO) {
+			note_missing(missing, "queue", cfg->queue);
+			return 0;
+		}
+		if (rc)
+			svc_error(LOG, "declaring queue '%s': %s", cfg->queue,
+			          svc_amqp_error(c->in));
+		return rc;
+	}
+	rc = queue_arguments(cfg->queue_args, cfg->n_queue_args, 0, &args);
 	if (rc)
 		return rc;
-	rc = svc_amqp_declare_queue(c->in, cfg->queue, args, passive);
+	rc = declare_with(c, cfg->queue, args, "QUEUE_ARGUMENTS", false);
 	free(args.entries);
-	if (rc == SVC_EPROTO && passive) {
-		note_missing(missing, "queue", cfg->queue);
-		return 0;
-	}
-	if (rc)
-		svc_error(LOG, "declaring queue '%s': %s", cfg->queue, svc_amqp_error(c->in));
 	return rc;
 }
 
@@ -115,9 +160,14 @@ static int bind_queue(struct svc_consumer *c)
 /* <QUEUE>.retry.<ms>: holds a copy for ms, then dead-letters it back to QUEUE. */
 static int declare_retry_queue(struct svc_consumer *c, long delay_ms)
 {
+	const struct svc_config *cfg = c->cfg;
 	char name[300];
-	svc_consumer_retry_queue(c->cfg->queue, delay_ms, name, sizeof(name));
-	amqp_table_entry_t e[3];
+	amqp_table_t t;
+	svc_consumer_retry_queue(cfg->queue, delay_ms, name, sizeof(name));
+	int rc = queue_arguments(cfg->retry_queue_args, cfg->n_retry_queue_args, 3, &t);
+	if (rc)
+		return rc;
+	amqp_table_entry_t *e = t.entries;
 	e[0].key = amqp_cstring_bytes("x-message-ttl");
 	e[0].value.kind = AMQP_FIELD_KIND_I64;
 	e[0].value.value.i64 = delay_ms;
@@ -126,22 +176,23 @@ static int declare_retry_queue(struct svc_consumer *c, long delay_ms)
 	e[1].value.value.bytes = amqp_cstring_bytes("");
 	e[2].key = amqp_cstring_bytes("x-dead-letter-routing-key");
 	e[2].value.kind = AMQP_FIELD_KIND_UTF8;
-	e[2].value.value.bytes = amqp_cstring_bytes(c->cfg->queue);
-	amqp_table_t t = {.num_entries = 3, .entries = e};
-	int rc = svc_amqp_declare_queue(c->in, name, t, false);
-	if (rc)
-		svc_error(LOG, "declaring queue '%s': %s", name, svc_amqp_error(c->in));
+	e[2].value.value.bytes = amqp_cstring_bytes(cfg->queue);
+	rc = declare_with(c, name, t, "RETRY_QUEUE_ARGUMENTS", cfg->retry_queue_args_default);
+	free(t.entries);
 	return rc;
 }
 
 /* svccomm's own queues: the DLQ and one retry queue per distinct delay. */
 static int declare_own_queues(struct svc_consumer *c)
 {
-	int rc = svc_amqp_declare_queue(c->in, c->dlq, amqp_empty_table, false);
-	if (rc) {
-		svc_error(LOG, "declaring queue '%s': %s", c->dlq, svc_amqp_error(c->in));
+	amqp_table_t t;
+	int rc = queue_arguments(c->cfg->dlq_args, c->cfg->n_dlq_args, 0, &t);
+	if (rc)
 		return rc;
-	}
+	rc = declare_with(c, c->dlq, t, "DEAD_LETTER_QUEUE_ARGUMENTS", c->cfg->dlq_args_default);
+	free(t.entries);
+	if (rc)
+		return rc;
 	for (size_t i = 0; i < c->cfg->n_retry_delays; i++) {
 		bool seen = false;
 		for (size_t j = 0; j < i; j++)

@@ -198,7 +198,10 @@ bool svc_pg_sqlstate_is_conn(const char *s)
 		return false;
 	if (s[0] == '0' && s[1] == '8')
 		return true;
-	return strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0;
+	/* 25006: the server went read-only (a demoted primary, a standby): with several hosts in
+	 * the conninfo and target_session_attrs=read-write, a new connection finds the primary */
+	return strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 ||
+	       strcmp(s, "25006") == 0;
 }
 
 bool svc_pg_sqlstate_is_data(const char *s)

@@ -14,7 +14,9 @@
  * error text by this module.
  *
  * Error classification: a result whose SQLSTATE is of class 08 (connection exception), 57P01..
- * 57P03 (admin shutdown, crash shutdown, cannot connect now), or any failure after which
+ * 57P03 (admin shutdown, crash shutdown, cannot connect now), 25006 (read-only SQL
+ * transaction: the server is no longer the primary, and a new connection with
+ * target_session_attrs=read-write finds the one that is), or any failure after which
  * PQstatus() is CONNECTION_BAD is SVC_ECONN (reconnect and retry); any other failure is SVC_EDB.
  * Among those, class 22 (data exception, svc_pg_sqlstate_is_data()) blames the value sent, so
  * a caller can blame whoever supplied it (the consumer dead-letters the message).
@@ -35,7 +37,8 @@
  * PQfinish) or NULL with a message in err (never containing the password). */
 PGconn *svc_pg_open(const char *conninfo, const char *application_name, char *err, size_t errsz);
 
-/* True when sqlstate (5 chars) means the connection is gone or unusable. */
+/* True when sqlstate (5 chars) means the connection is gone or unusable (also 25006: the
+ * server cannot take writes any more, another connection may). */
 bool svc_pg_sqlstate_is_conn(const char *sqlstate);
 /* True when sqlstate (5 chars) says a value was bad (class 22, data exception): the fault of
  * whoever supplied the value, not of the connection. */

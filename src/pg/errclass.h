@@ -6,6 +6,10 @@
  * race with another one (40001 serialization failure, 40P01 deadlock). Running the same work
  * again later can succeed: a consumer rolls back, requeues and backs off without counting an
  * attempt. Every other SQLSTATE (and an unknown one) is the work's own: the message's fault.
+ *
+ * Of the infrastructure's, those of svc_pg_sqlstate_is_conn() (pg/conn.h: 08, 57P01..03,
+ * 25006) also say this session is no use any more: the caller reconnects (with several hosts
+ * in DATABASE_URL and target_session_attrs=read-write, to whichever is the primary now).
  */
 #ifndef SVC_PG_ERRCLASS_H
 #define SVC_PG_ERRCLASS_H

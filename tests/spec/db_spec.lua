@@ -32,6 +32,28 @@ describe("svccomm.db with PostgreSQL", function()
 		end
 	end)
 
+	it("takes several hosts: libpq tries them in order and keeps the read-write one", function()
+		-- host 127.0.0.1:1 refuses; the test server is the primary
+		local userinfo, hostport, rest = URL:match("^postgresql://([^@]+)@([^/]+)(/[^?]*)")
+		assert(userinfo, "SVCCOMM_DATABASE_URL is not a postgresql://user@host:port/db URL")
+		local two = string.format("postgresql://%s@127.0.0.1:1,%s%s?target_session_attrs=read-write",
+			userinfo, hostport, rest)
+		local c = assert(db.connect(two))
+		local rows = c:query("SELECT pg_is_in_recovery() AS standby, current_setting('port') AS port")
+		assert.is_false(rows[1].standby)
+		assert.equal(hostport:match(":(%d+)$"), rows[1].port)
+		c:close()
+	end)
+
+	it("marks a read-only server's error (SQLSTATE 25006) as a lost connection", function()
+		d:exec("SET default_transaction_read_only = on")
+		local ok, err = pcall(d.exec, d, "CREATE TEMP TABLE ro_check (a int)")
+		assert.is_false(ok)
+		assert.equal("25006", err.sqlstate)
+		assert.is_true(err.connection_lost) -- reconnect: with target_session_attrs=read-write
+		-- db.connect finds whichever host is the primary now
+	end)
+
 	it("fails to connect with a message and SQLSTATE, never the password", function()
 		local c, err, st = db.connect("postgresql://someone:s3cr3tpw@127.0.0.1:1/x")
 		assert.is_nil(c)

@@ -263,6 +263,44 @@ describe("settings", function()
 			assert.are.equal("integer", math.type(s.QUEUE_ARGUMENTS["x-queue-version"]))
 		end)
 
+		it("retry queues and the DLQ follow a quorum QUEUE unless told otherwise", function()
+			local s = settings.validate({}, no_env)
+			assert.are.same({}, s.RETRY_QUEUE_ARGUMENTS)
+			assert.are.same({}, s.DEAD_LETTER_QUEUE_ARGUMENTS)
+			s = settings.validate({ QUEUE_ARGUMENTS = { ["x-queue-type"] = "quorum",
+				["x-quorum-initial-group-size"] = 3, ["x-max-length"] = 10 } }, no_env)
+			assert.are.same({ ["x-queue-type"] = "quorum", ["x-quorum-initial-group-size"] = 3,
+				["x-dead-letter-strategy"] = "at-least-once", ["x-overflow"] = "reject-publish" },
+				s.RETRY_QUEUE_ARGUMENTS)
+			assert.are.same({ ["x-queue-type"] = "quorum", ["x-quorum-initial-group-size"] = 3 },
+				s.DEAD_LETTER_QUEUE_ARGUMENTS)
+			-- streams are not followed: a stream cannot delay nor dead-letter a message
+			s = settings.validate({ QUEUE_ARGUMENTS = { ["x-queue-type"] = "stream" } }, no_env)
+			assert.are.same({}, s.RETRY_QUEUE_ARGUMENTS)
+			assert.are.same({}, s.DEAD_LETTER_QUEUE_ARGUMENTS)
+			-- set explicitly: as given (a quorum retry queue still dead-letters at least once)
+			s = settings.validate({ QUEUE_ARGUMENTS = { ["x-queue-type"] = "quorum" },
+				RETRY_QUEUE_ARGUMENTS = { ["x-queue-type"] = "classic" },
+				DEAD_LETTER_QUEUE_ARGUMENTS = { ["x-queue-type"] = "quorum", ["x-max-length"] = 5 } }, no_env)
+			assert.are.same({ ["x-queue-type"] = "classic" }, s.RETRY_QUEUE_ARGUMENTS)
+			assert.are.same({ ["x-queue-type"] = "quorum", ["x-max-length"] = 5 }, s.DEAD_LETTER_QUEUE_ARGUMENTS)
+			s = settings.validate({ RETRY_QUEUE_ARGUMENTS = { ["x-queue-type"] = "quorum" } }, no_env)
+			assert.are.equal("at-least-once", s.RETRY_QUEUE_ARGUMENTS["x-dead-letter-strategy"])
+			assert.are.same({}, s.DEAD_LETTER_QUEUE_ARGUMENTS)
+		end)
+
+		it("RETRY_QUEUE_ARGUMENTS refuses what svccomm sets and what cannot dead-letter back", function()
+			assert.are.equal('settings.lua: RETRY_QUEUE_ARGUMENTS["x-message-ttl"]: is set by svccomm '
+				.. "on retry queues (remove it)", err_of({ RETRY_QUEUE_ARGUMENTS = { ["x-message-ttl"] = 5 } }))
+			assert.are.equal('settings.lua: RETRY_QUEUE_ARGUMENTS["x-queue-type"]: expected "classic" or '
+				.. '"quorum" (a retry queue dead-letters back to QUEUE), got "stream"',
+				err_of({ RETRY_QUEUE_ARGUMENTS = { ["x-queue-type"] = "stream" } }))
+			assert.are.equal('settings.lua: RETRY_QUEUE_ARGUMENTS: expected x-overflow "reject-publish" '
+				.. 'with x-dead-letter-strategy "at-least-once" (RabbitMQ would dead-letter at most '
+				.. 'once), got "drop-head"', err_of({ RETRY_QUEUE_ARGUMENTS = { ["x-queue-type"] = "quorum",
+					["x-overflow"] = "drop-head" } }))
+		end)
+
 		it("identifier keys", function()
 			for _, good in ipairs({ "svccomm_outbox", "_x1", "events.outbox", string.rep("a", 63) }) do
 				assert.are.equal(good, settings.validate({ OUTBOX_TABLE = good }, no_env).OUTBOX_TABLE)
@@ -388,7 +426,8 @@ describe("settings", function()
 			end
 			local nil_defaults = 0
 			for _, r in ipairs(rows) do
-				if r.default == "nil" then nil_defaults = nil_defaults + 1 end
+				-- (RETRY_QUEUE_ARGUMENTS and DEAD_LETTER_QUEUE_ARGUMENTS: unset = derived)
+				if r.default == "nil" and s[r.key] == nil then nil_defaults = nil_defaults + 1 end
 			end
 			assert.are.equal(#rows, n + nil_defaults)
 		end)
