@@ -36,6 +36,7 @@ static void drop_state(struct svc_amqp *c)
 	c->open = false;
 	c->confirm = false;
 	c->next_seq = 0;
+	c->node[0] = '\0';
 }
 
 void svc_amqp_free(struct svc_amqp *c)
@@ -55,6 +56,11 @@ bool svc_amqp_is_open(const struct svc_amqp *c)
 const char *svc_amqp_error(const struct svc_amqp *c)
 {
 	return c->err;
+}
+
+const char *svc_amqp_node(const struct svc_amqp *c)
+{
+	return c->node;
 }
 
 int svc_amqp_reply_code(const struct svc_amqp *c)
@@ -321,6 +327,10 @@ int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const c
 		}
 		if (rc != 0)
 			drop_state(c);
+		else
+			snprintf(c->node, sizeof(c->node),
+			         strchr(info.host, ':') ? "[%s]:%d" : "%s:%d", info.host,
+			         info.port);
 	}
 	/* The copy holds the decoded password. A memset right before free() is a dead store the
 	 * compiler may drop (GCC does at -O2); explicit_bzero is never dropped. */

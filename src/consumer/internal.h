@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "amqp/nodes.h"
 #include "consumer/consumer.h"
 #include "lua/runtime.h"
 #include "outbox/batch.h"
@@ -46,8 +47,9 @@ struct svc_consumer {
 	size_t lua_fresh_bytes; /* what the state used right after its last replacement */
 	struct svc_consumer_devwatch *dev; /* devconsumer's file watch, NULL otherwise */
 
-	struct svc_amqp *in;  /* consumes */
-	struct svc_amqp *out; /* publishes retries and dead letters, confirm mode */
+	struct svc_amqp_nodes nodes; /* BROKER_CONNECTION_URL: both connections use one node */
+	struct svc_amqp *in;         /* consumes */
+	struct svc_amqp *out;        /* publishes retries and dead letters, confirm mode */
 	struct svc_amqp_consumer cs;
 	struct svc_pg pg; /* pg.conn NULL without DATABASE_URL or between sessions */
 	char inbox_table[160];

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "amqp/conn.h"
+#include "amqp/nodes.h"
 #include "outbox/relay_sql.h"
 #include "pg/conn.h"
 #include "relay/window.h"
@@ -47,6 +48,7 @@ struct relay {
 	double db_last_ok;
 
 	struct svc_amqp *mq;
+	struct svc_amqp_nodes nodes; /* BROKER_CONNECTION_URL */
 	bool mq_up;
 	int mq_fails;
 	double mq_retry_at;
