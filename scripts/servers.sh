@@ -9,6 +9,8 @@
 #   scripts/servers.sh pg-standby start [--sync]|promote|stop|status|env
 #                               a streaming replica of the PostgreSQL (port + 10); --sync makes
 #                               it synchronous; promote makes it a primary; stop removes it
+#   scripts/servers.sh cluster start|stop|status|env|kill-node N|start-node N
+#                               a 3-node RabbitMQ cluster (see "cluster" below)
 #
 # State lives in <repo>/.local (git-ignored). The servers use their own ports, node name and
 # socket directory, so a system RabbitMQ or PostgreSQL on the machine is never touched:
@@ -24,6 +26,17 @@
 # svccomm/svccomm account, epmd on all interfaces) is upgraded by the next start or reset.
 # As root, the servers run as the "rabbitmq" and "postgres" users (initdb and pg_ctl refuse
 # root); as a normal user they run as that user.
+#
+# cluster: three more RabbitMQ nodes joined into one cluster (rabbitmqctl join_cluster), for
+# tests of node loss with quorum queues: svccomm-c1..3@localhost, AMQP 127.0.0.1:5680-5682,
+# distribution 25680-25682, their own epmd on 25683, one Erlang cookie, the same vhost and
+# user as the single node (own password), state in .local/cluster. `cluster env` prints
+# SVCCOMM_CLUSTER_URLS (the three URLs, comma-separated: a BROKER_CONNECTION_URL list) and
+# SVCCOMM_CLUSTER_URL_1..3; `cluster kill-node N` kill -9s node N's Erlang VM, `cluster
+# start-node N` starts it again and returns once it runs in the cluster again. Starting three
+# nodes takes one to three minutes on a loaded machine. Overrides: SVCCOMM_CLUSTER_NODE (name
+# prefix), SVCCOMM_CLUSTER_AMQP_PORT, SVCCOMM_CLUSTER_DIST_PORT (the first of three),
+# SVCCOMM_CLUSTER_EPMD_PORT.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -121,6 +134,7 @@ set_paths() {
 	SBDIR=$STATE/pg-standby
 	SBDATA=$SBDIR/data
 	SBLOG=$SBDIR/postgresql.log
+	RMQ_STARTUP_LOG=$STATE/rabbitmq-startup.log
 }
 
 resolve_state() {
@@ -277,12 +291,12 @@ rmq_start() {
 	say "rabbitmq: starting $RMQ_NODE on port $RMQ_PORT (log: $RDIR/log)"
 	# setsid: the node must outlive this script and not get the terminal's signals.
 	setsid "${AS_RMQ[@]}" env -C "$RDIR" "${RMQ_ENV[@]}" "$RMQ_BIN/rabbitmq-server" \
-		>"$STATE/rabbitmq-startup.log" 2>&1 </dev/null 9>&- &
+		>"$RMQ_STARTUP_LOG" 2>&1 </dev/null 9>&- &
 	local pid=$! deadline=$((SECONDS + START_TIMEOUT))
 	until "${RMQCTL[@]}" await_startup --timeout 10 >/dev/null 2>&1; do
 		if ! kill -0 "$pid" 2>/dev/null; then
-			tail -n 30 "$STATE/rabbitmq-startup.log" >&2 || true
-			die "rabbitmq: the node exited during startup (see $STATE/rabbitmq-startup.log and $RDIR/log)"
+			tail -n 30 "$RMQ_STARTUP_LOG" >&2 || true
+			die "rabbitmq: the node exited during startup (see $RMQ_STARTUP_LOG and $RDIR/log)"
 		fi
 		[ $SECONDS -lt $deadline ] || die "rabbitmq: not up after ${START_TIMEOUT}s (see $RDIR/log)"
 		sleep 0.5
@@ -760,8 +774,220 @@ cmd_reset() {
 	rmq_setup
 }
 
+# --- RabbitMQ cluster ---------------------------------------------------------------------------
+
+CLUSTER_SIZE=3
+CLUSTER_PREFIX=${SVCCOMM_CLUSTER_NODE:-svccomm-c}
+CLUSTER_AMQP_PORT=${SVCCOMM_CLUSTER_AMQP_PORT:-5680}
+CLUSTER_DIST_PORT=${SVCCOMM_CLUSTER_DIST_PORT:-25680}
+CLUSTER_EPMD_PORT=${SVCCOMM_CLUSTER_EPMD_PORT:-$((CLUSTER_DIST_PORT + CLUSTER_SIZE))}
+
+# Points the RabbitMQ functions above at cluster node $1 (1..3): its name, ports and folder,
+# the cluster's epmd and password. Every node's folder holds a copy of one cookie.
+cluster_node() {
+	local n=$1
+	case "$n" in
+	[1-9]) [ "$n" -le $CLUSTER_SIZE ] || die "cluster: no node $n (1..$CLUSTER_SIZE)" ;;
+	*) die "cluster: no node '$n' (1..$CLUSTER_SIZE)" ;;
+	esac
+	CDIR=$STATE/cluster
+	RDIR=$CDIR/n$n
+	RMQ_PWFILE=$CDIR/password
+	RMQ_NODE=$CLUSTER_PREFIX$n@localhost
+	RMQ_PORT=$((CLUSTER_AMQP_PORT + n - 1))
+	RMQ_DIST_PORT=$((CLUSTER_DIST_PORT + n - 1))
+	RMQ_EPMD_PORT=$CLUSTER_EPMD_PORT
+	RMQ_STARTUP_LOG=$CDIR/n$n-startup.log
+	rmq_env
+}
+
+cluster_prepare() {
+	CDIR=$STATE/cluster
+	mkdir -p "$CDIR"
+	chmod 755 "$CDIR"
+	ensure_secret "$CDIR/password"
+	if [ ! -s "$CDIR/.erlang.cookie" ]; then
+		(
+			umask 077
+			od -An -N16 -tx1 /dev/urandom | tr -d ' \n' | tr 'a-f' 'A-F' >"$CDIR/.erlang.cookie"
+		)
+	fi
+	local n
+	for n in $(seq 1 $CLUSTER_SIZE); do
+		mkdir -p "$CDIR/n$n"
+		if ! cmp -s "$CDIR/.erlang.cookie" "$CDIR/n$n/.erlang.cookie"; then
+			rm -f "$CDIR/n$n/.erlang.cookie"
+			cp "$CDIR/.erlang.cookie" "$CDIR/n$n/.erlang.cookie"
+			chmod 400 "$CDIR/n$n/.erlang.cookie"
+		fi
+	done
+	if is_root; then
+		chown rabbitmq:rabbitmq "$CDIR" "$CDIR/password" "$CDIR/.erlang.cookie"
+	fi
+}
+
+# The Erlang VM of node $1 runs (its pid file names a live process).
+cluster_alive() {
+	local pid
+	pid=$(cat "$STATE/cluster/n$1/pid" 2>/dev/null) || return 1
+	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+# Evaluates an Erlang expression on the current cluster node; prints the result.
+cluster_eval() {
+	"${RMQCTL[@]}" -q eval "$1" 2>/dev/null
+}
+
+# Starts the nodes given as arguments at once (each boot takes a while) and waits for all.
+cluster_start_nodes() {
+	local n pids=() failed=0
+	for n in "$@"; do
+		(
+			cluster_node "$n"
+			rmq_start
+		) &
+		pids+=($!)
+	done
+	for n in "${pids[@]}"; do
+		wait "$n" || failed=1
+	done
+	[ $failed = 0 ] || die "cluster: a node did not start (logs in $STATE/cluster/n*/log)"
+}
+
+# Node $1 joins node 1's cluster unless it is a member already.
+cluster_join() {
+	local n=$1 first=$CLUSTER_PREFIX"1@localhost"
+	cluster_node "$n"
+	if cluster_eval 'rabbit_nodes:all().' | grep -q "'$first'"; then
+		return 0
+	fi
+	say "cluster: $RMQ_NODE joins $first"
+	local step log=$CDIR/join.log
+	for step in stop_app reset "join_cluster $first" start_app; do
+		# shellcheck disable=SC2086 # the step is a command and its argument
+		"${RMQCTL[@]}" -q $step >>"$log" 2>&1 ||
+			{
+				tail -n 20 "$log" >&2
+				die "cluster: $RMQ_NODE: rabbitmqctl $step failed (see $log)"
+			}
+	done
+}
+
+cluster_start() {
+	cluster_prepare
+	local t0=$SECONDS n
+	# Members of a cluster wait for each other at boot: start all of them together.
+	START_TIMEOUT=${SVCCOMM_SERVERS_TIMEOUT:-300}
+	cluster_start_nodes $(seq 1 $CLUSTER_SIZE)
+	for n in $(seq 2 $CLUSTER_SIZE); do
+		cluster_join "$n"
+	done
+	cluster_node 1
+	rmq_setup
+	say "cluster: ready in $((SECONDS - t0))s: ports $CLUSTER_AMQP_PORT-$((CLUSTER_AMQP_PORT + CLUSTER_SIZE - 1)), vhost $RMQ_VHOST"
+}
+
+cluster_stop() {
+	local n any=0
+	for n in $(seq $CLUSTER_SIZE -1 1); do
+		cluster_node "$n"
+		if cluster_alive "$n"; then
+			any=1
+			rmq_stop_node RMQCTL
+		fi
+	done
+	[ $any = 1 ] || say "cluster: not running"
+	ERL_EPMD_PORT=$CLUSTER_EPMD_PORT epmd -kill >/dev/null 2>&1 || true
+}
+
+cluster_status() {
+	local n rc=0 running
+	for n in $(seq 1 $CLUSTER_SIZE); do
+		cluster_node "$n"
+		if cluster_alive "$n" && running=$(cluster_eval 'length(rabbit_nodes:all_running()).'); then
+			echo "node $n:     running  $RMQ_NODE, amqp port $RMQ_PORT, sees $running running node(s)"
+		else
+			echo "node $n:     stopped  $RMQ_NODE, amqp port $RMQ_PORT"
+			rc=1
+		fi
+	done
+	echo "state:      $STATE/cluster"
+	return $rc
+}
+
+cluster_env() {
+	local n pw urls=()
+	pw=$(read_secret "$STATE/cluster/password") ||
+		say "no password in $STATE/cluster/password (cluster not started yet, or not yours to read)"
+	for n in $(seq 1 $CLUSTER_SIZE); do
+		cluster_node "$n"
+		urls+=("amqp://$RMQ_USER${pw:+:$pw}@localhost:$RMQ_PORT/$RMQ_VHOST")
+		echo "export SVCCOMM_CLUSTER_URL_$n=${urls[-1]}"
+		echo "export SVCCOMM_CLUSTER_RABBITMQCTL_$n=$(printf '%q' "$(quote_cmd "${RMQCTL[@]}")")"
+	done
+	echo "export SVCCOMM_CLUSTER_URLS=$(IFS=,; echo "${urls[*]}")"
+}
+
+cluster_kill_node() {
+	local n=$1 pid
+	cluster_node "$n"
+	cluster_alive "$n" || die "cluster: node $n ($RMQ_NODE) is not running"
+	pid=$(cat "$RDIR/pid")
+	say "cluster: kill -9 $RMQ_NODE (pid $pid)"
+	kill -9 "$pid"
+	while kill -0 "$pid" 2>/dev/null; do
+		sleep 0.1
+	done
+}
+
+cluster_start_node() {
+	local n=$1 want=0 k deadline
+	cluster_node "$n"
+	START_TIMEOUT=${SVCCOMM_SERVERS_TIMEOUT:-300}
+	cluster_start_nodes "$n"
+	# Back in the cluster: the node sees every node whose VM runs.
+	for k in $(seq 1 $CLUSTER_SIZE); do
+		if cluster_alive "$k"; then want=$((want + 1)); fi
+	done
+	cluster_node "$n"
+	deadline=$((SECONDS + START_TIMEOUT))
+	until [ "$(cluster_eval 'length(rabbit_nodes:all_running()).')" = "$want" ]; do
+		[ $SECONDS -lt $deadline ] || die "cluster: $RMQ_NODE did not rejoin after ${START_TIMEOUT}s"
+		sleep 0.5
+	done
+	say "cluster: $RMQ_NODE is back ($want node(s) running)"
+}
+
+cmd_cluster() {
+	local what=${1:-}
+	case "$what" in
+	start | stop | kill-node | start-node)
+		check_tools
+		resolve_state
+		mkdir -p "$STATE/cluster"
+		exec 9>"$STATE/cluster/.lock"
+		flock 9
+		;;
+	status | env) peek_state ;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+	case "$what" in
+	start) cluster_start ;;
+	stop) cluster_stop ;;
+	status) cluster_status ;;
+	env) cluster_env ;;
+	kill-node | start-node)
+		[ -n "${2:-}" ] || die "cluster $what: which node (1..$CLUSTER_SIZE)?"
+		"cluster_${what//-/_}" "$2"
+		;;
+	esac
+}
+
 usage() {
-	sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
@@ -773,6 +999,10 @@ reset) cmd_reset ;;
 pg-standby)
 	shift
 	cmd_pg_standby "$@"
+	;;
+cluster)
+	shift
+	cmd_cluster "$@"
 	;;
 -h | --help | help)
 	usage

@@ -4,7 +4,8 @@
 ---The table settings.lua returns (see the README, Settings).
 ---@class svccomm.Settings
 ---@field APP_ID string|nil AMQP app_id of published messages; names this service in logs. (default "svccomm")
----@field BROKER_CONNECTION_URL string|nil RabbitMQ URL (amqp:// or amqps://). Env SVCCOMM_BROKER_URL overrides. (default "amqp://guest:guest@localhost:5672/%2f")
+---@field BROKER_CONNECTION_URL string|string[]|nil RabbitMQ URL (amqp:// or amqps://), or a list of URLs, one per node of a cluster: the first that answers is used, and after a lost connection the next one. Every entry must parse, and amqp:// and amqps:// do not mix. Env SVCCOMM_BROKER_URL overrides (several URLs separated by commas). (default "amqp://guest:guest@localhost:5672/%2f")
+---@field BROKER_SHUFFLE boolean|nil Try the nodes of BROKER_CONNECTION_URL in an order shuffled once per process (each --workers worker and each relay draws its own) instead of as listed, to spread connections over a cluster. (default false)
 ---@field BROKER_TLS table|nil TLS of an amqps:// URL (an error with amqp://): { ca_file, cert_file, key_file, verify_peer, verify_hostname }. No ca_file = the system store /etc/ssl/certs/ca-certificates.crt; cert_file/key_file = a client certificate (key_file defaults to cert_file). Files must be readable PEM. Env SVCCOMM_BROKER_CA_FILE, SVCCOMM_BROKER_CERT_FILE, SVCCOMM_BROKER_KEY_FILE override the files. Turning verification off logs a warning at every start. (default {verify_peer = true, verify_hostname = true})
 ---@field DATABASE_URL string|nil PostgreSQL URL or key=value conninfo; unset = no transactions, no outbox. Env SVCCOMM_DATABASE_URL overrides. (default nil)
 ---@field QUEUE string|nil The queue runconsumer consumes from (required by runconsumer); at most 238 bytes of UTF-8, so that <QUEUE>.retry.<ms> fits in 255. (default nil)

@@ -115,7 +115,7 @@ end
 ---@return integer warnings
 function M.tls_lines(s, add)
 	local t = s.BROKER_TLS
-	if not s.BROKER_CONNECTION_URL:lower():find("^amqps://") then
+	if not settings_mod.broker_urls(s)[1]:lower():find("^amqps://") then
 		add("tls:      off (amqp:// URL)")
 		return 0
 	end
@@ -161,7 +161,13 @@ function M.check_report()
 
 	add("settings: %s", s._PATH)
 	add("app id:   %s", s.APP_ID)
-	add("broker:   %s", settings_mod.mask_url(s.BROKER_CONNECTION_URL))
+	local urls = settings_mod.broker_urls(s)
+	for i, u in ipairs(urls) do
+		add("%s%s", i == 1 and "broker:   " or "          ", settings_mod.mask_url(u))
+	end
+	if #urls > 1 then
+		add("          (%d nodes, tried %s)", #urls, s.BROKER_SHUFFLE and "in an order shuffled per process" or "in this order")
+	end
 	warnings = warnings + M.tls_lines(s, add)
 	add("database: %s", s.DATABASE_URL and settings_mod.mask_url(s.DATABASE_URL) or "(none: handlers run without a transaction)")
 	local qargs = {}

@@ -86,7 +86,7 @@ end
 
 -- The LuaLS type of a schema type (the README's words).
 local LUA_TYPES = {
-	string = "string", URL = "string", conninfo = "string", identifier = "string",
+	string = "string", URL = "string", ["URL or list"] = "string|string[]", conninfo = "string", identifier = "string",
 	enum = "string", boolean = "boolean", integer = "integer", seconds = "number",
 	table = "table", list = "table", ["list of seconds"] = "number[]",
 }

@@ -34,6 +34,18 @@ local fail, show = checks.fail, checks.show
 ---@return any
 M.mask_url = secrets.mask
 
+--- The URLs of BROKER_CONNECTION_URL in normalized settings, always as a list (the setting
+--- is a string when it names one node).
+---@param s table  normalized settings
+---@return string[]
+function M.broker_urls(s)
+	local v = s.BROKER_CONNECTION_URL
+	if type(v) == "table" then
+		return v
+	end
+	return { v }
+end
+
 -- Levenshtein distance (case-insensitive)
 local function distance(a, b)
 	a, b = lower(a), lower(b)
@@ -208,7 +220,7 @@ function M.validate(tbl, env, path)
 		-- TLS options with a plain amqp:// URL are a mistake that would send the credentials
 		-- unencrypted: refuse it rather than ignore BROKER_TLS
 		if (tbl.BROKER_TLS ~= nil or next(from_env.BROKER_TLS or {}) ~= nil)
-			and not find(lower(out.BROKER_CONNECTION_URL), "^amqps://") then
+			and not find(lower(M.broker_urls(out)[1]), "^amqps://") then
 			fail("BROKER_TLS", "is set but BROKER_CONNECTION_URL is not an amqps:// URL (use "
 				.. "amqps://, or remove BROKER_TLS and SVCCOMM_BROKER_*_FILE)")
 		end

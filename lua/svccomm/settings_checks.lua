@@ -203,6 +203,64 @@ local function check_url(what, parsed_what, parser)
 end
 
 local check_amqp_url = check_url("an amqp:// or amqps:// URL", "an amqp:// or amqps:// URL", "parse_amqp_url")
+-- BROKER_CONNECTION_URL: one URL or a list of them (the nodes of a cluster, tried in order). A
+-- string holding several URLs separated by commas ("amqp://a,amqp://b", the form of
+-- SVCCOMM_BROKER_URL) is split where a comma is followed by amqp:// or amqps://, so a comma
+-- inside a password stays part of it. Normalized: a string for one URL, a list for several.
+-- Every entry must parse; amqp:// and amqps:// do not mix (BROKER_TLS applies to all or none).
+local function split_urls(s)
+	local out, start = {}, 1
+	local low = lower(s)
+	local pos = 1
+	while true do
+		local c = find(low, ",", pos, true)
+		if not c then
+			break
+		end
+		local after = find(low, "^%s*amqps?://", c + 1)
+		if after then
+			out[#out + 1] = sub(s, start, c - 1)
+			start = c + 1
+			while find(s, "^%s", start) do
+				start = start + 1
+			end
+		end
+		pos = c + 1
+	end
+	out[#out + 1] = sub(s, start)
+	return out
+end
+
+local function check_amqp_urls(v, key)
+	local list
+	if type(v) == "string" then
+		list = split_urls(v)
+	elseif is_list(v) then
+		list = v
+	else
+		expect(key, "an amqp:// or amqps:// URL, or a list of them", v)
+	end
+	if #list == 0 then
+		fail(key, "expected at least one amqp:// or amqps:// URL, got an empty list")
+	end
+	local out, scheme = {}, nil
+	for i, u in ipairs(list) do
+		local k = #list > 1 and format("%s[%d]", key, i) or key
+		if type(v) == "table" then
+			k = format("%s[%d]", key, i)
+		end
+		out[i] = check_amqp_url(u, k)
+		local tls = find(lower(u), "^amqps://") ~= nil
+		if scheme == nil then
+			scheme = tls
+		elseif scheme ~= tls then
+			fail(k, format("expected %s like the first entry (amqp:// and amqps:// do not mix), got %q",
+				scheme and "an amqps:// URL" or "an amqp:// URL", secrets.mask(u)))
+		end
+	end
+	return #out == 1 and out[1] or out
+end
+
 local check_database_url = check_url("a PostgreSQL connection string (postgresql://... or key=value ...)",
 	"a PostgreSQL connection string", "parse_conninfo")
 
@@ -519,6 +577,8 @@ M.boolean = check_boolean
 M.enum = check_enum
 M.identifier = check_identifier
 M.amqp_url = check_amqp_url
+M.amqp_urls = check_amqp_urls
+M.split_urls = split_urls
 M.database_url = check_database_url
 M.exchanges = check_exchanges
 M.binds = check_binds

@@ -17,9 +17,17 @@ M.rows = {
 		-- the relay's message ids are "<APP_ID>:<row id>": ':' and 19 digits must fit in 255
 		check = C.string { max = 235 },
 		doc = "AMQP app_id of published messages; names this service in logs." },
-	{ key = "BROKER_CONNECTION_URL", type = "URL", default = "amqp://guest:guest@localhost:5672/%2f",
-		check = C.amqp_url, env = "SVCCOMM_BROKER_URL",
-		doc = "RabbitMQ URL (amqp:// or amqps://). Env SVCCOMM_BROKER_URL overrides." },
+	{ key = "BROKER_CONNECTION_URL", type = "URL or list", default = "amqp://guest:guest@localhost:5672/%2f",
+		check = C.amqp_urls, env = "SVCCOMM_BROKER_URL",
+		doc = "RabbitMQ URL (amqp:// or amqps://), or a list of URLs, one per node of a cluster: "
+			.. "the first that answers is used, and after a lost connection the next one. Every "
+			.. "entry must parse, and amqp:// and amqps:// do not mix. Env SVCCOMM_BROKER_URL "
+			.. "overrides (several URLs separated by commas)." },
+	{ key = "BROKER_SHUFFLE", type = "boolean", default = false,
+		check = C.boolean,
+		doc = "Try the nodes of BROKER_CONNECTION_URL in an order shuffled once per process (each "
+			.. "--workers worker and each relay draws its own) instead of as listed, to spread "
+			.. "connections over a cluster." },
 	{ key = "BROKER_TLS", type = "table", default = { verify_peer = true, verify_hostname = true },
 		check = C.broker_tls,
 		env_fields = { ca_file = "SVCCOMM_BROKER_CA_FILE", cert_file = "SVCCOMM_BROKER_CERT_FILE",

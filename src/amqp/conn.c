@@ -36,6 +36,7 @@ static void drop_state(struct svc_amqp *c)
 	c->open = false;
 	c->confirm = false;
 	c->next_seq = 0;
+	c->node[0] = '\0';
 }
 
 void svc_amqp_free(struct svc_amqp *c)
@@ -55,6 +56,11 @@ bool svc_amqp_is_open(const struct svc_amqp *c)
 const char *svc_amqp_error(const struct svc_amqp *c)
 {
 	return c->err;
+}
+
+const char *svc_amqp_node(const struct svc_amqp *c)
+{
+	return c->node;
 }
 
 int svc_amqp_reply_code(const struct svc_amqp *c)
@@ -292,22 +298,6 @@ static int login(struct svc_amqp *c, const struct amqp_connection_info *info, in
 	return rpc_result(c, amqp_get_rpc_reply(c->st), "channel.open") != 0 ? SVC_ECONN : 0;
 }
 
-void svc_amqp_node(const char *url, char *out, size_t outsz)
-{
-	struct amqp_connection_info info;
-	char *copy = strdup(url ? url : "");
-
-	if (outsz)
-		out[0] = '\0';
-	if (!copy)
-		return;
-	amqp_default_connection_info(&info);
-	if (amqp_parse_url(copy, &info) == AMQP_STATUS_OK)
-		snprintf(out, outsz, "%s:%d", info.host, info.port);
-	explicit_bzero(copy, strlen(url ? url : "")); /* parsing cut it with NULs */
-	free(copy);
-}
-
 int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const char *conn_name)
 {
 	struct amqp_connection_info info;
@@ -337,6 +327,10 @@ int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const c
 		}
 		if (rc != 0)
 			drop_state(c);
+		else
+			snprintf(c->node, sizeof(c->node),
+			         strchr(info.host, ':') ? "[%s]:%d" : "%s:%d", info.host,
+			         info.port);
 	}
 	/* The copy holds the decoded password. A memset right before free() is a dead store the
 	 * compiler may drop (GCC does at -O2); explicit_bzero is never dropped. */

@@ -80,9 +80,6 @@ int svc_amqp_connect(struct svc_amqp *c, const char *url, int heartbeat, const c
 /* Closes politely when no error happened on it, else only destroys it; safe on a closed or
  * broken connection. */
 void svc_amqp_close(struct svc_amqp *c);
-/* Writes "host:port" of the broker url names into out (metrics name the node in use); "" when
- * the URL does not parse. */
-void svc_amqp_node(const char *url, char *out, size_t outsz);
 /* Marks the connection broken after a read or protocol error seen outside this file (the
  * consume side): svc_amqp_close will then destroy it without reading from it. */
 void svc_amqp_mark_broken(struct svc_amqp *c);
@@ -91,6 +88,9 @@ void svc_amqp_mark_broken(struct svc_amqp *c);
 int svc_amqp_read_frame_max(struct svc_amqp *c, int frame_max);
 bool svc_amqp_is_open(const struct svc_amqp *c);
 const char *svc_amqp_error(const struct svc_amqp *c);
+/* "host:port" of the node this connection is open to (an IPv6 host in brackets; never the
+ * user or password), or "" when it is not connected. */
+const char *svc_amqp_node(const struct svc_amqp *c);
 /* The underlying state for the consume loop (amqp/consume.c). */
 amqp_connection_state_t svc_amqp_state(struct svc_amqp *c);
 amqp_channel_t svc_amqp_channel(const struct svc_amqp *c);

@@ -22,6 +22,7 @@ struct svc_amqp {
 	uint64_t next_seq; /* last publish sequence number handed out */
 	int reply_code;    /* code of the last channel/connection close from the broker */
 	char err[512];
+	char node[280];              /* "host:port" while connected, else "" */
 	amqp_table_entry_t *entries; /* reusable header entries for publish */
 	size_t entries_cap;
 	struct svc_amqp_tls tls; /* options of amqps:// connects (svc_amqp_set_tls) */

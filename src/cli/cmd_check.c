@@ -4,8 +4,11 @@
  * be declared. Without it no server is contacted, so it runs in CI and on a laptop. */
 #include <lua.h>
 #include <stdio.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
+#include "amqp/nodes.h"
 #include "config/config.h"
 #include "consumer/consumer.h"
 #include "lua/runtime.h"
@@ -96,17 +99,29 @@ static int report_exists(struct svc_amqp *mq, const struct svc_config *cfg, cons
 static int check_broker(const struct svc_config *cfg)
 {
 	struct svc_amqp *mq = svc_amqp_new();
+	struct svc_amqp_nodes nodes;
 	int rc = SVC_EXIT_OK, missing = 0, r = 0;
+	char err[600];
 
 	if (!mq)
 		return SVC_EXIT_FAILURE;
+	if (svc_amqp_nodes_init(&nodes, (const char *const *)cfg->broker_urls, cfg->n_broker_urls,
+	                        err, sizeof(err)) != 0) {
+		printf("  broker: %s\n", err);
+		svc_amqp_free(mq);
+		return SVC_EXIT_USAGE;
+	}
+	if (cfg->broker_shuffle)
+		svc_amqp_nodes_shuffle(&nodes, (unsigned)getpid() ^ (unsigned)time(NULL));
 	svc_amqp_set_tls(mq, &cfg->broker_tls);
-	if (svc_amqp_connect(mq, cfg->broker_url, (int)cfg->heartbeat, "svccomm check") != 0) {
+	if (svc_amqp_nodes_connect(&nodes, mq, (int)cfg->heartbeat, "svccomm check") != 0) {
 		printf("  broker: cannot connect: %s\n", svc_amqp_error(mq));
+		svc_amqp_nodes_release(&nodes);
 		svc_amqp_free(mq);
 		return SVC_EXIT_UNREACHABLE;
 	}
-	printf("  broker: connected\n");
+	svc_amqp_nodes_release(&nodes);
+	printf("  broker: connected to node %s\n", svc_amqp_node(mq));
 	for (size_t i = 0; i < cfg->n_exchanges && r >= 0; i++) {
 		r = report_exists(mq, cfg, "exchange", cfg->exchanges[i].name,
 		                  cfg->exchanges[i].type);

@@ -28,7 +28,7 @@ static const struct field fields[] = {
     FIELD("_PATH", F_STRING, path),
     FIELD("_DIR", F_STRING, dir),
     FIELD("APP_ID", F_STRING, app_id),
-    FIELD("BROKER_CONNECTION_URL", F_STRING, broker_url),
+    FIELD("BROKER_SHUFFLE", F_BOOLEAN, broker_shuffle),
     FIELD("DATABASE_URL", F_OPT_STRING, database_url),
     FIELD("QUEUE", F_OPT_STRING, queue),
     FIELD("DO_NOT_DECLARE", F_BOOLEAN, do_not_declare),
@@ -204,6 +204,45 @@ static int copy_queue_args(lua_State *L, int t, const char *key, struct svc_queu
 	return rc;
 }
 
+/* BROKER_CONNECTION_URL: a string (one node) or a list of strings. */
+static int copy_urls(lua_State *L, int t, struct svc_config *cfg)
+{
+	size_t n = 1;
+	int rc = 0;
+
+	lua_getfield(L, t, "BROKER_CONNECTION_URL");
+	if (lua_istable(L, -1))
+		n = (size_t)luaL_len(L, -1);
+	else if (lua_type(L, -1) != LUA_TSTRING)
+		n = 0;
+	if (n == 0) {
+		lua_pop(L, 1);
+		return SVC_ECONFIG;
+	}
+	cfg->broker_urls = calloc(n, sizeof(*cfg->broker_urls));
+	if (!cfg->broker_urls) {
+		lua_pop(L, 1);
+		return SVC_ENOMEM;
+	}
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		if (lua_istable(L, -1))
+			lua_rawgeti(L, -1, (lua_Integer)i + 1);
+		else
+			lua_pushvalue(L, -1);
+		if (lua_type(L, -1) != LUA_TSTRING)
+			rc = SVC_ECONFIG;
+		else if (!(cfg->broker_urls[i] = strdup(lua_tostring(L, -1))))
+			rc = SVC_ENOMEM;
+		else
+			cfg->n_broker_urls = i + 1;
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	if (rc == 0 && !(cfg->broker_url = strdup(cfg->broker_urls[0])))
+		rc = SVC_ENOMEM;
+	return rc;
+}
+
 static int copy_tls(lua_State *L, int t, struct svc_config *cfg)
 {
 	int rc = 0;
@@ -363,6 +402,10 @@ int svc_config_load(lua_State *L, const char *path, struct svc_config *cfg, char
 		rc = copy_delays(L, t, cfg);
 	}
 	if (rc == 0) {
+		bad = "BROKER_CONNECTION_URL";
+		rc = copy_urls(L, t, cfg);
+	}
+	if (rc == 0) {
 		bad = "BROKER_TLS";
 		rc = copy_tls(L, t, cfg);
 	}
@@ -396,6 +439,10 @@ void svc_config_release(struct svc_config *cfg)
 		free(cfg->exchanges[i].type);
 	}
 	free(cfg->database_url_source);
+	free(cfg->broker_url);
+	for (size_t i = 0; i < cfg->n_broker_urls; i++)
+		free(cfg->broker_urls[i]);
+	free(cfg->broker_urls);
 	free(cfg->exchanges);
 	for (size_t i = 0; i < cfg->n_binds; i++) {
 		free(cfg->binds[i].exchange);

@@ -37,7 +37,10 @@ struct svc_config {
 	char *path; /* the settings file */
 	char *dir;  /* its directory: the project dir (apps are in dir/apps) */
 	char *app_id;
-	char *broker_url;
+	char *broker_url;   /* the first of broker_urls */
+	char **broker_urls; /* BROKER_CONNECTION_URL: one URL per node (amqp/nodes.h) */
+	size_t n_broker_urls;
+	bool broker_shuffle;       /* BROKER_SHUFFLE */
 	char *database_url;        /* NULL when not set */
 	char *database_url_source; /* where it came from ("settings file", "env ..."), or NULL */
 	bool log_level_default;    /* LOG_LEVEL set neither in the file nor by env */

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "amqp/nodes.h"
 #include "consumer/consumer.h"
 #include "lua/runtime.h"
 #include "metrics/metrics.h"
@@ -41,6 +42,7 @@ struct svc_consumer_metrics {
 	svc_metric received, ok, skipped, expired, unrouted, retried, dead, dup, refused;
 	svc_metric failures, handler_s, batch_size, commit_s, in_flight, consuming, lua_mem;
 	svc_metric amqp_up, amqp_reconnects, pg_up, pg_reconnects;
+	char amqp_node[300];                /* the node label of amqp_up */
 	char queue[SVC_METRICS_LABELS_MAX]; /* queue="<QUEUE>" */
 };
 
@@ -59,8 +61,9 @@ struct svc_consumer {
 	size_t lua_fresh_bytes; /* what the state used right after its last replacement */
 	struct svc_consumer_devwatch *dev; /* devconsumer's file watch, NULL otherwise */
 
-	struct svc_amqp *in;  /* consumes */
-	struct svc_amqp *out; /* publishes retries and dead letters, confirm mode */
+	struct svc_amqp_nodes nodes; /* BROKER_CONNECTION_URL: both connections use one node */
+	struct svc_amqp *in;         /* consumes */
+	struct svc_amqp *out;        /* publishes retries and dead letters, confirm mode */
 	struct svc_amqp_consumer cs;
 	struct svc_pg pg; /* pg.conn NULL without DATABASE_URL or between sessions */
 	char inbox_table[160];

@@ -120,7 +120,7 @@ static int session_open(struct svc_consumer *c)
 		}
 	}
 	snprintf(name, sizeof(name), "svccomm consumer %s", cfg->queue);
-	rc = svc_amqp_connect(c->in, cfg->broker_url, (int)cfg->heartbeat, name);
+	rc = svc_amqp_nodes_connect(&c->nodes, c->in, (int)cfg->heartbeat, name);
 	if (rc == 0)
 		rc = svc_amqp_read_frame_max(c->in, READ_FRAME_MAX);
 	if (rc) {
@@ -155,6 +155,9 @@ static void session_close(struct svc_consumer *c)
 		svc_consumer_db_cmd(c, "ROLLBACK");
 	c->batch_n = 0;
 	svc_consumer_metrics_session(c, false);
+	/* a broken broker connection: the next session starts with the next node */
+	if (!svc_amqp_is_open(c->in) || !svc_amqp_is_open(c->out))
+		svc_amqp_nodes_lost(&c->nodes);
 	svc_amqp_close(c->in);
 	svc_amqp_close(c->out);
 	c->cs.active = false;
@@ -318,6 +321,14 @@ static int consumer_init(struct svc_consumer *c, const struct svc_config *cfg)
 	}
 	svc_amqp_set_tls(c->in, &cfg->broker_tls);
 	svc_amqp_set_tls(c->out, &cfg->broker_tls);
+	char err[600];
+	if (svc_amqp_nodes_init(&c->nodes, (const char *const *)cfg->broker_urls,
+	                        cfg->n_broker_urls, err, sizeof(err)) != 0) {
+		svc_error(LOG, "%s", err);
+		return SVC_EXIT_USAGE;
+	}
+	if (cfg->broker_shuffle) /* here, in the worker: each draws its own order */
+		svc_amqp_nodes_shuffle(&c->nodes, (unsigned)getpid() ^ (unsigned)time(NULL));
 	for (size_t i = 0; i < cfg->n_retry_delays; i++)
 		c->delay_ms[i] = svc_consumer_delay_ms(cfg->retry_delays[i]);
 	if (svc_consumer_watch_start(c) != 0) {
@@ -337,6 +348,7 @@ static void consumer_free(struct svc_consumer *c)
 		svc_amqp_free(c->in);
 	if (c->out)
 		svc_amqp_free(c->out);
+	svc_amqp_nodes_release(&c->nodes);
 	svc_pg_release(&c->pg);
 	svc_delivery_release(&c->d);
 	free(c->tags);

@@ -21,7 +21,7 @@ static svc_metric outcome(struct svc_consumer *c, const char *name)
 void svc_consumer_metrics_init(struct svc_consumer *c)
 {
 	struct svc_consumer_metrics *m = &c->m;
-	char node[300], labels[SVC_METRICS_LABELS_MAX];
+	char node[300];
 
 	svc_metrics_labels(m->queue, sizeof(m->queue), "queue", c->cfg->queue, (const char *)NULL);
 	m->received = svc_metrics_series(SVC_M_CONSUMER_RECEIVED, m->queue);
@@ -40,9 +40,11 @@ void svc_consumer_metrics_init(struct svc_consumer *c)
 	m->in_flight = svc_metrics_series(SVC_M_CONSUMER_IN_FLIGHT, m->queue);
 	m->consuming = svc_metrics_series(SVC_M_CONSUMER_CONSUMING, m->queue);
 	m->lua_mem = svc_metrics_series(SVC_M_LUA_MEMORY, "");
-	svc_amqp_node(c->cfg->broker_url, node, sizeof(node));
-	svc_metrics_labels(labels, sizeof(labels), "node", node, (const char *)NULL);
-	m->amqp_up = svc_metrics_series(SVC_M_AMQP_CONNECTED, labels);
+	/* the first node until a connection says which one is in use */
+	if (!svc_amqp_url_node(c->cfg->broker_url, node, sizeof(node), NULL))
+		node[0] = '\0';
+	svc_metrics_node_gauge(&m->amqp_up, m->amqp_node, sizeof(m->amqp_node),
+	                       SVC_M_AMQP_CONNECTED, node);
 	m->amqp_reconnects = svc_metrics_series(SVC_M_AMQP_RECONNECTS, "");
 	if (c->cfg->database_url) {
 		m->pg_up = svc_metrics_series(SVC_M_PG_CONNECTED, "");
@@ -62,6 +64,9 @@ void svc_consumer_metrics_session(struct svc_consumer *c, bool up)
 		if (pg)
 			svc_metric_inc(m->pg_reconnects);
 	}
+	if (up)
+		svc_metrics_node_gauge(&m->amqp_up, m->amqp_node, sizeof(m->amqp_node),
+		                       SVC_M_AMQP_CONNECTED, svc_amqp_node(c->in));
 	svc_metric_set(m->amqp_up, up);
 	svc_metric_set(m->consuming, up);
 	if (pg)

@@ -242,7 +242,7 @@ int svc_consumer_connect_out(struct svc_consumer *c)
 {
 	char name[128];
 	snprintf(name, sizeof(name), "svccomm consumer %s (retries)", c->cfg->queue);
-	int rc = svc_amqp_connect(c->out, c->cfg->broker_url, (int)c->cfg->heartbeat, name);
+	int rc = svc_amqp_nodes_connect(&c->nodes, c->out, (int)c->cfg->heartbeat, name);
 	if (rc == 0)
 		rc = svc_amqp_confirm_select(c->out);
 	if (rc) {

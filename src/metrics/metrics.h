@@ -125,6 +125,12 @@ static inline void svc_metric_set(svc_metric m, double d)
 		atomic_store_explicit(m, bits, memory_order_relaxed);
 }
 
+/* The series of metric labelled node=<node>, kept in *cur (its node in cur_node): when node
+ * differs from cur_node, the old series is set to 0 and the new one taken. For gauges that
+ * name the broker node in use. */
+void svc_metrics_node_gauge(svc_metric *cur, char *cur_node, size_t cur_node_sz,
+                            enum svc_metric_id metric, const char *node);
+
 /* Adds an observation to histogram series m of metric (negative values count as 0). */
 void svc_metric_observe(svc_metric m, enum svc_metric_id metric, double value);
 

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include <amqp.h>
@@ -260,4 +261,17 @@ void svc_metrics_fold(struct svc_metrics_region *dst, const struct svc_metrics_r
 			    atomic_load_explicit(&src->v[s->off + k], memory_order_relaxed),
 			    memory_order_relaxed);
 	}
+}
+
+void svc_metrics_node_gauge(svc_metric *cur, char *cur_node, size_t cur_node_sz,
+                            enum svc_metric_id metric, const char *node)
+{
+	char labels[SVC_METRICS_LABELS_MAX];
+
+	if (!svc_metrics_self || !node || !node[0] || (*cur && strcmp(cur_node, node) == 0))
+		return;
+	svc_metric_set(*cur, 0);
+	svc_metrics_labels(labels, sizeof(labels), "node", node, (const char *)NULL);
+	*cur = svc_metrics_series(metric, labels);
+	snprintf(cur_node, cur_node_sz, "%s", node);
 }

@@ -48,6 +48,8 @@ void relay_mq_lost(struct relay *r, const char *what)
 	if (r->mq_up)
 		svc_error(COMP, "broker: %s: %s", what, svc_amqp_error(r->mq));
 	svc_amqp_close(r->mq);
+	if (r->mq_up) /* the next connect starts with the next node */
+		svc_amqp_nodes_lost(&r->nodes);
 	r->mq_up = false;
 	svc_flight_clear(&r->fl);
 	relay_ex_forget_known(r);
@@ -138,7 +140,7 @@ void relay_db_connect(struct relay *r)
 
 void relay_mq_connect(struct relay *r)
 {
-	int rc = svc_amqp_connect(r->mq, r->cfg->broker_url, (int)r->cfg->heartbeat, r->conn_name);
+	int rc = svc_amqp_nodes_connect(&r->nodes, r->mq, (int)r->cfg->heartbeat, r->conn_name);
 
 	if (rc == 0)
 		rc = svc_amqp_confirm_select(r->mq);

@@ -16,6 +16,7 @@
 
 #include "amqp/conn.h"
 #include "metrics/metrics.h"
+#include "amqp/nodes.h"
 #include "outbox/relay_sql.h"
 #include "pg/conn.h"
 #include "relay/window.h"
@@ -44,6 +45,7 @@ struct relay_metrics {
 	bool on;
 	svc_metric parked, backlog, oldest, claim_s, confirm_s, partitions;
 	svc_metric amqp_up, amqp_reconnects, pg_up, pg_reconnects;
+	char amqp_node[300];              /* the node label of amqp_up */
 	svc_metric exm[RELAY_EXM_MAX][4]; /* per exchange: published, confirmed, nacked, returned */
 	size_t n_exm;
 	bool mq_seen, db_seen; /* connected once: the next connect is a reconnect */
@@ -62,6 +64,7 @@ struct relay {
 	double db_last_ok;
 
 	struct svc_amqp *mq;
+	struct svc_amqp_nodes nodes; /* BROKER_CONNECTION_URL */
 	bool mq_up;
 	int mq_fails;
 	double mq_retry_at;

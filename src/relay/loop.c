@@ -196,6 +196,7 @@ static void relay_free(struct relay *r)
 {
 	if (r->mq)
 		svc_amqp_free(r->mq);
+	svc_amqp_nodes_release(&r->nodes);
 	svc_pg_release(&r->pg);
 	svc_relay_sql_release(&r->q);
 	svc_flight_release(&r->fl);
@@ -245,6 +246,18 @@ static int relay_new(const struct svc_config *cfg, volatile sig_atomic_t *stop, 
 	    svc_flight_init(&r->fl, window) != 0)
 		goto fail;
 	svc_amqp_set_tls(r->mq, &cfg->broker_tls);
+	{
+		char err[600];
+		int nrc = svc_amqp_nodes_init(&r->nodes, (const char *const *)cfg->broker_urls,
+		                              cfg->n_broker_urls, err, sizeof(err));
+		if (nrc != 0) {
+			svc_error(COMP, "%s", err);
+			rc = nrc == SVC_EINVAL ? SVC_ECONFIG : nrc;
+			goto fail;
+		}
+		if (cfg->broker_shuffle)
+			svc_amqp_nodes_shuffle(&r->nodes, r->seed);
+	}
 	snprintf(r->conn_name, sizeof(r->conn_name), "svccomm runpublisher %s pid %d", cfg->app_id,
 	         (int)getpid());
 	*out = r;

@@ -33,7 +33,7 @@ static void on_decided(void *arg, const struct svc_flight_entry *e)
 void relay_metrics_init(struct relay *r)
 {
 	struct relay_metrics *m = &r->m;
-	char node[300], labels[SVC_METRICS_LABELS_MAX];
+	char node[300];
 
 	m->on = svc_metrics_self != NULL;
 	if (!m->on)
@@ -44,9 +44,11 @@ void relay_metrics_init(struct relay *r)
 	m->claim_s = svc_metrics_series(SVC_M_RELAY_CLAIM_SECONDS, "");
 	m->confirm_s = svc_metrics_series(SVC_M_RELAY_CONFIRM_SECONDS, "");
 	m->partitions = svc_metrics_series(SVC_M_RELAY_PARTITIONS, "");
-	svc_amqp_node(r->cfg->broker_url, node, sizeof(node));
-	svc_metrics_labels(labels, sizeof(labels), "node", node, (const char *)NULL);
-	m->amqp_up = svc_metrics_series(SVC_M_AMQP_CONNECTED, labels);
+	/* the first node until a connection says which one is in use */
+	if (!svc_amqp_url_node(r->cfg->broker_url, node, sizeof(node), NULL))
+		node[0] = '\0';
+	svc_metrics_node_gauge(&m->amqp_up, m->amqp_node, sizeof(m->amqp_node),
+	                       SVC_M_AMQP_CONNECTED, node);
 	m->amqp_reconnects = svc_metrics_series(SVC_M_AMQP_RECONNECTS, "");
 	m->pg_up = svc_metrics_series(SVC_M_PG_CONNECTED, "");
 	m->pg_reconnects = svc_metrics_series(SVC_M_PG_RECONNECTS, "");
@@ -89,6 +91,9 @@ void relay_metrics_tick(struct relay *r, double now)
 	if (!m->on)
 		return;
 	svc_metrics_heartbeat();
+	if (r->mq_up)
+		svc_metrics_node_gauge(&m->amqp_up, m->amqp_node, sizeof(m->amqp_node),
+		                       SVC_M_AMQP_CONNECTED, svc_amqp_node(r->mq));
 	svc_metric_set(m->amqp_up, r->mq_up);
 	svc_metric_set(m->pg_up, r->db_up);
 	svc_metrics_set_ready((r->mq_up ? SVC_READY_AMQP | SVC_READY_CONSUMING : 0) |

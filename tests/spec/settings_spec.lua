@@ -366,6 +366,41 @@ describe("settings", function()
 			assert.is_nil(err:find("pw@", 1, true), err)
 		end)
 
+		it("accepts a list of nodes, and a comma-separated string such as the variable's", function()
+			local list = { "amqp://u:p@n1:5680/v", "amqp://u:p@n2:5681/v" }
+			local s = settings.validate({ BROKER_CONNECTION_URL = list }, no_env)
+			assert.are.same(list, s.BROKER_CONNECTION_URL)
+			assert.are.same(list, settings.broker_urls(s))
+			s = settings.validate({}, SPEC.env({ SVCCOMM_BROKER_URL = "amqp://u:p@n1:5680/v, amqp://u:p@n2:5681/v" }))
+			assert.are.same(list, s.BROKER_CONNECTION_URL)
+			-- a comma not followed by a URL is part of it (an unencoded one in a password)
+			s = settings.validate({ BROKER_CONNECTION_URL = "amqp://u:a,b@n1/v" }, no_env)
+			assert.are.equal("amqp://u:a,b@n1/v", s.BROKER_CONNECTION_URL)
+			assert.are.same({ "amqp://u:a,b@n1/v" }, settings.broker_urls(s))
+			-- a list of one is one URL
+			s = settings.validate({ BROKER_CONNECTION_URL = { "amqp://n1/" } }, no_env)
+			assert.are.equal("amqp://n1/", s.BROKER_CONNECTION_URL)
+			assert.is_false(s.BROKER_SHUFFLE)
+		end)
+
+		it("refuses an empty list, a malformed entry and mixed schemes, naming the entry", function()
+			assert.are.equal("settings.lua: BROKER_CONNECTION_URL: expected at least one amqp:// or "
+				.. "amqps:// URL, got an empty list", err_of({ BROKER_CONNECTION_URL = {} }))
+			local err = err_of({ BROKER_CONNECTION_URL = { "amqp://u:s3cretpw@n1/", "amqp://u:s3cretpw@n2:x/" } })
+			assert.are.equal('settings.lua: BROKER_CONNECTION_URL[2]: expected an amqp:// or amqps:// URL, '
+				.. 'got "amqp://u:****@n2:x/" (not a valid amqp:// or amqps:// URL)', err)
+			err = err_of({ BROKER_CONNECTION_URL = { "amqps://u:s3cretpw@n1/", "amqp://u:s3cretpw@n2/" } })
+			assert.are.equal('settings.lua: BROKER_CONNECTION_URL[2]: expected an amqps:// URL like the '
+				.. 'first entry (amqp:// and amqps:// do not mix), got "amqp://u:****@n2/"', err)
+			err = err_of({}, SPEC.env({ SVCCOMM_BROKER_URL = "amqp://u:s3cretpw@n1/,amqps://u:s3cretpw@n2/" }))
+			assert.matches("^settings.lua: BROKER_CONNECTION_URL %(from SVCCOMM_BROKER_URL%)%[2%]: expected an amqp:// URL", err)
+			assert.is_nil(err:find("s3cretpw", 1, true))
+			err = err_of({ BROKER_CONNECTION_URL = { "amqp://n1/", 5 } })
+			assert.are.equal("settings.lua: BROKER_CONNECTION_URL[2]: expected an amqp:// or amqps:// URL, got 5", err)
+			err = err_of({ BROKER_CONNECTION_URL = { x = "amqp://n1/" } })
+			assert.matches("expected an amqp:// or amqps:// URL, or a list of them", err)
+		end)
+
 		it("an unparsable override names the variable", function()
 			local err = err_of({}, SPEC.env({ SVCCOMM_BROKER_URL = "nope" }))
 			assert.matches("^settings.lua: BROKER_CONNECTION_URL %(from SVCCOMM_BROKER_URL%): expected", err)
@@ -383,7 +418,8 @@ describe("settings", function()
 			assert.is_true(ok, s)
 			assert.are.equal("http://x", s.BROKER_CONNECTION_URL)
 			assert.is_false(ok2)
-			assert.are.equal("settings.lua: BROKER_CONNECTION_URL: expected an amqp:// or amqps:// URL, got 5", err)
+			assert.are.equal("settings.lua: BROKER_CONNECTION_URL: expected an amqp:// or amqps:// URL, "
+				.. "or a list of them, got 5", err)
 		end)
 	end)
 
