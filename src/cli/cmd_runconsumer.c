@@ -72,5 +72,7 @@ const struct svc_cmd svc_cmd_runconsumer = {
         "finish and commit the handler in progress, ack, exit 0 within SHUTDOWN_TIMEOUT.\n"
         "SIGHUP: with --workers, replace the workers one at a time (each commits its batch\n"
         "first; the next is replaced once the new one consumes); without, stop as on SIGTERM\n"
-        "and exec the same command line again. Either way new handler code is loaded.\n",
+        "and exec the same command line again. Either way new handler code is loaded.\n"
+        "With METRICS_ADDRESS set, serves /metrics (Prometheus), /healthz and /readyz there\n"
+        "(with --workers, the supervisor serves the sum of its workers).\n",
 };

@@ -157,7 +157,8 @@ const struct svc_cmd svc_cmd_runpublisher = {
         "send_after times. Several relays may run at once: they share the rows by partition\n"
         "(advisory locks). SIGTERM/SIGINT: stop claiming, wait up to SHUTDOWN_TIMEOUT for\n"
         "confirms, exit 0. SIGHUP: stop the same way, then exec the same command line again,\n"
-        "which reads the settings file anew.\n",
+        "which reads the settings file anew. With METRICS_ADDRESS set, serves /metrics\n"
+        "(Prometheus), /healthz and /readyz there.\n",
     .exit_codes = "Exit codes: 0 stopped by a signal, 1 runtime failure, 2 usage or "
                   "configuration error.",
 };

@@ -379,9 +379,7 @@ static int run_sessions(struct svc_consumer *c)
 		                           RECONNECT_BASE_S, cfg->reconnect_max_delay,
 		                           (double)rand() / ((double)RAND_MAX + 1.0));
 		svc_info(LOG, "reconnecting in %.1f s (attempt %u)", delay, failures);
-		svc_metrics_heartbeat(); /* the nap is at most RECONNECT_MAX_DELAY */
 		svc_consumer_nap(delay);
-		svc_metrics_heartbeat();
 	}
 	stats_line(c, svc_clock_mono());
 	return SVC_EXIT_OK;

@@ -89,5 +89,6 @@ void svc_consumer_nap(double seconds)
 			left = 0.1;
 		struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(left * 1e9)};
 		nanosleep(&ts, NULL);
+		svc_metrics_heartbeat(); /* waiting on purpose is not a stuck loop */
 	}
 }

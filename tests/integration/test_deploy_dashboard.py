@@ -1,5 +1,6 @@
 """deploy/grafana/svccomm.json: every PromQL expression names metrics that a running consumer or
-relay really exposes, and every metric they expose has a panel (issue 13, item 5)."""
+relay really exposes, and every metric they expose has a panel and a row in the README's
+metrics table (issue 13, items 1 and 5)."""
 import json
 import re
 from pathlib import Path
@@ -8,7 +9,8 @@ import svc
 from svc import RECORDER
 from test_metrics import free_port, get, scrape
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "svccomm.json"
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "svccomm.json"
 
 # PromQL words that are not metric names (functions are recognised by the "(" after them)
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and",
@@ -92,3 +94,8 @@ def test_every_dashboard_query_names_a_metric_of_a_real_scrape(make_project, bro
     families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in exposed}
     shown = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
     assert families - shown == set()
+    # the README's table lists exactly the metrics exposed
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Metrics", 1)[1].split("\n### ", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z_:]+)` \|", section, re.M))
+    assert listed == families

@@ -232,3 +232,25 @@ def test_supervisor_serves_the_sum_of_its_workers_and_keeps_a_dead_ones_counts(p
                                  outcome="ok") == 110, 10, what="110 counted")
     assert value(scrape(port), "svccomm_consumer_received_total") == 110
     assert p.stop(proc) == 0
+
+
+def test_healthz_turns_503_when_a_workers_loop_stops_turning(project):
+    """A stopped worker (SIGSTOP) is a loop that no longer turns: after the bound (60 s +
+    HANDLER_TIMEOUT) the supervisor's /healthz says 503 and names it; SIGCONT heals it."""
+    port = free_port()
+    p = project.setup_consumer(RECORDER, {"METRICS_ADDRESS": "127.0.0.1:%d" % port,
+                                          "HANDLER_TIMEOUT": 1})
+    proc = p.start("runconsumer", "--workers", "2")
+    proc.wait_for_log("metrics on http", 10)
+    svc.wait_until(lambda: get(port, "/readyz")[0] == 200, 30, what="both workers ready")
+    pid = int(re.search(r"worker 2 started \(pid (\d+)\)", proc.log()).group(1))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert get(port, "/healthz")[0] == 200  # not yet past the bound
+        svc.wait_until(lambda: get(port, "/healthz")[0] == 503, 90, interval=1,
+                       what="/healthz 503")
+        assert "main loop stuck" in get(port, "/healthz")[1]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    svc.wait_until(lambda: get(port, "/healthz")[0] == 200, 30, what="/healthz 200 again")
+    assert p.stop(proc) == 0

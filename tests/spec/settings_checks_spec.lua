@@ -32,6 +32,19 @@ describe("settings_checks", function()
 		assert.are.equal("a table", checks.show({}))
 	end)
 
+	it("host_port takes host:port and [v6]:port, nothing else", function()
+		assert.are.equal("127.0.0.1:9464", checks.host_port("127.0.0.1:9464", "METRICS_ADDRESS"))
+		assert.are.equal("metrics.internal:1", checks.host_port("metrics.internal:1", "K"))
+		assert.are.equal("[::1]:65535", checks.host_port("[::1]:65535", "K"))
+		for _, bad in ipairs({ "localhost", ":9464", "h:", "h:0", "h:65536", "h:123456", "a:b:1",
+			"::1:80", "h:9x", "[::1]9464", "", 9464 }) do
+			local err = failure(checks.host_port, bad, "METRICS_ADDRESS")
+			assert.is_table(err, tostring(bad))
+			assert.are.equal("METRICS_ADDRESS", err.key)
+			assert.matches('expected a "host:port" string', err.msg, 1, true)
+		end
+	end)
+
 	it("checkers return the normalized value", function()
 		assert.are.equal(3, checks.integer(1, 5)(3.0, "K"))
 		assert.are.equal("integer", math.type(checks.integer(1, 5)(3.0, "K")))
