@@ -170,12 +170,19 @@ function M.check_report()
 	end
 	warnings = warnings + M.tls_lines(s, add)
 	add("database: %s", s.DATABASE_URL and settings_mod.mask_url(s.DATABASE_URL) or "(none: handlers run without a transaction)")
-	local qargs = {}
-	for _, k in ipairs(sorted_keys(s.QUEUE_ARGUMENTS)) do
-		qargs[#qargs + 1] = k .. "=" .. tostring(s.QUEUE_ARGUMENTS[k])
+	local function args_text(t)
+		local out = {}
+		for _, k in ipairs(sorted_keys(t or {})) do
+			out[#out + 1] = k .. "=" .. tostring(t[k])
+		end
+		return #out > 0 and " (" .. concat(out, ", ") .. ")" or ""
 	end
-	add("queue:    %s%s", s.QUEUE or "(none: runconsumer needs QUEUE)",
-		#qargs > 0 and " (" .. concat(qargs, ", ") .. ")" or "")
+	add("queue:    %s%s", s.QUEUE or "(none: runconsumer needs QUEUE)", args_text(s.QUEUE_ARGUMENTS))
+	if s.QUEUE then
+		-- svccomm's own queues, as runconsumer declares them (following QUEUE_ARGUMENTS unless set)
+		add("retries:  %s.retry.<ms>%s", s.QUEUE, args_text(s.RETRY_QUEUE_ARGUMENTS))
+		add("dlq:      %s.dlq%s", s.QUEUE, args_text(s.DEAD_LETTER_QUEUE_ARGUMENTS))
+	end
 	add("declare:  %s", s.DO_NOT_DECLARE and "no (DO_NOT_DECLARE: checked passively)" or "yes")
 	M.source_lines(s, add)
 

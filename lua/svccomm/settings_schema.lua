@@ -58,11 +58,13 @@ M.rows = {
 			.. "QUEUE gets quorum retry queues (same x-quorum-initial-group-size), any other "
 			.. "type (streams included) classic ones. A quorum retry queue gets "
 			.. 'x-dead-letter-strategy = "at-least-once" and x-overflow = "reject-publish" '
-			.. "unless given." },
+			.. "unless given. Unset, a retry queue that exists with other arguments is used as "
+			.. "it is (a warning); set, that is an error naming this key." },
 	{ key = "DEAD_LETTER_QUEUE_ARGUMENTS", type = "table", nullable = true,
 		check = C.queue_arguments,
 		doc = "Arguments of <QUEUE>.dlq. Unset = follow QUEUE_ARGUMENTS as the retry queues do "
-			.. "(quorum or classic)." },
+			.. "(quorum or classic; an existing DLQ declared otherwise is used as it is, with a "
+			.. "warning)." },
 	{ key = "EXCHANGES", type = "list", default = {},
 		check = C.exchanges,
 		doc = 'Exchanges to declare: "name" or {"name", "type"} (type direct|fanout|topic|headers, '

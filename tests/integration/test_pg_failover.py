@@ -28,10 +28,11 @@ def standby(*args, timeout=300):
 
 
 @pytest.fixture
-def failover_url(servers):
-    """A synchronous standby of the test PostgreSQL; yields the two-host URL. Afterwards the
-    standby is removed and the test PostgreSQL started again (it may have been stopped)."""
-    standby("start", "--sync")
+def failover_urls(servers, request):
+    """A standby of the test PostgreSQL (synchronous unless the test is marked
+    `asynchronous`); yields (the two-host URL, the standby's URL). Afterwards the standby is
+    removed and the test PostgreSQL started again (it may have been stopped)."""
+    standby("start", *([] if request.node.get_closest_marker("asynchronous") else ["--sync"]))
     env = {}
     for line in standby("env").splitlines():
         words = shlex.split(line)
@@ -39,7 +40,7 @@ def failover_url(servers):
             key, value = words[1].split("=", 1)
             env[key] = value
     try:
-        yield env["SVCCOMM_FAILOVER_DATABASE_URL"]
+        yield env["SVCCOMM_FAILOVER_DATABASE_URL"], env["SVCCOMM_STANDBY_DATABASE_URL"]
     finally:
         standby("stop")
         subprocess.run(["bash", str(svc.SERVERS_SH), "start"], check=True, timeout=300,
@@ -117,7 +118,8 @@ def query(url, q):
         conn.close()
 
 
-def test_primary_lost_and_standby_promoted_nothing_lost_no_restart(project, broker, failover_url):
+def test_primary_lost_and_standby_promoted_nothing_lost_no_restart(project, broker, failover_urls):
+    failover_url = failover_urls[0]
     p = project.setup_consumer(RECORDER, dict(svc.RELAY_SETTINGS, **{
         "DATABASE_URL": failover_url, "INBOX": True, "INBOX_TABLE": project.table("inbox"),
         "PREFETCH_COUNT": 50, "RECONNECT_MAX_DELAY": 1}))
@@ -174,3 +176,54 @@ def test_primary_lost_and_standby_promoted_nothing_lost_no_restart(project, brok
     print("committed %d, rolled back %d, commit unknown %d, failed %d, handled %d"
           % (len(writer.committed), len(writer.rolled_back), len(writer.unknown),
              len(writer.failed), len(got)))
+
+
+def set_read_only(url, on):
+    conn = svc.pg_connect(url)
+    try:
+        cur = conn.cursor()
+        cur.execute("ALTER SYSTEM %s default_transaction_read_only" % ("SET" if on else "RESET")
+                    + (" = on" if on else ""))
+        cur.execute("SELECT pg_reload_conf()")
+    finally:
+        conn.close()
+
+
+@pytest.mark.asynchronous
+def test_a_fenced_read_only_old_primary_is_left_for_the_promoted_standby(project, broker,
+                                                                          failover_urls):
+    """The old primary stays up but read-only (fenced: default_transaction_read_only) and the
+    standby is promoted: the relay, whose claim is refused with SQLSTATE 25006, and the
+    consumer, whose handler's INSERT is, both reconnect and find the new primary."""
+    failover_url, standby_url = failover_urls
+    p = project.setup_consumer(RECORDER, dict(svc.RELAY_SETTINGS, **{
+        "DATABASE_URL": failover_url, "RECONNECT_MAX_DELAY": 1}))
+    r = p.run("migrate", timeout=60)
+    assert r.returncode == 0, r.stderr
+    consumer = p.start_consumer()
+    relay = p.start_relay()
+    outbox = p.table("outbox")
+    insert = ("INSERT INTO %s (exchange, routing_key, body) SELECT %%s, 'ev.made', "
+              "json_build_object('n', g)::text FROM generate_series(%%s, %%s) g" % outbox)
+    conn = svc.pg_connect()
+    svc.pg_query(conn, insert, (p.exchange(), 1, 20))
+    conn.close()
+    count = lambda url: query(url, "SELECT count(*) FROM %s" % p.table())[0][0]
+    svc.wait_until(lambda: count(standby_url) == 20, 60, what="20 handled, on the standby too")
+    try:
+        set_read_only(None, True)
+        standby("promote")
+        conn = svc.pg_connect(standby_url)
+        svc.pg_query(conn, insert, (p.exchange(), 21, 40))
+        conn.close()
+        svc.wait_until(lambda: count(standby_url) == 40, 60,
+                       what="the events written on the new primary handled there")
+    finally:
+        set_read_only(None, False)
+    assert query(standby_url, "SELECT count(DISTINCT n) FROM %s" % p.table())[0][0] == 40
+    assert consumer.running() and relay.running()
+    clog, rlog = p.log(consumer), p.log(relay)
+    # its claim (which deletes what was confirmed) is refused on a read-only server
+    assert "read-only transaction" in rlog and "database: reconnected" in rlog, rlog
+    assert "SQLSTATE 25006" in clog and clog.count("consuming '") >= 2, clog
+    assert p.stop(relay) == 0 and p.stop(consumer) == 0

@@ -24,8 +24,12 @@ def queue_info(name):
 def test_retry_queues_and_dlq_follow_a_quorum_queue(project, broker):
     p = project.setup_consumer(RECORDER, {"QUEUE_ARGUMENTS": dict(
         QUORUM, **{"x-quorum-initial-group-size": 1})})
-    p.start_consumer()
     q = p.queue()
+    out = p.run("check").stdout
+    assert "retries:  %s.retry.<ms> (x-dead-letter-strategy=at-least-once, x-overflow=reject-publish, " \
+        "x-queue-type=quorum, x-quorum-initial-group-size=1)\n" % q in out, out
+    assert "dlq:      %s.dlq (x-queue-type=quorum, x-quorum-initial-group-size=1)\n" % q in out, out
+    p.start_consumer()
     assert queue_info(q)[0] == "quorum"
     dlq_type, dlq_args = queue_info(q + ".dlq")
     assert dlq_type == "quorum", dlq_args
