@@ -219,7 +219,7 @@ local function split_urls(s)
 		end
 		local after = find(low, "^%s*amqps?://", c + 1)
 		if after then
-			out[#out + 1] = sub(s, start, c - 1)
+			out[#out + 1] = (gsub(sub(s, start, c - 1), "%s+$", ""))
 			start = c + 1
 			while find(s, "^%s", start) do
 				start = start + 1

@@ -147,6 +147,7 @@ void relay_mq_connect(struct relay *r)
 	if (rc != 0) {
 		svc_warn(COMP, "broker: cannot connect: %s", svc_amqp_error(r->mq));
 		svc_amqp_close(r->mq);
+		svc_amqp_nodes_lost(&r->nodes); /* a node that answered, then failed: the next */
 		r->mq_retry_at = retry_at(r, &r->mq_fails);
 		return;
 	}

@@ -81,16 +81,31 @@ def test_env_comma_list_and_check_shows_the_node(project):
     assert password() not in out
 
 
-def test_a_lost_connection_moves_to_the_next_node(project):
-    """Two names of the one local broker stand for two nodes: after the broker closes the
-    connections, the consumer reconnects to the node after the one it used."""
+def two_names_of_the_broker():
+    """Two names of the one local broker stand for two nodes; ("host:port" of the second)."""
     u = urlparse(real_url())
     other = real_url().replace("@%s:" % u.hostname, "@127.0.0.1:")
-    p = project.setup_consumer(HANDLER, {"BROKER_CONNECTION_URL": [real_url(), other]})
+    return [real_url(), other], "127.0.0.1:%d" % u.port
+
+
+def close_connections(marker):
+    """The broker closes every connection whose client properties contain marker."""
+    out = svc.rabbitmqctl("list_connections", "pid", "client_properties")
+    closed = 0
+    for line in out.splitlines():
+        if marker in line:
+            svc.rabbitmqctl("close_connection", line.split()[0], "test: node lost")
+            closed += 1
+    assert closed, out
+
+
+def test_a_lost_connection_moves_the_consumer_to_the_next_node(project):
+    urls, second = two_names_of_the_broker()
+    p = project.setup_consumer(HANDLER, {"BROKER_CONNECTION_URL": urls})
     proc = p.start_consumer()
     assert "using broker node %s (1 of 2)" % real_node() in proc.log()
-    svc.rabbitmqctl("close_all_connections", "-p", u.path.lstrip("/") or "/", "test")
-    proc.wait_for_log(re.escape("using broker node 127.0.0.1:%d (2 of 2)" % u.port), 30)
+    close_connections(p.queue())
+    proc.wait_for_log(re.escape("using broker node %s (2 of 2)" % second), 30)
     svc.wait_until(lambda: proc.log().count("consuming '%s'" % p.queue()) >= 2, 30,
                    what="consuming again")
     b = Broker()
@@ -99,6 +114,25 @@ def test_a_lost_connection_moves_to_the_next_node(project):
     finally:
         b.close()
     svc.wait_until(lambda: p.record_count() == 1, 20, what="the message handled")
+    assert p.stop() == 0
+
+
+def test_a_lost_connection_moves_the_relay_to_the_next_node(project, broker):
+    urls, second = two_names_of_the_broker()
+    p = project.setup_relay({"BROKER_CONNECTION_URL": urls})
+    ex, q = p.exchange(), p.queue()
+    broker.exchange(ex)
+    broker.queue(q, bind_to=[ex])
+    proc = p.start_relay()
+    p.outbox_insert_many(ex, 10)
+    assert len(broker.collect(q, 10, timeout=30)) == 10
+    assert "using broker node %s (1 of 2)" % real_node() in proc.log()
+    close_connections("pid %d" % proc.pid)
+    proc.wait_for_log(re.escape("using broker node %s (2 of 2)" % second), 30)
+    p.outbox_insert_many(ex, 10)
+    msgs = broker.collect(q, 10, timeout=30)
+    assert len(msgs) == 10  # published on the new connection
+    svc.wait_until(lambda: p.outbox_count() == 0, 20, what="the rows deleted after confirms")
     assert p.stop() == 0
 
 

@@ -60,6 +60,20 @@ describe("host", function()
 		end)
 	end)
 
+	describe("check_report with several broker nodes", function()
+		it("lists every node, masked, and the order they are tried in", function()
+			for _, shuffle in ipairs({ false, true }) do
+				host.settings = settings.validate({ BROKER_CONNECTION_URL = { "amqp://u:s3cretpw@n1:5680/v",
+					"amqp://u:s3cretpw@n2:5681/v" }, BROKER_SHUFFLE = shuffle }, SPEC.env({}), "p/settings.lua")
+				local report = host.check_report()
+				assert.is_truthy(report:find("broker:   amqp://u:****@n1:5680/v\n          amqp://u:****@n2:5681/v\n"
+					.. "          (2 nodes, tried " .. (shuffle and "in an order shuffled per process" or "in this order")
+					.. ")\n", 1, true), report)
+				assert.is_nil(report:find("s3cretpw", 1, true))
+			end
+		end)
+	end)
+
 	describe("publish", function()
 		it("needs DATABASE_URL: a usage error naming the settings file", function()
 			host.settings = settings.validate({}, SPEC.env({}), "proj/settings.lua")

@@ -86,6 +86,41 @@ static void settings_are_copied(void **state)
 	assert_null(cfg.queue);
 }
 
+/* BROKER_CONNECTION_URL: one URL or a list; broker_url is the first. */
+static void broker_urls_are_copied(void **state)
+{
+	struct fixture *f = *state;
+	struct svc_config cfg;
+	char err[512];
+	char *env = getenv("SVCCOMM_BROKER_URL") ? strdup(getenv("SVCCOMM_BROKER_URL")) : NULL;
+
+	unsetenv("SVCCOMM_BROKER_URL");
+	write_settings(
+	    f, "return { BROKER_CONNECTION_URL = { 'amqp://u:p@n1:5680/v', "
+	       "'amqp://u:p@n2:5681/v', 'amqp://u:p@n3:5682/v' }, BROKER_SHUFFLE = true }\n");
+	assert_int_equal(load(f, &cfg, err, sizeof(err)), 0);
+	assert_int_equal(cfg.n_broker_urls, 3);
+	assert_string_equal(cfg.broker_urls[0], "amqp://u:p@n1:5680/v");
+	assert_string_equal(cfg.broker_urls[2], "amqp://u:p@n3:5682/v");
+	assert_string_equal(cfg.broker_url, "amqp://u:p@n1:5680/v");
+	assert_true(cfg.broker_shuffle);
+	svc_config_release(&cfg);
+	assert_null(cfg.broker_urls);
+	write_settings(f, "return { BROKER_CONNECTION_URL = 'amqp://u:p@n1/v' }\n");
+	assert_int_equal(load(f, &cfg, err, sizeof(err)), 0);
+	assert_int_equal(cfg.n_broker_urls, 1);
+	assert_string_equal(cfg.broker_urls[0], "amqp://u:p@n1/v");
+	assert_false(cfg.broker_shuffle);
+	svc_config_release(&cfg);
+	write_settings(f, "return { BROKER_CONNECTION_URL = {} }\n");
+	assert_int_equal(load(f, &cfg, err, sizeof(err)), SVC_ECONFIG);
+	assert_non_null(strstr(err, "BROKER_CONNECTION_URL: expected at least one"));
+	if (env) {
+		setenv("SVCCOMM_BROKER_URL", env, 1);
+		free(env);
+	}
+}
+
 /* BROKER_TLS reaches struct svc_amqp_tls: the files (here the settings file itself, a readable
  * file) and the switches; unset, verification is on and there are no files. */
 static void broker_tls_is_copied(void **state)
@@ -166,6 +201,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(settings_are_copied, setup, teardown),
+	    cmocka_unit_test_setup_teardown(broker_urls_are_copied, setup, teardown),
 	    cmocka_unit_test_setup_teardown(broker_tls_is_copied, setup, teardown),
 	    cmocka_unit_test_setup_teardown(settings_errors_are_the_message_alone, setup, teardown),
 	    cmocka_unit_test_setup_teardown(a_state_without_runtime_is_refused, setup, teardown),
