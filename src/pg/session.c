@@ -24,6 +24,11 @@ struct session {
 	int n_prep;
 	unsigned next_name;
 	bool no_prepare; /* the session lost a prepared statement: unnamed ones only */
+	/* deferred statements (svc_pg_send) */
+	bool allow;
+	int pending;          /* queued statements whose results were not read */
+	size_t pending_bytes; /* their parameters' bytes */
+	PGresult *late;       /* the first failure a sync read, until svc_pg_pipeline_reset */
 };
 
 int svc_pg_state_event(PGEventId id, void *info, PGEventProc proc, size_t size,
@@ -72,6 +77,10 @@ static void forget(void *state)
 		free(s->prep[i].sql);
 	s->n_prep = 0;
 	s->n_prelude = 0;
+	s->pending = 0;
+	s->pending_bytes = 0;
+	PQclear(s->late);
+	s->late = NULL;
 }
 
 static int session_proc(PGEventId id, void *info, void *pass)
@@ -240,6 +249,20 @@ static void forget_failed(struct session *s, const char *sql, const PGresult *r)
 	}
 }
 
+/* Statements are queued on conn: read their results before the next one runs. True when a
+ * failure was read now (the caller returns an error result in place of its statement). */
+static bool sync_first(PGconn *conn, struct session *s)
+{
+	return s && s->pending > 0 && svc_pg_sync(conn) != 0;
+}
+
+/* The result of a statement that did not run because a queued one failed (the connection's
+ * error text: the failure just read). */
+static PGresult *late_result(PGconn *conn)
+{
+	return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+}
+
 PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
                        bool prepare)
 {
@@ -248,6 +271,8 @@ PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *c
 	bool parse = false;
 	PGresult *r;
 
+	if (sync_first(conn, s))
+		return late_result(conn);
 	if (s && prepare && !s->no_prepare) {
 		stmt = find_prepared(s, sql);
 		if (!stmt && s->n_prep < MAX_PREPARED) {
@@ -275,6 +300,8 @@ PGresult *svc_pg_query_text(PGconn *conn, const char *sql)
 	size_t len;
 	char *text;
 
+	if (sync_first(conn, s))
+		return late_result(conn);
 	if (!s || s->n_prelude == 0)
 		return PQexec(conn, sql);
 	len = strlen(sql) + 1;
@@ -308,6 +335,143 @@ PGresult *svc_pg_query_before_prelude(PGconn *conn, const char *sql, int nparams
 	if (s)
 		s->n_prelude = n_prelude;
 	return r;
+}
+
+/* ---- deferred statements --------------------------------------------------------------- */
+
+int svc_pg_pipeline_allow(PGconn *conn, bool on)
+{
+	struct session *s = session_of(conn, on);
+
+	if (!s)
+		return on ? SVC_ENOMEM : 0;
+	s->allow = on;
+	return 0;
+}
+
+int svc_pg_pipeline_pending(PGconn *conn)
+{
+	struct session *s = session_of(conn, false);
+
+	return s ? s->pending : 0;
+}
+
+const PGresult *svc_pg_late_error(PGconn *conn)
+{
+	struct session *s = session_of(conn, false);
+
+	return s ? s->late : NULL;
+}
+
+/* Keeps r as the late error when none is kept yet (else clears it). */
+static void keep_late(struct session *s, PGresult *r)
+{
+	if (!s->late)
+		s->late = r;
+	else
+		PQclear(r);
+}
+
+int svc_pg_sync(PGconn *conn)
+{
+	struct session *s = session_of(conn, false);
+	int nulls = 0, queued;
+	bool failed = false;
+	PGresult *r;
+
+	if (!s || s->pending == 0)
+		return 0;
+	queued = s->pending;
+	s->pending = 0;
+	s->pending_bytes = 0;
+	if (PQpipelineSync(conn) != 1) {
+		keep_late(s, PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR));
+		PQexitPipelineMode(conn);
+		return PQstatus(conn) == CONNECTION_OK ? SVC_EDB : SVC_ECONN;
+	}
+	/* each queued statement's results end with a NULL; the sync's own result comes last */
+	while (nulls <= queued) {
+		r = PQgetResult(conn);
+		if (!r) {
+			if (PQstatus(conn) != CONNECTION_OK)
+				break;
+			nulls++;
+			continue;
+		}
+		ExecStatusType st = PQresultStatus(r);
+		if (st == PGRES_PIPELINE_SYNC) {
+			PQclear(r);
+			break;
+		}
+		if (st == PGRES_FATAL_ERROR && !failed) {
+			failed = true;
+			keep_late(s, r);
+		} else {
+			PQclear(r);
+		}
+	}
+	PQexitPipelineMode(conn);
+	if (PQstatus(conn) != CONNECTION_OK) {
+		if (!failed)
+			keep_late(s, PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR));
+		return SVC_ECONN;
+	}
+	return failed ? SVC_EDB : 0;
+}
+
+void svc_pg_pipeline_reset(PGconn *conn)
+{
+	struct session *s = session_of(conn, false);
+
+	if (!s)
+		return;
+	if (s->pending)
+		svc_pg_sync(conn);
+	PQclear(s->late);
+	s->late = NULL;
+}
+
+int svc_pg_send(PGconn *conn, const char *sql, int nparams, const char *const *params)
+{
+	struct session *s = session_of(conn, false);
+	size_t bytes = strlen(sql);
+	bool sent = true;
+
+	if (!s || !s->allow || !conn)
+		return SVC_EINVAL;
+	if (s->late)
+		return SVC_EDB;
+	for (int i = 0; i < nparams; i++)
+		bytes += params[i] ? strlen(params[i]) : 0;
+	if (s->pending > 0 && (s->pending + s->n_prelude + 1 > SVC_PG_PIPELINE_MAX ||
+	                       s->pending_bytes + bytes > SVC_PG_PIPELINE_BYTES)) {
+		int rc = svc_pg_sync(conn);
+		if (rc)
+			return rc;
+	}
+	if (s->pending == 0 && PQpipelineStatus(conn) == PQ_PIPELINE_OFF &&
+	    PQenterPipelineMode(conn) != 1)
+		return SVC_EINVAL; /* not idle (a COPY?): run it at once instead */
+	for (int i = 0; sent && i < s->n_prelude; i++) {
+		sent = PQsendQueryParams(conn, s->prelude[i], 0, NULL, NULL, NULL, NULL, 0) == 1;
+		s->pending += sent;
+	}
+	s->n_prelude = 0; /* queued, or failed with the statement */
+	if (sent) {
+		sent = PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1;
+		s->pending += sent;
+		s->pending_bytes += bytes;
+	}
+	/* the server works on it while the caller goes on */
+	if (sent && PQflush(conn) == 0)
+		return 0;
+	/* out of memory or the connection failed: what was queued is settled now */
+	int rc = svc_pg_sync(conn);
+	if (!s->late)
+		keep_late(s, PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR));
+	if (s->pending == 0 && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+		PQexitPipelineMode(conn);
+	return rc == SVC_ECONN || PQstatus(conn) != CONNECTION_OK ? SVC_ECONN : SVC_EDB;
 }
 
 /* ---- checked statements ---------------------------------------------------------------- */
