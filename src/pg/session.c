@@ -10,6 +10,9 @@
 #include "util/error.h"
 
 #define MAX_PREPARED 16
+/* Deferred statements take at most half of the cache: a handler's many texts must not keep
+ * the outbox and inbox statements from being prepared. */
+#define MAX_PREPARED_DEFERRED (MAX_PREPARED / 2)
 
 struct prepared {
 	char *sql;
@@ -29,6 +32,13 @@ struct session {
 	int pending;          /* queued statements whose results were not read */
 	size_t pending_bytes; /* their parameters' bytes */
 	PGresult *late;       /* the first failure a sync read, until svc_pg_pipeline_reset */
+	/* statements prepared in the queued pipeline, not known to exist yet: the queue
+	 * position of each Parse and its name */
+	struct {
+		int pos;
+		char name[24];
+	} parses[MAX_PREPARED_DEFERRED];
+	int n_parses;
 };
 
 int svc_pg_state_event(PGEventId id, void *info, PGEventProc proc, size_t size,
@@ -79,6 +89,7 @@ static void forget(void *state)
 	s->n_prelude = 0;
 	s->pending = 0;
 	s->pending_bytes = 0;
+	s->n_parses = 0;
 	PQclear(s->late);
 	s->late = NULL;
 }
@@ -363,6 +374,48 @@ const PGresult *svc_pg_late_error(PGconn *conn)
 	return s ? s->late : NULL;
 }
 
+/* Forgets the cached statement called name (its Parse failed or was skipped). */
+static void forget_named(struct session *s, const char *name)
+{
+	for (int i = 0; i < s->n_prep; i++) {
+		if (strcmp(s->prep[i].name, name) == 0) {
+			free(s->prep[i].sql);
+			s->prep[i] = s->prep[--s->n_prep];
+			return;
+		}
+	}
+}
+
+/* The result r of queue position pos was read: a Parse queued there that did not succeed
+ * created nothing on the server. */
+static void check_parse(struct session *s, int pos, const PGresult *r)
+{
+	for (int i = 0; i < s->n_parses; i++) {
+		if (s->parses[i].pos == pos) {
+			if (!r || PQresultStatus(r) != PGRES_COMMAND_OK)
+				forget_named(s, s->parses[i].name);
+			s->parses[i] = s->parses[--s->n_parses];
+			return;
+		}
+	}
+}
+
+/* A queued statement failed (s->late). Which cached statement it executed is not known: when
+ * the failure says a cached statement is stale (0A000, "cached plan must not change result
+ * type") or gone (26000), all are forgotten, as forget_failed() does for one. */
+static void forget_after_late(struct session *s)
+{
+	const char *code = s->late ? PQresultErrorField(s->late, PG_DIAG_SQLSTATE) : NULL;
+
+	if (!code || (strcmp(code, "0A000") != 0 && strcmp(code, "26000") != 0))
+		return;
+	for (int i = 0; i < s->n_prep; i++)
+		free(s->prep[i].sql);
+	s->n_prep = 0;
+	if (strcmp(code, "26000") == 0)
+		s->no_prepare = true;
+}
+
 /* Keeps r as the late error when none is kept yet (else clears it). */
 static void keep_late(struct session *s, PGresult *r)
 {
@@ -403,6 +456,8 @@ int svc_pg_sync(PGconn *conn)
 			PQclear(r);
 			break;
 		}
+		if (s->n_parses)
+			check_parse(s, nulls, r);
 		if (st == PGRES_FATAL_ERROR && !failed) {
 			failed = true;
 			keep_late(s, r);
@@ -411,6 +466,10 @@ int svc_pg_sync(PGconn *conn)
 		}
 	}
 	PQexitPipelineMode(conn);
+	while (s->n_parses) /* not read (the connection failed): unknown, so forgotten */
+		check_parse(s, s->parses[0].pos, NULL);
+	if (failed)
+		forget_after_late(s);
 	if (PQstatus(conn) != CONNECTION_OK) {
 		if (!failed)
 			keep_late(s, PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR));
@@ -435,6 +494,7 @@ int svc_pg_send(PGconn *conn, const char *sql, int nparams, const char *const *p
 {
 	struct session *s = session_of(conn, false);
 	size_t bytes = strlen(sql);
+	struct prepared *stmt = NULL;
 	bool sent = true;
 
 	if (!s || !s->allow || !conn)
@@ -457,8 +517,33 @@ int svc_pg_send(PGconn *conn, const char *sql, int nparams, const char *const *p
 		s->pending += sent;
 	}
 	s->n_prelude = 0; /* queued, or failed with the statement */
+	/* a prepared statement saves the server the parse and plan of each execution; its Parse
+	 * is queued too, so it is cached before it is known to exist (check_parse) */
+	if (sent && !s->no_prepare) {
+		stmt = find_prepared(s, sql);
+		if (!stmt && s->n_prep < MAX_PREPARED_DEFERRED &&
+		    s->n_parses < MAX_PREPARED_DEFERRED) {
+			stmt = &s->prep[s->n_prep];
+			snprintf(stmt->name, sizeof(stmt->name), "svccomm_%u", s->next_name++);
+			stmt->sql = strdup(sql);
+			sent =
+			    stmt->sql && PQsendPrepare(conn, stmt->name, sql, nparams, NULL) == 1;
+			if (sent) {
+				s->parses[s->n_parses].pos = s->pending;
+				memcpy(s->parses[s->n_parses].name, stmt->name, sizeof(stmt->name));
+				s->n_parses++;
+				s->n_prep++;
+				s->pending++;
+			} else {
+				free(stmt->sql);
+				stmt = NULL;
+			}
+		}
+	}
 	if (sent) {
-		sent = PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1;
+		sent = (stmt ? PQsendQueryPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0)
+		             : PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL,
+		                                 0)) == 1;
 		s->pending += sent;
 		s->pending_bytes += bytes;
 	}

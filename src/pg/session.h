@@ -26,6 +26,8 @@
  * The first error a sync reads is kept as the session's "late error" until
  * svc_pg_pipeline_reset(): once a queued statement failed, the transaction is aborted and only
  * a rollback helps, which is the owner's job (the consumer fails the whole batch).
+ * Deferred statements are prepared too (their Parse queued with the first execution), using
+ * at most half of the cache; a Parse that did not succeed is forgotten when the sync reads it.
  */
 #ifndef SVC_PG_SESSION_H
 #define SVC_PG_SESSION_H

@@ -157,3 +157,34 @@ def test_nested_transaction_after_pipelined_execs(project, broker):
     assert "failed" not in log and "go back to the queue" not in log
     assert broker.count(p.queue() + ".dlq") == 0
     assert p.stop() == 0
+
+
+LATER_TABLE = """
+local svccomm = require "svccomm"
+local db = svccomm.db
+
+svccomm.message_router.consumer("$EXCHANGE", "#", function(rk, body, msg)
+  db.exec("INSERT INTO $TABLE_later (n) VALUES ($1)", body.n)
+end)
+"""
+
+
+def test_a_statement_that_failed_to_prepare_is_prepared_again(project, broker):
+    # Pipelined statements are prepared, their Parse queued with them: when it fails (here the
+    # table does not exist yet) the name must not stay cached, or every later use would fail
+    p = project.setup_consumer(LATER_TABLE.replace("$TABLE_later", project.table("later")),
+                               {"MAX_ATTEMPTS": 1})
+    p.start_consumer()
+    broker.publish(p.exchange(), "job", {"n": 0})
+    svc.wait_until(lambda: broker.count(p.queue() + ".dlq") == 1, 30, what="the dead letter")
+    sql("CREATE TABLE %s (n int)" % p.table("later"))
+    for i in range(1, 21):
+        broker.publish(p.exchange(), "job", {"n": i})
+    svc.wait_until(lambda: sql("SELECT count(*) FROM %s" % p.table("later"))[0][0] == 20, 30,
+                   what="20 rows")
+    log = p.log()
+    assert log.count("a pipelined statement failed") == 1, log
+    assert "prepared statement" not in log
+    (props, body), = broker.get_all(p.queue() + ".dlq")
+    assert "does not exist" in props.headers["x-svccomm-error"]
+    assert p.stop() == 0
