@@ -7,6 +7,8 @@ db.transaction or at a handler failure. A failure read that late fails the whole
 rolled back, requeued without counting an attempt, and handled again one message at a time
 without pipelining, where the failing message meets the database's error in its handler.
 """
+import json
+
 import svc
 from svc import sql
 
@@ -187,4 +189,67 @@ def test_a_statement_that_failed_to_prepare_is_prepared_again(project, broker):
     assert "prepared statement" not in log
     (props, body), = broker.get_all(p.queue() + ".dlq")
     assert "does not exist" in props.headers["x-svccomm-error"]
+    assert p.stop() == 0
+
+
+SYNC_POINTS = """
+local svccomm = require "svccomm"
+local db = svccomm.db
+
+svccomm.message_router.consumer("$EXCHANGE", "#", function(rk, body, msg)
+  local n = body.n
+  if rk == "bad" then
+    db.exec("INSERT INTO $TABLE (n, info) VALUES ($1, 'bad')", n)
+    db.exec("INSERT INTO $TABLE_u (k) VALUES ('taken')")
+  elseif rk == "catcher" then
+    -- its query reads the earlier message's failure; catching it changes nothing
+    local ok, err = pcall(db.query, "SELECT 1")
+    if not ok then
+      svccomm.log.warning("caught: " .. tostring(err.pipelined) .. " " .. tostring(err))
+    end
+    db.exec("INSERT INTO $TABLE (n, info) VALUES ($1, $2)", n,
+      ok and "read" or (err.pipelined and "late:" .. err.sqlstate or tostring(err)))
+  elseif rk == "many" then
+    -- past the bound of 1,000 queued statements, and of 1 MiB of parameters
+    for i = 1, 2500 do
+      db.exec("INSERT INTO $TABLE (n, info) VALUES ($1, 'many')", n)
+    end
+    local big = string.rep("x", 400 * 1024)
+    for i = 1, 4 do
+      db.exec("INSERT INTO $TABLE (n, info, body) VALUES ($1, 'big', $2)", n, big)
+    end
+  else
+    db.exec("INSERT INTO $TABLE (n, info) VALUES ($1, 'plain')", n)
+  end
+end)
+"""
+
+
+def test_a_caught_late_error_still_fails_the_batch_and_bounds_sync(project, broker):
+    p = project.setup_consumer(SYNC_POINTS.replace("$TABLE_u", project.table("u")),
+                               {"MAX_ATTEMPTS": 1, "PREFETCH_COUNT": 10,
+                                "CONSUMER_COMMIT_INTERVAL": 2})
+    sql("CREATE TABLE %s (k text PRIMARY KEY)" % p.table("u"))
+    sql("INSERT INTO %s (k) VALUES ('taken')" % p.table("u"))
+    kinds = ["plain", "bad", "plain", "catcher", "many", "plain"]
+    p.start_consumer()
+    assert p.stop() == 0
+    for i, k in enumerate(kinds):
+        broker.publish(p.exchange(), k, {"n": i})
+    p.start_consumer()
+    svc.wait_until(lambda: broker.count(p.queue() + ".dlq") == 1, 60, what="the dead letter")
+    svc.wait_until(lambda: p.record_count() == 3 + 1 + 2500 + 4, 30, what="the rows")
+    rows = sql("SELECT n, info, count(*) FROM %s GROUP BY n, info ORDER BY n" % p.table())
+    # one at a time, the catcher's query had nothing late to read
+    assert rows == [(0, "plain", 1), (2, "plain", 1), (3, "read", 1), (4, "big", 4),
+                    (4, "many", 2500), (5, "plain", 1)]
+    log = p.log()
+    assert log.count("a pipelined statement failed") == 1, log
+    # in the pipelined run the catcher's query read the failure of message 1's statement
+    assert log.count("caught: true a statement queued earlier in this transaction failed: "
+                     "duplicate key value") == 1, log
+    assert "failed in" in log and log.count("dead-lettered") == 1
+    (props, body), = broker.get_all(p.queue() + ".dlq")
+    assert json.loads(body) == {"n": 1}
+    assert "duplicate key value" in props.headers["x-svccomm-error"]
     assert p.stop() == 0
