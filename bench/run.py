@@ -673,7 +673,7 @@ class Bench:
         elif kind == "tx":
             lines.append(
                 'router.consumer(%s, "bench.event")(svccomm.event_consumer(function(payload, meta)\n'
-                '  svccomm.db.query("INSERT INTO %s (event_id) VALUES ($1)", meta.event_id)\n'
+                '  svccomm.db.exec("INSERT INTO %s (event_id) VALUES ($1)", meta.event_id)\n'
                 '  svccomm.publish_aggregate_event { aggregate = "bench.out", '
                 'event_type = "bench.done", payload = { id = meta.event_id } }\n'
                 "end))" % (lua_value(exchange), SINK))

@@ -111,10 +111,12 @@ local DB = {}
 ---@return svccomm.Column[] columns
 function DB:query(sql, ...) end
 
----Runs a statement; returns the number of rows it affected.
+---Runs a statement; returns the number of rows it affected. At the top level of a consumer
+---handler with CONSUMER_PIPELINE on, the statement is pipelined and `true` is returned (no
+---count; a failure fails the batch, retried one message at a time: README "Pipelined statements").
 ---@param sql string
 ---@param ... any
----@return integer
+---@return integer|true
 function DB:exec(sql, ...) end
 
 ---Runs fn(db, ...) between BEGIN and COMMIT (nested: a SAVEPOINT); returns fn's results.
@@ -155,10 +157,10 @@ function db.current() end
 ---@return svccomm.Column[] columns
 function db.query(sql, ...) end
 
----exec() on db.current().
+---exec() on db.current() (in a handler with CONSUMER_PIPELINE on: pipelined, returns true).
 ---@param sql string
 ---@param ... any
----@return integer
+---@return integer|true
 function db.exec(sql, ...) end
 
 ---transaction() on db.current().

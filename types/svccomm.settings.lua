@@ -32,6 +32,7 @@
 ---@field HEARTBEAT integer|nil AMQP heartbeat in seconds (0 disables it). (default 30)
 ---@field SHUTDOWN_TIMEOUT number|nil On SIGTERM, time allowed to finish the handler in progress. (default 30)
 ---@field CONSUMER_COMMIT_INTERVAL number|nil Longest wait before committing (and acking) handled messages together. (default 0.02)
+---@field CONSUMER_PIPELINE boolean|nil Pipeline handlers' db.exec statements across the batch (returns true, no count; a late failure retries the batch one message at a time). (default true)
 ---@field RECONNECT_MAX_DELAY number|nil Cap of the exponential reconnect backoff. (default 30)
 ---@field OUTBOX_TABLE string|nil Outbox table name (optionally schema.table). (default "svccomm_outbox")
 ---@field PUBLISHER_MODE string|nil "listen" wakes on NOTIFY (and polls as a fallback); "poll" only polls. (default "listen")

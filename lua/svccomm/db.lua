@@ -154,11 +154,20 @@ end
 
 --- Run a statement and return the number of rows it affected. Without parameters, several
 --- statements separated by ';' may be given.
+---
+--- In a consumer handler's own transaction with CONSUMER_PIPELINE on (and not inside a nested
+--- transaction), the statement is pipelined: it returns true at once, without the count, and
+--- its result is read later (at the batch's COMMIT, the next query or nested transaction). A
+--- failure then does not reach the handler: the batch is rolled back and retried one message
+--- at a time, without pipelining, so the failing message meets its error in its handler.
 ---@param sql string
----@return integer
+---@return integer|true
 function DB:exec(sql, ...)
 	if type(sql) ~= "string" then
 		error("exec: sql must be a string, got " .. type(sql), 2)
+	end
+	if self._pipe and self._depth == 1 then
+		return self.conn:send(sql, params(...))
 	end
 	return self.conn:exec(sql, params(...))
 end
@@ -305,15 +314,18 @@ end
 
 local host_wrappers = setmetatable({}, { __mode = "k" })
 
---- (for the consumer) the handler's transaction on the lent connection conn starts.
+--- (for the consumer) the handler's transaction on the lent connection conn starts; pipe:
+--- db.exec at its top level pipelines (CONSUMER_PIPELINE).
 ---@param conn userdata
-function M._enter_host(conn)
+---@param pipe boolean|nil
+function M._enter_host(conn, pipe)
 	local d = host_wrappers[conn]
 	if not d then
 		d = wrap(conn, false, true)
 		host_wrappers[conn] = d
 	end
 	d._depth = 1
+	d._pipe = pipe and true or nil
 	d._ctx = {}
 	stack[#stack + 1] = d
 	return d
@@ -330,6 +342,7 @@ function M._leave_host()
 				if d._host then
 					d._depth = 0
 					d._ctx = nil
+					d._pipe = nil
 				end
 			end
 			return

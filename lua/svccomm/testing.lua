@@ -260,7 +260,9 @@ end
 local function run(self, exchange, routing_key, body, message)
 	local p = message.properties
 	local restore = install(self)
-	db._enter_host(self.conn)
+	-- db.exec returns what it returns under runconsumer (true when CONSUMER_PIPELINE is on;
+	-- here the statement runs at once, so its error reaches the handler)
+	db._enter_host(self.conn, self.settings.CONSUMER_PIPELINE ~= false)
 	events._set_context { correlation_id = p.correlation_id,
 		traceparent = type(p.headers.traceparent) == "string" and p.headers.traceparent or nil }
 	local ok, status, reason = pcall(dispatch.handle, exchange, routing_key, body, message)

@@ -47,6 +47,7 @@ static const struct field fields[] = {
     FIELD("HEARTBEAT", F_INTEGER, heartbeat),
     FIELD("SHUTDOWN_TIMEOUT", F_NUMBER, shutdown_timeout),
     FIELD("CONSUMER_COMMIT_INTERVAL", F_NUMBER, consumer_commit_interval),
+    FIELD("CONSUMER_PIPELINE", F_BOOLEAN, consumer_pipeline),
     FIELD("RECONNECT_MAX_DELAY", F_NUMBER, reconnect_max_delay),
     FIELD("OUTBOX_TABLE", F_STRING, outbox_table),
     FIELD("PUBLISHER_MODE", F_STRING, publisher_mode),

@@ -78,6 +78,7 @@ struct svc_config {
 	long heartbeat;
 	double shutdown_timeout;
 	double consumer_commit_interval;
+	bool consumer_pipeline;
 	double reconnect_max_delay;
 	char *outbox_table;
 	char *publisher_mode; /* "listen" | "poll" */

@@ -266,15 +266,31 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 	return rc;
 }
 
-/* The batch's outbox rows could not all be written: nothing of it may commit. Returns 0 or
- * SVC_ECONN; the reason is left in c->pg.error. */
-static int rollback_poisoned(struct svc_consumer *c, const char *poison)
+int svc_consumer_pipeline_sync(struct svc_consumer *c)
+{
+	if (!c->pg.conn || svc_pg_pipeline_pending(c->pg.conn) == 0)
+		return 0;
+	svc_consumer_watch_arm(c, 0); /* heartbeats while the results come */
+	int rc = svc_pg_sync(c->pg.conn);
+	svc_consumer_watch_disarm(c);
+	if (rc == SVC_ECONN) {
+		snprintf(c->pg.error, sizeof(c->pg.error),
+		         "connection lost while reading pipelined statements' results");
+		return SVC_ECONN;
+	}
+	return 0; /* a failure is kept as the session's late error */
+}
+
+/* Nothing of the batch may commit (why: its outbox rows could not all be written, or a
+ * pipelined statement failed). Returns 0 or SVC_ECONN; the reason is left in c->pg.error. */
+static int rollback_failed(struct svc_consumer *c, const char *what, const char *reason)
 {
 	char why[sizeof(c->pg.error)];
-	snprintf(why, sizeof(why), "writing the batch's outbox rows: %s", poison);
+	snprintf(why, sizeof(why), "%s: %s", what, reason);
 	c->in_tx = false;
 	c->sp_open = false;
-	svc_outbox_transaction_reset(c->pg.conn); /* poison points into it: copied above */
+	svc_outbox_transaction_reset(c->pg.conn); /* reason may point into it: copied above */
+	svc_pg_pipeline_reset(c->pg.conn);
 	int rc = svc_consumer_db_cmd(c, "ROLLBACK");
 	if (rc == SVC_ECONN)
 		return rc;
@@ -293,6 +309,7 @@ static int commit(struct svc_consumer *c, bool *failed)
 	c->in_tx = false;
 	c->sp_open = false;
 	svc_outbox_transaction_reset(c->pg.conn);
+	svc_pg_pipeline_reset(c->pg.conn);
 	if (PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0) {
 		PQclear(r);
 		return 0;
@@ -317,6 +334,21 @@ static int end_transaction(struct svc_consumer *c, bool *failed)
 	*failed = false;
 	c->pg.sqlstate[0] = '\0';
 	if (c->pg.conn && c->in_tx) {
+		/* the pipelined statements' results: one failure fails the batch */
+		int rc = svc_consumer_pipeline_sync(c);
+		if (rc)
+			return rc;
+	}
+	const PGresult *late = c->pg.conn ? svc_pg_late_error(c->pg.conn) : NULL;
+	if (late) {
+		char msg[SVC_PG_ERRSZ], state[6];
+		svc_pg_result_error(c->pg.conn, late, PGRES_COMMAND_OK, msg, sizeof(msg), state);
+		*failed = true;
+		int rc = rollback_failed(c, "a pipelined statement failed", msg);
+		memcpy(c->pg.sqlstate, state, sizeof(state));
+		return rc;
+	}
+	if (c->pg.conn && c->in_tx) {
 		/* the outbox rows of the batch, in one statement; a failure poisons the batch */
 		char ferr[256], state[6] = "";
 		if (svc_outbox_flush(c->pg.conn, ferr, sizeof(ferr), state) < 0)
@@ -325,7 +357,7 @@ static int end_transaction(struct svc_consumer *c, bool *failed)
 	const char *poison = c->pg.conn ? svc_outbox_poisoned(c->pg.conn) : NULL;
 	if (c->pg.conn && poison) {
 		*failed = true;
-		return rollback_poisoned(c, poison);
+		return rollback_failed(c, "writing the batch's outbox rows", poison);
 	}
 	if (c->pg.conn && c->in_tx)
 		return commit(c, failed);
@@ -396,6 +428,7 @@ int svc_consumer_infra_failure(struct svc_consumer *c, const char *sqlstate, con
 	if (c->pg.conn) {
 		c->in_tx = c->sp_open = false;
 		svc_outbox_transaction_reset(c->pg.conn);
+		svc_pg_pipeline_reset(c->pg.conn);
 		svc_pg_clear_prelude(c->pg.conn);
 		if (PQtransactionStatus(c->pg.conn) != PQTRANS_IDLE)
 			rc = svc_consumer_db_cmd(c, "ROLLBACK");
@@ -466,7 +499,8 @@ int svc_consumer_commit_batch(struct svc_consumer *c)
 	}
 	if (svc_pg_sqlstate_is_infra(c->pg.sqlstate))
 		return svc_consumer_infra_failure(c, c->pg.sqlstate, c->pg.error);
-	svc_warn(LOG, "%s: %zu message(s) go back to the queue", c->pg.error, c->batch_n);
+	svc_warn(LOG, "%s: %zu message(s) go back to the queue, to be handled one at a time",
+	         c->pg.error, c->batch_n);
 	if (c->batch_n == 1 && c->solo && !c->settled[0] && c->d.tag == c->tags[0])
 		return blame_message(c);
 	return requeue_batch(c);

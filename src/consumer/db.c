@@ -56,6 +56,9 @@ int svc_consumer_db_fail(struct svc_consumer *c, PGresult *r, const char *what)
 
 int svc_consumer_db_cmd(struct svc_consumer *c, const char *sql)
 {
+	int rc = svc_consumer_pipeline_sync(c); /* PQexec cannot run while results wait */
+	if (rc)
+		return rc;
 	PGresult *r = PQexec(c->pg.conn, sql);
 	if (PQresultStatus(r) != PGRES_COMMAND_OK)
 		return svc_consumer_db_fail(c, r, sql);

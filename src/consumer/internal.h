@@ -256,6 +256,10 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
  * message's: rolls the batch back, requeues it without counting an attempt, logs it and backs
  * off (heartbeats go on). 0, or SVC_ECONN when a connection is lost. */
 int svc_consumer_infra_failure(struct svc_consumer *c, const char *sqlstate, const char *error);
+/* Reads the results of the handlers' pipelined statements (pg/session.h) with heartbeats
+ * going on; a failure is kept as the session's late error (svc_pg_late_error: the caller
+ * fails the batch). 0, or SVC_ECONN with the reason in c->pg.error. */
+int svc_consumer_pipeline_sync(struct svc_consumer *c);
 /* Commits the open batch and acks it; 0, or SVC_ECONN when a connection is lost (then
  * nothing is acked: the session ends and the broker redelivers). */
 int svc_consumer_commit_batch(struct svc_consumer *c);

@@ -149,8 +149,10 @@ static int session_open(struct svc_consumer *c)
  * queue when the consuming channel closes. */
 static void session_close(struct svc_consumer *c)
 {
-	if (c->pg.conn)
+	if (c->pg.conn) {
 		svc_outbox_transaction_reset(c->pg.conn);
+		svc_pg_pipeline_reset(c->pg.conn);
+	}
 	if (c->pg.conn && c->in_tx && PQstatus(c->pg.conn) == CONNECTION_OK)
 		svc_consumer_db_cmd(c, "ROLLBACK");
 	c->batch_n = 0;

@@ -260,7 +260,8 @@ static int invoke_handler(lua_State *L)
 	if (c->ref_conn != LUA_NOREF && c->ref_enter != LUA_NOREF) {
 		lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_enter);
 		lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_conn);
-		lua_call(L, 1, 0);
+		lua_pushboolean(L, c->cfg->consumer_pipeline);
+		lua_call(L, 2, 0);
 	}
 	const struct svc_delivery_header *tp = svc_delivery_header(d, "traceparent");
 	if (tp && tp->kind != 's')

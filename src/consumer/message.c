@@ -81,6 +81,7 @@ static int undo_flushed(struct svc_consumer *c, bool *touched)
 	}
 	c->in_tx = c->sp_open = false;
 	svc_outbox_transaction_reset(c->pg.conn);
+	svc_pg_pipeline_reset(c->pg.conn);
 	int rc = svc_consumer_db_cmd(c, "ROLLBACK");
 	if (rc == 0)
 		*touched = false;
@@ -262,6 +263,19 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 	int rc = svc_consumer_begin_message(c);
 	if (rc)
 		return rc;
+	/* db.exec statements wait in the pipeline, except while the batch is retried one at a
+	 * time and for a message the broker brought back (it may be the one that failed late) */
+	if (c->pg.conn)
+		(void)svc_pg_pipeline_allow(c->pg.conn, c->cfg->consumer_pipeline && c->solo == 0 &&
+		                                            !d->redelivered);
+	if (c->pg.conn && c->cfg->inbox) {
+		/* the inbox insert reads its result: what earlier messages queued goes first */
+		rc = svc_consumer_pipeline_sync(c);
+		if (rc)
+			return rc;
+		if (svc_pg_late_error(c->pg.conn))
+			return svc_consumer_commit_batch(c); /* fails: rolled back and requeued */
+	}
 	size_t mark = c->pg.conn ? svc_outbox_deferred_mark(c->pg.conn) : 0;
 	unsigned long flushes = c->pg.conn ? svc_outbox_flush_count(c->pg.conn) : 0;
 	rc = inbox_check(c, &m, mark);
@@ -279,12 +293,24 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 		timed_out_in_sql(c, &res);
 
 	bool touched = svc_consumer_end_message(c);
+	bool undo = res.failed || !keeps_work(res.status);
+	if (undo) {
+		/* undoing needs the session: the queued statements' results first */
+		rc = svc_consumer_pipeline_sync(c);
+		if (rc)
+			return rc;
+	}
+	if (c->pg.conn && svc_pg_late_error(c->pg.conn)) {
+		/* A pipelined statement of this batch failed (perhaps an earlier message's):
+		 * nothing of the batch commits; it goes back to the queue, this message too, no
+		 * attempt counted, and is handled again one message at a time. */
+		return svc_consumer_commit_batch(c);
+	}
 	rc = check_session(c, touched, &res);
 	if (rc)
 		return rc;
 	if (res.failed && res.infra[0]) /* the database's failure, not the message's */
 		return svc_consumer_infra_failure(c, res.infra, c->pending_error);
-	bool undo = res.failed || !keeps_work(res.status);
 	if (c->pg.conn && undo && svc_outbox_flush_count(c->pg.conn) != flushes) {
 		rc = undo_flushed(c, &touched);
 		if (rc)

@@ -10,6 +10,7 @@
 #include "lua/outbox.h"
 #include "pg/conn.h"
 #include "pg/errclass.h"
+#include "util/error.h"
 #include "util/numfmt.h"
 
 #define CONN_MT   "svccomm.pg.conn"
@@ -157,6 +158,27 @@ static void push_result_error(lua_State *L, struct lconn *lc, const PGresult *re
 	}
 }
 
+/* Pushes the error value for a statement that could not run because one queued before it on
+ * this connection (svc_pg_send) failed: that statement's error, said as such. Not recorded as
+ * the connection's infrastructure failure: the owner of the pipeline (the consumer) reads the
+ * late error itself. */
+static void push_late_error(lua_State *L, struct lconn *lc)
+{
+	const PGresult *res = svc_pg_late_error(lc->conn);
+	char msg[SVC_PG_ERRSZ], st[6];
+
+	svc_pg_result_error(lc->conn, res, PGRES_COMMAND_OK, msg, sizeof(msg), st);
+	lua_pushfstring(L, "a statement queued earlier in this transaction failed: %s", msg);
+	svc_lua_pg_push_error(L, lua_tostring(L, -1), st);
+	lua_remove(L, -2);
+	if (res) {
+		set_field_str(L, "detail", PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
+		set_field_str(L, "constraint", PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME));
+	}
+	lua_pushboolean(L, 1);
+	lua_setfield(L, -2, "pipelined");
+}
+
 /* core.pg_error(message [, sqlstate]) -> error value (for the Lua side's own errors). */
 static int l_pg_error(lua_State *L)
 {
@@ -247,8 +269,8 @@ static int conn_transaction_status(lua_State *L)
 	struct lconn *c = to_lconn(L, 1);
 
 	/* A pending prelude (the consumer's BEGIN / SAVEPOINT, sent with the next statement)
-	 * means the handler is in its transaction already. */
-	if (c->conn && svc_pg_prelude_pending(c->conn))
+	 * means the handler is in its transaction already; so do queued statements. */
+	if (c->conn && (svc_pg_prelude_pending(c->conn) || svc_pg_pipeline_pending(c->conn)))
 		lua_pushliteral(L, "intrans");
 	else
 		lua_pushstring(L, c->conn
@@ -466,6 +488,11 @@ static int run_statement(lua_State *L, bool want_rows)
 	struct lresult *box = new_box(L);
 	ExecStatusType st;
 
+	/* statements queued before this one: their results first, and a failure is theirs */
+	if (svc_pg_pipeline_pending(conn) > 0 && svc_pg_sync(conn) != 0) {
+		push_late_error(L, to_lconn(L, 1));
+		return lua_error(L);
+	}
 	if (n == 0 && !want_rows)
 		box->res = svc_pg_query_text(conn, sql);
 	else
@@ -505,6 +532,35 @@ static int conn_exec(lua_State *L)
 	return run_statement(L, false);
 }
 
+/* conn:send(sql, ...) -> true: queues the statement without waiting for its result when the
+ * connection allows it (pg/session.h: the consumer's pipelined handler statements), else
+ * runs it as conn:exec does. A failure of a queued statement is raised by a later call. */
+static int conn_send(lua_State *L)
+{
+	PGconn *conn = svc_lua_pg_check(L, 1);
+	const char *sql = luaL_checkstring(L, 2);
+	int n = lua_gettop(L) - 2;
+
+	/* several statements need the simple protocol, which has no pipeline */
+	if (n > 0 || !strchr(sql, ';')) {
+		const char **vals = collect_params(L, 3, n);
+		int rc = svc_pg_send(conn, sql, n, vals);
+
+		if (rc == 0) {
+			lua_pushboolean(L, 1);
+			return 1;
+		}
+		if (rc != SVC_EINVAL) {
+			push_late_error(L, to_lconn(L, 1));
+			return lua_error(L);
+		}
+		lua_settop(L, n + 2);
+	}
+	run_statement(L, false);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* core.connect(conninfo [, application_name]) -> conn | nil, err, sqlstate */
 static int l_connect(lua_State *L)
 {
@@ -529,9 +585,13 @@ static int l_connect(lua_State *L)
 /* ---- registration ------------------------------------------------------------------- */
 
 static const luaL_Reg conn_methods[] = {
-    {"query", conn_query}, {"exec", conn_exec},
-    {"close", conn_close}, {"transaction_status", conn_transaction_status},
-    {"pid", conn_pid},     {"ok", conn_ok},
+    {"query", conn_query},
+    {"exec", conn_exec},
+    {"send", conn_send},
+    {"close", conn_close},
+    {"transaction_status", conn_transaction_status},
+    {"pid", conn_pid},
+    {"ok", conn_ok},
     {NULL, NULL},
 };
 

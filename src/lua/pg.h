@@ -3,6 +3,9 @@
  * Registered by svc_lua_pg_open() into the core table:
  *   core.connect(conninfo [, application_name]) -> conn | nil, err, sqlstate
  *   conn:query(sql, ...) -> rows, columns      conn:exec(sql, ...) -> affected count
+ *   conn:send(sql, ...) -> true: queued without waiting when the connection allows it
+ *   (pg/session.h, svc_pg_send), else run as exec; a failure of a queued statement is raised
+ *   by the next statement (message "a statement queued earlier ...", field pipelined = true)
  *   conn:close(), conn:transaction_status(), conn:pid(), conn:ok(); __gc, __close, __tostring
  *   (and the deferred-rows methods of lua/outbox.h)
  *   core.pg_error(message [, sqlstate]) -> error value      core.pg_error_mt

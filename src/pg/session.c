@@ -10,6 +10,9 @@
 #include "util/error.h"
 
 #define MAX_PREPARED 16
+/* Deferred statements take at most half of the cache: a handler's many texts must not keep
+ * the outbox and inbox statements from being prepared. */
+#define MAX_PREPARED_DEFERRED (MAX_PREPARED / 2)
 
 struct prepared {
 	char *sql;
@@ -24,6 +27,18 @@ struct session {
 	int n_prep;
 	unsigned next_name;
 	bool no_prepare; /* the session lost a prepared statement: unnamed ones only */
+	/* deferred statements (svc_pg_send) */
+	bool allow;
+	int pending;          /* queued statements whose results were not read */
+	size_t pending_bytes; /* their parameters' bytes */
+	PGresult *late;       /* the first failure a sync read, until svc_pg_pipeline_reset */
+	/* statements prepared in the queued pipeline, not known to exist yet: the queue
+	 * position of each Parse and its name */
+	struct {
+		int pos;
+		char name[24];
+	} parses[MAX_PREPARED_DEFERRED];
+	int n_parses;
 };
 
 int svc_pg_state_event(PGEventId id, void *info, PGEventProc proc, size_t size,
@@ -72,6 +87,11 @@ static void forget(void *state)
 		free(s->prep[i].sql);
 	s->n_prep = 0;
 	s->n_prelude = 0;
+	s->pending = 0;
+	s->pending_bytes = 0;
+	s->n_parses = 0;
+	PQclear(s->late);
+	s->late = NULL;
 }
 
 static int session_proc(PGEventId id, void *info, void *pass)
@@ -240,6 +260,20 @@ static void forget_failed(struct session *s, const char *sql, const PGresult *r)
 	}
 }
 
+/* Statements are queued on conn: read their results before the next one runs. True when a
+ * failure was read now (the caller returns an error result in place of its statement). */
+static bool sync_first(PGconn *conn, struct session *s)
+{
+	return s && s->pending > 0 && svc_pg_sync(conn) != 0;
+}
+
+/* The result of a statement that did not run because a queued one failed (the connection's
+ * error text: the failure just read). */
+static PGresult *late_result(PGconn *conn)
+{
+	return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+}
+
 PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *const *params,
                        bool prepare)
 {
@@ -248,6 +282,8 @@ PGresult *svc_pg_query(PGconn *conn, const char *sql, int nparams, const char *c
 	bool parse = false;
 	PGresult *r;
 
+	if (sync_first(conn, s))
+		return late_result(conn);
 	if (s && prepare && !s->no_prepare) {
 		stmt = find_prepared(s, sql);
 		if (!stmt && s->n_prep < MAX_PREPARED) {
@@ -275,6 +311,8 @@ PGresult *svc_pg_query_text(PGconn *conn, const char *sql)
 	size_t len;
 	char *text;
 
+	if (sync_first(conn, s))
+		return late_result(conn);
 	if (!s || s->n_prelude == 0)
 		return PQexec(conn, sql);
 	len = strlen(sql) + 1;
@@ -308,6 +346,217 @@ PGresult *svc_pg_query_before_prelude(PGconn *conn, const char *sql, int nparams
 	if (s)
 		s->n_prelude = n_prelude;
 	return r;
+}
+
+/* ---- deferred statements --------------------------------------------------------------- */
+
+int svc_pg_pipeline_allow(PGconn *conn, bool on)
+{
+	struct session *s = session_of(conn, on);
+
+	if (!s)
+		return on ? SVC_ENOMEM : 0;
+	s->allow = on;
+	return 0;
+}
+
+int svc_pg_pipeline_pending(PGconn *conn)
+{
+	struct session *s = session_of(conn, false);
+
+	return s ? s->pending : 0;
+}
+
+const PGresult *svc_pg_late_error(PGconn *conn)
+{
+	struct session *s = session_of(conn, false);
+
+	return s ? s->late : NULL;
+}
+
+/* Forgets the cached statement called name (its Parse failed or was skipped). */
+static void forget_named(struct session *s, const char *name)
+{
+	for (int i = 0; i < s->n_prep; i++) {
+		if (strcmp(s->prep[i].name, name) == 0) {
+			free(s->prep[i].sql);
+			s->prep[i] = s->prep[--s->n_prep];
+			return;
+		}
+	}
+}
+
+/* The result r of queue position pos was read: a Parse queued there that did not succeed
+ * created nothing on the server. */
+static void check_parse(struct session *s, int pos, const PGresult *r)
+{
+	for (int i = 0; i < s->n_parses; i++) {
+		if (s->parses[i].pos == pos) {
+			if (!r || PQresultStatus(r) != PGRES_COMMAND_OK)
+				forget_named(s, s->parses[i].name);
+			s->parses[i] = s->parses[--s->n_parses];
+			return;
+		}
+	}
+}
+
+/* A queued statement failed (s->late). Which cached statement it executed is not known: when
+ * the failure says a cached statement is stale (0A000, "cached plan must not change result
+ * type") or gone (26000), all are forgotten, as forget_failed() does for one. */
+static void forget_after_late(struct session *s)
+{
+	const char *code = s->late ? PQresultErrorField(s->late, PG_DIAG_SQLSTATE) : NULL;
+
+	if (!code || (strcmp(code, "0A000") != 0 && strcmp(code, "26000") != 0))
+		return;
+	for (int i = 0; i < s->n_prep; i++)
+		free(s->prep[i].sql);
+	s->n_prep = 0;
+	if (strcmp(code, "26000") == 0)
+		s->no_prepare = true;
+}
+
+/* Keeps r as the late error when none is kept yet (else clears it). */
+static void keep_late(struct session *s, PGresult *r)
+{
+	if (!s->late)
+		s->late = r;
+	else
+		PQclear(r);
+}
+
+int svc_pg_sync(PGconn *conn)
+{
+	struct session *s = session_of(conn, false);
+	int nulls = 0, queued;
+	bool failed = false;
+	PGresult *r;
+
+	if (!s || s->pending == 0)
+		return 0;
+	queued = s->pending;
+	s->pending = 0;
+	s->pending_bytes = 0;
+	if (PQpipelineSync(conn) != 1) {
+		keep_late(s, PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR));
+		PQexitPipelineMode(conn);
+		return PQstatus(conn) == CONNECTION_OK ? SVC_EDB : SVC_ECONN;
+	}
+	/* each queued statement's results end with a NULL; the sync's own result comes last */
+	while (nulls <= queued) {
+		r = PQgetResult(conn);
+		if (!r) {
+			if (PQstatus(conn) != CONNECTION_OK)
+				break;
+			nulls++;
+			continue;
+		}
+		ExecStatusType st = PQresultStatus(r);
+		if (st == PGRES_PIPELINE_SYNC) {
+			PQclear(r);
+			break;
+		}
+		if (s->n_parses)
+			check_parse(s, nulls, r);
+		if (st == PGRES_FATAL_ERROR && !failed) {
+			failed = true;
+			keep_late(s, r);
+		} else {
+			PQclear(r);
+		}
+	}
+	PQexitPipelineMode(conn);
+	while (s->n_parses) /* not read (the connection failed): unknown, so forgotten */
+		check_parse(s, s->parses[0].pos, NULL);
+	if (failed)
+		forget_after_late(s);
+	if (PQstatus(conn) != CONNECTION_OK) {
+		if (!failed)
+			keep_late(s, PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR));
+		return SVC_ECONN;
+	}
+	return failed ? SVC_EDB : 0;
+}
+
+void svc_pg_pipeline_reset(PGconn *conn)
+{
+	struct session *s = session_of(conn, false);
+
+	if (!s)
+		return;
+	if (s->pending)
+		svc_pg_sync(conn);
+	PQclear(s->late);
+	s->late = NULL;
+}
+
+int svc_pg_send(PGconn *conn, const char *sql, int nparams, const char *const *params)
+{
+	struct session *s = session_of(conn, false);
+	size_t bytes = strlen(sql);
+	struct prepared *stmt = NULL;
+	bool sent = true;
+
+	if (!s || !s->allow || !conn)
+		return SVC_EINVAL;
+	if (s->late)
+		return SVC_EDB;
+	for (int i = 0; i < nparams; i++)
+		bytes += params[i] ? strlen(params[i]) : 0;
+	if (s->pending > 0 && (s->pending + s->n_prelude + 1 > SVC_PG_PIPELINE_MAX ||
+	                       s->pending_bytes + bytes > SVC_PG_PIPELINE_BYTES)) {
+		int rc = svc_pg_sync(conn);
+		if (rc)
+			return rc;
+	}
+	if (s->pending == 0 && PQpipelineStatus(conn) == PQ_PIPELINE_OFF &&
+	    PQenterPipelineMode(conn) != 1)
+		return SVC_EINVAL; /* not idle (a COPY?): run it at once instead */
+	for (int i = 0; sent && i < s->n_prelude; i++) {
+		sent = PQsendQueryParams(conn, s->prelude[i], 0, NULL, NULL, NULL, NULL, 0) == 1;
+		s->pending += sent;
+	}
+	s->n_prelude = 0; /* queued, or failed with the statement */
+	/* a prepared statement saves the server the parse and plan of each execution; its Parse
+	 * is queued too, so it is cached before it is known to exist (check_parse) */
+	if (sent && !s->no_prepare) {
+		stmt = find_prepared(s, sql);
+		if (!stmt && s->n_prep < MAX_PREPARED_DEFERRED &&
+		    s->n_parses < MAX_PREPARED_DEFERRED) {
+			stmt = &s->prep[s->n_prep];
+			snprintf(stmt->name, sizeof(stmt->name), "svccomm_%u", s->next_name++);
+			stmt->sql = strdup(sql);
+			sent =
+			    stmt->sql && PQsendPrepare(conn, stmt->name, sql, nparams, NULL) == 1;
+			if (sent) {
+				s->parses[s->n_parses].pos = s->pending;
+				memcpy(s->parses[s->n_parses].name, stmt->name, sizeof(stmt->name));
+				s->n_parses++;
+				s->n_prep++;
+				s->pending++;
+			} else {
+				free(stmt->sql);
+				stmt = NULL;
+			}
+		}
+	}
+	if (sent) {
+		sent = (stmt ? PQsendQueryPrepared(conn, stmt->name, nparams, params, NULL, NULL, 0)
+		             : PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL,
+		                                 0)) == 1;
+		s->pending += sent;
+		s->pending_bytes += bytes;
+	}
+	/* the server works on it while the caller goes on */
+	if (sent && PQflush(conn) == 0)
+		return 0;
+	/* out of memory or the connection failed: what was queued is settled now */
+	int rc = svc_pg_sync(conn);
+	if (!s->late)
+		keep_late(s, PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR));
+	if (s->pending == 0 && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+		PQexitPipelineMode(conn);
+	return rc == SVC_ECONN || PQstatus(conn) != CONNECTION_OK ? SVC_ECONN : SVC_EDB;
 }
 
 /* ---- checked statements ---------------------------------------------------------------- */

@@ -17,6 +17,17 @@
  * complex statement cost more than its execution); the Parse travels in the same round trip
  * as the first execution. A statement whose execution fails is prepared again at its next use;
  * a session that lost one (26000, a pooler) gets unnamed statements from then on.
+ *
+ * Deferred statements (the consumer's pipelined handler statements): while allowed
+ * (svc_pg_pipeline_allow), svc_pg_send() queues a statement, with any pending prelude, in a
+ * libpq pipeline and returns without waiting for its result; the results are read at the next
+ * synchronisation: svc_pg_sync(), any other statement on conn (svc_pg_query and friends sync
+ * first), or a bound (SVC_PG_PIPELINE_MAX statements or SVC_PG_PIPELINE_BYTES of parameters).
+ * The first error a sync reads is kept as the session's "late error" until
+ * svc_pg_pipeline_reset(): once a queued statement failed, the transaction is aborted and only
+ * a rollback helps, which is the owner's job (the consumer fails the whole batch).
+ * Deferred statements are prepared too (their Parse queued with the first execution), using
+ * at most half of the cache; a Parse that did not succeed is forgotten when the sync reads it.
  */
 #ifndef SVC_PG_SESSION_H
 #define SVC_PG_SESSION_H
@@ -26,7 +37,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define SVC_PG_MAX_PRELUDE 3
+#define SVC_PG_MAX_PRELUDE    3
+#define SVC_PG_PIPELINE_MAX   1000          /* queued statements before a sync */
+#define SVC_PG_PIPELINE_BYTES (1024 * 1024) /* bytes of queued parameters before a sync */
 
 /* Per-connection state of a module (this one's, outbox/batch's): a block in libpq's instance
  * data keyed by the module's own PGEventProc, whose body is svc_pg_state_event(). It makes a
@@ -57,6 +70,23 @@ PGresult *svc_pg_query_before_prelude(PGconn *conn, const char *sql, int nparams
 /* Runs a text of one or more statements (simple query protocol), after the pending prelude
  * (sent in the same text). Returns the last result, as PQexec. */
 PGresult *svc_pg_query_text(PGconn *conn, const char *sql);
+
+/* Allows (or not) svc_pg_send() to queue statements on conn; 0 or SVC_ENOMEM. */
+int svc_pg_pipeline_allow(PGconn *conn, bool on);
+/* Queues one statement (text parameters, after any pending prelude) without waiting for its
+ * result. Returns 0 when queued; SVC_EINVAL when queuing is not allowed or not possible (run
+ * it with svc_pg_query instead); SVC_EDB when a sync it needed (a bound) read a failure or a
+ * late error is already kept (svc_pg_late_error); SVC_ECONN when the connection failed. */
+int svc_pg_send(PGconn *conn, const char *sql, int nparams, const char *const *params);
+/* Statements queued by svc_pg_send() whose results were not read yet. */
+int svc_pg_pipeline_pending(PGconn *conn);
+/* Reads the results of every queued statement. 0 when there were none or all succeeded;
+ * SVC_EDB when one failed (kept as the late error); SVC_ECONN when the connection failed. */
+int svc_pg_sync(PGconn *conn);
+/* The kept late error: the failed result (owned by the session; NULL when none). */
+const PGresult *svc_pg_late_error(PGconn *conn);
+/* End of the transaction: forgets the late error (a pipeline still queued is read first). */
+void svc_pg_pipeline_reset(PGconn *conn);
 
 /* svc_pg_query() without preparing, checked with svc_pg_result_error() (a statement may
  * return rows or not). Returns 0 with *res set (caller clears; res may be NULL to discard
