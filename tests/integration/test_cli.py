@@ -12,7 +12,11 @@ import svc
 from svc import Project
 
 COMMANDS = ["runconsumer", "runpublisher", "devconsumer", "devpublisher", "checkpublisher",
-            "publish", "migrate", "check", "init", "version", "help"]
+            "outbox", "publish", "migrate", "check", "init", "version", "help"]
+GROUPS = {  # git-style commands: `svccomm outbox list`
+    "outbox": ["stats", "list", "unpark", "cancel"],
+}
+SUBCOMMANDS = [g + " " + s for g, subs in GROUPS.items() for s in subs]
 EXIT_CODES_LINE = "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error."
 UNKNOWN_COMMAND = "svccomm: unknown command '{}'\n\n"  # then the main usage
 
@@ -112,12 +116,12 @@ def test_settings_option_without_a_file_exits_2(empty_dir):
     assert r.stderr == "svccomm: --settings needs a file\n"
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "help"])
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "help"] + SUBCOMMANDS)
 def test_help_command_and_command_help_print_the_same_usage_without_settings(empty_dir,
                                                                              command):
-    by_help = run(["help", command], empty_dir)
-    by_flag = run([command, "--help"], empty_dir)
-    by_short = run([command, "-h"], empty_dir)
+    by_help = run(["help", *command.split()], empty_dir)
+    by_flag = run([*command.split(), "--help"], empty_dir)
+    by_short = run([*command.split(), "-h"], empty_dir)
     for r in (by_help, by_flag, by_short):
         assert r.returncode == 0, r.stderr
         assert r.stderr == ""
@@ -205,6 +209,11 @@ OPTIONS = {  # each command's own options, as its --help lists them
     "devconsumer": [],
     "devpublisher": [],
     "checkpublisher": ["--max-queue-size N", "--max-delay S", "--max-parked P"],
+    "outbox": [],
+    "outbox stats": ["--json"],
+    "outbox list": ["--parked", "--aggregate A", "--limit N", "--json"],
+    "outbox unpark": ["--all", "--json"],
+    "outbox cancel": ["--aggregate A", "--event-type E", "--tags K=V,...", "--json"],
     "publish": ["--at TIME", "--tags JSON"],
     "migrate": [],
     "check": ["--connect"],
@@ -223,6 +232,9 @@ EXIT_CODES = {  # commands whose exit codes say more than EXIT_CODES_LINE
              "(--connect) a server cannot be reached.",
     "init": "Exit codes: 0 written, 1 a file could not be written, 2 usage error or a file "
             "exists already (nothing written).",
+    "outbox unpark": "Exit codes: 0 every row given was unparked, 1 a row does not exist or is "
+                     "not parked (the others were unparked) or the database failed, 2 usage or "
+                     "configuration error.",
     "checkpublisher": "Exit codes: 0 healthy, 1 unhealthy, 2 usage or configuration error, "
                       "3 the database cannot be reached or the outbox table read (health "
                       "unknown).",
@@ -246,10 +258,10 @@ def bare_project(tmp_path):
     return proj.dir
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS + SUBCOMMANDS)
 def test_command_help_shows_its_own_options_the_global_ones_and_its_exit_codes(empty_dir,
                                                                             command):
-    r = run([command, "--help"], empty_dir)
+    r = run([*command.split(), "--help"], empty_dir)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     synopsis = r.stdout.split("\n", 1)[0]
@@ -265,8 +277,8 @@ def test_command_help_shows_its_own_options_the_global_ones_and_its_exit_codes(e
     assert [left for left, _ in glob] == GLOBAL_OPTIONS
     assert " ".join(r.stdout.split()).endswith(EXIT_CODES.get(command, EXIT_CODES_LINE))
     # --help wins over anything wrong beside it, and needs no settings.
-    assert run([command, "--frobnicate", "-h"], empty_dir).stdout == r.stdout
-    assert run(["help", command], empty_dir).stdout == r.stdout
+    assert run([*command.split(), "--frobnicate", "-h"], empty_dir).stdout == r.stdout
+    assert run(["help", *command.split()], empty_dir).stdout == r.stdout
 
 
 def test_detailed_usage_of_runpublisher_and_checkpublisher_is_the_one_shown(empty_dir):
@@ -284,7 +296,8 @@ def test_help_of_help_is_its_usage_not_an_error(empty_dir):
     r = run(["help", "--help"], empty_dir)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
-    assert r.stdout.startswith("usage: svccomm [--settings FILE] help [<command>]\n")
+    assert r.stdout.startswith(
+        "usage: svccomm [--settings FILE] help [<command> [<subcommand>]]\n")
     assert r.stdout == run(["help", "help"], empty_dir).stdout
     r = run(["help", "check", "migrate"], empty_dir)
     assert r.returncode == 2
@@ -442,3 +455,47 @@ def test_publish_needs_its_three_arguments(empty_dir):
     r = run(["publish", "agg", "ev", "{}", "{}"], empty_dir)
     assert r.returncode == 2
     assert r.stderr == "svccomm publish: unexpected argument '{}'\n"
+
+
+# -- git-style groups: `svccomm outbox list`
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_group_help_lists_its_commands_and_a_bare_group_exits_2(empty_dir, group):
+    r = run([group, "--help"], empty_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: svccomm [--settings FILE] %s <command>\n" % group)
+    block = r.stdout.split("\nCommands:\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split()[0] for line in block.splitlines()] == GROUPS[group]
+    bare = run([group], empty_dir)
+    assert bare.returncode == 2
+    assert bare.stdout == ""
+    assert bare.stderr == "svccomm %s: a command is required\n\n" % group + r.stdout
+
+
+def test_unknown_subcommand_suggests_the_closest_one(empty_dir):
+    r = run(["outbox", "lst"], empty_dir)
+    assert r.returncode == 2
+    assert r.stderr.startswith("svccomm outbox: unknown command 'lst' (did you mean list?)\n\n"
+                               "usage: svccomm [--settings FILE] outbox <command>\n")
+    r = run(["help", "outbox", "lst"], empty_dir)
+    assert r.returncode == 2
+    assert r.stderr.startswith("svccomm outbox: unknown command 'lst' (did you mean list?)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["outbox", "list", "--limit", "0"],
+     "svccomm outbox list: --limit: expected a number from 1 to 100000, got '0'"),
+    (["outbox", "list", "--frob"], "svccomm: unknown option '--frob' for outbox list"),
+    (["outbox", "unpark"], "svccomm outbox unpark: give row ids or --all (not both)"),
+    (["outbox", "unpark", "1", "--all"], "svccomm outbox unpark: give row ids or --all (not both)"),
+    (["outbox", "unpark", "x1"], "svccomm outbox unpark: 'x1' is not a row id (an integer > 0)"),
+    (["outbox", "cancel", "--aggregate", "a", "--event-type", "e"],
+     "svccomm outbox cancel: --tags is required"),
+    (["outbox", "cancel", "--aggregate", "a", "--event-type", "e", "--tags", "novalue"],
+     "svccomm outbox cancel: --tags: expected key=value, got 'novalue'"),
+])
+def test_outbox_usage_errors_exit_2_before_connecting(project, args, message):
+    r = run(args, project)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(message), r.stderr
