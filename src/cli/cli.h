@@ -123,6 +123,7 @@ extern const struct svc_cmd svc_cmd_devconsumer;
 extern const struct svc_cmd svc_cmd_devpublisher;
 extern const struct svc_cmd svc_cmd_checkpublisher;
 extern const struct svc_cmd svc_cmd_outbox; /* group: outbox stats|list|unpark|cancel */
+extern const struct svc_cmd svc_cmd_dlq;    /* group: dlq stats|list|replay|purge */
 extern const struct svc_cmd svc_cmd_publish;
 extern const struct svc_cmd svc_cmd_migrate;
 extern const struct svc_cmd svc_cmd_check;

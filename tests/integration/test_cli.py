@@ -12,9 +12,10 @@ import svc
 from svc import Project
 
 COMMANDS = ["runconsumer", "runpublisher", "devconsumer", "devpublisher", "checkpublisher",
-            "outbox", "publish", "migrate", "check", "init", "version", "help"]
+            "outbox", "dlq", "publish", "migrate", "check", "init", "version", "help"]
 GROUPS = {  # git-style commands: `svccomm outbox list`
     "outbox": ["stats", "list", "unpark", "cancel"],
+    "dlq": ["stats", "list", "replay", "purge"],
 }
 SUBCOMMANDS = [g + " " + s for g, subs in GROUPS.items() for s in subs]
 EXIT_CODES_LINE = "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error."
@@ -214,6 +215,11 @@ OPTIONS = {  # each command's own options, as its --help lists them
     "outbox list": ["--parked", "--aggregate A", "--limit N", "--json"],
     "outbox unpark": ["--all", "--json"],
     "outbox cancel": ["--aggregate A", "--event-type E", "--tags K=V,...", "--json"],
+    "dlq": [],
+    "dlq stats": ["--json"],
+    "dlq list": ["--limit N", "--json"],
+    "dlq replay": ["--all", "--id ID", "--to-exchange E", "--json"],
+    "dlq purge": ["--yes", "--json"],
     "publish": ["--at TIME", "--tags JSON"],
     "migrate": [],
     "check": ["--connect"],
@@ -235,6 +241,9 @@ EXIT_CODES = {  # commands whose exit codes say more than EXIT_CODES_LINE
     "outbox unpark": "Exit codes: 0 every row given was unparked, 1 a row does not exist or is "
                      "not parked (the others were unparked) or the database failed, 2 usage or "
                      "configuration error.",
+    "dlq replay": "Exit codes: 0 every letter asked for was replayed, 1 a letter was kept or not "
+                  "found or the broker failed (the count replayed is printed), 2 usage or "
+                  "configuration error.",
     "checkpublisher": "Exit codes: 0 healthy, 1 unhealthy, 2 usage or configuration error, "
                       "3 the database cannot be reached or the outbox table read (health "
                       "unknown).",
@@ -494,8 +503,13 @@ def test_unknown_subcommand_suggests_the_closest_one(empty_dir):
      "svccomm outbox cancel: --tags is required"),
     (["outbox", "cancel", "--aggregate", "a", "--event-type", "e", "--tags", "novalue"],
      "svccomm outbox cancel: --tags: expected key=value, got 'novalue'"),
+    (["dlq", "purge"], "svccomm dlq purge: deletes every dead letter for good: add --yes"),
+    (["dlq", "replay"], "svccomm dlq replay: give --all or --id ID (not both)"),
+    (["dlq", "replay", "--all", "--id", "x"], "svccomm dlq replay: give --all or --id ID"),
+    (["dlq", "list", "--limit", "0"],
+     "svccomm dlq list: --limit: expected a number from 1 to 10000, got '0'"),
 ])
-def test_outbox_usage_errors_exit_2_before_connecting(project, args, message):
+def test_ops_usage_errors_exit_2_before_connecting(project, args, message):
     r = run(args, project)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith(message), r.stderr
