@@ -17,10 +17,10 @@
 #include "util/log.h"
 
 static const struct svc_cmd *const commands[] = {
-    &svc_cmd_runconsumer,    &svc_cmd_runpublisher, &svc_cmd_devconsumer, &svc_cmd_devpublisher,
-    &svc_cmd_checkpublisher, &svc_cmd_outbox,       &svc_cmd_dlq,         &svc_cmd_publish,
-    &svc_cmd_migrate,        &svc_cmd_check,        &svc_cmd_init,        &svc_cmd_version,
-    &svc_cmd_help,
+    &svc_cmd_runconsumer,    &svc_cmd_runpublisher,  &svc_cmd_devconsumer, &svc_cmd_devpublisher,
+    &svc_cmd_checkpublisher, &svc_cmd_checkconsumer, &svc_cmd_outbox,      &svc_cmd_dlq,
+    &svc_cmd_publish,        &svc_cmd_migrate,       &svc_cmd_check,       &svc_cmd_init,
+    &svc_cmd_version,        &svc_cmd_help,
 };
 
 #define N_COMMANDS ((int)(sizeof(commands) / sizeof(commands[0])))

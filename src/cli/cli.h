@@ -122,6 +122,7 @@ extern const struct svc_cmd svc_cmd_runpublisher;
 extern const struct svc_cmd svc_cmd_devconsumer;
 extern const struct svc_cmd svc_cmd_devpublisher;
 extern const struct svc_cmd svc_cmd_checkpublisher;
+extern const struct svc_cmd svc_cmd_checkconsumer;
 extern const struct svc_cmd svc_cmd_outbox; /* group: outbox stats|list|unpark|cancel */
 extern const struct svc_cmd svc_cmd_dlq;    /* group: dlq stats|list|replay|purge */
 extern const struct svc_cmd svc_cmd_publish;

@@ -12,7 +12,7 @@ import svc
 from svc import Project
 
 COMMANDS = ["runconsumer", "runpublisher", "devconsumer", "devpublisher", "checkpublisher",
-            "outbox", "dlq", "publish", "migrate", "check", "init", "version", "help"]
+            "checkconsumer", "outbox", "dlq", "publish", "migrate", "check", "init", "version", "help"]
 GROUPS = {  # git-style commands: `svccomm outbox list`
     "outbox": ["stats", "list", "unpark", "cancel"],
     "dlq": ["stats", "list", "replay", "purge"],
@@ -209,7 +209,8 @@ OPTIONS = {  # each command's own options, as its --help lists them
     "runpublisher": [],
     "devconsumer": [],
     "devpublisher": [],
-    "checkpublisher": ["--max-queue-size N", "--max-delay S", "--max-parked P"],
+    "checkpublisher": ["--max-queue-size N", "--max-delay S", "--max-parked P", "--json"],
+    "checkconsumer": ["--min-consumers N", "--max-ready N", "--max-dlq N", "--json"],
     "outbox": [],
     "outbox stats": ["--json"],
     "outbox list": ["--parked", "--aggregate A", "--limit N", "--json"],
@@ -241,6 +242,8 @@ EXIT_CODES = {  # commands whose exit codes say more than EXIT_CODES_LINE
     "outbox unpark": "Exit codes: 0 every row given was unparked, 1 a row does not exist or is "
                      "not parked (the others were unparked) or the database failed, 2 usage or "
                      "configuration error.",
+    "checkconsumer": "Exit codes: 0 healthy, 1 unhealthy, 2 usage or configuration error, 3 the "
+                     "broker cannot be reached (health unknown).",
     "dlq replay": "Exit codes: 0 every letter asked for was replayed, 1 a letter was kept or not "
                   "found or the broker failed (the count replayed is printed), 2 usage or "
                   "configuration error.",
