@@ -20,7 +20,7 @@ def make_rows(p, ex1, ex2):
         {"exchange": ex2, "routing_key": "c", "body": '{"n":5}'},
     ])
     parked = p.outbox_insert([
-        {"exchange": ex2, "routing_key": "p", "body": '"bad\\u0001"', "attempts": 1,
+        {"exchange": ex2, "routing_key": "p", "body": '"bad\x01\x1b[31m"', "attempts": 1,
          "last_error": "headers: not a JSON object", "parked_at": "2026-01-01T00:00:00Z"},
         {"exchange": ex2, "routing_key": "p", "body": "{}", "attempts": 1,
          "last_error": "exchange name longer than 255", "parked_at": "2026-01-01T00:00:00Z"},
@@ -74,7 +74,11 @@ def test_list_filters_and_shows_the_parked_reason(project, outbox):
     assert len(lines) == 2
     assert lines[0].startswith("%d parked %s p " % (parked[0], ex2))
     assert "error=headers: not a JSON object" in lines[0]
-    assert "\x01" not in r.stdout
+    # control bytes of the body never reach the terminal raw
+    assert lines[0].endswith('body="bad\\x01\\x1b[31m"')
+    assert "\x01" not in r.stdout and "\x1b" not in r.stdout
+    rows = json.loads(ob(project, "list", "--parked", "--json").stdout)["rows"]
+    assert rows[0]["body_excerpt"] == '"bad\x01\x1b[31m"'
 
 
 def test_unpark_gets_a_parked_row_published_by_the_running_relay(project, broker, outbox):
