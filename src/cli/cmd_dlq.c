@@ -17,7 +17,14 @@
 /* Opens the DLQ of QUEUE; prints the reason and returns an exit code on failure. */
 static int open_dlq(struct svc_cli_ctx *ctx, struct svc_dlq *q, bool publish)
 {
-	int rc = svc_dlq_open(q, ctx->config, publish);
+	int rc;
+
+	if (!ctx->config->queue || !*ctx->config->queue) {
+		fprintf(stderr, "svccomm: %s: QUEUE: required by %s, not set\n", ctx->settings_path,
+		        ctx->cmd->name);
+		return SVC_EXIT_USAGE;
+	}
+	rc = svc_dlq_open(q, ctx->config, publish);
 
 	if (rc == 0)
 		return SVC_EXIT_OK;

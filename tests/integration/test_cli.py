@@ -516,3 +516,26 @@ def test_ops_usage_errors_exit_2_before_connecting(project, args, message):
     r = run(args, project)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith(message), r.stderr
+
+
+@pytest.mark.parametrize("args, key, command", [
+    (["dlq", "stats"], "QUEUE", "dlq stats"),
+    (["dlq", "replay", "--all"], "QUEUE", "dlq replay"),
+    (["checkconsumer"], "QUEUE", "checkconsumer"),
+    (["outbox", "list"], "DATABASE_URL", "outbox list"),
+    (["outbox", "unpark", "--all"], "DATABASE_URL", "outbox unpark"),
+])
+def test_ops_commands_name_the_setting_they_miss(bare_project, args, key, command):
+    r = run(args, bare_project)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "svccomm: ./settings.lua: %s: required by %s, not set\n" % (key, command)
+
+
+@pytest.mark.parametrize("args, code", [
+    (["dlq", "list"], 1), (["outbox", "stats"], 1), (["checkconsumer"], 3),
+])
+def test_ops_commands_with_servers_away_fail_without_the_password(project, args, code):
+    r = run(args, project)
+    assert r.returncode == code, r.stderr
+    assert r.stdout == "" and r.stderr.startswith("svccomm %s: " % " ".join(args))
+    assert "pw" not in r.stderr
