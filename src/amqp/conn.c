@@ -375,6 +375,38 @@ int svc_amqp_declare_queue(struct svc_amqp *c, const char *queue, amqp_table_t a
 	return rpc_result(c, amqp_get_rpc_reply(c->st), "queue.declare");
 }
 
+int svc_amqp_queue_counts(struct svc_amqp *c, const char *queue, uint32_t *messages,
+                          uint32_t *consumers)
+{
+	amqp_queue_declare_ok_t *ok;
+	int rc;
+
+	if (!svc_amqp_is_open(c))
+		return SVC_ECONN;
+	ok = amqp_queue_declare(c->st, c->ch, amqp_cstring_bytes(queue), 1, 0, 0, 0,
+	                        amqp_empty_table);
+	rc = rpc_result(c, amqp_get_rpc_reply(c->st), "queue.declare (passive)");
+	if (rc == 0 && ok) {
+		*messages = ok->message_count;
+		*consumers = ok->consumer_count;
+	}
+	return rc;
+}
+
+int svc_amqp_queue_purge(struct svc_amqp *c, const char *queue, uint32_t *purged)
+{
+	amqp_queue_purge_ok_t *ok;
+	int rc;
+
+	if (!svc_amqp_is_open(c))
+		return SVC_ECONN;
+	ok = amqp_queue_purge(c->st, c->ch, amqp_cstring_bytes(queue));
+	rc = rpc_result(c, amqp_get_rpc_reply(c->st), "queue.purge");
+	if (rc == 0 && ok)
+		*purged = ok->message_count;
+	return rc;
+}
+
 int svc_amqp_bind(struct svc_amqp *c, const char *queue, const char *exchange, const char *key)
 {
 	if (!svc_amqp_is_open(c))

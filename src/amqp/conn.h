@@ -36,6 +36,8 @@ struct svc_amqp_props {
 	const char *message_id;
 	const char *correlation_id;
 	const char *app_id;
+	const char *reply_to; /* a call's reply queue */
+	const char *type;
 	int64_t timestamp; /* seconds since the epoch; 0 = not sent */
 	const struct svc_amqp_header *headers;
 	size_t n_headers;
@@ -101,6 +103,12 @@ int svc_amqp_declare_exchange(struct svc_amqp *c, const struct svc_amqp_exchange
 /* Declares a durable queue with arguments (an amqp_table_t, may be amqp_empty_table). */
 int svc_amqp_declare_queue(struct svc_amqp *c, const char *queue, amqp_table_t args, bool passive);
 int svc_amqp_bind(struct svc_amqp *c, const char *queue, const char *exchange, const char *key);
+/* The messages ready in queue and its consumers (queue.declare, passive). A missing queue is
+ * SVC_EPROTO (404 in svc_amqp_reply_code()); the channel is reopened. */
+int svc_amqp_queue_counts(struct svc_amqp *c, const char *queue, uint32_t *messages,
+                          uint32_t *consumers);
+/* Deletes the ready messages of queue (queue.purge; unacked ones stay); *purged: how many. */
+int svc_amqp_queue_purge(struct svc_amqp *c, const char *queue, uint32_t *purged);
 
 /* Puts the channel in confirm mode; publish sequence numbers restart at 1. */
 int svc_amqp_confirm_select(struct svc_amqp *c);

@@ -11,6 +11,8 @@
 
 #include "util/error.h"
 
+#define GET_TIMEOUT_MS 30000 /* the answer to one basic.get */
+
 static void set_err(struct svc_amqp_consumer *cs, const char *what, int status)
 {
 	snprintf(cs->err, sizeof(cs->err), "%s: %s", what, amqp_error_string2(status));
@@ -377,28 +379,14 @@ static int other_method(struct svc_amqp_consumer *cs, amqp_frame_t *f)
 	}
 }
 
-static int next_delivery(struct svc_amqp_consumer *cs, struct svc_delivery *d, size_t max_body,
-                         int timeout_ms)
+/* Reads the content header and body frames of a delivery whose method was m. */
+static int read_content(struct svc_amqp_consumer *cs, struct svc_delivery *d,
+                        const amqp_basic_deliver_t *m, size_t max_body)
 {
 	amqp_connection_state_t st = svc_amqp_state(cs->conn);
 	amqp_channel_t ch = svc_amqp_channel(cs->conn);
 	amqp_frame_t f;
 	int rc;
-
-	for (;;) {
-		rc = wait_frame(cs, &f, timeout_ms);
-		if (rc)
-			return rc;
-		if (f.frame_type != AMQP_FRAME_METHOD)
-			continue; /* stray content of something we did not ask for */
-		if (f.payload.method.id == AMQP_BASIC_DELIVER_METHOD)
-			break;
-		rc = other_method(cs, &f);
-		if (rc != 1)
-			return rc;
-	}
-	/* The deliver method lives in the frame pool: keep it until the header is copied. */
-	amqp_basic_deliver_t deliver = *(amqp_basic_deliver_t *)f.payload.method.decoded;
 
 	rc = wait_frame(cs, &f, -1);
 	if (rc)
@@ -410,7 +398,7 @@ static int next_delivery(struct svc_amqp_consumer *cs, struct svc_delivery *d, s
 	}
 	const amqp_basic_properties_t *props = f.payload.properties.decoded;
 	uint64_t size = f.payload.properties.body_size;
-	if (copy_meta(d, &deliver, props)) {
+	if (copy_meta(d, m, props)) {
 		snprintf(cs->err, sizeof(cs->err), "out of memory copying a delivery");
 		return SVC_ENOMEM;
 	}
@@ -453,6 +441,85 @@ static int next_delivery(struct svc_amqp_consumer *cs, struct svc_delivery *d, s
 	d->body_len = keep;
 	d->body[d->body_len] = '\0';
 	return 0;
+}
+
+static int next_delivery(struct svc_amqp_consumer *cs, struct svc_delivery *d, size_t max_body,
+                         int timeout_ms)
+{
+	amqp_frame_t f;
+	int rc;
+
+	for (;;) {
+		rc = wait_frame(cs, &f, timeout_ms);
+		if (rc)
+			return rc;
+		if (f.frame_type != AMQP_FRAME_METHOD)
+			continue; /* stray content of something we did not ask for */
+		if (f.payload.method.id == AMQP_BASIC_DELIVER_METHOD)
+			break;
+		rc = other_method(cs, &f);
+		if (rc != 1)
+			return rc;
+	}
+	/* The deliver method lives in the frame pool: keep it until the header is copied. */
+	amqp_basic_deliver_t deliver = *(amqp_basic_deliver_t *)f.payload.method.decoded;
+
+	return read_content(cs, d, &deliver, max_body);
+}
+
+/* basic.get and its answer; see svc_amqp_get(). */
+static int get_one(struct svc_amqp_consumer *cs, const char *queue, struct svc_delivery *d,
+                   size_t max_body)
+{
+	amqp_connection_state_t st = svc_amqp_state(cs->conn);
+	amqp_basic_get_t m = {.queue = amqp_cstring_bytes(queue), .no_ack = 0};
+	amqp_frame_t f;
+	int status, rc;
+
+	status = amqp_send_method(st, svc_amqp_channel(cs->conn), AMQP_BASIC_GET_METHOD, &m);
+	if (status != AMQP_STATUS_OK) {
+		set_err(cs, "basic.get", status);
+		return SVC_ECONN;
+	}
+	for (;;) {
+		rc = wait_frame(cs, &f, GET_TIMEOUT_MS);
+		if (rc == SVC_ETIMEOUT) {
+			snprintf(cs->err, sizeof(cs->err), "basic.get: no answer within %d s",
+			         GET_TIMEOUT_MS / 1000);
+			return SVC_ECONN;
+		}
+		if (rc)
+			return rc;
+		if (f.frame_type != AMQP_FRAME_METHOD)
+			continue;
+		if (f.payload.method.id == AMQP_BASIC_GET_EMPTY_METHOD)
+			return 0;
+		if (f.payload.method.id == AMQP_BASIC_GET_OK_METHOD)
+			break;
+		rc = other_method(cs, &f);
+		if (rc != 1)
+			return rc;
+	}
+	const amqp_basic_get_ok_t *ok = f.payload.method.decoded;
+	amqp_basic_deliver_t deliver = {.delivery_tag = ok->delivery_tag,
+	                                .redelivered = ok->redelivered,
+	                                .exchange = ok->exchange,
+	                                .routing_key = ok->routing_key};
+
+	rc = read_content(cs, d, &deliver, max_body);
+	return rc ? rc : 1;
+}
+
+int svc_amqp_get(struct svc_amqp_consumer *cs, struct svc_amqp *conn, const char *queue,
+                 struct svc_delivery *d, size_t max_body)
+{
+	int rc;
+
+	cs->conn = conn;
+	rc = get_one(cs, queue, d, max_body);
+	if (rc < 0)
+		svc_amqp_mark_broken(cs->conn); /* as for a delivery: the stream is not trusted */
+	return rc;
 }
 
 int svc_amqp_consumer_next(struct svc_amqp_consumer *cs, struct svc_delivery *d, size_t max_body,

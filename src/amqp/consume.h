@@ -93,6 +93,12 @@ int svc_amqp_consumer_start(struct svc_amqp_consumer *cs, struct svc_amqp *conn,
  * consumer, or SVC_ECONN (connection or channel lost; text in cs->err). */
 int svc_amqp_consumer_next(struct svc_amqp_consumer *cs, struct svc_delivery *d, size_t max_body,
                            int timeout_ms);
+/* Takes one message from queue with basic.get (to be acked or nacked with the calls below,
+ * on the same connection) into d, read like a delivery. Returns 1 (a message in d), 0 (the
+ * queue is empty) or SVC_ECONN (the connection is then unusable: a missing queue closes the
+ * channel too). For the operator's commands (dlq list, replay), not for consuming. */
+int svc_amqp_get(struct svc_amqp_consumer *cs, struct svc_amqp *conn, const char *queue,
+                 struct svc_delivery *d, size_t max_body);
 /* Acks tag (and, with multiple, every earlier unacked tag); 0 or SVC_ECONN. */
 int svc_amqp_consumer_ack(struct svc_amqp_consumer *cs, uint64_t tag, bool multiple);
 /* Nacks tag (multiple as for ack), requeueing it or letting the broker drop or dead-letter it;

@@ -30,7 +30,8 @@ static int check_lengths(struct svc_amqp *c, const char *exchange, const char *r
 		return SVC_EINVAL;
 	}
 	if (props && (!shortstr_ok(props->message_id) || !shortstr_ok(props->correlation_id) ||
-	              !shortstr_ok(props->app_id) || !shortstr_ok(props->content_type))) {
+	              !shortstr_ok(props->app_id) || !shortstr_ok(props->content_type) ||
+	              !shortstr_ok(props->reply_to) || !shortstr_ok(props->type))) {
 		snprintf(c->err, sizeof(c->err), "a message property is longer than 255 bytes");
 		return SVC_EINVAL;
 	}
@@ -70,6 +71,14 @@ static amqp_basic_properties_t basic_properties(const struct svc_amqp_props *pro
 	if (props && props->app_id) {
 		p._flags |= AMQP_BASIC_APP_ID_FLAG;
 		p.app_id = amqp_cstring_bytes(props->app_id);
+	}
+	if (props && props->reply_to) {
+		p._flags |= AMQP_BASIC_REPLY_TO_FLAG;
+		p.reply_to = amqp_cstring_bytes(props->reply_to);
+	}
+	if (props && props->type) {
+		p._flags |= AMQP_BASIC_TYPE_FLAG;
+		p.type = amqp_cstring_bytes(props->type);
 	}
 	if (props && props->timestamp > 0) {
 		p._flags |= AMQP_BASIC_TIMESTAMP_FLAG;

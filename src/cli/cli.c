@@ -17,9 +17,10 @@
 #include "util/log.h"
 
 static const struct svc_cmd *const commands[] = {
-    &svc_cmd_runconsumer,    &svc_cmd_runpublisher, &svc_cmd_devconsumer, &svc_cmd_devpublisher,
-    &svc_cmd_checkpublisher, &svc_cmd_publish,      &svc_cmd_migrate,     &svc_cmd_check,
-    &svc_cmd_init,           &svc_cmd_version,      &svc_cmd_help,
+    &svc_cmd_runconsumer,    &svc_cmd_runpublisher,  &svc_cmd_devconsumer, &svc_cmd_devpublisher,
+    &svc_cmd_checkpublisher, &svc_cmd_checkconsumer, &svc_cmd_outbox,      &svc_cmd_dlq,
+    &svc_cmd_publish,        &svc_cmd_migrate,       &svc_cmd_check,       &svc_cmd_init,
+    &svc_cmd_version,        &svc_cmd_help,
 };
 
 #define N_COMMANDS ((int)(sizeof(commands) / sizeof(commands[0])))
@@ -36,6 +37,36 @@ const struct svc_cmd *svc_cli_find(const char *name)
 		if (strcmp(commands[i]->name, name) == 0)
 			return commands[i];
 	return NULL;
+}
+
+const char *svc_cli_short_name(const struct svc_cmd *cmd)
+{
+	const char *sp = strrchr(cmd->name, ' ');
+
+	return sp ? sp + 1 : cmd->name;
+}
+
+const struct svc_cmd *svc_cli_find_sub(const struct svc_cmd *group, const char *word)
+{
+	for (int i = 0; i < group->n_subs; i++)
+		if (strcmp(svc_cli_short_name(group->subs[i]), word) == 0)
+			return group->subs[i];
+	return NULL;
+}
+
+int svc_cli_unknown_sub(const struct svc_cmd *group, const char *word)
+{
+	struct svc_suggest s;
+	const char *best;
+
+	svc_suggest_init(&s, word, strlen(word));
+	for (int i = 0; i < group->n_subs; i++)
+		svc_suggest_add(&s, svc_cli_short_name(group->subs[i]));
+	best = svc_suggest_best(&s);
+	fprintf(stderr, "svccomm %s: unknown command '%s'%s%s%s\n\n", group->name, word,
+	        best ? " (did you mean " : "", best ? best : "", best ? "?)" : "");
+	svc_cli_usage_cmd(stderr, group);
+	return SVC_EXIT_USAGE;
 }
 
 int svc_cli_unknown_command(const char *name)
@@ -205,6 +236,30 @@ int svc_cli_run(int argc, char **argv)
 	ctx.cmd = svc_cli_find(argv[at]);
 	if (!ctx.cmd)
 		return svc_cli_unknown_command(argv[at]);
+	/* A group: the next word names the subcommand; without one, only --help is an answer. */
+	while (ctx.cmd->n_subs > 0) {
+		const struct svc_cmd *sub;
+
+		if (at + 1 >= argc || argv[at + 1][0] == '-') {
+			svc_cli_parse_command(ctx.cmd, argc - at, argv + at, &p);
+			if (p.help) {
+				svc_cli_usage_cmd(stdout, ctx.cmd);
+				return SVC_EXIT_OK;
+			}
+			if (p.err[0])
+				return usage_error(&p, ctx.cmd);
+			if (p.version)
+				return svc_cmd_version.run(&ctx);
+			fprintf(stderr, "svccomm %s: a command is required\n\n", ctx.cmd->name);
+			svc_cli_usage_cmd(stderr, ctx.cmd);
+			return SVC_EXIT_USAGE;
+		}
+		sub = svc_cli_find_sub(ctx.cmd, argv[at + 1]);
+		if (!sub)
+			return svc_cli_unknown_sub(ctx.cmd, argv[at + 1]);
+		ctx.cmd = sub;
+		at++;
+	}
 	svc_cli_parse_command(ctx.cmd, argc - at, argv + at, &p);
 	/* --help answers before any other error and needs neither settings nor servers. */
 	if (p.help) {

@@ -16,8 +16,8 @@ struct svc_runtime;
 
 struct svc_cli_ctx;
 
-#define SVC_CLI_MAX_OPTS 8 /* options of one command, global options not counted */
-#define SVC_CLI_MAX_ARGS 3 /* positional arguments of one command */
+#define SVC_CLI_MAX_OPTS 8  /* options of one command, global options not counted */
+#define SVC_CLI_MAX_ARGS 64 /* positional arguments of one command */
 
 /* What a command asks the CLI to prepare before it runs. */
 enum svc_cli_needs {
@@ -65,6 +65,10 @@ struct svc_cmd {
 	int n_opts;
 	const char *description; /* paragraphs after the synopsis, lines ending in '\n' */
 	const char *exit_codes;  /* the exit-code line, NULL for the common one */
+	/* A group ("outbox", "dlq") has subcommands instead of a run function, git-style:
+	 * `svccomm outbox list`. Each subcommand's name is the full "outbox list". */
+	const struct svc_cmd *const *subs;
+	int n_subs;
 };
 
 /* What a command receives: checked arguments and options, settings and runtime. */
@@ -95,6 +99,16 @@ int svc_cli_run(int argc, char **argv);
 /* The command called name, or NULL. */
 const struct svc_cmd *svc_cli_find(const char *name);
 
+/* The subcommand of group called word ("list" for "outbox list"), or NULL. */
+const struct svc_cmd *svc_cli_find_sub(const struct svc_cmd *group, const char *word);
+
+/* The last word of a command's name: "list" for "outbox list", "check" for "check". */
+const char *svc_cli_short_name(const struct svc_cmd *cmd);
+
+/* Reports an unknown subcommand of group (with the closest one) and the group's usage on
+ * stderr; returns SVC_EXIT_USAGE. */
+int svc_cli_unknown_sub(const struct svc_cmd *group, const char *word);
+
 /* The command table in the order `svccomm --help` lists it; *n receives its length. */
 const struct svc_cmd *const *svc_cli_commands(int *n);
 
@@ -108,6 +122,9 @@ extern const struct svc_cmd svc_cmd_runpublisher;
 extern const struct svc_cmd svc_cmd_devconsumer;
 extern const struct svc_cmd svc_cmd_devpublisher;
 extern const struct svc_cmd svc_cmd_checkpublisher;
+extern const struct svc_cmd svc_cmd_checkconsumer;
+extern const struct svc_cmd svc_cmd_outbox; /* group: outbox stats|list|unpark|cancel */
+extern const struct svc_cmd svc_cmd_dlq;    /* group: dlq stats|list|replay|purge */
 extern const struct svc_cmd svc_cmd_publish;
 extern const struct svc_cmd svc_cmd_migrate;
 extern const struct svc_cmd svc_cmd_check;

@@ -1,4 +1,4 @@
-/* `svccomm checkpublisher [--max-queue-size N] [--max-delay S] [--max-parked P]`: a health
+/* `svccomm checkpublisher [--max-queue-size N] [--max-delay S] [--max-parked P] [--json]`: a health
  * check for the relay, for container probes and monitoring. Healthy unless more than N rows
  * (default 0) have been due for longer than S seconds (default 10), or more than P rows
  * (default 0) are parked: a parked row is an event that is not being delivered, and waits for
@@ -11,8 +11,9 @@
 #include "outbox/relay_sql.h"
 #include "pg/conn.h"
 #include "util/error.h"
+#include "util/json_out.h"
 
-enum { OPT_MAX_QUEUE_SIZE, OPT_MAX_DELAY, OPT_MAX_PARKED, N_OPTS };
+enum { OPT_MAX_QUEUE_SIZE, OPT_MAX_DELAY, OPT_MAX_PARKED, OPT_JSON, N_OPTS };
 
 static const struct svc_opt opts[N_OPTS] = {
     [OPT_MAX_QUEUE_SIZE] = {"max-queue-size", SVC_OPT_INT, "N",
@@ -22,6 +23,7 @@ static const struct svc_opt opts[N_OPTS] = {
                        "seconds a due row may wait before it counts as late (>= 0, default 10)"},
     [OPT_MAX_PARKED] = {"max-parked", SVC_OPT_INT, "P",
                         "parked rows allowed (integer >= 0, default 0)", .min = 0, .max = LONG_MAX},
+    [OPT_JSON] = {"json", SVC_OPT_FLAG, NULL, "print one JSON object"},
 };
 _Static_assert(N_OPTS <= SVC_CLI_MAX_OPTS, "too many options");
 
@@ -50,9 +52,27 @@ static int run(struct svc_cli_ctx *ctx)
 	rc = svc_pg_connect(&pg, ctx->config->database_url, "svccomm-checkpublisher");
 	if (rc == 0)
 		rc = svc_relay_health(&pg, &q, max_delay, &late, &due, &oldest, &parked);
+	if (opt[OPT_JSON].set) {
+		printf("{\"table\":");
+		svc_json_put_str(stdout, ctx->config->outbox_table);
+		if (rc != 0) {
+			printf(",\"healthy\":null,\"error\":");
+			svc_json_put_str(stdout, svc_pg_error(&pg));
+		} else {
+			printf(
+			    ",\"healthy\":%s,\"late\":%ld,\"due\":%ld,\"oldest_due_seconds\":%.3f,"
+			    "\"parked\":%ld,\"max_queue_size\":%ld,\"max_delay\":%g,\"max_parked\":"
+			    "%ld",
+			    late > max_size || parked > max_parked ? "false" : "true", late, due,
+			    oldest, parked, max_size, max_delay, max_parked);
+		}
+		printf("}\n");
+	}
 	if (rc != 0) {
 		fprintf(stderr, "svccomm checkpublisher: cannot check: %s\n", svc_pg_error(&pg));
 		rc = SVC_EXIT_UNREACHABLE;
+	} else if (opt[OPT_JSON].set) {
+		rc = late > max_size || parked > max_parked ? SVC_EXIT_FAILURE : SVC_EXIT_OK;
 	} else if (late > max_size || parked > max_parked) {
 		printf("publisher unhealthy: %ld row(s) due for more than %g s (allowed %ld); "
 		       "%ld due in total, oldest due %.1f s ago, %ld parked (allowed %ld)\n",
@@ -83,7 +103,9 @@ const struct svc_cmd svc_cmd_checkpublisher = {
         "Prints \"publisher healthy\" and exits 0 unless more than N outbox rows (default 0) have\n"
         "been due for longer than S seconds (default 10) or more than P rows (default 0) are\n"
         "parked (they are not delivered and wait for a person); then prints the counts and\n"
-        "exits 1.\n",
+        "exits 1. With --json it prints one object instead: healthy, late, due,\n"
+        "oldest_due_seconds, parked and the limits (healthy null and error when the database\n"
+        "cannot be read).\n",
     .exit_codes =
         "Exit codes: 0 healthy, 1 unhealthy, 2 usage or configuration error, 3 the database\n"
         "cannot be reached or the outbox table read (health unknown).",

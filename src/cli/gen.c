@@ -21,6 +21,27 @@ static void words(FILE *out, const struct svc_cmd *cmd)
 	}
 }
 
+/* True when option i of command (c, s) (s: subcommand index, -1 for the command) has a name
+ * an earlier option of the table already had. */
+static int seen(const struct svc_cmd *const *cmds, int c, int s, int i)
+{
+	const struct svc_cmd *cmd = s < 0 ? cmds[c] : cmds[c]->subs[s];
+	const char *name = cmd->opts[i].name;
+
+	for (int c2 = 0; c2 <= c; c2++)
+		for (int s2 = -1; s2 < cmds[c2]->n_subs; s2++) {
+			const struct svc_cmd *k = s2 < 0 ? cmds[c2] : cmds[c2]->subs[s2];
+
+			for (int j = 0; j < k->n_opts; j++) {
+				if (k == cmd && j == i)
+					return 0;
+				if (strcmp(k->opts[j].name, name) == 0)
+					return 1;
+			}
+		}
+	return 0;
+}
+
 /* Prints the `case` patterns of every option that takes a value of the given kind (or of any
  * other kind than SVC_OPT_FILE when file is 0); "" when there is none. */
 static void value_options(FILE *out, int file)
@@ -37,11 +58,17 @@ static void value_options(FILE *out, int file)
 	}
 	cmds = svc_cli_commands(&n);
 	for (int c = 0; c < n; c++)
-		for (int i = 0; i < cmds[c]->n_opts; i++) {
-			const struct svc_opt *o = &cmds[c]->opts[i];
+		for (int s = -1; s < cmds[c]->n_subs; s++) {
+			const struct svc_cmd *cmd = s < 0 ? cmds[c] : cmds[c]->subs[s];
 
-			if (o->value && (o->kind == SVC_OPT_FILE) == file)
-				fprintf(out, "%s--%s", sep, o->name), sep = "|";
+			for (int i = 0; i < cmd->n_opts; i++) {
+				const struct svc_opt *o = &cmd->opts[i];
+
+				/* the same option in several commands: one pattern is enough */
+				if (o->value && (o->kind == SVC_OPT_FILE) == file &&
+				    !seen(cmds, c, s, i))
+					fprintf(out, "%s--%s", sep, o->name), sep = "|";
+			}
 		}
 	if (!*sep)
 		fputs("--\\ never", out); /* a pattern that matches no word */
@@ -61,6 +88,10 @@ void svc_gen_bash(FILE *out)
 	      out);
 	for (int i = 0; i < n; i++)
 		fprintf(out, "%s%s", i ? " " : "", cmds[i]->name);
+	fputs("\" groups=\"", out);
+	for (int i = 0, sep = 0; i < n; i++)
+		if (cmds[i]->n_subs > 0)
+			fprintf(out, "%s%s", sep++ ? " " : "", cmds[i]->name);
 	fputs("\"\n\tCOMPREPLY=()\n\tcase $prev in\n\t", out);
 	value_options(out, 1);
 	fputs(")\n\t\tcompopt -o filenames 2>/dev/null\n"
@@ -74,22 +105,33 @@ void svc_gen_bash(FILE *out)
 	value_options(out, 1);
 	fputs("|", out);
 	value_options(out, 0);
-	fputs(") ((i++)) ;;\n\t\t--) break ;;\n\t\t-*) ;;\n\t\t*)\n\t\t\tcmd=$w\n\t\t\tbreak\n"
+	/* a group ("outbox") takes one more word, its subcommand: cmd becomes "outbox list" */
+	fputs(") ((i++)) ;;\n\t\t--) break ;;\n\t\t-*) ;;\n\t\t*)\n"
+	      "\t\t\tif [[ -n $cmd ]]; then\n\t\t\t\tcmd=\"$cmd $w\"\n\t\t\t\tbreak\n\t\t\tfi\n"
+	      "\t\t\tcmd=$w\n\t\t\t[[ \" $groups \" == *\" $w \"* ]] || break\n"
 	      "\t\t\t;;\n\t\tesac\n\tdone\n\tcase $cmd in\n\t\"\")\n\t\twords=\"$commands",
 	      out);
 	words(out, NULL);
 	fputs("\"\n\t\t;;\n", out);
 	for (int i = 0; i < n; i++) {
 		fprintf(out, "\t%s)\n\t\twords=\"", cmds[i]->name);
+		for (int s = 0; s < cmds[i]->n_subs; s++)
+			fprintf(out, "%s ", svc_cli_short_name(cmds[i]->subs[s]));
 		words(out, cmds[i]);
 		fputs("\"\n", out);
 		/* `svccomm help <command>` takes a command's name */
 		if (cmds[i] == &svc_cmd_help)
 			fputs("\t\t[[ $cur == -* ]] || words=$commands\n", out);
 		fputs("\t\t;;\n", out);
+		for (int s = 0; s < cmds[i]->n_subs; s++) {
+			fprintf(out, "\t\"%s\")\n\t\twords=\"", cmds[i]->subs[s]->name);
+			words(out, cmds[i]->subs[s]);
+			fputs("\"\n\t\t;;\n", out);
+		}
 	}
 	fputs("\t*) return ;;\n\tesac\n"
-	      "\tif [[ -n $cmd && $cmd != help && $cur != -* ]]; then\n\t\treturn\n\tfi\n"
+	      "\tif [[ -n $cmd && $cmd != help && \" $groups \" != *\" $cmd \"* && $cur != -* ]]; "
+	      "then\n\t\treturn\n\tfi\n"
 	      "\tCOMPREPLY=($(compgen -W \"$words\" -- \"$cur\"))\n"
 	      "}\ncomplete -F _svccomm svccomm\n",
 	      out);

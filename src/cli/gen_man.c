@@ -84,18 +84,34 @@ static void header(FILE *out, const char *title, int section)
 	    title, section, SVCCOMM_VERSION);
 }
 
+/* "outbox-list" for the command "outbox list": the page is svccomm-outbox-list(1). */
+static const char *page_name(const struct svc_cmd *cmd, char *buf, size_t size)
+{
+	snprintf(buf, size, "%s", cmd->name);
+	for (char *c = buf; *c; c++)
+		if (*c == ' ')
+			*c = '-';
+	return buf;
+}
+
 static void see_also(FILE *out, const char *except)
 {
 	const struct svc_cmd *const *cmds;
+	char name[64];
 	int n;
 
 	cmds = svc_cli_commands(&n);
 	fputs(".SH SEE ALSO\n", out);
 	if (strcmp(except, "svccomm") != 0)
 		fputs(".BR svccomm (1),\n", out);
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n; i++) {
 		if (strcmp(except, cmds[i]->name) != 0)
 			fprintf(out, ".BR svccomm\\-%s (1),\n", cmds[i]->name);
+		for (int j = 0; j < cmds[i]->n_subs; j++)
+			if (strcmp(except, cmds[i]->subs[j]->name) != 0)
+				fprintf(out, ".BR svccomm\\-%s (1),\n",
+				        page_name(cmds[i]->subs[j], name, sizeof(name)));
+	}
 	fputs(".BR svccomm\\-settings (5)\n", out);
 }
 
@@ -108,14 +124,15 @@ static void exit_status(FILE *out, const char *codes)
 
 static void page_command(FILE *out, const struct svc_cmd *cmd)
 {
-	char title[64];
+	char title[80], name[64];
 
-	snprintf(title, sizeof(title), "SVCCOMM-%s", cmd->name);
+	page_name(cmd, name, sizeof(name));
+	snprintf(title, sizeof(title), "SVCCOMM-%s", name);
 	for (char *c = title; *c; c++)
 		if (*c >= 'a' && *c <= 'z')
 			*c = (char)(*c - 'a' + 'A');
 	header(out, title, 1);
-	fprintf(out, ".SH NAME\nsvccomm\\-%s \\- ", cmd->name);
+	fprintf(out, ".SH NAME\nsvccomm\\-%s \\- ", name);
 	roff(out, cmd->summary);
 	fprintf(out, "\n.SH SYNOPSIS\n.B svccomm\n[\\fB\\-\\-settings\\fR \\fIFILE\\fR]\n.B %s\n",
 	        cmd->name);
@@ -130,6 +147,16 @@ static void page_command(FILE *out, const struct svc_cmd *cmd)
 	if (cmd->description) {
 		fputs(".SH DESCRIPTION\n", out);
 		roff_paragraphs(out, cmd->description);
+	}
+	if (cmd->n_subs > 0) {
+		fputs(".SH COMMANDS\nCommands:\n", out);
+		for (int i = 0; i < cmd->n_subs; i++) {
+			fputs(".TP\n", out);
+			roff(out, svc_cli_short_name(cmd->subs[i]));
+			fputc('\n', out);
+			roff(out, cmd->subs[i]->summary);
+			fputc('\n', out);
+		}
 	}
 	if (cmd->n_opts > 0) {
 		fputs(".SH OPTIONS\n", out);
@@ -316,12 +343,18 @@ int svc_gen_man(const char *dir)
 		goto out;
 	cmds = svc_cli_commands(&n);
 	for (int i = 0; i < n; i++) {
-		snprintf(name, sizeof(name), "svccomm-%s.1", cmds[i]->name);
-		if (!(f = open_page(dir, name)))
-			goto out;
-		page_command(f, cmds[i]);
-		if (close_page(f, name) != 0)
-			goto out;
+		for (int j = -1; j < cmds[i]->n_subs; j++) {
+			const struct svc_cmd *cmd = j < 0 ? cmds[i] : cmds[i]->subs[j];
+			char base[64];
+
+			snprintf(name, sizeof(name), "svccomm-%s.1",
+			         page_name(cmd, base, sizeof(base)));
+			if (!(f = open_page(dir, name)))
+				goto out;
+			page_command(f, cmd);
+			if (close_page(f, name) != 0)
+				goto out;
+		}
 	}
 	rc = SVC_EXIT_OK;
 out:

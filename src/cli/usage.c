@@ -76,6 +76,12 @@ void svc_cli_usage_cmd(FILE *out, const struct svc_cmd *cmd)
 	fputc('\n', out);
 	if (cmd->description)
 		fprintf(out, "\n%s", cmd->description);
+	if (cmd->n_subs > 0) {
+		fprintf(out, "\nCommands:\n");
+		for (int i = 0; i < cmd->n_subs; i++)
+			fprintf(out, "  %-10s %s\n", svc_cli_short_name(cmd->subs[i]),
+			        cmd->subs[i]->summary);
+	}
 	if (cmd->n_opts > 0)
 		print_opts(out, "Options:", cmd->opts, cmd->n_opts, width);
 	print_opts(out, "Global options (before or after the command):", svc_cli_global_opts,

@@ -136,6 +136,11 @@ struct svc_failure_info {
  * be read by rabbitmq-c 0.11. */
 #define SVC_COPY_HEADERS_MAX 65536
 
+/* Whether a header is bookkeeping, not the application's: the broker's x-death,
+ * x-first-death-*, x-last-death-*, or svccomm's own x-svccomm-*. A copy never carries them
+ * over (a replayed dead letter starts again at attempt 1). */
+bool svc_consumer_bookkeeping_header(const char *key);
+
 /* Bytes, as encoded, of the delivery's headers that a republished copy would carry. */
 size_t svc_consumer_headers_size(const struct svc_delivery *d);
 /* Whether those exceed SVC_COPY_HEADERS_MAX: such a delivery is dead-lettered at its first

@@ -104,7 +104,7 @@ void svc_consumer_error_excerpt(const char *text, int max_lines, char *out, size
 	out[n] = '\0';
 }
 
-static bool bookkeeping_header(const char *key)
+bool svc_consumer_bookkeeping_header(const char *key)
 {
 	return strncmp(key, "x-death", 7) == 0 || strncmp(key, "x-first-death", 13) == 0 ||
 	       strncmp(key, "x-last-death", 12) == 0 || strncmp(key, "x-svccomm-", 10) == 0;
@@ -112,7 +112,7 @@ static bool bookkeeping_header(const char *key)
 
 static bool copied_header(const struct svc_delivery_header *h)
 {
-	return h->kind != 'n' && !bookkeeping_header(h->key);
+	return h->kind != 'n' && !svc_consumer_bookkeeping_header(h->key);
 }
 
 size_t svc_consumer_headers_size(const struct svc_delivery *d)

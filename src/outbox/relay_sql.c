@@ -385,6 +385,15 @@ int svc_relay_notify(struct svc_pg *pg, struct svc_relay_sql *q, const char *pay
 	return svc_pg_exec(pg, "SELECT pg_notify($1, $2)", 2, params, NULL);
 }
 
+int svc_relay_wake(struct svc_pg *pg, struct svc_relay_sql *q)
+{
+	static const char sql[] = "SELECT pg_notify(x, '') FROM (" SCHEMA_CHANNEL_SQL ") t(x)";
+	const char *params[1] = {q->table};
+	int rc = svc_relay_notify(pg, q, "");
+
+	return rc ? rc : svc_pg_exec(pg, sql, 1, params, NULL);
+}
+
 int svc_relay_join(struct svc_pg *pg, struct svc_relay_sql *q)
 {
 	char k[16];

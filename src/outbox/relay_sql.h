@@ -129,6 +129,10 @@ int svc_relay_listen(struct svc_pg *pg, struct svc_relay_sql *q);
 /* NOTIFY the channel with payload (to check that notifications arrive). */
 int svc_relay_notify(struct svc_pg *pg, struct svc_relay_sql *q, const char *payload);
 
+/* NOTIFY both channels (the bare table name and "schema.table"), so that listening relays
+ * look for due rows now: after rows were made due by an UPDATE, which fires no trigger. */
+int svc_relay_wake(struct svc_pg *pg, struct svc_relay_sql *q);
+
 /* Takes this relay's membership lock (released when the session ends). */
 int svc_relay_join(struct svc_pg *pg, struct svc_relay_sql *q);
 /* Counts the relays of this table (membership locks in pg_locks); at least 1 after join. */

@@ -12,7 +12,12 @@ import svc
 from svc import Project
 
 COMMANDS = ["runconsumer", "runpublisher", "devconsumer", "devpublisher", "checkpublisher",
-            "publish", "migrate", "check", "init", "version", "help"]
+            "checkconsumer", "outbox", "dlq", "publish", "migrate", "check", "init", "version", "help"]
+GROUPS = {  # git-style commands: `svccomm outbox list`
+    "outbox": ["stats", "list", "unpark", "cancel"],
+    "dlq": ["stats", "list", "replay", "purge"],
+}
+SUBCOMMANDS = [g + " " + s for g, subs in GROUPS.items() for s in subs]
 EXIT_CODES_LINE = "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error."
 UNKNOWN_COMMAND = "svccomm: unknown command '{}'\n\n"  # then the main usage
 
@@ -112,12 +117,12 @@ def test_settings_option_without_a_file_exits_2(empty_dir):
     assert r.stderr == "svccomm: --settings needs a file\n"
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "help"])
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "help"] + SUBCOMMANDS)
 def test_help_command_and_command_help_print_the_same_usage_without_settings(empty_dir,
                                                                              command):
-    by_help = run(["help", command], empty_dir)
-    by_flag = run([command, "--help"], empty_dir)
-    by_short = run([command, "-h"], empty_dir)
+    by_help = run(["help", *command.split()], empty_dir)
+    by_flag = run([*command.split(), "--help"], empty_dir)
+    by_short = run([*command.split(), "-h"], empty_dir)
     for r in (by_help, by_flag, by_short):
         assert r.returncode == 0, r.stderr
         assert r.stderr == ""
@@ -204,7 +209,18 @@ OPTIONS = {  # each command's own options, as its --help lists them
     "runpublisher": [],
     "devconsumer": [],
     "devpublisher": [],
-    "checkpublisher": ["--max-queue-size N", "--max-delay S", "--max-parked P"],
+    "checkpublisher": ["--max-queue-size N", "--max-delay S", "--max-parked P", "--json"],
+    "checkconsumer": ["--min-consumers N", "--max-ready N", "--max-dlq N", "--json"],
+    "outbox": [],
+    "outbox stats": ["--json"],
+    "outbox list": ["--parked", "--aggregate A", "--limit N", "--json"],
+    "outbox unpark": ["--all", "--json"],
+    "outbox cancel": ["--aggregate A", "--event-type E", "--tags K=V,...", "--json"],
+    "dlq": [],
+    "dlq stats": ["--json"],
+    "dlq list": ["--limit N", "--json"],
+    "dlq replay": ["--all", "--id ID", "--to-exchange E", "--json"],
+    "dlq purge": ["--yes", "--json"],
     "publish": ["--at TIME", "--tags JSON"],
     "migrate": [],
     "check": ["--connect"],
@@ -223,6 +239,14 @@ EXIT_CODES = {  # commands whose exit codes say more than EXIT_CODES_LINE
              "(--connect) a server cannot be reached.",
     "init": "Exit codes: 0 written, 1 a file could not be written, 2 usage error or a file "
             "exists already (nothing written).",
+    "outbox unpark": "Exit codes: 0 every row given was unparked, 1 a row does not exist or is "
+                     "not parked (the others were unparked) or the database failed, 2 usage or "
+                     "configuration error.",
+    "checkconsumer": "Exit codes: 0 healthy, 1 unhealthy, 2 usage or configuration error, 3 the "
+                     "broker cannot be reached (health unknown).",
+    "dlq replay": "Exit codes: 0 every letter asked for was replayed, 1 a letter was kept or not "
+                  "found or the broker failed (the count replayed is printed), 2 usage or "
+                  "configuration error.",
     "checkpublisher": "Exit codes: 0 healthy, 1 unhealthy, 2 usage or configuration error, "
                       "3 the database cannot be reached or the outbox table read (health "
                       "unknown).",
@@ -246,10 +270,10 @@ def bare_project(tmp_path):
     return proj.dir
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS + SUBCOMMANDS)
 def test_command_help_shows_its_own_options_the_global_ones_and_its_exit_codes(empty_dir,
                                                                             command):
-    r = run([command, "--help"], empty_dir)
+    r = run([*command.split(), "--help"], empty_dir)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     synopsis = r.stdout.split("\n", 1)[0]
@@ -265,8 +289,8 @@ def test_command_help_shows_its_own_options_the_global_ones_and_its_exit_codes(e
     assert [left for left, _ in glob] == GLOBAL_OPTIONS
     assert " ".join(r.stdout.split()).endswith(EXIT_CODES.get(command, EXIT_CODES_LINE))
     # --help wins over anything wrong beside it, and needs no settings.
-    assert run([command, "--frobnicate", "-h"], empty_dir).stdout == r.stdout
-    assert run(["help", command], empty_dir).stdout == r.stdout
+    assert run([*command.split(), "--frobnicate", "-h"], empty_dir).stdout == r.stdout
+    assert run(["help", *command.split()], empty_dir).stdout == r.stdout
 
 
 def test_detailed_usage_of_runpublisher_and_checkpublisher_is_the_one_shown(empty_dir):
@@ -284,7 +308,8 @@ def test_help_of_help_is_its_usage_not_an_error(empty_dir):
     r = run(["help", "--help"], empty_dir)
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
-    assert r.stdout.startswith("usage: svccomm [--settings FILE] help [<command>]\n")
+    assert r.stdout.startswith(
+        "usage: svccomm [--settings FILE] help [<command> [<subcommand>]]\n")
     assert r.stdout == run(["help", "help"], empty_dir).stdout
     r = run(["help", "check", "migrate"], empty_dir)
     assert r.returncode == 2
@@ -442,3 +467,75 @@ def test_publish_needs_its_three_arguments(empty_dir):
     r = run(["publish", "agg", "ev", "{}", "{}"], empty_dir)
     assert r.returncode == 2
     assert r.stderr == "svccomm publish: unexpected argument '{}'\n"
+
+
+# -- git-style groups: `svccomm outbox list`
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_group_help_lists_its_commands_and_a_bare_group_exits_2(empty_dir, group):
+    r = run([group, "--help"], empty_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: svccomm [--settings FILE] %s <command>\n" % group)
+    block = r.stdout.split("\nCommands:\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split()[0] for line in block.splitlines()] == GROUPS[group]
+    bare = run([group], empty_dir)
+    assert bare.returncode == 2
+    assert bare.stdout == ""
+    assert bare.stderr == "svccomm %s: a command is required\n\n" % group + r.stdout
+
+
+def test_unknown_subcommand_suggests_the_closest_one(empty_dir):
+    r = run(["outbox", "lst"], empty_dir)
+    assert r.returncode == 2
+    assert r.stderr.startswith("svccomm outbox: unknown command 'lst' (did you mean list?)\n\n"
+                               "usage: svccomm [--settings FILE] outbox <command>\n")
+    r = run(["help", "outbox", "lst"], empty_dir)
+    assert r.returncode == 2
+    assert r.stderr.startswith("svccomm outbox: unknown command 'lst' (did you mean list?)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["outbox", "list", "--limit", "0"],
+     "svccomm outbox list: --limit: expected a number from 1 to 100000, got '0'"),
+    (["outbox", "list", "--frob"], "svccomm: unknown option '--frob' for outbox list"),
+    (["outbox", "unpark"], "svccomm outbox unpark: give row ids or --all (not both)"),
+    (["outbox", "unpark", "1", "--all"], "svccomm outbox unpark: give row ids or --all (not both)"),
+    (["outbox", "unpark", "x1"], "svccomm outbox unpark: 'x1' is not a row id (an integer > 0)"),
+    (["outbox", "cancel", "--aggregate", "a", "--event-type", "e"],
+     "svccomm outbox cancel: --tags is required"),
+    (["outbox", "cancel", "--aggregate", "a", "--event-type", "e", "--tags", "novalue"],
+     "svccomm outbox cancel: --tags: expected key=value, got 'novalue'"),
+    (["dlq", "purge"], "svccomm dlq purge: deletes every dead letter for good: add --yes"),
+    (["dlq", "replay"], "svccomm dlq replay: give --all or --id ID (not both)"),
+    (["dlq", "replay", "--all", "--id", "x"], "svccomm dlq replay: give --all or --id ID"),
+    (["dlq", "list", "--limit", "0"],
+     "svccomm dlq list: --limit: expected a number from 1 to 10000, got '0'"),
+])
+def test_ops_usage_errors_exit_2_before_connecting(project, args, message):
+    r = run(args, project)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(message), r.stderr
+
+
+@pytest.mark.parametrize("args, key, command", [
+    (["dlq", "stats"], "QUEUE", "dlq stats"),
+    (["dlq", "replay", "--all"], "QUEUE", "dlq replay"),
+    (["checkconsumer"], "QUEUE", "checkconsumer"),
+    (["outbox", "list"], "DATABASE_URL", "outbox list"),
+    (["outbox", "unpark", "--all"], "DATABASE_URL", "outbox unpark"),
+])
+def test_ops_commands_name_the_setting_they_miss(bare_project, args, key, command):
+    r = run(args, bare_project)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == "svccomm: ./settings.lua: %s: required by %s, not set\n" % (key, command)
+
+
+@pytest.mark.parametrize("args, code", [
+    (["dlq", "list"], 1), (["outbox", "stats"], 1), (["checkconsumer"], 3),
+])
+def test_ops_commands_with_servers_away_fail_without_the_password(project, args, code):
+    r = run(args, project)
+    assert r.returncode == code, r.stderr
+    assert r.stdout == "" and r.stderr.startswith("svccomm %s: " % " ".join(args))
+    assert "pw" not in r.stderr

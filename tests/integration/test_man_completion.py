@@ -33,6 +33,25 @@ def commands():
     return [tuple(line.split(None, 1)) for line in block.splitlines()]
 
 
+def all_commands():
+    """(name, summary) of every command and of every subcommand of a group ("outbox list"),
+    as `svccomm --help` and `svccomm <group> --help` list them."""
+    out = []
+    for name, summary in commands():
+        out.append((name, summary))
+        usage = svccomm(name, "--help")
+        if "\nCommands:\n" in usage:
+            block = usage.split("\nCommands:\n", 1)[1].split("\n\n", 1)[0]
+            out += [(name + " " + sub, text) for sub, text in
+                    (line.split(None, 1) for line in block.splitlines())]
+    return out
+
+
+def page_of(name):
+    """The man page of a command: svccomm-outbox-list.1 for "outbox list"."""
+    return "svccomm-%s.1" % name.replace(" ", "-")
+
+
 def help_options(text):
     """(left column, help) of every option line of a --help text."""
     return [(m.group(1), m.group(2)) for m in
@@ -60,9 +79,10 @@ def render(page):
 
 
 def test_one_page_per_command_and_they_lint_clean(man):
-    names = [c for c, _ in commands()]
+    names = [c for c, _ in all_commands()]
+    assert any(" " in c for c in names)  # the subcommands have their pages too
     assert sorted(p.name for p in man.iterdir()) == sorted(
-        ["svccomm.1", "svccomm-settings.5"] + ["svccomm-%s.1" % c for c in names])
+        ["svccomm.1", "svccomm-settings.5"] + [page_of(c) for c in names])
     for page in man.iterdir():
         render(page)  # no groff warnings
         r = subprocess.run(["lexgrog", str(page)], capture_output=True, text=True)
@@ -70,10 +90,10 @@ def test_one_page_per_command_and_they_lint_clean(man):
 
 
 def test_command_pages_say_what_help_says(man):
-    for name, summary in commands():
-        text = norm(render(man / ("svccomm-%s.1" % name)))
-        assert norm("svccomm-%s - %s" % (name, summary)) in text
-        usage = svccomm(name, "--help")
+    for name, summary in all_commands():
+        text = norm(render(man / page_of(name)))
+        assert norm("%s - %s" % (page_of(name)[:-2], summary)) in text
+        usage = svccomm(*name.split(), "--help")
         opts = help_options(usage)
         assert opts, usage
         for left, helptext in opts:
@@ -155,11 +175,22 @@ def test_bash_completes_commands_and_global_options(completion):
 
 
 def test_bash_completes_each_commands_options(completion):
-    for name, _ in commands():
-        usage = svccomm(name, "--help")
-        assert complete(completion, name, "-") == option_words(usage), name
-        assert complete(completion, "--settings", "s.lua", name, "--") == \
+    for name, _ in all_commands():
+        usage = svccomm(*name.split(), "--help")
+        assert complete(completion, *name.split(), "-") == option_words(usage), name
+        assert complete(completion, "--settings", "s.lua", *name.split(), "--") == \
             [w for w in option_words(usage) if w.startswith("--")], name
+
+
+def test_bash_completes_the_commands_of_a_group(completion):
+    subs = sorted(n.split()[1] for n, _ in all_commands() if n.startswith("outbox "))
+    assert subs
+    assert complete(completion, "outbox", "") == sorted(subs + option_words(
+        svccomm("outbox", "--help")))
+    assert complete(completion, "outbox", "u") == [s for s in subs if s.startswith("u")]
+    # after the subcommand, a word that is not an option gets nothing (ids, values)
+    assert complete(completion, "outbox", "unpark", "") == []
+    assert complete(completion, "outbox", "list", "--limit", "") == []
 
 
 def test_bash_completes_file_names_for_settings(completion, tmp_path):
