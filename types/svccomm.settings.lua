@@ -38,4 +38,5 @@
 ---@field PUBLISHER_UNROUTABLE string|nil A returned (unroutable) event: "keep" (left in the outbox and published again with a growing delay up to RECONNECT_MAX_DELAY, until a queue is bound) or "drop" (deleted, logged at warning with its exchange and routing key). See "Unroutable events and lost bindings". (default "keep")
 ---@field STATS_INTERVAL number|nil Seconds between stats log lines (0 = off). (default 60)
 ---@field LOG_LEVEL string|nil debug, info, warning or error. Env SVCCOMM_LOG_LEVEL overrides. (default "info")
+---@field LOG_FORMAT string|nil "text" (one line per event) or "json" (one JSON object per line, see "Logs"). Env SVCCOMM_LOG_FORMAT overrides. (default "text")
 

@@ -56,6 +56,7 @@ static const struct field fields[] = {
     FIELD("PUBLISHER_UNROUTABLE", F_STRING, publisher_unroutable),
     FIELD("STATS_INTERVAL", F_NUMBER, stats_interval),
     FIELD("LOG_LEVEL", F_STRING, log_level),
+    FIELD("LOG_FORMAT", F_STRING, log_format),
 };
 
 /* BROKER_TLS, a table in the normalized settings: its fields, copied into broker_tls. */

@@ -75,6 +75,7 @@ struct svc_config {
 	char *publisher_unroutable; /* "drop" | "keep" */
 	double stats_interval;
 	char *log_level;
+	char *log_format;               /* "text" | "json" */
 	struct svc_amqp_tls broker_tls; /* BROKER_TLS; its strings are owned by the struct */
 };
 

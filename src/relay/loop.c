@@ -48,7 +48,7 @@ static void read_notifications(struct relay *r)
 	PGnotify *n;
 
 	if (!PQconsumeInput(r->pg.conn)) {
-		snprintf(r->pg.error, sizeof(r->pg.error), "%s", PQerrorMessage(r->pg.conn));
+		svc_pg_set_error(r->pg.error, sizeof(r->pg.error), PQerrorMessage(r->pg.conn));
 		relay_db_lost(r, "reading notifications");
 		return;
 	}
