@@ -284,18 +284,17 @@ static void timestamp(char ts[32])
 
 /* ---- text lines ---------------------------------------------------------------------- */
 
-void svc_log_write(enum svc_log_level level, const char *component, const char *fmt, ...)
+static void log_vwrite(enum svc_log_level level, const char *component,
+                       const struct svc_log_field *fields, size_t n_fields, const char *fmt,
+                       va_list ap)
 {
 	char line[2048], text[2048], ts[32];
 	size_t n, t;
-	va_list ap;
 
 	timestamp(ts);
 	if (svc_log_format == SVC_LOG_JSON) {
-		va_start(ap, fmt);
 		vsnprintf(text, sizeof(text), fmt, ap);
-		va_end(ap);
-		write_json(level, ts, component, text, NULL, 0);
+		write_json(level, ts, component, text, fields, n_fields);
 		return;
 	}
 	n = (size_t)snprintf(line, sizeof(line), "%s %s ", ts, level_names[level]);
@@ -303,16 +302,56 @@ void svc_log_write(enum svc_log_level level, const char *component, const char *
 	 * keys, error texts): control characters are escaped so one event stays one line. */
 	t = (size_t)snprintf(text, sizeof(text), "%s%s[%s] ", log_tag, log_tag[0] ? " " : "",
 	                     component);
-	if (t < sizeof(text)) {
-		va_start(ap, fmt);
+	if (t < sizeof(text))
 		vsnprintf(text + t, sizeof(text) - t, fmt, ap);
-		va_end(ap);
-	}
 	/* One write per line so lines of several worker processes do not interleave. */
 	n += svc_log_escape(line + n, sizeof(line) - 1 - n, text);
 	line[n++] = '\n';
 	fwrite(line, 1, n, stderr);
 	fflush(stderr);
+}
+
+void svc_log_write(enum svc_log_level level, const char *component, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vwrite(level, component, NULL, 0, fmt, ap);
+	va_end(ap);
+}
+
+void svc_log_write_kv(enum svc_log_level level, const char *component,
+                      const struct svc_log_field *fields, size_t n_fields, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vwrite(level, component, fields, n_fields, fmt, ap);
+	va_end(ap);
+}
+
+#define MAX_STATS 24
+
+void svc_log_stats(const char *component, const struct svc_log_stat *stats, size_t n)
+{
+	struct svc_log_field fields[MAX_STATS];
+	char values[MAX_STATS][32];
+
+	if (SVC_LOG_INFO < svc_log_threshold)
+		return;
+	if (n > MAX_STATS)
+		n = MAX_STATS;
+	for (size_t i = 0; i < n; i++) {
+		double v = stats[i].value;
+
+		/* counts as integers, rates and ages with one decimal */
+		if (v == (double)(long long)v)
+			snprintf(values[i], sizeof(values[i]), "%lld", (long long)v);
+		else
+			snprintf(values[i], sizeof(values[i]), "%.1f", v);
+		fields[i] = (struct svc_log_field)SVC_LOG_NUM(stats[i].key, values[i]);
+	}
+	svc_log_write_fields(SVC_LOG_INFO, component, "stats", fields, n);
 }
 
 /* Appends src to buf[*n] (cap bytes), quoted when a reader could not tell where it ends. */

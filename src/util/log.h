@@ -68,6 +68,27 @@ struct svc_log_field {
 void svc_log_write_fields(enum svc_log_level level, const char *component, const char *message,
                           const struct svc_log_field *fields, size_t n_fields);
 
+/* An event with a prose message that already names its values (the text line, unchanged) and
+ * the same values as fields for JSON lines: text writes only the message, JSON the message and
+ * the fields as members (as svc_log_write_fields). */
+void svc_log_write_kv(enum svc_log_level level, const char *component,
+                      const struct svc_log_field *fields, size_t n_fields, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+#define svc_log_kv(level, component, fields, n_fields, ...)                                        \
+	do {                                                                                       \
+		if ((level) >= svc_log_threshold)                                                  \
+			svc_log_write_kv((level), (component), (fields), (n_fields), __VA_ARGS__); \
+	} while (0)
+
+/* The periodic stats line of a process, one format for all: "stats k1=v1 k2=v2 ..." in text,
+ * {"msg":"stats","k1":v1,...} in JSON (values are numbers). At info. */
+struct svc_log_stat {
+	const char *key;
+	double value;
+};
+void svc_log_stats(const char *component, const struct svc_log_stat *stats, size_t n);
+
 #define svc_log(level, component, ...)                                                             \
 	do {                                                                                       \
 		if ((level) >= svc_log_threshold)                                                  \
