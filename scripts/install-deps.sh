@@ -17,6 +17,9 @@ PACKAGES=(
 	rabbitmq-server postgresql util-linux procps
 	socat openssl # tests/integration/test_tls.py: a TLS terminator and a test CA
 	python3 python3-pytest python3-pika python3-psycopg2
+	# tests: the deployment recipes (tests/integration/test_deploy.py: systemd-analyze
+	# verify on the units, the Kubernetes YAML parsed)
+	systemd python3-yaml
 	# packaging: the Debian package (scripts/build-deb.sh) and the man page checks
 	dpkg-dev debhelper fakeroot lintian man-db
 )

@@ -43,4 +43,5 @@
 ---@field STATS_INTERVAL number|nil Seconds between stats log lines (0 = off). (default 60)
 ---@field METRICS_ADDRESS any|nil runconsumer and runpublisher serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. "127.0.0.1:9464"; unset = no listener. An address that cannot be used (malformed, unknown host, port taken) stops the start with exit 2. Env SVCCOMM_METRICS_ADDRESS overrides. (default nil)
 ---@field LOG_LEVEL string|nil debug, info, warning or error. Env SVCCOMM_LOG_LEVEL overrides. (default "info")
+---@field LOG_FORMAT string|nil "text" (one line per event) or "json" (one JSON object per line, see "Logs"). Env SVCCOMM_LOG_FORMAT overrides. (default "text")
 

@@ -2,8 +2,8 @@
 --
 -- `load(path, env)` runs the settings file (a Lua chunk returning a table; it sees the
 -- standard globals), applies the environment overrides (SVCCOMM_BROKER_URL,
--- SVCCOMM_DATABASE_URL, SVCCOMM_LOG_LEVEL, SVCCOMM_BROKER_CA_FILE / _CERT_FILE / _KEY_FILE;
--- an empty variable counts as unset), checks every
+-- SVCCOMM_DATABASE_URL, SVCCOMM_LOG_LEVEL, SVCCOMM_LOG_FORMAT, SVCCOMM_BROKER_CA_FILE /
+-- _CERT_FILE / _KEY_FILE; an empty variable counts as unset), checks every
 -- key against the schema and returns a normalized table where every key is present (defaults
 -- filled in) plus _PATH (the file) and _DIR (its directory, the project directory).
 --

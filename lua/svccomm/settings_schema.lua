@@ -168,6 +168,10 @@ M.rows = {
 	{ key = "LOG_LEVEL", type = "enum", default = "info",
 		check = C.enum({ "debug", "info", "warning", "error" }, true), env = "SVCCOMM_LOG_LEVEL",
 		doc = 'debug, info, warning or error. Env SVCCOMM_LOG_LEVEL overrides.' },
+	{ key = "LOG_FORMAT", type = "enum", default = "text",
+		check = C.enum { "text", "json" }, env = "SVCCOMM_LOG_FORMAT",
+		doc = '"text" (one line per event) or "json" (one JSON object per line, see "Logs"). '
+			.. 'Env SVCCOMM_LOG_FORMAT overrides.' },
 }
 
 --- The row of each key.

@@ -54,7 +54,14 @@ struct svc_amqp_confirm {
 /* Called for a basic.return: the message with this publish sequence number was unroutable.
  * (rabbitmq-c 0.11 does not pair returns with tags; amqp_conn matches them through the
  * "x-svccomm-seq" header it adds to every confirmed publish.) */
-typedef void (*svc_amqp_return_fn)(void *ctx, uint64_t seq, const char *reply_text);
+struct svc_amqp_return {
+	uint64_t seq;         /* publish sequence number, 0 when unknown */
+	int reply_code;       /* 312 NO_ROUTE, ... */
+	const char *exchange; /* NUL-terminated copies, valid during the call */
+	const char *routing_key;
+	const char *text; /* "312 NO_ROUTE (exchange \"x\", routing key \"k\")" */
+};
+typedef void (*svc_amqp_return_fn)(void *ctx, const struct svc_amqp_return *ret);
 /* (reply_text reads '312 NO_ROUTE (exchange "x", routing key "y")'.) */
 
 /* TLS options of an amqps:// connection (BROKER_TLS); ignored for amqp://. The strings are

@@ -169,14 +169,17 @@ static int read_return(struct svc_amqp *c, const amqp_basic_return_t *m, svc_amq
 {
 	amqp_frame_t f;
 	uint64_t seq = 0, size, got = 0;
-	char text[800];
+	char text[800], exchange[256], rk[256];
 	int st;
 
-	snprintf(text, sizeof(text), "%d %.*s (exchange \"%.*s\", routing key \"%.*s\")",
-	         m->reply_code, (int)(m->reply_text.len > 255 ? 255 : m->reply_text.len),
-	         (const char *)m->reply_text.bytes, (int)m->exchange.len,
-	         (const char *)m->exchange.bytes, (int)m->routing_key.len,
+	/* shortstr: at most 255 bytes each */
+	snprintf(exchange, sizeof(exchange), "%.*s", (int)m->exchange.len,
+	         (const char *)m->exchange.bytes);
+	snprintf(rk, sizeof(rk), "%.*s", (int)m->routing_key.len,
 	         (const char *)m->routing_key.bytes);
+	snprintf(text, sizeof(text), "%d %.*s (exchange \"%s\", routing key \"%s\")", m->reply_code,
+	         (int)(m->reply_text.len > 255 ? 255 : m->reply_text.len),
+	         (const char *)m->reply_text.bytes, exchange, rk);
 	st = amqp_simple_wait_frame(c->st, &f);
 	if (st != AMQP_STATUS_OK)
 		return svc_amqp_lib_error(c, "basic.return", st);
@@ -211,8 +214,11 @@ static int read_return(struct svc_amqp *c, const amqp_basic_return_t *m, svc_amq
 		}
 		got += f.payload.body_fragment.len;
 	}
-	if (fn)
-		fn(ctx, seq, text);
+	if (fn) {
+		struct svc_amqp_return ret = {seq, m->reply_code, exchange, rk, text};
+
+		fn(ctx, &ret);
+	}
 	return 0;
 }
 
@@ -311,12 +317,11 @@ struct single_return {
 	bool returned;
 };
 
-static void note_return(void *ctx, uint64_t seq, const char *text)
+static void note_return(void *ctx, const struct svc_amqp_return *ret)
 {
 	struct single_return *r = ctx;
 
-	(void)text;
-	if (seq == r->seq)
+	if (ret->seq == r->seq)
 		r->returned = true;
 }
 

@@ -125,6 +125,7 @@ static int load(struct svc_cli_ctx *ctx, struct svc_config *config)
 {
 	char err[8192], dirbuf[4096];
 	enum svc_log_level level;
+	enum svc_log_format format;
 	int rc;
 
 	ctx->rt = svc_runtime_new(dirname_of(ctx->settings_path, dirbuf, sizeof(dirbuf)), err,
@@ -145,6 +146,8 @@ static int load(struct svc_cli_ctx *ctx, struct svc_config *config)
 	ctx->config = config;
 	if (svc_log_parse_level(config->log_level, &level) == 0)
 		svc_log_threshold = level;
+	if (svc_log_parse_format(config->log_format, &format) == 0)
+		svc_log_format = format;
 	if (ctx->cmd->needs == SVC_NEEDS_APPS && load_apps(ctx->rt, err, sizeof(err)) != 0) {
 		fprintf(stderr, "svccomm: %s\n", err);
 		svc_config_release(config);

@@ -317,7 +317,7 @@ int svc_gen_man(const char *dir)
 {
 	const struct svc_cmd *const *cmds;
 	struct svc_runtime *rt;
-	char err[4096], name[64];
+	char err[4096], name[80]; /* "svccomm-" + a page name of up to 63 bytes + ".1" */
 	int n, rc = SVC_EXIT_FAILURE;
 	FILE *f;
 

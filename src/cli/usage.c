@@ -55,8 +55,8 @@ void svc_cli_usage_main(FILE *out)
 	fprintf(out,
 	        "\nGlobal options may also follow the command. `svccomm <command> --help` shows\n"
 	        "a command's own options.\n"
-	        "\nEnvironment: SVCCOMM_BROKER_URL, SVCCOMM_DATABASE_URL and SVCCOMM_LOG_LEVEL\n"
-	        "override the settings file.\n"
+	        "\nEnvironment: SVCCOMM_BROKER_URL, SVCCOMM_DATABASE_URL, SVCCOMM_LOG_LEVEL and\n"
+	        "SVCCOMM_LOG_FORMAT override the settings file.\n"
 	        "\n" SVC_CLI_EXIT_CODES "\n");
 }
 

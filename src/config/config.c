@@ -58,6 +58,7 @@ static const struct field fields[] = {
     FIELD("STATS_INTERVAL", F_NUMBER, stats_interval),
     FIELD("LOG_LEVEL", F_STRING, log_level),
     FIELD("METRICS_ADDRESS", F_OPT_STRING, metrics_address),
+    FIELD("LOG_FORMAT", F_STRING, log_format),
 };
 
 /* BROKER_TLS, a table in the normalized settings: its fields, copied into broker_tls. */

@@ -89,6 +89,7 @@ struct svc_config {
 	double stats_interval;
 	char *log_level;
 	char *metrics_address;          /* METRICS_ADDRESS "host:port", NULL when not set */
+	char *log_format;               /* "text" | "json" */
 	struct svc_amqp_tls broker_tls; /* BROKER_TLS; its strings are owned by the struct */
 };
 

@@ -141,13 +141,17 @@ static int hold_refused(struct svc_consumer *c, const struct svc_consumer_msg *m
 	long ms = longest_delay(c);
 	double now = svc_clock_mono();
 
+	struct svc_consumer_logf lf;
+
+	svc_consumer_log_fields(c, m, NULL, tail ? tail : error, &lf);
 	c->dlq_refused++;
 	svc_metric_inc(c->m.refused);
 	c->dlq_refused_unlogged++;
 	/* invalid-routing: the origin was blanked, a held copy would come back without it */
 	if (ms == 0 || strcmp(reason, "invalid-routing") == 0) {
-		svc_error(LOG, "%s: the dead-letter queue '%s' refused it (basic.nack)%s%s", what,
-		          c->dlq, tail ? ": " : "", tail ? tail : "");
+		svc_log_kv(SVC_LOG_ERROR, LOG, lf.f, lf.n,
+		           "%s: the dead-letter queue '%s' refused it (basic.nack)%s%s", what,
+		           c->dlq, tail ? ": " : "", tail ? tail : "");
 		return SVC_ENACK;
 	}
 	struct svc_failure_info info = {
@@ -163,12 +167,12 @@ static int hold_refused(struct svc_consumer *c, const struct svc_consumer_msg *m
 		return rc;
 	c->settled[c->batch_n - 1] = true;
 	if (c->dlq_refused_logged == 0 || now - c->dlq_refused_logged >= REFUSED_LOG_EVERY) {
-		svc_error(LOG,
-		          "%s: the dead-letter queue '%s' refused it (basic.nack: a max-length "
-		          "policy with overflow reject-publish?): held in '%s' for %ld ms, then "
-		          "tried again; %llu refused since the last such line, %llu in all%s%s",
-		          what, c->dlq, queue, ms, c->dlq_refused_unlogged, c->dlq_refused,
-		          tail ? ": " : "", tail ? tail : "");
+		svc_log_kv(SVC_LOG_ERROR, LOG, lf.f, lf.n,
+		           "%s: the dead-letter queue '%s' refused it (basic.nack: a max-length "
+		           "policy with overflow reject-publish?): held in '%s' for %ld ms, then "
+		           "tried again; %llu refused since the last such line, %llu in all%s%s",
+		           what, c->dlq, queue, ms, c->dlq_refused_unlogged, c->dlq_refused,
+		           tail ? ": " : "", tail ? tail : "");
 		c->dlq_refused_logged = now;
 		c->dlq_refused_unlogged = 0;
 	} else {
@@ -210,10 +214,15 @@ int svc_consumer_dead_letter(struct svc_consumer *c, const struct svc_consumer_m
 		svc_consumer_metrics_dead_letter(c, reason);
 		c->settled[c->batch_n - 1] = true;
 		/* logged once the broker confirmed the copy: only then is it true */
+		struct svc_consumer_logf lf;
+
+		svc_consumer_log_fields(c, m, handler, tail ? tail : error, &lf);
+		lf.f[lf.n++] = (struct svc_log_field)SVC_LOG_STR("reason", reason);
 		if (tail)
-			svc_warn(LOG, "%s, dead-lettered: %s", what, tail);
+			svc_log_kv(SVC_LOG_WARNING, LOG, lf.f, lf.n, "%s, dead-lettered: %s", what,
+			           tail);
 		else
-			svc_warn(LOG, "%s: dead-lettered", what);
+			svc_log_kv(SVC_LOG_WARNING, LOG, lf.f, lf.n, "%s: dead-lettered", what);
 	}
 	return rc;
 }
@@ -258,10 +267,17 @@ int svc_consumer_handle_failure(struct svc_consumer *c, const struct svc_consume
 			          what, refused, queue);
 	}
 	if (rc == 0) {
+		struct svc_consumer_logf lf;
+		char delay[24];
+
 		c->retried++;
 		svc_metric_inc(c->m.retried);
 		c->settled[c->batch_n - 1] = true;
-		svc_warn(LOG, "%s, retry in %ld ms: %s", what, ms, first);
+		snprintf(delay, sizeof(delay), "%ld", ms);
+		svc_consumer_log_fields(c, m, handler, first, &lf);
+		lf.f[lf.n++] = (struct svc_log_field)SVC_LOG_NUM("retry_in_ms", delay);
+		svc_log_kv(SVC_LOG_WARNING, LOG, lf.f, lf.n, "%s, retry in %ld ms: %s", what, ms,
+		           first);
 	}
 	return rc;
 }

@@ -1,7 +1,8 @@
 /* db: the consumer's PostgreSQL connection (a struct svc_pg, one per session), lent to the
  * handlers through svccomm.db, and the two statement helpers the batch code needs. Errors
- * keep libpq's whole message (DETAIL lines included) behind the statement that failed: that
- * text is what a dead-lettered message carries when its COMMIT failed. */
+ * keep libpq's whole message (DETAIL lines included, on one line: pg/conn.h) behind the
+ * statement that failed: that text is what a dead-lettered message carries when its COMMIT
+ * failed. */
 #include "consumer/internal.h"
 
 #include <stdio.h>
@@ -43,10 +44,10 @@ int svc_consumer_db_fail(struct svc_consumer *c, PGresult *r, const char *what)
 	const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(c->pg.conn);
 	const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
 
-	snprintf(c->pg.error, sizeof(c->pg.error), "%s: %s", what, msg && *msg ? msg : "failed");
-	size_t n = strlen(c->pg.error);
-	while (n && c->pg.error[n - 1] == '\n')
-		c->pg.error[--n] = '\0';
+	int n = snprintf(c->pg.error, sizeof(c->pg.error), "%s: ", what);
+	if (n > 0 && (size_t)n < sizeof(c->pg.error))
+		svc_pg_set_error(c->pg.error + n, sizeof(c->pg.error) - (size_t)n,
+		                 msg && *msg ? msg : "failed");
 	snprintf(c->pg.sqlstate, sizeof(c->pg.sqlstate), "%s",
 	         state && strlen(state) == 5 ? state : "");
 	if (r)

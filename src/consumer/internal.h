@@ -16,6 +16,7 @@
 #include "metrics/metrics.h"
 #include "outbox/batch.h"
 #include "pg/conn.h"
+#include "util/log.h"
 
 #define LOG         "consumer"
 #define ERROR_LINES 6 /* lines of an error text a republished copy carries */
@@ -297,6 +298,16 @@ bool svc_consumer_watch_disarm(struct svc_consumer *c);
 /* Takes one delivery through its stages (checks, inbox, handler, savepoint, outcome); 0, or
  * a negative code that ends the session. */
 int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d);
+/* The structured fields of a log line about m (util/log.h): queue, exchange, routing_key,
+ * message_id, attempt, then handler and error when not NULL. Borrowed pointers: lf lives no
+ * longer than m, handler and error. */
+struct svc_consumer_logf {
+	struct svc_log_field f[8];
+	size_t n;
+	char attempt[24];
+};
+void svc_consumer_log_fields(const struct svc_consumer *c, const struct svc_consumer_msg *m,
+                             const char *handler, const char *error, struct svc_consumer_logf *lf);
 /* Fills m for d: its origin and attempt from its x-svccomm-* headers when it is a copy this
  * consumer's deployment signed, else its own exchange and routing key and attempt 1. */
 void svc_consumer_msg_init(const struct svc_consumer *c, const struct svc_delivery *d,

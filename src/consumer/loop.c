@@ -41,11 +41,18 @@ static void stats_line(struct svc_consumer *c, double now)
 {
 	double dt = now - c->last_stats;
 	double rate = dt > 0 ? (double)(c->received - c->last_received) / dt : 0;
-	svc_info(LOG,
-	         "stats: received=%llu ok=%llu retried=%llu dead_lettered=%llu unrouted=%llu "
-	         "duplicates=%llu skipped=%llu dlq_refused=%llu rate=%.1f/s",
-	         c->received, c->ok, c->retried, c->dead, c->unrouted, c->dup, c->skipped,
-	         c->dlq_refused, rate);
+	const struct svc_log_stat stats[] = {
+	    {"received", (double)c->received},
+	    {"ok", (double)c->ok},
+	    {"retried", (double)c->retried},
+	    {"dead_lettered", (double)c->dead},
+	    {"unrouted", (double)c->unrouted},
+	    {"duplicates", (double)c->dup},
+	    {"skipped", (double)c->skipped},
+	    {"dlq_refused", (double)c->dlq_refused},
+	    {"rate_per_s", (double)(long long)(rate * 10 + 0.5) / 10},
+	};
+	svc_log_stats(LOG, stats, sizeof(stats) / sizeof(stats[0]));
 	c->last_stats = now;
 	c->last_received = c->received;
 }

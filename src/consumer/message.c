@@ -144,15 +144,29 @@ static int outcome(struct svc_consumer *c, const struct svc_consumer_msg *m,
 	if (strcmp(res->status, "ok") == 0) {
 		c->ok++;
 		svc_metric_inc(c->m.ok);
+		if (SVC_LOG_DEBUG >= svc_log_threshold) {
+			char handler[HANDLER_SZ];
+			struct svc_consumer_logf lf;
+
+			svc_consumer_lua_last_handler(c, handler, sizeof(handler));
+			svc_consumer_log_fields(c, m, handler[0] ? handler : NULL, NULL, &lf);
+			svc_log_write_kv(SVC_LOG_DEBUG, LOG, lf.f, lf.n,
+			                 "message %s (%s %s) handled by %s", MSG_ID(m->d),
+			                 m->exchange, m->routing_key, handler[0] ? handler : "-");
+		}
 		return 0;
 	}
 	if (strcmp(res->status, "skipped") == 0) {
+		struct svc_consumer_logf lf;
+
 		c->skipped++;
 		/* handlers.command_consumer's reason for a command past its expired_time */
 		svc_metric_inc(strncmp(res->reason, "command expired", 15) == 0 ? c->m.expired
 		                                                                : c->m.skipped);
-		svc_info(LOG, "message %s (%s %s) skipped%s%s", MSG_ID(m->d), m->exchange,
-		         m->routing_key, res->reason[0] ? ": " : "", res->reason);
+		svc_consumer_log_fields(c, m, NULL, res->reason[0] ? res->reason : NULL, &lf);
+		svc_log_kv(SVC_LOG_INFO, LOG, lf.f, lf.n, "message %s (%s %s) skipped%s%s",
+		           MSG_ID(m->d), m->exchange, m->routing_key, res->reason[0] ? ": " : "",
+		           res->reason);
 		return 0;
 	}
 	if (strcmp(res->status, "unrouted") == 0)
@@ -189,6 +203,24 @@ static int inbox_check(struct svc_consumer *c, const struct svc_consumer_msg *m,
 		rc = svc_consumer_dead_letter(c, m, "invalid-message-id", NULL, why, what, NULL);
 	}
 	return rc ? rc : 1;
+}
+
+void svc_consumer_log_fields(const struct svc_consumer *c, const struct svc_consumer_msg *m,
+                             const char *handler, const char *error, struct svc_consumer_logf *lf)
+{
+	size_t n = 0;
+
+	snprintf(lf->attempt, sizeof(lf->attempt), "%ld", m->attempt);
+	lf->f[n++] = (struct svc_log_field)SVC_LOG_STR("queue", c->cfg->queue);
+	lf->f[n++] = (struct svc_log_field)SVC_LOG_STR("exchange", m->exchange);
+	lf->f[n++] = (struct svc_log_field)SVC_LOG_STR("routing_key", m->routing_key);
+	lf->f[n++] = (struct svc_log_field)SVC_LOG_STR("message_id", MSG_ID(m->d));
+	lf->f[n++] = (struct svc_log_field)SVC_LOG_NUM("attempt", lf->attempt);
+	if (handler)
+		lf->f[n++] = (struct svc_log_field)SVC_LOG_STR("handler", handler);
+	if (error)
+		lf->f[n++] = (struct svc_log_field)SVC_LOG_STR("error", error);
+	lf->n = n;
 }
 
 void svc_consumer_msg_init(const struct svc_consumer *c, const struct svc_delivery *d,
@@ -260,6 +292,14 @@ int svc_consumer_process(struct svc_consumer *c, struct svc_delivery *d)
 		return svc_consumer_dead_letter(c, &m, problem, NULL, msg, what, NULL);
 	}
 
+	if (SVC_LOG_DEBUG >= svc_log_threshold) {
+		struct svc_consumer_logf lf;
+
+		svc_consumer_log_fields(c, &m, NULL, NULL, &lf);
+		svc_log_write_kv(SVC_LOG_DEBUG, LOG, lf.f, lf.n,
+		                 "message %s (%s %s) received, attempt %ld", MSG_ID(d), m.exchange,
+		                 m.routing_key, m.attempt);
+	}
 	int rc = svc_consumer_begin_message(c);
 	if (rc)
 		return rc;

@@ -320,7 +320,7 @@ static int core_log(lua_State *L)
 	/* The strings stay referenced by the table at index 3 (or the registry entry pushed
 	 * here) until svc_log_write_fields returned, and nothing below can raise. */
 	if (lua_getfield(L, LUA_REGISTRYINDEX, SVC_LUA_MESSAGE_ID_KEY) == LUA_TSTRING)
-		fields[n++] = (struct svc_log_field){"message_id", lua_tostring(L, -1)};
+		fields[n++] = (struct svc_log_field){"message_id", lua_tostring(L, -1), false};
 	if (lua_istable(L, 3)) {
 		lua_Integer len = luaL_len(L, 3);
 
@@ -334,7 +334,7 @@ static int core_log(lua_State *L)
 			v = lua_tostring(L, -1);
 			if (!k || !v)
 				return luaL_argerror(L, 3, "fields are strings: key, value, ...");
-			fields[n++] = (struct svc_log_field){k, v};
+			fields[n++] = (struct svc_log_field){k, v, false};
 		}
 	}
 	svc_log_write_fields(level, "handler", message, fields, n);

@@ -13,19 +13,29 @@
 
 void svc_pg_set_error(char *err, size_t errsz, const char *msg)
 {
-	size_t n;
+	size_t n = 0;
 
 	if (!err || !errsz)
 		return;
 	if (!msg)
 		msg = "unknown error";
-	n = strlen(msg);
-	/* libpq messages end with newlines; they do not belong in one-line logs. */
-	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+	/* libpq's messages span lines ("ERROR: ...\nDETAIL: ...\nHINT: ...\n", "LINE 1: ..."
+	 * with a caret line under it): one event is one log line, so each line break and the
+	 * indentation after it become " | ", and the trailing newlines go. */
+	for (const char *p = msg; *p && n + 1 < errsz;) {
+		if (*p == '\n' || *p == '\r') {
+			while (*p == '\n' || *p == '\r' || *p == ' ' || *p == '\t')
+				p++;
+			if (!*p || n + 4 >= errsz)
+				break;
+			memcpy(err + n, " | ", 3);
+			n += 3;
+			continue;
+		}
+		err[n++] = *p++;
+	}
+	while (n && err[n - 1] == ' ')
 		n--;
-	if (n >= errsz)
-		n = errsz - 1;
-	memcpy(err, msg, n);
 	err[n] = '\0';
 }
 

@@ -50,8 +50,9 @@ bool svc_pg_sqlstate_is_data(const char *sqlstate);
 int svc_pg_result_error(PGconn *conn, const PGresult *res, ExecStatusType want, char *err,
                         size_t errsz, char *sqlstate);
 
-/* Copies msg (NULL: "unknown error") into err (may be NULL) without libpq's trailing newline,
- * cut to errsz. */
+/* Copies msg (NULL: "unknown error") into err (may be NULL) on one line: libpq's trailing
+ * newlines dropped, each inner line break (with the indentation after it) written " | ", so
+ * "ERROR: x\nDETAIL: y\n" becomes "ERROR: x | DETAIL: y"; cut to errsz. */
 void svc_pg_set_error(char *err, size_t errsz, const char *msg);
 
 /* Writes which database conn is for, 'database "<name>" on <host>:<port> as <user>' (never

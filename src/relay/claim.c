@@ -3,6 +3,7 @@
  * once (mandatory, persistent, with the row's properties and headers) and enter the confirm
  * window. After a channel error the rows up to r->isolate_upto go out one at a time, so the
  * next failure names exactly one row. */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +79,18 @@ static int publish_row(struct relay *r, PGresult *res, int i, uint64_t *seq)
 	                      (size_t)PQgetlength(res, i, SVC_RELAY_COL_BODY), &props, true, seq);
 	if (rc == 0) {
 		r->published++;
+		if (SVC_LOG_DEBUG >= svc_log_threshold) {
+			char event_id[24];
+
+			snprintf(event_id, sizeof(event_id), "%" PRId64, id);
+			const struct svc_log_field fields[] = {
+			    SVC_LOG_NUM("event_id", event_id), SVC_LOG_STR("exchange", exchange),
+			    SVC_LOG_STR("routing_key", rk),
+			    SVC_LOG_STR("message_id", props.message_id)};
+			svc_log_write_kv(SVC_LOG_DEBUG, COMP, fields, 4,
+			                 "event %" PRId64 " published to \"%s\" with \"%s\"", id,
+			                 exchange, rk);
+		}
 		return 1;
 	}
 	if (rc == SVC_EINVAL || rc == SVC_EPROTO) {

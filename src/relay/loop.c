@@ -35,12 +35,20 @@ static void stats(struct relay *r)
 		if (rc == SVC_ECONN)
 			relay_db_lost(r, "reading the backlog");
 	}
-	svc_info(COMP,
-	         "stats: published %" PRIu64 ", confirmed %" PRIu64 ", returned %" PRIu64
-	         ", nacked %" PRIu64 ", parked %" PRIu64 ", deferred %" PRIu64
-	         ", in flight %zu, backlog %ld, oldest due %.1f s, partitions %d, relays %ld",
-	         r->published, r->confirmed, r->returned, r->nacked, r->parked, r->deferred,
-	         r->fl.count, backlog, oldest, r->n_claimable, r->members);
+	const struct svc_log_stat stats[] = {
+	    {"published", (double)r->published},
+	    {"confirmed", (double)r->confirmed},
+	    {"returned", (double)r->returned},
+	    {"nacked", (double)r->nacked},
+	    {"parked", (double)r->parked},
+	    {"deferred", (double)r->deferred},
+	    {"in_flight", (double)r->fl.count},
+	    {"backlog", (double)backlog},
+	    {"oldest_due_s", (double)(long long)(oldest * 10 + 0.5) / 10},
+	    {"partitions", (double)r->n_claimable},
+	    {"relays", (double)r->members},
+	};
+	svc_log_stats(COMP, stats, sizeof(stats) / sizeof(stats[0]));
 }
 
 static void read_notifications(struct relay *r)
@@ -48,7 +56,7 @@ static void read_notifications(struct relay *r)
 	PGnotify *n;
 
 	if (!PQconsumeInput(r->pg.conn)) {
-		snprintf(r->pg.error, sizeof(r->pg.error), "%s", PQerrorMessage(r->pg.conn));
+		svc_pg_set_error(r->pg.error, sizeof(r->pg.error), PQerrorMessage(r->pg.conn));
 		relay_db_lost(r, "reading notifications");
 		return;
 	}

@@ -58,7 +58,13 @@ void relay_defer_row(struct relay *r, int64_t id, const char *reason)
 
 void relay_park_row(struct relay *r, int64_t id, const char *reason)
 {
-	svc_error(COMP, "outbox row %" PRId64 " can never be sent and is parked: %s", id, reason);
+	char event_id[24];
+
+	snprintf(event_id, sizeof(event_id), "%" PRId64, id);
+	const struct svc_log_field fields[] = {SVC_LOG_NUM("event_id", event_id),
+	                                       SVC_LOG_STR("error", reason)};
+	svc_log_kv(SVC_LOG_ERROR, COMP, fields, 2,
+	           "outbox row %" PRId64 " can never be sent and is parked: %s", id, reason);
 	if (r->n_park && strcmp(r->park_reason, reason) != 0)
 		relay_flush_lists(r);
 	snprintf(r->park_reason, sizeof(r->park_reason), "%s", reason);
@@ -94,10 +100,10 @@ static int settle_returned(struct relay *r, struct svc_flight_out *o)
 	if (o->n_returned == 0)
 		return 0;
 	if (strcmp(r->cfg->publisher_unroutable, "keep") != 0) {
-		svc_info(COMP,
-		         "%zu unroutable message(s) dropped (no queue bound), first row "
-		         "%" PRId64,
-		         o->n_returned, o->returned[0]);
+		svc_debug(COMP,
+		          "%zu unroutable message(s) dropped (no queue bound), first row "
+		          "%" PRId64,
+		          o->n_returned, o->returned[0]);
 		memcpy(o->acked + o->n_acked, o->returned, o->n_returned * sizeof(int64_t));
 		o->n_acked += o->n_returned;
 		return 0;
@@ -165,17 +171,32 @@ static void settle(struct relay *r)
 	queue_deletes(r, o);
 }
 
-static void on_return(void *ctx, uint64_t seq, const char *text)
+static void on_return(void *ctx, const struct svc_amqp_return *ret)
 {
 	struct relay *r = ctx;
+	bool drop = strcmp(r->cfg->publisher_unroutable, "keep") != 0;
+	int64_t id = svc_flight_return(&r->fl, ret->seq);
+	enum svc_log_level level = drop ? SVC_LOG_WARNING : SVC_LOG_DEBUG;
+	char event_id[24];
 
+	if (level < svc_log_threshold)
+		return;
+	snprintf(event_id, sizeof(event_id), "%" PRId64, id);
 	/* every event the relay drops is named: the application committed it */
-	if (strcmp(r->cfg->publisher_unroutable, "keep") != 0)
-		svc_warn(COMP, "unroutable event dropped (PUBLISHER_UNROUTABLE = \"drop\"): %s",
-		         text);
+	const struct svc_log_field fields[] = {
+	    SVC_LOG_NUM("event_id", event_id),
+	    SVC_LOG_STR("exchange", ret->exchange),
+	    SVC_LOG_STR("routing_key", ret->routing_key),
+	    SVC_LOG_STR("error", ret->text),
+	};
+	if (drop)
+		svc_log_kv(level, COMP, fields, 4,
+		           "unroutable event dropped (PUBLISHER_UNROUTABLE = \"drop\"): %s, outbox "
+		           "row %" PRId64,
+		           ret->text, id);
 	else
-		svc_debug(COMP, "message %" PRIu64 " returned: %s", seq, text);
-	svc_flight_return(&r->fl, seq);
+		svc_log_kv(level, COMP, fields, 4,
+		           "event %" PRId64 " returned, kept for a retry: %s", id, ret->text);
 }
 
 /* The broker closed the channel (amqp/conn reopened it, sequence numbers restart). */

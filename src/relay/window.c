@@ -127,12 +127,13 @@ void svc_flight_confirm(struct svc_flight *f, uint64_t tag, bool multiple, bool 
 	advance_resolved(f);
 }
 
-void svc_flight_return(struct svc_flight *f, uint64_t seq)
+int64_t svc_flight_return(struct svc_flight *f, uint64_t seq)
 {
 	struct svc_flight_entry *e = find_seq(f, seq);
 
 	if (e && e->state == SVC_FLIGHT_PENDING)
 		e->state = SVC_FLIGHT_RETURNED;
+	return e ? e->id : 0;
 }
 
 size_t svc_flight_harvest(struct svc_flight *f)

@@ -81,8 +81,8 @@ struct svc_flight_entry *svc_flight_last(struct svc_flight *f);
 /* Applies a basic.ack / basic.nack. Unknown sequence numbers are ignored. */
 void svc_flight_confirm(struct svc_flight *f, uint64_t tag, bool multiple, bool ack);
 
-/* Applies a basic.return for seq. */
-void svc_flight_return(struct svc_flight *f, uint64_t seq);
+/* Applies a basic.return for seq. Returns the outbox row id of seq, or 0 when unknown. */
+int64_t svc_flight_return(struct svc_flight *f, uint64_t seq);
 
 /* Pops every decided row from the head into f->out (reset first). Returns the number of rows
  * popped. */

@@ -28,7 +28,7 @@ def test_100_messages_with_headers_and_unicode_each_handled_once(project, broker
     assert p.stop() == 0
     assert broker.count(p.queue()) == 0  # all acked: nothing came back on close
     assert broker.count(p.queue() + ".dlq") == 0
-    assert "stats: received=100 ok=100" in p.log()
+    assert "stats received=100 ok=100" in p.log()
 
 
 def test_prefetch_1_holds_back_the_second_message(project, broker):

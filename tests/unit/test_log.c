@@ -1,5 +1,5 @@
 /* Unit tests for log.c: level parsing, error names, escaping of control characters and
- * key=value fields. */
+ * key=value fields, JSON lines and their escaping. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -103,8 +103,9 @@ static void a_forged_line_stays_on_its_line(void **state)
 static void writes_fields_as_key_value(void **state)
 {
 	const struct svc_log_field fields[] = {
-	    {"message_id", "m-1"}, {"order", "17"}, {"note", "two words"}, {"quote", "a\"b\\c"},
-	    {"empty", ""},         {"eq", "k=v"},   {"nl", "x\ny"},
+	    {"message_id", "m-1", false}, {"order", "17", true}, {"note", "two words", false},
+	    {"quote", "a\"b\\c", false},  {"empty", "", false},  {"eq", "k=v", false},
+	    {"nl", "x\ny", false},
 	};
 	char buf[4096];
 	int saved;
@@ -125,6 +126,90 @@ static void writes_fields_as_key_value(void **state)
 	assert_ptr_equal(strchr(buf, '\n'), buf + strlen(buf) - 1);
 }
 
+static void json_escapes_quotes_controls_and_bad_utf8(void **state)
+{
+	char out[128];
+
+	(void)state;
+	assert_int_equal(svc_log_json_escape(out, sizeof(out), "a\"b\\c\nd\re\tf\x01g\x7f"), 29);
+	assert_string_equal(out, "a\\\"b\\\\c\\nd\\re\\tf\\u0001g\\u007f");
+	/* valid UTF-8 is kept; each invalid byte (a lone continuation, a truncated sequence, an
+	 * overlong encoding) becomes U+FFFD */
+	svc_log_json_escape(out, sizeof(out), "caf\xc3\xa9 \xe2\x82\xac");
+	assert_string_equal(out, "caf\xc3\xa9 \xe2\x82\xac");
+	svc_log_json_escape(out, sizeof(out),
+	                    "a\x80"
+	                    "b\xc3");
+	assert_string_equal(out, "a\\ufffdb\\ufffd");
+	svc_log_json_escape(out, sizeof(out), "\xc0\xafx\xed\xa0\x80");
+	assert_string_equal(out, "\\ufffd\\ufffdx\\ufffd\\ufffd\\ufffd");
+	/* cut between whole escapes and whole characters */
+	assert_int_equal(svc_log_json_escape(out, 7, "ab\ncd"), 6);
+	assert_string_equal(out, "ab\\ncd");
+	assert_int_equal(svc_log_json_escape(out, 4, "ab\n"), 2);
+	assert_string_equal(out, "ab");
+	assert_int_equal(svc_log_json_escape(out, 4, "a\xe2\x82\xac"), 1);
+	assert_string_equal(out, "a");
+	assert_int_equal(svc_log_json_escape(out, 1, "abc"), 0);
+	assert_string_equal(out, "");
+}
+
+static void json_lines_carry_fixed_members_and_fields(void **state)
+{
+	const struct svc_log_field fields[] = {
+	    SVC_LOG_STR("queue", "q\n1"),     SVC_LOG_NUM("attempt", "3"),
+	    SVC_LOG_NUM("bad_number", "0x1"), SVC_LOG_STR("msg", "forged"),
+	    SVC_LOG_STR("error", "x\"y"),
+	};
+	char buf[32768], big[20000];
+	const char *line2;
+	int saved;
+	FILE *tmp;
+
+	(void)state;
+	svc_log_format = SVC_LOG_JSON;
+	svc_log_set_tag("worker 2");
+	tmp = begin_capture(&saved);
+	svc_log_write_fields(SVC_LOG_WARNING, "consumer", "failed", fields, 5);
+	svc_log_set_tag(NULL);
+	svc_log_write(SVC_LOG_ERROR, "pg", "ERROR: x\nDETAIL: %s", "y");
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	svc_log_write_fields(
+	    SVC_LOG_ERROR, "c", "big",
+	    (const struct svc_log_field[]){SVC_LOG_STR("error", big), SVC_LOG_STR("queue", "lost")},
+	    2);
+	end_capture(tmp, saved, buf, sizeof(buf));
+	svc_log_format = SVC_LOG_TEXT;
+	assert_int_equal(strncmp(buf, "{\"ts\":\"", 7), 0);
+	assert_non_null(
+	    strstr(buf, "Z\",\"level\":\"warning\",\"worker\":2,\"component\":\"consumer\","
+	                "\"msg\":\"failed\",\"queue\":\"q\\n1\",\"attempt\":3,"
+	                "\"bad_number\":\"0x1\",\"msg_\":\"forged\",\"error\":\"x\\\"y\"}\n"));
+	line2 = strchr(buf, '\n') + 1;
+	assert_non_null(strstr(line2, "\"level\":\"error\",\"component\":\"pg\",\"msg\":\"ERROR: "
+	                              "x\\nDETAIL: y\"}\n"));
+	assert_null(strstr(line2, "worker"));
+	/* a line longer than the buffer: its value is cut, the object still closed */
+	line2 = strchr(line2, '\n') + 1;
+	assert_true(strlen(line2) <= 8192);
+	assert_non_null(strstr(line2, "\"msg\":\"big\",\"error\":\"xxx"));
+	assert_string_equal(line2 + strlen(line2) - 5, "xx\"}\n");
+	assert_null(strstr(line2, "lost"));
+}
+
+static void parses_formats(void **state)
+{
+	enum svc_log_format f;
+
+	(void)state;
+	assert_int_equal(svc_log_parse_format("json", &f), 0);
+	assert_int_equal(f, SVC_LOG_JSON);
+	assert_int_equal(svc_log_parse_format("text", &f), 0);
+	assert_int_equal(f, SVC_LOG_TEXT);
+	assert_int_equal(svc_log_parse_format("JSON ", &f), SVC_EINVAL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -132,6 +217,9 @@ int main(void)
 	    cmocka_unit_test(escapes_control_characters),
 	    cmocka_unit_test(a_forged_line_stays_on_its_line),
 	    cmocka_unit_test(writes_fields_as_key_value),
+	    cmocka_unit_test(json_escapes_quotes_controls_and_bad_utf8),
+	    cmocka_unit_test(json_lines_carry_fixed_members_and_fields),
+	    cmocka_unit_test(parses_formats),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

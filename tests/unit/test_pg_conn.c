@@ -122,6 +122,28 @@ static void test_exec_without_connection(void **state)
 
 /* The prelude is state of the PGconn (libpq instance data): it exists on a connection that
  * failed too, and nothing is sent until the next statement. */
+static void test_multi_line_error_is_one_line(void **state)
+{
+	char err[256];
+
+	(void)state;
+	svc_pg_set_error(err, sizeof(err),
+	                 "ERROR:  duplicate key value violates unique constraint \"t_pkey\"\n"
+	                 "DETAIL:  Key (id)=(1) already exists.\nHINT:  try again\n");
+	assert_string_equal(err, "ERROR:  duplicate key value violates unique constraint "
+	                         "\"t_pkey\" | DETAIL:  Key (id)=(1) already exists. | HINT:  try "
+	                         "again");
+	svc_pg_set_error(err, sizeof(err), "ERROR:  syntax error\nLINE 1: selec 1\n        ^\n");
+	assert_string_equal(err, "ERROR:  syntax error | LINE 1: selec 1 | ^");
+	svc_pg_set_error(err, sizeof(err), "no newline ");
+	assert_string_equal(err, "no newline");
+	svc_pg_set_error(err, 12, "abcdefghij\nklm");
+	assert_string_equal(err, "abcdefghij");
+	assert_null(strchr(err, '\n'));
+	svc_pg_set_error(err, sizeof(err), NULL);
+	assert_string_equal(err, "unknown error");
+}
+
 static void test_prelude_state(void **state)
 {
 	static const char *const stmts[] = {"BEGIN", "SAVEPOINT svc_msg", "SELECT 1", "SELECT 2"};
@@ -164,6 +186,7 @@ int main(void)
 	    cmocka_unit_test(test_result_error_without_result),
 	    cmocka_unit_test(test_exec_without_connection),
 	    cmocka_unit_test(test_prelude_state),
+	    cmocka_unit_test(test_multi_line_error_is_one_line),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
