@@ -7,7 +7,7 @@
 The relay and consumer rows are measured as K interleaved pairs (ceiling, svccomm, ceiling,
 svccomm, ...) and report the median ratio with its min-max; see bench/README.md.
 
-Sections (in this order): ceilings, relay, consumer, latency, memory, scaling. Each section
+Sections (in this order): ceilings, relay, consumer, metrics, latency, memory, scaling. Each section
 prints its duration; a section that fails prints "FAILED: reason" in the table and the run goes
 on. The ceilings always run when a section that needs a ratio is selected.
 
@@ -42,7 +42,7 @@ RESULTS = os.path.join(BENCH, "results")
 LOGS = os.path.join(RESULTS, "logs")
 BUILD_BENCH = os.path.join(ROOT, "build-bench")
 
-SECTIONS = ["ceilings", "relay", "consumer", "latency", "memory", "scaling"]
+SECTIONS = ["ceilings", "relay", "consumer", "metrics", "latency", "memory", "scaling"]
 QUEUE_TYPES = ["v1", "v2", "quorum"]
 OUTBOX = "bench_outbox"  # the relay's table in the benchmark (never the application's)
 SINK = "bench_sink"  # rows written by the transactional handler
@@ -1069,6 +1069,54 @@ class Bench:
                                  % (got, n, timeout))
             time.sleep(0.05)
 
+    def sec_metrics(self):
+        """The cost of METRICS_ADDRESS: the no-op consumer and the relay (main queue type) as
+        interleaved pairs without / with the metrics listener (and a scrape every second, as
+        Prometheus would), the ratio with / without."""
+        rows = []
+        self.migrate()
+        qt, n = self.o.main_type, self.o.count
+        for what in ("relay", "consumer no-op"):
+            try:
+                def run(on, what=what):
+                    extra = {}
+                    scraper = None
+                    if on:
+                        port = free_port()
+                        extra["METRICS_ADDRESS"] = "127.0.0.1:%d" % port
+                        scraper = Scraper(port)
+                        scraper.start()
+                    try:
+                        if what == "relay":
+                            return self.run_relay("metrics-%s" % on, qt, n, extra=extra)
+                        return self.run_consumer("metrics-%s" % on, qt, n, "noop", extra=extra)
+                    finally:
+                        if scraper:
+                            scraper.stop()
+                            if scraper.ok == 0:
+                                raise BenchError("no successful scrape of the metrics listener")
+
+                off_cpu = []
+
+                def off(run=run, off_cpu=off_cpu):
+                    r = run(False)
+                    off_cpu.append(r["cpu_us_per_msg"])
+                    return r["rate"]
+
+                s = self.pairs("%s metrics off/on" % what, off, lambda: run(True))
+                s["cpu_off_us_per_msg"] = median(off_cpu)
+                rows.append(row("metrics", "%s with METRICS_ADDRESS / without" % what,
+                                s["rate"], "msg/s", ratio=s["ratio"],
+                                settings="%s, N=%d; ratio = rate with the listener (scraped every "
+                                "second) / rate without, in interleaved pairs; without: median %.0f "
+                                "msg/s; CPU per message without %.2f µs, with %.2f µs (medians; "
+                                "the steadier figure on a loaded machine)"
+                                % (qt, n, s["ceiling_median"], s["cpu_off_us_per_msg"],
+                                   s["cpu_us_per_msg"]), extra=s))
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                rows.append(failed("metrics", "%s metrics cost" % what, e))
+        return rows
+
     def sec_memory(self):
         """Relay and no-op consumer together through M messages: RSS early and at the end."""
         rows = []
@@ -1279,6 +1327,41 @@ class Bench:
             pass
         self.broker.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def free_port():
+    import socket
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+class Scraper(threading.Thread):
+    """GET /metrics once a second while a run lasts, as a Prometheus server would (a
+    Prometheus server scrapes every 15 s or so: this is the heavier case)."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.url = "http://127.0.0.1:%d/metrics" % port
+        self.done = threading.Event()
+        self.ok = 0
+
+    def run(self):
+        import urllib.request
+        while True:
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    r.read()
+                    self.ok += 1
+            except OSError:
+                pass  # not listening yet
+            # every second once one succeeded; until then often, so a short run is scraped too
+            if self.done.wait(1.0 if self.ok else 0.05):
+                return
+
+    def stop(self):
+        self.done.set()
+        self.join(5)
 
 
 SPREAD = 0.1  # a section whose ratios lie further than this from their median says so

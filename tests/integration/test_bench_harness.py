@@ -66,3 +66,20 @@ def test_quick_run_reports_interleaved_pairs(servers, tmp_path):
         assert "µs/msg" in r["settings"]
     md = (svc.ROOT / "bench" / "results" / "latest.md").read_text()
     assert "3 pairs)" in md
+
+
+def test_metrics_section_compares_with_and_without_the_listener(servers):
+    """The metrics section runs the relay and the no-op consumer without and with
+    METRICS_ADDRESS (scraped while they run) and reports the ratio and both CPU figures."""
+    res = subprocess.run(
+        ["/usr/bin/python3", str(RUN_PY), "--quick", "--only", "metrics", "--count", "600",
+         "--repeat", "1", "--svccomm", svc.svccomm_bin()],
+        capture_output=True, text=True, timeout=600, cwd=svc.ROOT)
+    out = json.loads((svc.ROOT / "bench" / "results" / "latest.json").read_text())
+    rows = out["sections"]["metrics"]["rows"]
+    assert not [r for r in rows if r.get("failed")], res.stdout[-3000:] + res.stderr[-3000:]
+    assert sorted(r["name"] for r in rows) == [
+        "consumer no-op with METRICS_ADDRESS / without", "relay with METRICS_ADDRESS / without"]
+    for r in rows:
+        assert r["ratio"] > 0 and len(r["pairs"]) == 1
+        assert r["extra"]["cpu_off_us_per_msg"] > 0 and r["extra"]["cpu_us_per_msg"] > 0
