@@ -88,7 +88,7 @@ char *svc_migrate_render(const char *sql, const char *outbox_table, const char *
 	if (!out)
 		return NULL;
 	while (*p) {
-		const char *open = strstr(p, "{{"), *close, *val;
+		const char *open = strstr(p, "{{"), *close = NULL, *val;
 		size_t chunk = open ? (size_t)(open - p) : strlen(p), vl = 0;
 
 		val = NULL;
