@@ -28,6 +28,7 @@ external_dependencies = {
    RABBITMQ = { header = "amqp.h" },
    PQ = { library = "pq" },
    OPENSSL = { header = "openssl/ssl.h" },
+   MHD = { header = "microhttpd.h" },
 }
 build = {
    type = "cmake",

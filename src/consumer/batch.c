@@ -394,6 +394,7 @@ static int blame_message(struct svc_consumer *c)
 	c->solo--;
 	rc = svc_amqp_consumer_ack(&c->cs, c->tags[0], false);
 	c->batch_n = 0;
+	svc_metric_set(c->m.in_flight, 0);
 	return rc;
 }
 
@@ -406,6 +407,7 @@ static int return_batch(struct svc_consumer *c)
 		rc = c->settled[i] ? svc_amqp_consumer_ack(&c->cs, c->tags[i], false)
 		                   : svc_amqp_consumer_nack(&c->cs, c->tags[i], false, true);
 	c->batch_n = 0;
+	svc_metric_set(c->m.in_flight, 0);
 	return rc;
 }
 
@@ -454,6 +456,7 @@ int svc_consumer_infra_failure(struct svc_consumer *c, const char *sqlstate, con
 	size_t n = c->batch_n;
 	rc = c->batch_gen == c->generation ? return_batch(c) : 0;
 	c->batch_n = 0;
+	svc_metric_set(c->m.in_flight, 0);
 	c->infra_failures++;
 	int k = c->infra_failures > 30 ? 30 : (int)c->infra_failures;
 	double delay = svc_backoff(k - 1, INFRA_BACKOFF_BASE_S, c->cfg->reconnect_max_delay,
@@ -483,6 +486,7 @@ int svc_consumer_commit_batch(struct svc_consumer *c)
 	if (c->batch_gen != c->generation) {
 		/* tags of an older channel: never ack them */
 		c->batch_n = 0;
+		svc_metric_set(c->m.in_flight, 0);
 		return 0;
 	}
 	double t0 = c->m.commit_s ? svc_clock_mono() : 0;
@@ -508,9 +512,9 @@ int svc_consumer_commit_batch(struct svc_consumer *c)
 			                   svc_clock_mono() - t0);
 			svc_metric_observe(c->m.batch_size, SVC_M_CONSUMER_BATCH_SIZE,
 			                   (double)c->batch_n);
-			svc_metric_set(c->m.in_flight, 0);
 		}
 		c->batch_n = 0;
+		svc_metric_set(c->m.in_flight, 0);
 		return rc;
 	}
 	if (svc_pg_sqlstate_is_infra(c->pg.sqlstate))
