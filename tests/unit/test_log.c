@@ -159,7 +159,7 @@ static void json_lines_carry_fixed_members_and_fields(void **state)
 	const struct svc_log_field fields[] = {
 	    SVC_LOG_STR("queue", "q\n1"),     SVC_LOG_NUM("attempt", "3"),
 	    SVC_LOG_NUM("bad_number", "0x1"), SVC_LOG_STR("msg", "forged"),
-	    SVC_LOG_STR("error", "x\"y"),
+	    SVC_LOG_STR("error", "x\"y"),     SVC_LOG_STR("queue", "again"),
 	};
 	char buf[32768], big[20000];
 	const char *line2;
@@ -170,7 +170,7 @@ static void json_lines_carry_fixed_members_and_fields(void **state)
 	svc_log_format = SVC_LOG_JSON;
 	svc_log_set_tag("worker 2");
 	tmp = begin_capture(&saved);
-	svc_log_write_fields(SVC_LOG_WARNING, "consumer", "failed", fields, 5);
+	svc_log_write_fields(SVC_LOG_WARNING, "consumer", "failed", fields, 6);
 	svc_log_set_tag(NULL);
 	svc_log_write(SVC_LOG_ERROR, "pg", "ERROR: x\nDETAIL: %s", "y");
 	memset(big, 'x', sizeof(big) - 1);
@@ -182,10 +182,11 @@ static void json_lines_carry_fixed_members_and_fields(void **state)
 	end_capture(tmp, saved, buf, sizeof(buf));
 	svc_log_format = SVC_LOG_TEXT;
 	assert_int_equal(strncmp(buf, "{\"ts\":\"", 7), 0);
-	assert_non_null(
-	    strstr(buf, "Z\",\"level\":\"warning\",\"worker\":2,\"component\":\"consumer\","
-	                "\"msg\":\"failed\",\"queue\":\"q\\n1\",\"attempt\":3,"
-	                "\"bad_number\":\"0x1\",\"msg_\":\"forged\",\"error\":\"x\\\"y\"}\n"));
+	assert_non_null(strstr(buf,
+	                       "Z\",\"level\":\"warning\",\"worker\":2,\"component\":\"consumer\","
+	                       "\"msg\":\"failed\",\"queue\":\"q\\n1\",\"attempt\":3,"
+	                       "\"bad_number\":\"0x1\",\"msg_\":\"forged\",\"error\":\"x\\\"y\","
+	                       "\"queue_\":\"again\"}\n"));
 	line2 = strchr(buf, '\n') + 1;
 	assert_non_null(strstr(line2, "\"level\":\"error\",\"component\":\"pg\",\"msg\":\"ERROR: "
 	                              "x\\nDETAIL: y\"}\n"));
