@@ -4,7 +4,8 @@
 ---   2026-12-01T05:00:00.123Z info [worker 2 ][handler] order stored message_id=abc order=17
 --- It honours the log level setting (a disabled level costs one C call), carries the worker
 --- id and the id of the message being handled, and escapes control characters so one call is
---- one line. Fields are rendered key=value in key order; a table value is JSON-encoded.
+--- one line. Fields are rendered key=value in key order; a table value is JSON-encoded. With
+--- LOG_FORMAT = "json" the line is one JSON object and each field a string member of it.
 local core = require "svccomm.core"
 
 local type, tostring, pairs, ipairs, error, pcall = type, tostring, pairs, ipairs, error, pcall

@@ -519,8 +519,11 @@ int svc_consumer_commit_batch(struct svc_consumer *c)
 	}
 	if (svc_pg_sqlstate_is_infra(c->pg.sqlstate))
 		return svc_consumer_infra_failure(c, c->pg.sqlstate, c->pg.error);
-	svc_warn(LOG, "%s: %zu message(s) go back to the queue, to be handled one at a time",
-	         c->pg.error, c->batch_n);
+	const struct svc_log_field fields[] = {SVC_LOG_STR("queue", c->cfg->queue),
+	                                       SVC_LOG_STR("error", c->pg.error)};
+	svc_log_kv(SVC_LOG_WARNING, LOG, fields, 2,
+	           "%s: %zu message(s) go back to the queue, to be handled one at a time",
+	           c->pg.error, c->batch_n);
 	if (c->batch_n == 1 && c->solo && !c->settled[0] && c->d.tag == c->tags[0])
 		return blame_message(c);
 	return requeue_batch(c);

@@ -211,13 +211,19 @@ static bool is_fixed_key(const char *key)
 }
 
 /* Appends ,"key":value; a member whose key does not fit is left out whole (a long value is
- * cut instead). */
-static void jl_member(struct jline *w, const char *key, const char *value, bool number)
+ * cut instead). The key gets one '_' appended per clash (unders), so that every member of the
+ * object keeps a distinct name. */
+static void jl_member(struct jline *w, const char *key, const char *value, bool number,
+                      size_t unders)
 {
 	size_t mark = w->n;
 
-	if (!jl_raw(w, ",\"", 2) || !jl_esc(w, key) || (is_fixed_key(key) && !jl_raw(w, "_", 1)) ||
-	    !jl_raw(w, "\":", 2))
+	if (!jl_raw(w, ",\"", 2) || !jl_esc(w, key))
+		goto drop;
+	for (size_t i = 0; i < unders; i++)
+		if (!jl_raw(w, "_", 1))
+			goto drop;
+	if (!jl_raw(w, "\":", 2))
 		goto drop;
 	if (number && is_json_number(value) ? jl_raw(w, value, strlen(value)) : jl_string(w, value))
 		return;
@@ -250,8 +256,14 @@ static void write_json(enum svc_log_level level, const char *ts, const char *com
 	jl_string(&w, component);
 	jl_raw(&w, ",\"msg\":", 7);
 	jl_string(&w, message);
-	for (size_t i = 0; i < n_fields && !w.full; i++)
-		jl_member(&w, fields[i].key, fields[i].value, fields[i].number);
+	for (size_t i = 0; i < n_fields && !w.full; i++) {
+		/* a fixed member's name ("msg") or an earlier field's ("message_id" given twice) */
+		size_t unders = is_fixed_key(fields[i].key) ? 1 : 0;
+
+		for (size_t j = 0; j < i; j++)
+			unders += strcmp(fields[j].key, fields[i].key) == 0;
+		jl_member(&w, fields[i].key, fields[i].value, fields[i].number, unders);
+	}
 	buf[w.n++] = '}';
 	buf[w.n++] = '\n';
 	fwrite(buf, 1, w.n, stderr);

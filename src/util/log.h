@@ -63,8 +63,9 @@ struct svc_log_field {
 /* Writes message followed by its fields as key=value (a value that is empty or holds a space,
  * a double quote, '=' or a backslash is double-quoted, with quotes and backslashes escaped by a
  * backslash), control characters escaped as in svc_log_write; with SVC_LOG_JSON each field is a
- * member of the line's object (a key that names a fixed member, e.g. "msg", gets a trailing
- * '_'). A line too long for the buffer (8 KiB) is cut inside a value, still valid JSON. */
+ * member of the line's object (a key that names a fixed member, e.g. "msg", or repeats an
+ * earlier field's gets a trailing '_'). A line too long for the buffer (8 KiB) is cut inside a
+ * value, still valid JSON. */
 void svc_log_write_fields(enum svc_log_level level, const char *component, const char *message,
                           const struct svc_log_field *fields, size_t n_fields);
 

@@ -188,10 +188,10 @@ def test_relay_text_unroutable_warning_names_exchange_and_routing_key(make_proje
     svc.wait_until(lambda: p.outbox_count() == 0, 15, what="the row dropped")
     relay.wait_for_log(r"\[publisher\] stats published=1 confirmed=\d+ returned=1 ", 20)
     assert p.stop(relay) == 0
-    assert re.search(r'^\S+Z warning \[publisher\] unroutable event dropped '
-                     r'\(PUBLISHER_UNROUTABLE = "drop"\): 312 NO_ROUTE \(exchange "%s", routing key '
-                     r'"ev.nobody"\), outbox row %d$' % (re.escape(lost), row), p.log(relay),
-                     re.M), p.log(relay)
+    want = (r'^\S+Z warning \[publisher\] unroutable event dropped \(PUBLISHER_UNROUTABLE = '
+            r'"drop"\): 312 NO_ROUTE \(exchange "%s", routing key "ev.nobody"\), outbox row %d$'
+            % (re.escape(lost), row))
+    assert re.search(want, p.log(relay), re.M), p.log(relay)
 
 
 def refused_database_url():
@@ -231,3 +231,42 @@ def test_bad_log_format_is_a_configuration_error(project):
     r = project.run("check", env={"SVCCOMM_LOG_FORMAT": "yaml"})
     assert r.returncode == 2
     assert "LOG_FORMAT (from SVCCOMM_LOG_FORMAT)" in r.stderr, r.stderr
+
+
+COMMIT_TRAP = """
+local svccomm = require "svccomm"
+local db = svccomm.db
+svccomm.message_router.consumer("$EXCHANGE", "#", function(rk, body, msg)
+  db.query("INSERT INTO $TABLE (n, attempt) VALUES ($1, $2)", body.n, msg.attempt)
+  if not msg.redelivered then
+    -- violates a deferred constraint: PostgreSQL refuses the COMMIT with ERROR and DETAIL
+    db.query("INSERT INTO $TABLE_trap (id) VALUES (1)")
+  end
+end)
+"""
+
+
+def test_failed_commit_with_detail_is_one_line_in_both_formats(make_project, broker):
+    for fmt in ("text", "json"):
+        p = make_project().setup_consumer(COMMIT_TRAP)
+        trap = p.table() + "_trap"
+        sql("CREATE TABLE %s (id int, CONSTRAINT %s_u UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)"
+            % (trap, trap))
+        sql("INSERT INTO %s VALUES (1)" % trap)
+        p.start_consumer(env={"SVCCOMM_LOG_FORMAT": fmt})
+        broker.publish(p.exchange(), "x", {"n": 1})
+        svc.wait_until(lambda: p.record_count() == 1, 20, what="the redelivered message")
+        assert p.stop() == 0
+        log = p.log()
+        no_secret(log)
+        lines = [x for x in log.splitlines() if "duplicate key value" in x]
+        assert lines, log
+        # libpq's "ERROR: ...\nDETAIL: Key (id)=(1) already exists." on one line
+        assert all(re.search(r"duplicate key value violates unique constraint \\?\"%s_u\\?\" "
+                             r"\| DETAIL:  Key \(id\)=\(1\) already exists\." % trap, x)
+                   for x in lines), log
+        assert not any(x.startswith("DETAIL") for x in log.splitlines()), log
+        if fmt == "json":
+            back = [o for o in json_lines(log) if "go back to the queue" in o["msg"]]
+            assert back and back[0]["queue"] == p.queue(), log
+            assert back[0]["error"].startswith("COMMIT: ERROR:  duplicate key value"), back

@@ -159,7 +159,7 @@ static void json_lines_carry_fixed_members_and_fields(void **state)
 	const struct svc_log_field fields[] = {
 	    SVC_LOG_STR("queue", "q\n1"),     SVC_LOG_NUM("attempt", "3"),
 	    SVC_LOG_NUM("bad_number", "0x1"), SVC_LOG_STR("msg", "forged"),
-	    SVC_LOG_STR("error", "x\"y"),
+	    SVC_LOG_STR("error", "x\"y"),     SVC_LOG_STR("queue", "again"),
 	};
 	char buf[32768], big[20000];
 	const char *line2;
@@ -170,7 +170,7 @@ static void json_lines_carry_fixed_members_and_fields(void **state)
 	svc_log_format = SVC_LOG_JSON;
 	svc_log_set_tag("worker 2");
 	tmp = begin_capture(&saved);
-	svc_log_write_fields(SVC_LOG_WARNING, "consumer", "failed", fields, 5);
+	svc_log_write_fields(SVC_LOG_WARNING, "consumer", "failed", fields, 6);
 	svc_log_set_tag(NULL);
 	svc_log_write(SVC_LOG_ERROR, "pg", "ERROR: x\nDETAIL: %s", "y");
 	memset(big, 'x', sizeof(big) - 1);
@@ -182,10 +182,11 @@ static void json_lines_carry_fixed_members_and_fields(void **state)
 	end_capture(tmp, saved, buf, sizeof(buf));
 	svc_log_format = SVC_LOG_TEXT;
 	assert_int_equal(strncmp(buf, "{\"ts\":\"", 7), 0);
-	assert_non_null(
-	    strstr(buf, "Z\",\"level\":\"warning\",\"worker\":2,\"component\":\"consumer\","
-	                "\"msg\":\"failed\",\"queue\":\"q\\n1\",\"attempt\":3,"
-	                "\"bad_number\":\"0x1\",\"msg_\":\"forged\",\"error\":\"x\\\"y\"}\n"));
+	assert_non_null(strstr(buf,
+	                       "Z\",\"level\":\"warning\",\"worker\":2,\"component\":\"consumer\","
+	                       "\"msg\":\"failed\",\"queue\":\"q\\n1\",\"attempt\":3,"
+	                       "\"bad_number\":\"0x1\",\"msg_\":\"forged\",\"error\":\"x\\\"y\","
+	                       "\"queue_\":\"again\"}\n"));
 	line2 = strchr(buf, '\n') + 1;
 	assert_non_null(strstr(line2, "\"level\":\"error\",\"component\":\"pg\",\"msg\":\"ERROR: "
 	                              "x\\nDETAIL: y\"}\n"));
@@ -196,6 +197,55 @@ static void json_lines_carry_fixed_members_and_fields(void **state)
 	assert_non_null(strstr(line2, "\"msg\":\"big\",\"error\":\"xxx"));
 	assert_string_equal(line2 + strlen(line2) - 5, "xx\"}\n");
 	assert_null(strstr(line2, "lost"));
+}
+
+static void kv_fields_go_to_json_lines_only(void **state)
+{
+	const struct svc_log_field fields[] = {SVC_LOG_STR("queue", "q1"),
+	                                       SVC_LOG_NUM("attempt", "2")};
+	char buf[4096];
+	int saved;
+	FILE *tmp;
+
+	(void)state;
+	tmp = begin_capture(&saved);
+	svc_log_write_kv(SVC_LOG_WARNING, "consumer", fields, 2, "message %s failed", "m-1");
+	svc_log_format = SVC_LOG_JSON;
+	svc_log_write_kv(SVC_LOG_WARNING, "consumer", fields, 2, "message %s failed", "m-1");
+	svc_log_kv(SVC_LOG_DEBUG, "consumer", fields, 2, "filtered %s", "out");
+	svc_log_format = SVC_LOG_TEXT;
+	end_capture(tmp, saved, buf, sizeof(buf));
+	/* text: the message names its values already */
+	assert_non_null(strstr(buf, "Z warning [consumer] message m-1 failed\n{\"ts\":"));
+	assert_non_null(strstr(buf, "\"msg\":\"message m-1 failed\",\"queue\":\"q1\","
+	                            "\"attempt\":2}\n"));
+	assert_null(strstr(buf, "filtered"));
+}
+
+static void stats_lines_share_one_format(void **state)
+{
+	const struct svc_log_stat stats[] = {
+	    {"received", 120}, {"rate_per_s", 2.5}, {"backlog", -1}};
+	char buf[4096];
+	int saved;
+	FILE *tmp;
+
+	(void)state;
+	tmp = begin_capture(&saved);
+	svc_log_stats("consumer", stats, 3);
+	svc_log_format = SVC_LOG_JSON;
+	svc_log_stats("publisher", stats, 3);
+	svc_log_format = SVC_LOG_TEXT;
+	svc_log_threshold = SVC_LOG_WARNING;
+	svc_log_stats("consumer", stats, 1);
+	svc_log_threshold = SVC_LOG_INFO;
+	end_capture(tmp, saved, buf, sizeof(buf));
+	assert_non_null(
+	    strstr(buf, "Z info [consumer] stats received=120 rate_per_s=2.5 backlog=-1\n{"));
+	assert_non_null(strstr(buf,
+	                       "\"level\":\"info\",\"component\":\"publisher\",\"msg\":"
+	                       "\"stats\",\"received\":120,\"rate_per_s\":2.5,\"backlog\":-1}\n"));
+	assert_ptr_equal(strchr(strchr(buf, '\n') + 1, '\n'), buf + strlen(buf) - 1);
 }
 
 static void parses_formats(void **state)
@@ -219,6 +269,8 @@ int main(void)
 	    cmocka_unit_test(writes_fields_as_key_value),
 	    cmocka_unit_test(json_escapes_quotes_controls_and_bad_utf8),
 	    cmocka_unit_test(json_lines_carry_fixed_members_and_fields),
+	    cmocka_unit_test(kv_fields_go_to_json_lines_only),
+	    cmocka_unit_test(stats_lines_share_one_format),
 	    cmocka_unit_test(parses_formats),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
