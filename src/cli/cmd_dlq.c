@@ -261,6 +261,7 @@ static const struct svc_opt replay_opts[N_REPLAY_OPTS] = {
 
 struct replay_out {
 	bool json;
+	const char *to; /* --to-exchange, or NULL */
 	long kept, found;
 	int n_json;
 };
@@ -277,6 +278,10 @@ static void replay_one(void *ctx, const struct svc_dlq_letter *l, enum svc_dlq_o
 	if (r->json) {
 		printf("%s{\"message_id\":", r->n_json++ ? "," : "");
 		svc_json_put_str(stdout, l->d->message_id);
+		printf(",\"exchange\":");
+		svc_json_put_str(stdout, r->to ? r->to : l->exchange);
+		printf(",\"routing_key\":");
+		svc_json_put_str(stdout, l->routing_key);
 		printf(",\"replayed\":%s,\"why\":", o == SVC_DLQ_REPLAYED ? "true" : "false");
 		svc_json_put_str(stdout, o == SVC_DLQ_REPLAYED ? NULL : svc_dlq_outcome_text(o));
 		printf("}");
@@ -286,7 +291,7 @@ static void replay_one(void *ctx, const struct svc_dlq_letter *l, enum svc_dlq_o
 	put_text(l->d->message_id, 255);
 	if (o == SVC_DLQ_REPLAYED) {
 		printf(" to exchange ");
-		put_text(l->exchange, 255);
+		put_text(r->to ? r->to : l->exchange, 255);
 		printf(" routing key ");
 		put_text(l->routing_key, 255);
 		printf("\n");
@@ -298,9 +303,9 @@ static void replay_one(void *ctx, const struct svc_dlq_letter *l, enum svc_dlq_o
 static int run_replay(struct svc_cli_ctx *ctx)
 {
 	const struct svc_optval *opt = ctx->opt;
-	struct replay_out r = {.json = opt[REPLAY_JSON].set};
 	const char *id = opt[REPLAY_ID].set ? opt[REPLAY_ID].text : NULL;
 	const char *to = opt[REPLAY_TO_EXCHANGE].set ? opt[REPLAY_TO_EXCHANGE].text : NULL;
+	struct replay_out r = {.json = opt[REPLAY_JSON].set, .to = to};
 	long replayed = 0;
 	struct svc_dlq q;
 	int rc;

@@ -99,7 +99,8 @@ def test_replay_of_one_id_leaves_the_others(project, broker):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["replayed"] == 1 and out["letters"] == [
-        {"message_id": "m2", "replayed": True, "why": None}]
+        {"message_id": "m2", "exchange": p.exchange(), "routing_key": "order.placed",
+         "replayed": True, "why": None}]
     svc.wait_until(lambda: p.record_count() == 1, 20, what="m2 handled")
     assert [r[0] for r in p.records("n")] == [2]
     assert broker.count(p.queue() + ".dlq") == 2
