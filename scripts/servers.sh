@@ -2,7 +2,7 @@
 # Project-local RabbitMQ and PostgreSQL for development and tests.
 #
 #   scripts/servers.sh start    start both (no-op when running), wait, create vhost/user/database
-#   scripts/servers.sh stop     stop both (ok when already stopped)
+#   scripts/servers.sh stop     stop both (ok when already stopped), and a pg-standby
 #   scripts/servers.sh status   print their state; exit 0 only when both run
 #   scripts/servers.sh env      print shell exports: eval "$(scripts/servers.sh env)"
 #   scripts/servers.sh reset    drop and recreate the vhost and the database
@@ -704,6 +704,10 @@ cmd_stop() {
 	lock
 	rmq_env
 	rmq_stop
+	# a standby of a stopped primary would only retry; it goes with it
+	if sb_running; then
+		sb_stop
+	fi
 	pg_stop
 }
 
@@ -725,6 +729,9 @@ cmd_status() {
 	else
 		echo "postgresql: stopped"
 		rc=1
+	fi
+	if sb_running; then
+		sb_status
 	fi
 	echo "state:      $STATE"
 	return $rc

@@ -127,6 +127,7 @@ def test_primary_lost_and_standby_promoted_nothing_lost_no_restart(project, brok
     assert r.returncode == 0, r.stderr
     biz = p.table("biz")
     svc.sql("CREATE TABLE %s (n int PRIMARY KEY)" % biz)
+    assert ", standby, streaming, sync," in standby("status")
     consumer = p.start_consumer()
     relay = p.start_relay()
 
@@ -138,6 +139,7 @@ def test_primary_lost_and_standby_promoted_nothing_lost_no_restart(project, brok
     # the primary dies (no shutdown checkpoint, sessions cut), the standby takes over
     svc.pg_ctl("stop", "-m", "immediate")
     standby("promote")
+    assert ", primary (promoted)," in standby("status")
 
     writer.join(120)
     assert not writer.is_alive() and writer.error is None, writer.error
