@@ -219,10 +219,9 @@ def test_node_loss_under_load_loses_nothing(cluster, project):
         cons_node = node_in_use(env, consumer)
         r = servers_sh("kill-node", str(cons_node))
         assert r.returncode == 0, r.stderr
-        # (the consumer connects to another node at once; its retry queues and dead-letter
-        # queue are declared classic unless QUEUE_ARGUMENTS say otherwise for them, and a
-        # classic queue whose node is down cannot be declared: consuming resumes once that
-        # node is back)
+        # (the consumer connects to another node at once; while its retry queues and
+        # dead-letter queue are classic queues, which live on the node that declared them and
+        # cannot be declared while it is down, consuming resumes once that node is back)
         svc.wait_until(lambda: node_in_use(env, consumer) != cons_node, 60,
                        what="the consumer on another node")
         r = servers_sh("start-node", str(cons_node))
