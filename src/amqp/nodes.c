@@ -151,6 +151,7 @@ int svc_amqp_nodes_connect(struct svc_amqp_nodes *ns, struct svc_amqp *c, int he
 			                         used ? "; " : "", c->err);
 	}
 	if (ns->n > 1)
-		snprintf(c->err, sizeof(c->err), "no broker node answered: %s", errs);
+		snprintf(c->err, sizeof(c->err), "no broker node answered: %.*s",
+		         (int)(sizeof(c->err) - sizeof("no broker node answered: ")), errs);
 	return rc;
 }
