@@ -250,4 +250,6 @@ def test_node_loss_under_load_loses_nothing(cluster, project):
         assert p.stop(relay) == 0
         assert p.stop(consumer) == 0
     finally:
+        if servers_sh("status").returncode != 0:  # a node this test killed stays down
+            servers_sh("start", timeout=900)
         delete_on_cluster(env, p.prefix)
