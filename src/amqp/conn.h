@@ -97,8 +97,8 @@ void svc_amqp_mark_broken(struct svc_amqp *c);
 int svc_amqp_read_frame_max(struct svc_amqp *c, int frame_max);
 bool svc_amqp_is_open(const struct svc_amqp *c);
 const char *svc_amqp_error(const struct svc_amqp *c);
-/* "host:port" of the node this connection is open to (an IPv6 host in brackets; never the
- * user or password), or "" when it is not connected. */
+/* "host:port" of the node this connection was opened to (an IPv6 host in brackets; never
+ * the user or password), kept after an error until svc_amqp_close(); "" when not connected. */
 const char *svc_amqp_node(const struct svc_amqp *c);
 /* The underlying state for the consume loop (amqp/consume.c). */
 amqp_connection_state_t svc_amqp_state(struct svc_amqp *c);

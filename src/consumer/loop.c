@@ -164,8 +164,10 @@ static void session_close(struct svc_consumer *c)
 		svc_consumer_db_cmd(c, "ROLLBACK");
 	c->batch_n = 0;
 	svc_consumer_metrics_session(c, false);
-	/* a broken broker connection: the next session starts with the next node */
-	if (!svc_amqp_is_open(c->in) || !svc_amqp_is_open(c->out))
+	/* a broker connection that broke (not one never opened, as when the database failed
+	 * first): the next session starts with the next node */
+	if ((svc_amqp_node(c->in)[0] && !svc_amqp_is_open(c->in)) ||
+	    (svc_amqp_node(c->out)[0] && !svc_amqp_is_open(c->out)))
 		svc_amqp_nodes_lost(&c->nodes);
 	svc_amqp_close(c->in);
 	svc_amqp_close(c->out);

@@ -248,6 +248,7 @@ int svc_consumer_connect_out(struct svc_consumer *c)
 	if (rc) {
 		svc_warn(LOG, "publisher connection: %s", svc_amqp_error(c->out));
 		svc_amqp_close(c->out);
+		svc_amqp_nodes_lost(&c->nodes); /* a node that answered, then failed: the next */
 	}
 	return rc;
 }

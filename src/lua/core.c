@@ -118,7 +118,8 @@ static int core_listdir(lua_State *L)
 		n++;
 	}
 	closedir(d);
-	qsort(names, n, sizeof(*names), cmp_names);
+	if (n > 0) /* names is NULL for an empty directory: qsort's pointer must not be */
+		qsort(names, n, sizeof(*names), cmp_names);
 	lua_createtable(L, (int)n, 0);
 	for (size_t i = 0; i < n; i++) {
 		lua_pushstring(L, names[i]);

@@ -167,3 +167,16 @@ def test_bad_env_list_names_the_variable_and_the_entry(project):
     assert "BROKER_CONNECTION_URL (from SVCCOMM_BROKER_URL)[2]: expected an amqp:// or " \
            "amqps:// URL, got \"amqp://u:****@h:x/\"" in out
     assert "s3cretpw" not in out and password() not in out
+
+
+def test_no_node_answering_names_every_node(project):
+    u = urlparse(real_url())
+    dead2 = dead_url().replace("@127.0.0.1:1/", "@127.0.0.1:2/")
+    project.write_settings(DATABASE_URL=None, QUEUE=None,
+                           BROKER_CONNECTION_URL=[dead_url(), dead2])
+    r = project.run("check", "--connect")
+    out = r.stdout + r.stderr
+    assert r.returncode == 3, out  # a server cannot be reached
+    assert "broker: cannot connect: no broker node answered: cannot connect to 127.0.0.1:1: " in out
+    assert "; cannot connect to 127.0.0.1:2: " in out
+    assert password() not in out and u.password not in out
