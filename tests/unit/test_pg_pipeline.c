@@ -165,12 +165,38 @@ static void test_bound(void **state)
 	PQfinish(conn);
 }
 
+/* COPY is never queued (COPY FROM STDIN in a pipeline makes the server end the session): the
+ * caller runs it at once, where svccomm.db refuses it cleanly. */
+static void test_copy_not_queued(void **state)
+{
+	PGconn *conn = open_db();
+	(void)state;
+	exec_ok(conn, "BEGIN");
+	assert_int_equal(svc_pg_pipeline_allow(conn, true), 0);
+	assert_int_equal(svc_pg_send(conn, "COPY t FROM STDIN", 0, NULL), SVC_EINVAL);
+	assert_int_equal(svc_pg_send(conn, "  copy\tt FROM STDIN", 0, NULL), SVC_EINVAL);
+	assert_int_equal(
+	    svc_pg_send(conn, "/* a /* nested */ one */ -- and a line\nCoPy t TO STDOUT", 0, NULL),
+	    SVC_EINVAL);
+	assert_int_equal(svc_pg_send(conn, "copy", 0, NULL), SVC_EINVAL);
+	assert_int_equal(svc_pg_pipeline_pending(conn), 0);
+	/* a word that only starts with it is not COPY */
+	assert_int_equal(svc_pg_send(conn, "SELECT 1 AS copy", 0, NULL), 0);
+	assert_int_equal(svc_pg_send(conn, "/* copy */ SELECT 2 AS copying", 0, NULL), 0);
+	assert_int_equal(svc_pg_send(conn, "cop", 0, NULL), 0); /* a syntax error, read late */
+	assert_int_equal(svc_pg_sync(conn), SVC_EDB);
+	assert_string_equal(PQresultErrorField(svc_pg_late_error(conn), PG_DIAG_SQLSTATE), "42601");
+	svc_pg_pipeline_reset(conn);
+	exec_ok(conn, "ROLLBACK");
+	PQfinish(conn);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_not_allowed), cmocka_unit_test(test_queue_and_read_own_writes),
 	    cmocka_unit_test(test_late_error),  cmocka_unit_test(test_failed_parse_is_forgotten),
-	    cmocka_unit_test(test_bound),
+	    cmocka_unit_test(test_bound),       cmocka_unit_test(test_copy_not_queued),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
