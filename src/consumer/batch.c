@@ -307,6 +307,7 @@ static int rollback_failed(struct svc_consumer *c, const char *what, const char 
 	c->sp_open = false;
 	svc_outbox_transaction_reset(c->pg.conn); /* reason may point into it: copied above */
 	svc_pg_pipeline_reset(c->pg.conn);
+	svc_pg_clear_prelude(c->pg.conn); /* a savepoint of the transaction rolled back */
 	int rc = svc_consumer_db_cmd(c, "ROLLBACK");
 	if (rc == SVC_ECONN)
 		return rc;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "pg/conn.h"
 #include "util/error.h"
@@ -456,6 +457,17 @@ int svc_pg_sync(PGconn *conn)
 			PQclear(r);
 			break;
 		}
+		if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+			/* not queued by svc_pg_send (is_copy); ended so the loop cannot spin */
+			char *buf;
+			if (st == PGRES_COPY_IN)
+				PQputCopyEnd(conn, "COPY is not supported in a pipeline");
+			else
+				while (PQgetCopyData(conn, &buf, 0) > 0)
+					PQfreemem(buf);
+			PQclear(r);
+			continue;
+		}
 		if (s->n_parses)
 			check_parse(s, nulls, r);
 		if (st == PGRES_FATAL_ERROR && !failed) {
@@ -490,6 +502,38 @@ void svc_pg_pipeline_reset(PGconn *conn)
 	s->late = NULL;
 }
 
+/* True when the first keyword of sql, after blanks and comments (nested as PostgreSQL's), is
+ * COPY: a COPY FROM STDIN in a pipeline breaks the protocol (the server ends the session). */
+static bool is_copy(const char *p)
+{
+	for (;;) {
+		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '\f' ||
+		       *p == '\v')
+			p++;
+		if (p[0] == '-' && p[1] == '-') {
+			while (*p && *p != '\n')
+				p++;
+		} else if (p[0] == '/' && p[1] == '*') {
+			int depth = 0;
+			do {
+				if (p[0] == '/' && p[1] == '*')
+					depth++, p += 2;
+				else if (p[0] == '*' && p[1] == '/')
+					depth--, p += 2;
+				else
+					p++;
+			} while (*p && depth > 0);
+		} else {
+			break;
+		}
+	}
+	if (strncasecmp(p, "copy", 4) != 0)
+		return false;
+	unsigned char next = (unsigned char)p[4]; /* "copy" matched: p[4] exists */
+	return !(next == '_' || next == '$' || (next >= '0' && next <= '9') ||
+	         ((next | 0x20) >= 'a' && (next | 0x20) <= 'z') || next >= 0x80);
+}
+
 int svc_pg_send(PGconn *conn, const char *sql, int nparams, const char *const *params)
 {
 	struct session *s = session_of(conn, false);
@@ -497,7 +541,7 @@ int svc_pg_send(PGconn *conn, const char *sql, int nparams, const char *const *p
 	struct prepared *stmt = NULL;
 	bool sent = true;
 
-	if (!s || !s->allow || !conn)
+	if (!s || !s->allow || !conn || is_copy(sql))
 		return SVC_EINVAL;
 	if (s->late)
 		return SVC_EDB;

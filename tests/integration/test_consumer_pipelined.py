@@ -253,3 +253,39 @@ def test_a_caught_late_error_still_fails_the_batch_and_bounds_sync(project, brok
     assert json.loads(body) == {"n": 1}
     assert "duplicate key value" in props.headers["x-svccomm-error"]
     assert p.stop() == 0
+
+
+def test_late_failure_with_inbox_forgets_the_rolled_back_ids(project, broker):
+    # the inbox insert reads its result, so each message syncs what the earlier ones queued:
+    # the failure is read at the next message's inbox insert, the batch's inbox rows are
+    # rolled back with it, and the requeued messages are not taken for duplicates
+    p = project.setup_consumer(LATE.replace("$TABLE_u", project.table("u")),
+                               {"MAX_ATTEMPTS": 2, "RETRY_DELAYS": [0.3], "PREFETCH_COUNT": 30,
+                                "CONSUMER_COMMIT_INTERVAL": 2})
+    sql("CREATE TABLE %s (k text PRIMARY KEY)" % p.table("u"))
+    sql("INSERT INTO %s (k) VALUES ('taken')" % p.table("u"))
+    inbox = p.table("inbox")
+    sql("CREATE TABLE %s (queue text NOT NULL, message_id text NOT NULL, "
+        "received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (queue, message_id))"
+        % inbox)
+    p.write_settings(p.settings, INBOX=True, INBOX_TABLE=inbox)
+    p.start_consumer()
+    assert p.stop() == 0
+    for i in range(30):
+        broker.publish(p.exchange(), "job", {"n": -i if i == 7 else i}, message_id="m%d" % i)
+    p.start_consumer()
+    svc.wait_until(lambda: broker.count(p.queue() + ".dlq") == 1, 60, what="the dead letter")
+    svc.wait_until(lambda: p.record_count() == 29, 20, what="the rows of 29 messages")
+    assert sql("SELECT count(*), count(DISTINCT n) FROM %s WHERE n >= 0" % p.table()) == [
+        (29, 29)]
+    ids = sorted(r[0] for r in sql("SELECT message_id FROM %s" % inbox))
+    assert ids == sorted("m%d" % i for i in range(30) if i != 7)
+    log = p.log()
+    assert "a pipelined statement failed: duplicate key value" in log
+    assert "came back after its work committed" not in log
+    assert "duplicates=0" in log and not any(
+        "duplicates=%d" % k in log for k in range(1, 10))
+    (props, body), = broker.get_all(p.queue() + ".dlq")
+    assert props.message_id == "m7"
+    assert "duplicate key value" in props.headers["x-svccomm-error"]
+    assert p.stop() == 0
