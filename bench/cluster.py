@@ -1,7 +1,14 @@
 #!/usr/bin/python3
-"""svccomm cluster benchmark: relay and consumer throughput on a 3-node quorum queue vs one node.
+"""svccomm scale-out benchmark: several relays, several consumer workers, and a 3-node quorum
+queue vs one node.
 
-    bench/cluster.py [--count N] [--workers N] [--svccomm PATH] [--cap SECONDS]
+    bench/cluster.py [--count N] [--workers N] [--svccomm PATH] [--cap SECONDS] [--repeat K]
+                     [--no-scale]
+
+First, on the single local node and a quorum queue (unless --no-scale): 1, 2 and 3 relays on
+one outbox whose N rows go to 12 exchanges (relays share the outbox by exchange), and 1, 2 and
+4 consumer workers with a no-op handler and with the transactional handler (INSERT + outbox
+event); ratios to the first of each group.
 
 Runs, in one go, the relay (N outbox rows -> broker, pipelined confirms, rows deleted) and the
 consumer (N preloaded messages, a no-op handler) on a quorum queue, first against the single
@@ -58,6 +65,29 @@ def measure(b, label, n, workers, extra):
     return {"relay": relay, "consumer": cons}
 
 
+def scale_out(b, n, repeat):
+    """Relays 1/2/3 and consumer workers 1/2/4 on the single node, each point `repeat` times in
+    rounds (k = 1, 2, 3, then again), so load drift spreads over every k alike;
+    {name: [(k, {"rate": median, "rates": [...]})]}."""
+    points = [("relays", k, lambda k=k: b.run_relay("scale-r%d" % k, QTYPE, n, relays=k,
+                                                    exchanges=12)) for k in (1, 2, 3)]
+    for kind, key in (("noop", "workers no-op"), ("tx", "workers insert+outbox")):
+        points += [(key, w, lambda w=w, kind=kind: b.run_consumer(
+            "scale-%s-w%d" % (kind, w), QTYPE, n, kind=kind, workers=w)) for w in (1, 2, 4)]
+    rates = {}
+    for i in range(repeat):
+        for key, k, fn in points:
+            R.log("single node, round %d/%d: %s, k=%d, %d messages" % (i + 1, repeat, key, k, n))
+            r = fn()
+            R.log("  %.0f msg/s" % r["rate"])
+            rates.setdefault((key, k), []).append(r["rate"])
+    out = {}
+    for key, k, _ in points:
+        rs = rates[(key, k)]
+        out.setdefault(key, []).append((k, {"rate": R.median(rs), "rates": rs}))
+    return out
+
+
 def delete_bench_queues(env):
     """The queues this run made on the cluster (svccomm's retry queues and DLQ too)."""
     ctl = shlex.split(env["SVCCOMM_CLUSTER_RABBITMQCTL_1"])
@@ -74,12 +104,27 @@ def delete_bench_queues(env):
 
 
 def markdown(res, opts, total):
-    out = ["# svccomm on a 3-node RabbitMQ cluster vs one node", "",
+    out = ["# svccomm scaled out: relays, consumer workers, a 3-node RabbitMQ cluster", "",
            "`bench/cluster.py --count %d --workers %d` (%.0f s in all). Quorum queue, 300-byte "
-           "events; rates without start-up; ratio = cluster / single node, from this one run."
-           % (opts.count, opts.workers, total), "",
-           "| Run | Single node (msg/s) | 3-node cluster (msg/s) | Ratio |",
-           "|---|---:|---:|---:|"]
+           "events; rates without start-up; every ratio from this one run."
+           % (opts.count, opts.workers, total), ""]
+    if res.get("scale"):
+        out += ["Single node: each rate is the median of %d rounds (k = 1, 2, 3/4, then again)."
+                % opts.repeat, "",
+                "| Single node | k = 1 (msg/s) | k = 2 | k = 3 or 4 | Ratios to k = 1 |",
+                "|---|---:|---:|---:|---|"]
+        for key, what in (("relays", "relays (k), N rows over 12 exchanges"),
+                          ("workers no-op", "consumer workers (k), no-op handler"),
+                          ("workers insert+outbox", "consumer workers (k), INSERT + outbox event")):
+            runs = res["scale"][key]
+            base = runs[0][1]["rate"]
+            out.append("| %s | %s | %s |" % (
+                what, " | ".join("%.0f" % r["rate"] for _, r in runs),
+                " / ".join("%d: %.2f" % (k, r["rate"] / base if base else float("nan"))
+                           for k, r in runs)))
+        out.append("")
+    out += ["| Run | Single node (msg/s) | 3-node cluster (msg/s) | Ratio cluster / single |",
+            "|---|---:|---:|---:|"]
     for key, name in (("relay", "relay (runpublisher)"),
                       ("consumer", "consumer (no-op handler, %d worker(s))" % opts.workers)):
         s, c = res["single"][key]["rate"], res["cluster"][key]["rate"]
@@ -95,9 +140,13 @@ def main():
                     help="the svccomm binary (default build/svccomm)")
     ap.add_argument("--cap", type=float, default=30, help="seconds after which a run stops and "
                     "reports the rate so far (30)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds of the relays and workers points (median; default 3)")
+    ap.add_argument("--no-scale", action="store_true",
+                    help="only the cluster comparison, not the relays and workers")
     o = ap.parse_args()
     opts = SimpleNamespace(svccomm=os.path.abspath(o.svccomm), cap=o.cap, count=o.count,
-                           workers=o.workers)
+                           workers=o.workers, repeat=o.repeat)
     b = R.Bench(opts)
     t0 = time.monotonic()
     started = False
@@ -106,6 +155,8 @@ def main():
         b.setup()
         b.migrate()
         single_url, single_broker = b.broker_url, b.broker
+        if not o.no_scale:
+            res["scale"] = scale_out(b, o.count, o.repeat)
         res["single"] = measure(b, "single", o.count, o.workers, None)
 
         if cluster_sh("status", check=False).returncode != 0:

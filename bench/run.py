@@ -536,10 +536,18 @@ class Bench:
         self.db.q("CREATE TABLE IF NOT EXISTS %s (event_id text NOT NULL, "
                   "received_at timestamptz NOT NULL DEFAULT clock_timestamp())" % LAT)
 
-    def fill_outbox(self, n, size, exchange, event_type="bench.event"):
-        """n due rows of about `size` bytes, inserted by the server in chunks."""
+    def fill_outbox(self, n, size, exchange, event_type="bench.event", exchanges=1):
+        """n due rows of about `size` bytes, inserted by the server in chunks; with exchanges
+        E > 1 row g goes to exchange "<exchange>.<g mod E>"."""
         self.db.q("TRUNCATE %s" % OUTBOX)
         body = envelope_sql(size, exchange, event_type, "g")
+        if exchanges > 1:
+            self.db.q("INSERT INTO %s (exchange, routing_key, body) SELECT %%s || '.' || "
+                      "(g %%%% %%s)::text, %%s, %s FROM generate_series(1::int8, %%s::int8) g"
+                      % (OUTBOX, body), exchange, exchanges, event_type, n)
+            self.db.q("ANALYZE %s" % OUTBOX)
+            return self.db.one("SELECT avg(octet_length(body))::int FROM (SELECT body FROM %s "
+                               "LIMIT 100) s" % OUTBOX)
         chunk = 200000
         done = 0
         while done < n:
@@ -586,17 +594,32 @@ class Bench:
 
     # --- measured runs --------------------------------------------------------------------
 
-    def run_relay(self, label, qtype, n, size=300, extra=None):
-        """Fill the outbox with n rows, start runpublisher, time until all are confirmed and
-        deleted. The target queue is bound to the exchange so every message is stored."""
+    def run_relay(self, label, qtype, n, size=300, extra=None, relays=1, exchanges=1):
+        """Fill the outbox with n rows, start runpublisher (`relays` of them), time until all
+        are confirmed and deleted. The target queue is bound to the exchange (to each of the
+        `exchanges` exchanges: relays share the outbox by exchange) so every message is
+        stored."""
         self.need_svccomm()
         exchange = queue = "bench.relay." + qtype
         self.broker.declare(exchange, queue, qtype)
-        real = self.fill_outbox(n, size, exchange)
+        for i in range(exchanges if exchanges > 1 else 0):
+            self.broker.declare("%s.%d" % (exchange, i), queue, qtype, fresh=False)
         settings = {"DATABASE_URL": self.db_url}
         settings.update(extra or {})
         path = self.project("relay-" + label, settings)
-        p = self.svccomm("relay-" + label, path, "runpublisher")
+        if relays > 1:
+            # Several relays share the partitions after a rebalance (every 2 s): start them on
+            # an empty outbox and let them settle before the rows appear.
+            self.db.q("TRUNCATE %s" % OUTBOX)
+            others = [self.svccomm("relay-%s-%d" % (label, i + 2), path, "runpublisher")
+                      for i in range(relays - 1)]
+            p = self.svccomm("relay-" + label, path, "runpublisher")
+            time.sleep(6)
+            real = self.fill_outbox(n, size, exchange, exchanges=exchanges)
+        else:
+            real = self.fill_outbox(n, size, exchange, exchanges=exchanges)
+            others = []
+            p = self.svccomm("relay-" + label, path, "runpublisher")
         t_first = q_first = None
         partial = False
         t_prev = p.started
@@ -604,6 +627,8 @@ class Bench:
             while True:
                 p.sample()
                 p.check_alive()
+                for o in others:
+                    o.check_alive()
                 c = self.broker.count(queue)
                 now = time.monotonic()
                 q = c[0] if c else 0
@@ -624,6 +649,8 @@ class Bench:
             p.sample()
         finally:
             rc = p.stop()
+            for o in others:
+                o.stop()
         if rc not in (0, None):
             log("  note: runpublisher exited with %s after SIGTERM (%s)" % (rc, p.last_log_line()))
         self.broker.purge(queue)
