@@ -42,8 +42,7 @@ struct svc_consumer_watch {
 struct svc_consumer_metrics {
 	svc_metric received, ok, skipped, expired, unrouted, retried, dead, dup, refused;
 	svc_metric failures, handler_s, batch_size, commit_s, in_flight, consuming, lua_mem;
-	svc_metric amqp_up, amqp_reconnects, pg_up, pg_reconnects;
-	char amqp_node[300];                /* the node label of amqp_up */
+	struct svc_metrics_conn conn;
 	char queue[SVC_METRICS_LABELS_MAX]; /* queue="<QUEUE>" */
 };
 

@@ -43,13 +43,7 @@ void svc_consumer_metrics_init(struct svc_consumer *c)
 	/* the first node until a connection says which one is in use */
 	if (!svc_amqp_url_node(c->cfg->broker_url, node, sizeof(node), NULL))
 		node[0] = '\0';
-	svc_metrics_node_gauge(&m->amqp_up, m->amqp_node, sizeof(m->amqp_node),
-	                       SVC_M_AMQP_CONNECTED, node);
-	m->amqp_reconnects = svc_metrics_series(SVC_M_AMQP_RECONNECTS, "");
-	if (c->cfg->database_url) {
-		m->pg_up = svc_metrics_series(SVC_M_PG_CONNECTED, "");
-		m->pg_reconnects = svc_metrics_series(SVC_M_PG_RECONNECTS, "");
-	}
+	svc_metrics_conn_init(&m->conn, node, c->cfg->database_url != NULL);
 	svc_consumer_metrics_lua(c);
 	svc_metrics_heartbeat();
 }
@@ -60,17 +54,14 @@ void svc_consumer_metrics_session(struct svc_consumer *c, bool up)
 	bool pg = c->cfg->database_url != NULL;
 
 	if (up && c->connected_once) {
-		svc_metric_inc(m->amqp_reconnects);
+		svc_metric_inc(m->conn.amqp_reconnects);
 		if (pg)
-			svc_metric_inc(m->pg_reconnects);
+			svc_metric_inc(m->conn.pg_reconnects);
 	}
-	if (up)
-		svc_metrics_node_gauge(&m->amqp_up, m->amqp_node, sizeof(m->amqp_node),
-		                       SVC_M_AMQP_CONNECTED, svc_amqp_node(c->in));
-	svc_metric_set(m->amqp_up, up);
+	svc_metrics_conn_amqp(&m->conn, up, svc_amqp_node(c->in));
 	svc_metric_set(m->consuming, up);
 	if (pg)
-		svc_metric_set(m->pg_up, up);
+		svc_metric_set(m->conn.pg_up, up);
 	svc_metric_set(m->in_flight, 0);
 	svc_metrics_set_ready(up ? SVC_READY_ALL : 0);
 }

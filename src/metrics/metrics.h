@@ -125,11 +125,18 @@ static inline void svc_metric_set(svc_metric m, double d)
 		atomic_store_explicit(m, bits, memory_order_relaxed);
 }
 
-/* The series of metric labelled node=<node>, kept in *cur (its node in cur_node): when node
- * differs from cur_node, the old series is set to 0 and the new one taken. For gauges that
- * name the broker node in use. */
-void svc_metrics_node_gauge(svc_metric *cur, char *cur_node, size_t cur_node_sz,
-                            enum svc_metric_id metric, const char *node);
+/* The connection gauges and counters every process has: connected to RabbitMQ (labelled with
+ * the node in use) and to PostgreSQL, and the reconnects of each. */
+struct svc_metrics_conn {
+	svc_metric amqp_up, amqp_reconnects, pg_up, pg_reconnects;
+	char amqp_node[300]; /* the node label of amqp_up */
+};
+
+/* Makes the series of mc: amqp_up labelled with first_node (the node tried first, until a
+ * connection says which one is in use), the PostgreSQL ones only when pg. */
+void svc_metrics_conn_init(struct svc_metrics_conn *mc, const char *first_node, bool pg);
+/* The broker connection is up (on node "host:port") or down. */
+void svc_metrics_conn_amqp(struct svc_metrics_conn *mc, bool up, const char *node);
 
 /* Adds an observation to histogram series m of metric (negative values count as 0). */
 void svc_metric_observe(svc_metric m, enum svc_metric_id metric, double value);

@@ -263,8 +263,10 @@ void svc_metrics_fold(struct svc_metrics_region *dst, const struct svc_metrics_r
 	}
 }
 
-void svc_metrics_node_gauge(svc_metric *cur, char *cur_node, size_t cur_node_sz,
-                            enum svc_metric_id metric, const char *node)
+/* The series of metric labelled node=<node>, kept in *cur (its node in cur_node): when node
+ * differs from cur_node, the old series is set to 0 and the new one taken. */
+static void node_gauge(svc_metric *cur, char *cur_node, size_t cur_node_sz,
+                       enum svc_metric_id metric, const char *node)
 {
 	char labels[SVC_METRICS_LABELS_MAX];
 
@@ -274,4 +276,23 @@ void svc_metrics_node_gauge(svc_metric *cur, char *cur_node, size_t cur_node_sz,
 	svc_metrics_labels(labels, sizeof(labels), "node", node, (const char *)NULL);
 	*cur = svc_metrics_series(metric, labels);
 	snprintf(cur_node, cur_node_sz, "%s", node);
+}
+
+void svc_metrics_conn_init(struct svc_metrics_conn *mc, const char *first_node, bool pg)
+{
+	node_gauge(&mc->amqp_up, mc->amqp_node, sizeof(mc->amqp_node), SVC_M_AMQP_CONNECTED,
+	           first_node);
+	mc->amqp_reconnects = svc_metrics_series(SVC_M_AMQP_RECONNECTS, "");
+	if (pg) {
+		mc->pg_up = svc_metrics_series(SVC_M_PG_CONNECTED, "");
+		mc->pg_reconnects = svc_metrics_series(SVC_M_PG_RECONNECTS, "");
+	}
+}
+
+void svc_metrics_conn_amqp(struct svc_metrics_conn *mc, bool up, const char *node)
+{
+	if (up)
+		node_gauge(&mc->amqp_up, mc->amqp_node, sizeof(mc->amqp_node), SVC_M_AMQP_CONNECTED,
+		           node);
+	svc_metric_set(mc->amqp_up, up);
 }

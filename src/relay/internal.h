@@ -44,8 +44,7 @@ struct ex_slot {
 struct relay_metrics {
 	bool on;
 	svc_metric parked, backlog, oldest, claim_s, confirm_s, partitions;
-	svc_metric amqp_up, amqp_reconnects, pg_up, pg_reconnects;
-	char amqp_node[300];              /* the node label of amqp_up */
+	struct svc_metrics_conn conn;
 	svc_metric exm[RELAY_EXM_MAX][4]; /* per exchange: published, confirmed, nacked, returned */
 	size_t n_exm;
 	bool mq_seen, db_seen; /* connected once: the next connect is a reconnect */

@@ -47,11 +47,7 @@ void relay_metrics_init(struct relay *r)
 	/* the first node until a connection says which one is in use */
 	if (!svc_amqp_url_node(r->cfg->broker_url, node, sizeof(node), NULL))
 		node[0] = '\0';
-	svc_metrics_node_gauge(&m->amqp_up, m->amqp_node, sizeof(m->amqp_node),
-	                       SVC_M_AMQP_CONNECTED, node);
-	m->amqp_reconnects = svc_metrics_series(SVC_M_AMQP_RECONNECTS, "");
-	m->pg_up = svc_metrics_series(SVC_M_PG_CONNECTED, "");
-	m->pg_reconnects = svc_metrics_series(SVC_M_PG_RECONNECTS, "");
+	svc_metrics_conn_init(&m->conn, node, true);
 	r->fl.on_decided = on_decided;
 	r->fl.on_decided_arg = r;
 	svc_metrics_heartbeat();
@@ -91,11 +87,8 @@ void relay_metrics_tick(struct relay *r, double now)
 	if (!m->on)
 		return;
 	svc_metrics_heartbeat();
-	if (r->mq_up)
-		svc_metrics_node_gauge(&m->amqp_up, m->amqp_node, sizeof(m->amqp_node),
-		                       SVC_M_AMQP_CONNECTED, svc_amqp_node(r->mq));
-	svc_metric_set(m->amqp_up, r->mq_up);
-	svc_metric_set(m->pg_up, r->db_up);
+	svc_metrics_conn_amqp(&m->conn, r->mq_up, svc_amqp_node(r->mq));
+	svc_metric_set(m->conn.pg_up, r->db_up);
 	svc_metrics_set_ready((r->mq_up ? SVC_READY_AMQP | SVC_READY_CONSUMING : 0) |
 	                      (r->db_up ? SVC_READY_PG : 0));
 	if (r->db_up && now >= m->next_backlog) {
@@ -117,7 +110,7 @@ void relay_metrics_connected(struct relay *r, bool broker)
 	struct relay_metrics *m = &r->m;
 	bool *seen = broker ? &m->mq_seen : &m->db_seen;
 	if (*seen)
-		svc_metric_inc(broker ? m->amqp_reconnects : m->pg_reconnects);
+		svc_metric_inc(broker ? m->conn.amqp_reconnects : m->conn.pg_reconnects);
 	*seen = true;
 }
 

@@ -180,3 +180,21 @@ def test_no_node_answering_names_every_node(project):
     assert "broker: cannot connect: no broker node answered: cannot connect to 127.0.0.1:1: " in out
     assert "; cannot connect to 127.0.0.1:2: " in out
     assert password() not in out and u.password not in out
+
+
+def test_metrics_name_the_node_in_use(project):
+    """svccomm_amqp_connected{node} is 1 for the node the consumer connected to and 0 for the
+    unreachable first one it skipped."""
+    from test_metrics import free_port, scrape, value
+
+    port = free_port()
+    p = project.setup_consumer(HANDLER, {"BROKER_CONNECTION_URL": [dead_url(), real_url()],
+                                         "METRICS_ADDRESS": "127.0.0.1:%d" % port})
+    p.start_consumer()
+    dead = "127.0.0.1:1"
+    svc.wait_until(lambda: value(scrape(port), "svccomm_amqp_connected", node=real_node()) == 1,
+                   20, what="connected to the second node")
+    samples = scrape(port)
+    assert value(samples, "svccomm_amqp_connected", node=dead) == 0
+    assert value(samples, "svccomm_amqp_connected") == 1  # one node in use
+    assert p.stop() == 0
