@@ -3,6 +3,7 @@
 
     bench/run.py [--quick] [--only SECTION[,SECTION...]] [--svccomm PATH] [--queue-types LIST]
                  [--main-type TYPE] [--count N] [--mem-messages N] [--scale-count N] [--repeat K]
+                 [--lat-seconds A,B] [--no-lat-stages]
 
 The relay and consumer rows are measured as K interleaved pairs (ceiling, svccomm, ceiling,
 svccomm, ...) and report the median ratio with its min-max; see bench/README.md.
@@ -49,6 +50,15 @@ SINK = "bench_sink"  # rows written by the transactional handler
 LAT = "bench_lat"  # receive times written by the latency handler
 
 MiB = 1024 * 1024
+
+# The stages of an event, in order: the writer's COMMIT returned, the relay's claim returned,
+# the relay published it, the relay read its confirm, the consumer took the delivery, the
+# handler was entered. confirm is off the delivery path (the broker delivers before or while it
+# confirms); the steps below split the path to the handler.
+STAGES = ["commit", "claim", "publish", "confirm", "deliver", "handler"]
+STEPS = {"commit>claim": ("commit", "claim"), "claim>publish": ("claim", "publish"),
+         "publish>deliver": ("publish", "deliver"), "deliver>handler": ("deliver", "handler"),
+         "publish>confirm": ("publish", "confirm")}
 
 
 class BenchError(Exception):
@@ -104,6 +114,73 @@ def write_settings(path, settings):
         for k, v in settings.items():
             f.write("  %s = %s,\n" % (k, lua_value(v)))
         f.write("}\n")
+
+
+# --- stage times ---------------------------------------------------------------------------------
+
+
+def parse_id_ranges(text):
+    """The relay's id ranges "3-5,9" -> [3, 4, 5, 9] (a trailing "..." marks ids left out)."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part or part.endswith("..."):
+            part = part[:-3] if part.endswith("...") else part
+            if not part:
+                continue
+        if "-" in part[1:]:
+            k = part.index("-", 1)
+            a, b = int(part[:k]), int(part[k + 1:])
+            out.extend(range(a, b + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+class StageTrace:
+    """Stage times of events from the debug JSON lines of the relay ("batch times": claimed,
+    published; "confirm times": confirmed) and of the consumer ("message ... received" with
+    received_at), read incrementally from their log files. Keyed by outbox row id (text); the
+    consumer's message_id is "<APP_ID>:<row id>". The first time seen wins (a redelivery or a
+    second publish is later)."""
+
+    def __init__(self, relay_log, consumer_log):
+        self.files = {relay_log: 0, consumer_log: 0}
+        self.t = {}
+
+    def _set(self, eid, stage, value):
+        d = self.t.setdefault(eid, {})
+        if stage not in d:
+            d[stage] = value
+
+    def read(self):
+        for path, off in list(self.files.items()):
+            with open(path, "rb") as f:
+                f.seek(off)
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # a line still being written is read next time
+            self.files[path] = off + end
+            for line in data[:end].splitlines():
+                if not line.startswith(b"{"):
+                    continue
+                try:
+                    j = json.loads(line)
+                except ValueError:
+                    continue
+                msg = j.get("msg", "")
+                if msg == "batch times":
+                    for i in parse_id_ranges(j["ids"]):
+                        self._set(str(i), "claim", float(j["claimed"]))
+                        self._set(str(i), "publish", float(j["published"]))
+                elif msg == "confirm times":
+                    for i in parse_id_ranges(j["ids"]):
+                        self._set(str(i), "confirm", float(j["confirmed"]))
+                elif "received_at" in j and "message_id" in j:
+                    self._set(str(j["message_id"]).rsplit(":", 1)[-1], "deliver",
+                              float(j["received_at"]))
+
+    def times(self, eid):
+        return dict(self.t.get(eid, {}))
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -535,6 +612,8 @@ class Bench:
                   "received_at timestamptz NOT NULL DEFAULT clock_timestamp())" % SINK)
         self.db.q("CREATE TABLE IF NOT EXISTS %s (event_id text NOT NULL, "
                   "received_at timestamptz NOT NULL DEFAULT clock_timestamp())" % LAT)
+        # handler entry: the handler's own clock (svccomm.core.time), seconds since the epoch
+        self.db.q("ALTER TABLE %s ADD COLUMN IF NOT EXISTS handler_at float8" % LAT)
 
     def fill_outbox(self, n, size, exchange, event_type="bench.event"):
         """n due rows of about `size` bytes, inserted by the server in chunks."""
@@ -678,9 +757,14 @@ class Bench:
                 'event_type = "bench.done", payload = { id = meta.event_id } }\n'
                 "end))" % (lua_value(exchange), SINK))
         elif kind == "latency":
+            # handler entry is read first, with the wall clock svccomm uses (microseconds),
+            # and sent as text so that no digit is lost
+            lines.append('local clock = require "svccomm.core".time')
             lines.append(
                 'router.consumer(%s, "bench.lat")(svccomm.event_consumer(function(payload, meta)\n'
-                '  svccomm.db.query("INSERT INTO %s (event_id) VALUES ($1)", meta.event_id)\n'
+                '  local entry = string.format("%%.6f", clock())\n'
+                '  svccomm.db.query("INSERT INTO %s (event_id, handler_at) VALUES ($1, $2::float8)", '
+                'meta.event_id, entry)\n'
                 "end))" % (lua_value(exchange), LAT))
         else:
             raise ValueError(kind)
@@ -946,13 +1030,17 @@ class Bench:
     def latency_for(self, qt):
         rows = []
         exchange = queue = "bench.lat." + qt
-        path = self.project("latency-" + qt, self.consumer_settings(qt, queue, exchange, True),
+        stages = self.o.lat_stages
+        extra = {"LOG_LEVEL": "debug", "LOG_FORMAT": "json"} if stages else None
+        path = self.project("latency-" + qt,
+                            self.consumer_settings(qt, queue, exchange, True, extra),
                             self.handler_lua("latency", exchange))
         self.db.q("TRUNCATE %s" % OUTBOX)
         self.ensure_declared("latency-" + qt, path, queue)
         self.broker.purge(queue)
         cons = self.svccomm("latency-consumer-" + qt, path, "runconsumer")
         relay = self.svccomm("latency-relay-" + qt, path, "runpublisher")
+        trace = StageTrace(relay.log_path, cons.log_path) if stages else None
         try:
             time.sleep(1.0)
             cons.check_alive()
@@ -969,8 +1057,7 @@ class Bench:
                     commits = self.write_events(exchange, rate, secs, writers)
                     self.wait_lat(commits, 30, [cons, relay])
                     time.sleep(0.2)  # late duplicates, if any, are counted below
-                    got = self.db.q("SELECT event_id, extract(epoch from received_at)::float8 "
-                                    "FROM %s" % LAT)
+                    got = self.db.q("SELECT event_id, handler_at FROM %s" % LAT)
                     recv = {}
                     for i, t in got:
                         recv[i] = min(t, recv.get(i, t))
@@ -987,12 +1074,16 @@ class Bench:
                     rows.append(row("latency", name, pct["p50"], "ms p50",
                                     target_text=tt, ok=ok,
                                     settings="p95 %.2f, p99 %.2f, max %.2f ms; %d events, achieved %.0f/s, "
-                                    "%d writer(s), one event per transaction, LISTEN mode, %s queue%s"
+                                    "%d writer(s), one event per transaction, LISTEN mode, %s queue%s%s"
                                     % (pct["p95"], pct["p99"], pct["max"], len(lat), achieved, writers, qt,
+                                       "; LOG_LEVEL debug (stage times)" if stages else "",
                                        "; handled twice: %d of this run, %d of earlier events"
                                        % (dups, strays) if dups or strays else ""),
                                     extra=dict(pct, events=len(lat), achieved_rate=achieved,
-                                               duplicates=dups, earlier_events=strays)))
+                                               duplicates=dups, earlier_events=strays,
+                                               stage_times=stages)))
+                    if stages:
+                        rows.append(self.stage_row(trace, commits, recv, rate, qt))
                 except (BenchError, psycopg2.Error) as e:
                     rows.append(failed("latency", name, e))
             cons.sample()
@@ -1006,6 +1097,40 @@ class Bench:
             cons.stop()
             relay.stop()
         return rows
+
+    def stage_row(self, trace, commits, handled, rate, qt):
+        """The per-stage row of one latency run: each stage's time since the commit (p50/p99),
+        from the relay's and the consumer's debug lines (StageTrace) and the handler's clock."""
+        trace.read()
+        since = {st: [] for st in STAGES[1:]}
+        steps = {st: [] for st in STEPS}
+        complete = 0
+        for eid, t_commit in commits.items():
+            t = trace.times(eid)
+            t["commit"] = t_commit
+            t["handler"] = handled.get(eid)
+            if any(t.get(st) is None for st in STAGES):
+                continue
+            complete += 1
+            for st in STAGES[1:]:
+                since[st].append((t[st] - t_commit) * 1000)
+            for name, (a, b) in STEPS.items():
+                steps[name].append((t[b] - t[a]) * 1000)
+        if complete == 0:
+            raise BenchError("no event has all its stage times (%d events; relay or consumer "
+                             "debug lines missing)" % len(commits))
+        res = {}
+        for st, vals in list(since.items()) + list(steps.items()):
+            vals.sort()
+            res[st] = {"p50": percentile(vals, 50), "p99": percentile(vals, 99), "max": vals[-1]}
+        text = "since commit, p50/p99 ms: " + ", ".join(
+            "%s %.2f/%.2f" % (st, res[st]["p50"], res[st]["p99"]) for st in STAGES[1:])
+        text += "; steps p50/p99 ms: " + ", ".join(
+            "%s %.2f/%.2f" % (name, res[name]["p50"], res[name]["p99"]) for name in STEPS)
+        text += "; %d of %d events traced" % (complete, len(commits))
+        return row("latency", "stages %d/s %s" % (rate, qt), res["handler"]["p99"], "ms p99",
+                   settings=text, extra={"stages": res, "traced": complete,
+                                         "events": len(commits)})
 
     def write_events(self, exchange, rate, secs, writers):
         """Commit one event per transaction at `rate`/s for `secs` s from `writers` connections.
@@ -1438,6 +1563,11 @@ def main():
                     "reports the rate so far (default 45; --quick 15)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="interleaved ceiling/svccomm pairs per relay and consumer row (default 3)")
+    ap.add_argument("--lat-seconds", dest="lat_seconds_arg", help="seconds of the latency runs at 50/s and 2,000/s, "
+                    "as A,B (default 10,8; --quick 4,3)")
+    ap.add_argument("--no-lat-stages", dest="lat_stages", action="store_false",
+                    help="latency without the per-stage times (no debug logging in the relay "
+                    "and the consumer)")
     ap.add_argument("-v", "--verbose", action="store_true", help="tracebacks of failures")
     o = ap.parse_args()
     o.argv = sys.argv[1:]
@@ -1472,6 +1602,13 @@ def main():
         o.pg_batches = [100, 500, 2000]
         o.lat_seconds = (10, 8)
         o.queue_types = o.queue_types or ",".join(QUEUE_TYPES)
+    if o.lat_seconds_arg:
+        try:
+            o.lat_seconds = tuple(float(x) for x in o.lat_seconds_arg.split(","))
+        except ValueError:
+            o.lat_seconds = ()
+        if len(o.lat_seconds) != 2 or min(o.lat_seconds) <= 0:
+            ap.error("--lat-seconds: expected two positive numbers, A,B")
     o.queue_types = [q.strip() for q in o.queue_types.split(",")]
     for q in o.queue_types:
         if q not in QUEUE_TYPES:
