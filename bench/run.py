@@ -21,6 +21,7 @@ Needs /usr/bin/python3 with pika and psycopg2 (Debian python3-pika, python3-psyc
 """
 
 import argparse
+import bisect
 import json
 import os
 import platform
@@ -147,6 +148,17 @@ class StageTrace:
     def __init__(self, relay_log, consumer_log):
         self.files = {relay_log: 0, consumer_log: 0}
         self.t = {}
+        self.commits = []  # the consumer's COMMITs: (began, ended), in order
+
+    def in_commit(self, a, b):
+        """Seconds of [a, b] the consumer spent in a COMMIT (it reads no delivery then)."""
+        k = bisect.bisect_left(self.commits, (a,)) - 1
+        total = 0.0
+        for began, ended in self.commits[max(k, 0):]:
+            if began >= b:
+                break
+            total += max(0.0, min(b, ended) - max(a, began))
+        return total
 
     def _set(self, eid, stage, value):
         d = self.t.setdefault(eid, {})
@@ -175,6 +187,8 @@ class StageTrace:
                 elif msg == "confirm times":
                     for i in parse_id_ranges(j["ids"]):
                         self._set(str(i), "confirm", float(j["confirmed"]))
+                elif msg == "commit times":
+                    self.commits.append((float(j["began"]), float(j["ended"])))
                 elif "received_at" in j and "message_id" in j:
                     self._set(str(j["message_id"]).rsplit(":", 1)[-1], "deliver",
                               float(j["received_at"]))
@@ -1074,8 +1088,10 @@ class Bench:
                     rows.append(row("latency", name, pct["p50"], "ms p50",
                                     target_text=tt, ok=ok,
                                     settings="p95 %.2f, p99 %.2f, max %.2f ms; %d events, achieved %.0f/s, "
-                                    "%d writer(s), one event per transaction, LISTEN mode, %s queue%s%s"
+                                    "%d writer(s), one event per transaction, LISTEN mode, %s queue, "
+                                    "load average %s%s%s"
                                     % (pct["p95"], pct["p99"], pct["max"], len(lat), achieved, writers, qt,
+                                       loadavg(),
                                        "; LOG_LEVEL debug (stage times)" if stages else "",
                                        "; handled twice: %d of this run, %d of earlier events"
                                        % (dups, strays) if dups or strays else ""),
@@ -1103,7 +1119,7 @@ class Bench:
         from the relay's and the consumer's debug lines (StageTrace) and the handler's clock."""
         trace.read()
         since = {st: [] for st in STAGES[1:]}
-        steps = {st: [] for st in STEPS}
+        steps = {st: [] for st in list(STEPS) + ["in commit"]}
         complete = 0
         for eid, t_commit in commits.items():
             t = trace.times(eid)
@@ -1116,6 +1132,7 @@ class Bench:
                 since[st].append((t[st] - t_commit) * 1000)
             for name, (a, b) in STEPS.items():
                 steps[name].append((t[b] - t[a]) * 1000)
+            steps["in commit"].append(trace.in_commit(t["publish"], t["deliver"]) * 1000)
         if complete == 0:
             raise BenchError("no event has all its stage times (%d events; relay or consumer "
                              "debug lines missing)" % len(commits))
@@ -1127,7 +1144,14 @@ class Bench:
             "%s %.2f/%.2f" % (st, res[st]["p50"], res[st]["p99"]) for st in STAGES[1:])
         text += "; steps p50/p99 ms: " + ", ".join(
             "%s %.2f/%.2f" % (name, res[name]["p50"], res[name]["p99"]) for name in STEPS)
-        text += "; %d of %d events traced" % (complete, len(commits))
+        # of publish>deliver, the time the consumer was committing (not reading deliveries)
+        text += "; consumer in COMMIT during publish>deliver %.2f/%.2f" % (
+            res["in commit"]["p50"], res["in commit"]["p99"])
+        t0, t1 = min(commits.values()), max(v for v in handled.values() if v is not None)
+        durs = sorted((e - b) * 1000 for b, e in trace.commits if t0 <= b <= t1)
+        if durs:
+            text += " (COMMIT p50/p99 %.2f/%.2f ms)" % (percentile(durs, 50), percentile(durs, 99))
+        text += "; %d of %d events traced; load average %s" % (complete, len(commits), loadavg())
         return row("latency", "stages %d/s %s" % (rate, qt), res["handler"]["p99"], "ms p99",
                    settings=text, extra={"stages": res, "traced": complete,
                                          "events": len(commits)})
@@ -1481,6 +1505,15 @@ def row(section, name, value, unit, ratio=None, target_text="", ok=None, setting
 def failed(section, name, e):
     return {"section": section, "name": name, "value": None, "unit": "", "ratio": None,
             "target": "", "ok": False, "settings": "", "failed": reason(e), "extra": {}}
+
+
+def loadavg():
+    """The 1-minute load average (the machine is shared: a tail grows with it)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"
 
 
 def percentile(sorted_vals, q):
