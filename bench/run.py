@@ -149,6 +149,7 @@ class StageTrace:
         self.files = {relay_log: 0, consumer_log: 0}
         self.t = {}
         self.commits = []  # the consumer's COMMITs: (began, ended), in order
+        self.runq = None  # RunDelay of the consumer
 
     def in_commit(self, a, b):
         """Seconds of [a, b] the consumer spent in a COMMIT (it reads no delivery then)."""
@@ -195,6 +196,43 @@ class StageTrace:
 
     def times(self, eid):
         return dict(self.t.get(eid, {}))
+
+
+class RunDelay:
+    """Samples, every 5 ms in a thread, how long the processes of a Proc (a consumer and its
+    workers) have waited for a CPU (/proc/<pid>/schedstat: time on a run queue), to tell a
+    consumer that was not scheduled from one that had nothing to read."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.samples = []  # (wall time, run-queue wait in s, summed over the processes)
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            total = 0
+            for pid in list(self.proc.pids):
+                try:
+                    with open("/proc/%d/schedstat" % pid) as f:
+                        total += int(f.read().split()[1])
+                except (OSError, ValueError, IndexError):
+                    pass
+            self.samples.append((time.time(), total / 1e9))
+            self.stop.wait(0.005)
+
+    def waited(self, a, b):
+        """Seconds the processes waited for a CPU between a and b (sample resolution)."""
+        k = bisect.bisect_right(self.samples, (a,)) - 1
+        j = bisect.bisect_left(self.samples, (b,))
+        if k < 0 or j >= len(self.samples):
+            return 0.0
+        return max(0.0, self.samples[j][1] - self.samples[k][1])
+
+    def close(self):
+        self.stop.set()
+        self.t.join(1)
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -1055,7 +1093,12 @@ class Bench:
         cons = self.svccomm("latency-consumer-" + qt, path, "runconsumer")
         relay = self.svccomm("latency-relay-" + qt, path, "runpublisher")
         trace = StageTrace(relay.log_path, cons.log_path) if stages else None
+        runq = None
         try:
+            if stages:
+                cons.sample()
+                runq = RunDelay(cons)
+                trace.runq = runq
             time.sleep(1.0)
             cons.check_alive()
             relay.check_alive()
@@ -1117,6 +1160,8 @@ class Bench:
                             cons.worker_peak() / 1024, "MiB", target_text="<= 20 MiB",
                             ok=cons.worker_peak() <= 20 * 1024))
         finally:
+            if runq:
+                runq.close()
             cons.stop()
             relay.stop()
         return rows
@@ -1126,7 +1171,7 @@ class Bench:
         from the relay's and the consumer's debug lines (StageTrace) and the handler's clock."""
         trace.read()
         since = {st: [] for st in STAGES[1:]}
-        steps = {st: [] for st in list(STEPS) + ["in commit"]}
+        steps = {st: [] for st in list(STEPS) + ["in commit", "no cpu"]}
         complete = 0
         for eid, t_commit in commits.items():
             t = trace.times(eid)
@@ -1140,9 +1185,10 @@ class Bench:
             for name, (a, b) in STEPS.items():
                 steps[name].append((t[b] - t[a]) * 1000)
             steps["in commit"].append(trace.in_commit(t["publish"], t["deliver"]) * 1000)
+            steps["no cpu"].append(trace.runq.waited(t["publish"], t["deliver"]) * 1000)
         os.makedirs(RESULTS, exist_ok=True)
         with open(os.path.join(RESULTS, "stages-%s-%d.json" % (qt, rate)), "w") as f:
-            json.dump({"stages": STAGES, "commits": trace.commits,
+            json.dump({"stages": STAGES, "commits": trace.commits, "consumer_runq": trace.runq.samples,
                        "events": {eid: trace.times(eid) | {"commit": t, "handler": handled.get(eid),
                                                             "inserted": inserted.get(eid)}
                                   for eid, t in commits.items()}}, f)
@@ -1160,6 +1206,9 @@ class Bench:
         # of publish>deliver, the time the consumer was committing (not reading deliveries)
         text += "; consumer in COMMIT during publish>deliver %.2f/%.2f" % (
             res["in commit"]["p50"], res["in commit"]["p99"])
+        # and the time its processes waited for a CPU (run queue, /proc/<pid>/schedstat)
+        text += "; consumer waiting for a CPU during publish>deliver %.2f/%.2f" % (
+            res["no cpu"]["p50"], res["no cpu"]["p99"])
         t0, t1 = min(commits.values()), max(v for v in handled.values() if v is not None)
         durs = sorted((e - b) * 1000 for b, e in trace.commits if t0 <= b <= t1)
         if durs:
