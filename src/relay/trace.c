@@ -49,7 +49,7 @@ static void flush(struct svc_id_ranges *ir)
 
 void svc_id_ranges_add(struct svc_id_ranges *ir, int64_t id)
 {
-	if (ir->open && id == ir->last + 1 && ir->last < INT64_MAX) {
+	if (ir->open && ir->last < INT64_MAX && id == ir->last + 1) {
 		ir->last = id;
 		return;
 	}
