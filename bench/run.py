@@ -150,6 +150,7 @@ class StageTrace:
         self.t = {}
         self.commits = []  # the consumer's COMMITs: (began, ended), in order
         self.runq = None  # RunDelay of the consumer
+        self.relay_runq = None  # and of the relay
 
     def in_commit(self, a, b):
         """Seconds of [a, b] the consumer spent in a COMMIT (it reads no delivery then)."""
@@ -1097,8 +1098,10 @@ class Bench:
         try:
             if stages:
                 cons.sample()
+                relay.sample()
                 runq = RunDelay(cons)
                 trace.runq = runq
+                trace.relay_runq = RunDelay(relay)
             time.sleep(1.0)
             cons.check_alive()
             relay.check_alive()
@@ -1162,6 +1165,7 @@ class Bench:
         finally:
             if runq:
                 runq.close()
+                trace.relay_runq.close()
             cons.stop()
             relay.stop()
         return rows
@@ -1171,7 +1175,7 @@ class Bench:
         from the relay's and the consumer's debug lines (StageTrace) and the handler's clock."""
         trace.read()
         since = {st: [] for st in STAGES[1:]}
-        steps = {st: [] for st in list(STEPS) + ["in commit", "no cpu"]}
+        steps = {st: [] for st in list(STEPS) + ["in commit", "no cpu", "relay no cpu"]}
         complete = 0
         for eid, t_commit in commits.items():
             t = trace.times(eid)
@@ -1186,9 +1190,11 @@ class Bench:
                 steps[name].append((t[b] - t[a]) * 1000)
             steps["in commit"].append(trace.in_commit(t["publish"], t["deliver"]) * 1000)
             steps["no cpu"].append(trace.runq.waited(t["publish"], t["deliver"]) * 1000)
+            steps["relay no cpu"].append(trace.relay_runq.waited(t["commit"], t["claim"]) * 1000)
         os.makedirs(RESULTS, exist_ok=True)
         with open(os.path.join(RESULTS, "stages-%s-%d.json" % (qt, rate)), "w") as f:
             json.dump({"stages": STAGES, "commits": trace.commits, "consumer_runq": trace.runq.samples,
+                       "relay_runq": trace.relay_runq.samples,
                        "events": {eid: trace.times(eid) | {"commit": t, "handler": handled.get(eid),
                                                             "inserted": inserted.get(eid)}
                                   for eid, t in commits.items()}}, f)
@@ -1209,6 +1215,8 @@ class Bench:
         # and the time its processes waited for a CPU (run queue, /proc/<pid>/schedstat)
         text += "; consumer waiting for a CPU during publish>deliver %.2f/%.2f" % (
             res["no cpu"]["p50"], res["no cpu"]["p99"])
+        text += "; relay waiting for a CPU during commit>claim %.2f/%.2f" % (
+            res["relay no cpu"]["p50"], res["relay no cpu"]["p99"])
         t0, t1 = min(commits.values()), max(v for v in handled.values() if v is not None)
         durs = sorted((e - b) * 1000 for b, e in trace.commits if t0 <= b <= t1)
         if durs:
