@@ -3,6 +3,7 @@
 
     bench/run.py [--quick] [--only SECTION[,SECTION...]] [--svccomm PATH] [--queue-types LIST]
                  [--main-type TYPE] [--count N] [--mem-messages N] [--scale-count N] [--repeat K]
+                 [--lat-seconds A,B] [--lat-handler query|exec] [--no-lat-stages]
 
 The relay and consumer rows are measured as K interleaved pairs (ceiling, svccomm, ceiling,
 svccomm, ...) and report the median ratio with its min-max; see bench/README.md.
@@ -20,6 +21,7 @@ Needs /usr/bin/python3 with pika and psycopg2 (Debian python3-pika, python3-psyc
 """
 
 import argparse
+import bisect
 import json
 import os
 import platform
@@ -49,6 +51,15 @@ SINK = "bench_sink"  # rows written by the transactional handler
 LAT = "bench_lat"  # receive times written by the latency handler
 
 MiB = 1024 * 1024
+
+# The stages of an event, in order: the writer's COMMIT returned, the relay's claim returned,
+# the relay published it, the relay read its confirm, the consumer took the delivery, the
+# handler was entered. confirm is off the delivery path (the broker delivers before or while it
+# confirms); the steps below split the path to the handler.
+STAGES = ["commit", "claim", "publish", "confirm", "deliver", "handler"]
+STEPS = {"commit>claim": ("commit", "claim"), "claim>publish": ("claim", "publish"),
+         "publish>deliver": ("publish", "deliver"), "deliver>handler": ("deliver", "handler"),
+         "publish>confirm": ("publish", "confirm")}
 
 
 class BenchError(Exception):
@@ -104,6 +115,125 @@ def write_settings(path, settings):
         for k, v in settings.items():
             f.write("  %s = %s,\n" % (k, lua_value(v)))
         f.write("}\n")
+
+
+# --- stage times ---------------------------------------------------------------------------------
+
+
+def parse_id_ranges(text):
+    """The relay's id ranges "3-5,9" -> [3, 4, 5, 9] (a trailing "..." marks ids left out)."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part or part.endswith("..."):
+            part = part[:-3] if part.endswith("...") else part
+            if not part:
+                continue
+        if "-" in part[1:]:
+            k = part.index("-", 1)
+            a, b = int(part[:k]), int(part[k + 1:])
+            out.extend(range(a, b + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+class StageTrace:
+    """Stage times of events from the debug JSON lines of the relay ("batch times": claimed,
+    published; "confirm times": confirmed) and of the consumer ("message ... received" with
+    received_at), read incrementally from their log files. Keyed by outbox row id (text); the
+    consumer's message_id is "<APP_ID>:<row id>". The first time seen wins (a redelivery or a
+    second publish is later)."""
+
+    def __init__(self, relay_log, consumer_log):
+        self.files = {relay_log: 0, consumer_log: 0}
+        self.t = {}
+        self.commits = []  # the consumer's COMMITs: (began, ended), in order
+        self.runq = None  # RunDelay of the consumer
+        self.relay_runq = None  # and of the relay
+
+    def in_commit(self, a, b):
+        """Seconds of [a, b] the consumer spent in a COMMIT (it reads no delivery then)."""
+        k = bisect.bisect_left(self.commits, (a,)) - 1
+        total = 0.0
+        for began, ended in self.commits[max(k, 0):]:
+            if began >= b:
+                break
+            total += max(0.0, min(b, ended) - max(a, began))
+        return total
+
+    def _set(self, eid, stage, value):
+        d = self.t.setdefault(eid, {})
+        if stage not in d:
+            d[stage] = value
+
+    def read(self):
+        for path, off in list(self.files.items()):
+            with open(path, "rb") as f:
+                f.seek(off)
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # a line still being written is read next time
+            self.files[path] = off + end
+            for line in data[:end].splitlines():
+                if not line.startswith(b"{"):
+                    continue
+                try:
+                    j = json.loads(line)
+                except ValueError:
+                    continue
+                msg = j.get("msg", "")
+                if msg == "batch times":
+                    for i in parse_id_ranges(j["ids"]):
+                        self._set(str(i), "claim", float(j["claimed"]))
+                        self._set(str(i), "publish", float(j["published"]))
+                elif msg == "confirm times":
+                    for i in parse_id_ranges(j["ids"]):
+                        self._set(str(i), "confirm", float(j["confirmed"]))
+                elif msg == "commit times":
+                    self.commits.append((float(j["began"]), float(j["ended"])))
+                elif "received_at" in j and "message_id" in j:
+                    self._set(str(j["message_id"]).rsplit(":", 1)[-1], "deliver",
+                              float(j["received_at"]))
+
+    def times(self, eid):
+        return dict(self.t.get(eid, {}))
+
+
+class RunDelay:
+    """Samples, every 5 ms in a thread, how long the processes of a Proc (a consumer and its
+    workers) have waited for a CPU (/proc/<pid>/schedstat: time on a run queue), to tell a
+    consumer that was not scheduled from one that had nothing to read."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.samples = []  # (wall time, run-queue wait in s, summed over the processes)
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            total = 0
+            for pid in list(self.proc.pids):
+                try:
+                    with open("/proc/%d/schedstat" % pid) as f:
+                        total += int(f.read().split()[1])
+                except (OSError, ValueError, IndexError):
+                    pass
+            self.samples.append((time.time(), total / 1e9))
+            self.stop.wait(0.005)
+
+    def waited(self, a, b):
+        """Seconds the processes waited for a CPU between a and b (sample resolution)."""
+        k = bisect.bisect_right(self.samples, (a,)) - 1
+        j = bisect.bisect_left(self.samples, (b,))
+        if k < 0 or j >= len(self.samples):
+            return 0.0
+        return max(0.0, self.samples[j][1] - self.samples[k][1])
+
+    def close(self):
+        self.stop.set()
+        self.t.join(1)
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -535,6 +665,8 @@ class Bench:
                   "received_at timestamptz NOT NULL DEFAULT clock_timestamp())" % SINK)
         self.db.q("CREATE TABLE IF NOT EXISTS %s (event_id text NOT NULL, "
                   "received_at timestamptz NOT NULL DEFAULT clock_timestamp())" % LAT)
+        # handler entry: the handler's own clock (svccomm.core.time), seconds since the epoch
+        self.db.q("ALTER TABLE %s ADD COLUMN IF NOT EXISTS handler_at float8" % LAT)
 
     def fill_outbox(self, n, size, exchange, event_type="bench.event", exchanges=1):
         """n due rows of about `size` bytes, inserted by the server in chunks; with exchanges
@@ -705,10 +837,15 @@ class Bench:
                 'event_type = "bench.done", payload = { id = meta.event_id } }\n'
                 "end))" % (lua_value(exchange), SINK))
         elif kind == "latency":
+            # handler entry is read first, with the wall clock svccomm uses (microseconds),
+            # and sent as text so that no digit is lost
+            lines.append('local clock = require "svccomm.core".time')
             lines.append(
                 'router.consumer(%s, "bench.lat")(svccomm.event_consumer(function(payload, meta)\n'
-                '  svccomm.db.query("INSERT INTO %s (event_id) VALUES ($1)", meta.event_id)\n'
-                "end))" % (lua_value(exchange), LAT))
+                '  local entry = string.format("%%.6f", clock())\n'
+                '  svccomm.db.%s("INSERT INTO %s (event_id, handler_at) VALUES ($1, $2::float8)", '
+                'meta.event_id, entry)\n'
+                "end))" % (lua_value(exchange), self.o.lat_handler, LAT))
         else:
             raise ValueError(kind)
         return "\n".join(lines) + "\n"
@@ -973,14 +1110,25 @@ class Bench:
     def latency_for(self, qt):
         rows = []
         exchange = queue = "bench.lat." + qt
-        path = self.project("latency-" + qt, self.consumer_settings(qt, queue, exchange, True),
+        stages = self.o.lat_stages
+        extra = {"LOG_LEVEL": "debug", "LOG_FORMAT": "json"} if stages else None
+        path = self.project("latency-" + qt,
+                            self.consumer_settings(qt, queue, exchange, True, extra),
                             self.handler_lua("latency", exchange))
         self.db.q("TRUNCATE %s" % OUTBOX)
         self.ensure_declared("latency-" + qt, path, queue)
         self.broker.purge(queue)
         cons = self.svccomm("latency-consumer-" + qt, path, "runconsumer")
         relay = self.svccomm("latency-relay-" + qt, path, "runpublisher")
+        trace = StageTrace(relay.log_path, cons.log_path) if stages else None
+        runq = None
         try:
+            if stages:
+                cons.sample()
+                relay.sample()
+                runq = RunDelay(cons)
+                trace.runq = runq
+                trace.relay_runq = RunDelay(relay)
             time.sleep(1.0)
             cons.check_alive()
             relay.check_alive()
@@ -993,33 +1141,45 @@ class Bench:
                 name = "end-to-end %d/s %s" % (rate, qt)
                 try:
                     self.db.q("TRUNCATE %s" % LAT)
+                    t_w = time.monotonic()
                     commits = self.write_events(exchange, rate, secs, writers)
+                    # the writers fall behind on a loaded machine: the rate is what they did
+                    achieved = len(commits) / max(time.monotonic() - t_w, secs)
                     self.wait_lat(commits, 30, [cons, relay])
                     time.sleep(0.2)  # late duplicates, if any, are counted below
-                    got = self.db.q("SELECT event_id, extract(epoch from received_at)::float8 "
-                                    "FROM %s" % LAT)
-                    recv = {}
-                    for i, t in got:
+                    got = self.db.q("SELECT event_id, handler_at, "
+                                    "extract(epoch from received_at)::float8 FROM %s" % LAT)
+                    recv, inserted = {}, {}
+                    for i, t, t_db in got:
                         recv[i] = min(t, recv.get(i, t))
+                        inserted[i] = min(t_db, inserted.get(i, t_db))
+                    got = [(i, t) for i, t, _ in got]
                     dups = sum(1 for i, _ in got if i in commits) - len(recv.keys() & commits.keys())
                     strays = sum(1 for i, _ in got if i not in commits)
                     lat = sorted((recv[i] - t) * 1000 for i, t in commits.items() if i in recv)
                     if len(lat) != len(commits):
                         raise BenchError("%d of %d events received" % (len(lat), len(commits)))
-                    achieved = len(commits) / secs
                     pct = {k: percentile(lat, q) for k, q in (("p50", 50), ("p95", 95), ("p99", 99))}
                     pct["max"] = lat[-1]
                     ok = pct["p99"] <= p99_target and (p50_target is None or pct["p50"] <= p50_target)
                     tt = ("p50 <= %g ms, " % p50_target if p50_target else "") + "p99 <= %g ms" % p99_target
                     rows.append(row("latency", name, pct["p50"], "ms p50",
                                     target_text=tt, ok=ok,
-                                    settings="p95 %.2f, p99 %.2f, max %.2f ms; %d events, achieved %.0f/s, "
-                                    "%d writer(s), one event per transaction, LISTEN mode, %s queue%s"
+                                    settings=("**the writers reached only %.0f/s (loaded machine)**; "
+                                              % achieved if achieved < 0.9 * rate else "") +
+                                    "p95 %.2f, p99 %.2f, max %.2f ms; %d events, achieved %.0f/s, "
+                                    "%d writer(s), one event per transaction, LISTEN mode, %s queue, "
+                                    "handler db.%s, load average %s%s%s"
                                     % (pct["p95"], pct["p99"], pct["max"], len(lat), achieved, writers, qt,
+                                       self.o.lat_handler, loadavg(),
+                                       "; LOG_LEVEL debug (stage times)" if stages else "",
                                        "; handled twice: %d of this run, %d of earlier events"
                                        % (dups, strays) if dups or strays else ""),
                                     extra=dict(pct, events=len(lat), achieved_rate=achieved,
-                                               duplicates=dups, earlier_events=strays)))
+                                               duplicates=dups, earlier_events=strays,
+                                               stage_times=stages)))
+                    if stages:
+                        rows.append(self.stage_row(trace, commits, recv, rate, qt, inserted))
                 except (BenchError, psycopg2.Error) as e:
                     rows.append(failed("latency", name, e))
             cons.sample()
@@ -1030,9 +1190,68 @@ class Bench:
                             cons.worker_peak() / 1024, "MiB", target_text="<= 20 MiB",
                             ok=cons.worker_peak() <= 20 * 1024))
         finally:
+            if runq:
+                runq.close()
+                trace.relay_runq.close()
             cons.stop()
             relay.stop()
         return rows
+
+    def stage_row(self, trace, commits, handled, rate, qt, inserted):
+        """The per-stage row of one latency run: each stage's time since the commit (p50/p99),
+        from the relay's and the consumer's debug lines (StageTrace) and the handler's clock."""
+        trace.read()
+        since = {st: [] for st in STAGES[1:]}
+        steps = {st: [] for st in list(STEPS) + ["in commit", "no cpu", "relay no cpu"]}
+        complete = 0
+        for eid, t_commit in commits.items():
+            t = trace.times(eid)
+            t["commit"] = t_commit
+            t["handler"] = handled.get(eid)
+            if any(t.get(st) is None for st in STAGES):
+                continue
+            complete += 1
+            for st in STAGES[1:]:
+                since[st].append((t[st] - t_commit) * 1000)
+            for name, (a, b) in STEPS.items():
+                steps[name].append((t[b] - t[a]) * 1000)
+            steps["in commit"].append(trace.in_commit(t["publish"], t["deliver"]) * 1000)
+            steps["no cpu"].append(trace.runq.waited(t["publish"], t["deliver"]) * 1000)
+            steps["relay no cpu"].append(trace.relay_runq.waited(t["commit"], t["claim"]) * 1000)
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(os.path.join(RESULTS, "stages-%s-%d.json" % (qt, rate)), "w") as f:
+            json.dump({"stages": STAGES, "commits": trace.commits, "consumer_runq": trace.runq.samples,
+                       "relay_runq": trace.relay_runq.samples,
+                       "events": {eid: trace.times(eid) | {"commit": t, "handler": handled.get(eid),
+                                                            "inserted": inserted.get(eid)}
+                                  for eid, t in commits.items()}}, f)
+        if complete == 0:
+            raise BenchError("no event has all its stage times (%d events; relay or consumer "
+                             "debug lines missing)" % len(commits))
+        res = {}
+        for st, vals in list(since.items()) + list(steps.items()):
+            vals.sort()
+            res[st] = {"p50": percentile(vals, 50), "p99": percentile(vals, 99), "max": vals[-1]}
+        text = "since commit, p50/p99 ms: " + ", ".join(
+            "%s %.2f/%.2f" % (st, res[st]["p50"], res[st]["p99"]) for st in STAGES[1:])
+        text += "; steps p50/p99 ms: " + ", ".join(
+            "%s %.2f/%.2f" % (name, res[name]["p50"], res[name]["p99"]) for name in STEPS)
+        # of publish>deliver, the time the consumer was committing (not reading deliveries)
+        text += "; consumer in COMMIT during publish>deliver %.2f/%.2f" % (
+            res["in commit"]["p50"], res["in commit"]["p99"])
+        # and the time its processes waited for a CPU (run queue, /proc/<pid>/schedstat)
+        text += "; consumer waiting for a CPU during publish>deliver %.2f/%.2f" % (
+            res["no cpu"]["p50"], res["no cpu"]["p99"])
+        text += "; relay waiting for a CPU during commit>claim %.2f/%.2f" % (
+            res["relay no cpu"]["p50"], res["relay no cpu"]["p99"])
+        t0, t1 = min(commits.values()), max(v for v in handled.values() if v is not None)
+        durs = sorted((e - b) * 1000 for b, e in trace.commits if t0 <= b <= t1)
+        if durs:
+            text += " (COMMIT p50/p99 %.2f/%.2f ms)" % (percentile(durs, 50), percentile(durs, 99))
+        text += "; %d of %d events traced; load average %s" % (complete, len(commits), loadavg())
+        return row("latency", "stages %d/s %s" % (rate, qt), res["handler"]["p99"], "ms p99",
+                   settings=text, extra={"stages": res, "traced": complete,
+                                         "events": len(commits)})
 
     def write_events(self, exchange, rate, secs, writers):
         """Commit one event per transaction at `rate`/s for `secs` s from `writers` connections.
@@ -1468,6 +1687,15 @@ def failed(section, name, e):
             "target": "", "ok": False, "settings": "", "failed": reason(e), "extra": {}}
 
 
+def loadavg():
+    """The 1-minute load average (the machine is shared: a tail grows with it)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"
+
+
 def percentile(sorted_vals, q):
     if not sorted_vals:
         return float("nan")
@@ -1548,6 +1776,14 @@ def main():
                     "reports the rate so far (default 45; --quick 15)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="interleaved ceiling/svccomm pairs per relay and consumer row (default 3)")
+    ap.add_argument("--lat-seconds", dest="lat_seconds_arg", help="seconds of the latency runs at 50/s and 2,000/s, "
+                    "as A,B (default 10,8; --quick 4,3)")
+    ap.add_argument("--lat-handler", choices=["query", "exec"], default="query",
+                    help="how the latency handler writes its row: db.query waits for the "
+                    "statement (default), db.exec leaves it in the pipeline")
+    ap.add_argument("--no-lat-stages", dest="lat_stages", action="store_false",
+                    help="latency without the per-stage times (no debug logging in the relay "
+                    "and the consumer)")
     ap.add_argument("-v", "--verbose", action="store_true", help="tracebacks of failures")
     o = ap.parse_args()
     o.argv = sys.argv[1:]
@@ -1582,6 +1818,13 @@ def main():
         o.pg_batches = [100, 500, 2000]
         o.lat_seconds = (10, 8)
         o.queue_types = o.queue_types or ",".join(QUEUE_TYPES)
+    if o.lat_seconds_arg:
+        try:
+            o.lat_seconds = tuple(float(x) for x in o.lat_seconds_arg.split(","))
+        except ValueError:
+            o.lat_seconds = ()
+        if len(o.lat_seconds) != 2 or min(o.lat_seconds) <= 0:
+            ap.error("--lat-seconds: expected two positive numbers, A,B")
     o.queue_types = [q.strip() for q in o.queue_types.split(",")]
     for q in o.queue_types:
         if q not in QUEUE_TYPES:

@@ -479,6 +479,22 @@ int svc_consumer_infra_failure(struct svc_consumer *c, const char *sqlstate, con
 	return rc;
 }
 
+/* With LOG_LEVEL = "debug": when the batch's COMMIT began and ended (wall clock, seconds since
+ * the epoch with microseconds); bench/run.py's latency section reads it to tell how long
+ * deliveries waited behind a COMMIT. */
+static void trace_commit(const struct svc_consumer *c, struct timespec began)
+{
+	struct timespec ended = svc_clock_wall();
+	char n[24], tb[32], te[32];
+
+	snprintf(n, sizeof(n), "%zu", c->batch_n);
+	snprintf(tb, sizeof(tb), "%lld.%06ld", (long long)began.tv_sec, began.tv_nsec / 1000L);
+	snprintf(te, sizeof(te), "%lld.%06ld", (long long)ended.tv_sec, ended.tv_nsec / 1000L);
+	const struct svc_log_field fields[] = {SVC_LOG_NUM("messages", n), SVC_LOG_NUM("began", tb),
+	                                       SVC_LOG_NUM("ended", te)};
+	svc_log_write_fields(SVC_LOG_DEBUG, LOG, "commit times", fields, 3);
+}
+
 int svc_consumer_commit_batch(struct svc_consumer *c)
 {
 	bool failed;
@@ -491,9 +507,14 @@ int svc_consumer_commit_batch(struct svc_consumer *c)
 		return 0;
 	}
 	double t0 = c->m.commit_s ? svc_clock_mono() : 0;
+	struct timespec began = {0, 0}; /* debug only: the "commit times" stage line */
+	if (SVC_LOG_DEBUG >= svc_log_threshold)
+		began = svc_clock_wall();
 	int rc = end_transaction(c, &failed);
 	if (rc)
 		return rc;
+	if (SVC_LOG_DEBUG >= svc_log_threshold)
+		trace_commit(c, began);
 	if (!failed) {
 		c->infra_failures = 0;
 		svc_consumer_committed_record(c);

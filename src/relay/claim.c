@@ -226,6 +226,7 @@ void relay_claim_and_publish(struct relay *r)
 	long limit;
 	PGresult *res;
 	int n, published;
+	struct timespec claimed = {0, 0};
 
 	/* Confirms that already arrived first: rows they settle leave the skip list and are
 	 * deleted by this claim, and the window gets their room. */
@@ -235,6 +236,8 @@ void relay_claim_and_publish(struct relay *r)
 		return;
 	if (!(res = claim(r, limit)))
 		return;
+	if (SVC_LOG_DEBUG >= svc_log_threshold)
+		claimed = svc_clock_wall();
 	n = PQntuples(res);
 	if (r->isolate_upto > 0 &&
 	    (n == 0 || strtoll(PQgetvalue(res, 0, SVC_RELAY_COL_ID), NULL, 10) > r->isolate_upto)) {
@@ -242,6 +245,8 @@ void relay_claim_and_publish(struct relay *r)
 		r->isolate_upto = 0;
 	}
 	published = publish_rows(r, res, n);
+	if (SVC_LOG_DEBUG >= svc_log_threshold && n > 0)
+		relay_trace_batch(res, n, claimed);
 	svc_debug(COMP, "claimed %d of %ld, published %d, in flight %zu", n, limit, published,
 	          r->fl.count);
 	relay_flush_lists(r);

@@ -5,7 +5,7 @@
  * allocates and owns: conn.c (both connections, their loss and reconnect), partitions.c
  * (advisory locks and rebalancing), exchanges.c (exchange cache and checks), settle.c (decided
  * rows: deletes, reschedules, parking, confirms and channel errors), claim.c (claim and
- * publish). Single-threaded: nothing here is locked. */
+ * publish), trace.c (debug-only stage times). Single-threaded: nothing here is locked. */
 #ifndef SVC_RELAY_INTERNAL_H
 #define SVC_RELAY_INTERNAL_H
 
@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "amqp/conn.h"
 #include "metrics/metrics.h"
@@ -161,6 +162,14 @@ long relay_claim_limit(struct relay *r);
 void relay_claim_and_publish(struct relay *r);
 /* Reads when the next scheduled row is due into r->next_due (0: none known). */
 void relay_read_next_due(struct relay *r);
+
+/* ---- trace.c (debug only: call when SVC_LOG_DEBUG >= svc_log_threshold) ---- */
+
+/* Logs the "batch times" line of the n rows of res: claimed is when the claim returned, now
+ * when they were published. */
+void relay_trace_batch(PGresult *res, int n, struct timespec claimed);
+/* Logs the "confirm times" line of the n rows whose confirms were just read. */
+void relay_trace_confirmed(const int64_t *ids, size_t n);
 
 /* ---- metrics.c ---- */
 

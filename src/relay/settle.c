@@ -152,6 +152,8 @@ static void settle(struct relay *r)
 		return;
 	svc_debug(COMP, "settled %zu acked, %zu returned, %zu nacked; in flight %zu", o->n_acked,
 	          o->n_returned, o->n_nacked, r->fl.count);
+	if (SVC_LOG_DEBUG >= svc_log_threshold && o->n_acked)
+		relay_trace_confirmed(o->acked, o->n_acked);
 	r->confirmed += o->n_acked;
 	r->returned += o->n_returned;
 	r->nacked += o->n_nacked;

@@ -83,3 +83,33 @@ def test_metrics_section_compares_with_and_without_the_listener(servers):
     for r in rows:
         assert r["ratio"] > 0 and len(r["pairs"]) == 1
         assert r["extra"]["cpu_off_us_per_msg"] > 0 and r["extra"]["cpu_us_per_msg"] > 0
+def test_stage_trace_reads_id_ranges():
+    b = load_run_py()
+    assert b.parse_id_ranges("3-5,9,11-12") == [3, 4, 5, 9, 11, 12]
+    assert b.parse_id_ranges("7,8...") == [7, 8]
+    assert b.parse_id_ranges("") == []
+
+
+def test_small_latency_run_reports_stages(servers, tmp_path):
+    """A small real latency run: besides the end-to-end rows, each rate has a stages row with
+    p50/p99 of every stage since the commit, read from the relay's and the consumer's debug
+    lines for every event of the run."""
+    res = subprocess.run(
+        ["/usr/bin/python3", str(RUN_PY), "--only", "latency", "--queue-types", "quorum",
+         "--lat-seconds", "1,1", "--svccomm", svc.svccomm_bin()],
+        capture_output=True, text=True, timeout=600, cwd=svc.ROOT)
+    out = json.loads((svc.ROOT / "bench" / "results" / "latest.json").read_text())
+    rows = out["sections"]["latency"]["rows"]
+    assert not [r for r in rows if r.get("failed")], res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.returncode == 0, res.stderr[-3000:]
+    stages = {r["name"]: r for r in rows if r["name"].startswith("stages ")}
+    assert sorted(stages) == ["stages 2000/s quorum", "stages 50/s quorum"]
+    for r in stages.values():
+        ex = r["extra"]
+        assert ex["traced"] == ex["events"] > 0
+        for st in ("claim", "publish", "confirm", "deliver", "handler"):
+            assert set(ex["stages"][st]) >= {"p50", "p99"}
+            assert st in r["settings"]
+        assert {"in commit", "no cpu", "relay no cpu"} <= set(ex["stages"])
+    md = (svc.ROOT / "bench" / "results" / "latest.md").read_text()
+    assert "stages 2000/s quorum" in md and "since commit, p50/p99 ms" in md
