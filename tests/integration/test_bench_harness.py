@@ -82,7 +82,9 @@ def test_metrics_section_compares_with_and_without_the_listener(servers):
         "consumer no-op with METRICS_ADDRESS / without", "relay with METRICS_ADDRESS / without"]
     for r in rows:
         assert r["ratio"] > 0 and len(r["pairs"]) == 1
-        assert r["extra"]["cpu_off_us_per_msg"] > 0 and r["extra"]["cpu_us_per_msg"] > 0
+        # CPU time comes in clock ticks (10 ms): a run this small may read 0
+        assert r["extra"]["cpu_off_us_per_msg"] >= 0 and r["extra"]["cpu_us_per_msg"] >= 0
+        assert "CPU per message without" in r["settings"]
 def test_stage_trace_reads_id_ranges():
     b = load_run_py()
     assert b.parse_id_ranges("3-5,9,11-12") == [3, 4, 5, 9, 11, 12]
