@@ -62,7 +62,7 @@ def test_quick_run_reports_interleaved_pairs(servers, tmp_path):
         assert r["ratio_min"] == pytest.approx(ratios[0])
         assert r["ratio_max"] == pytest.approx(ratios[2])
         assert all(p["ceiling"] > 0 and p["rate"] > 0 for p in r["pairs"])
-        assert r["extra"]["cpu_us_per_msg"] > 0
+        assert r["extra"]["cpu_us_per_msg"] >= 0  # clock ticks: a small run may read 0
         assert "µs/msg" in r["settings"]
     md = (svc.ROOT / "bench" / "results" / "latest.md").read_text()
     assert "3 pairs)" in md
