@@ -124,6 +124,30 @@ describe("svccomm.json.decode", function()
 		end
 	end)
 
+	it("reads strings alike whatever the position of a special byte (word-at-a-time scan)", function()
+		-- Every length around the scanner's 8-byte words, with one special byte at every
+		-- position: a quote (escaped), a backslash escape, UTF-8, invalid UTF-8, a control byte.
+		local specials = { '\\"', "\\n", "\195\169", "\226\130\172", "\255", "\1", "\31", "\127" }
+		for n = 0, 26 do
+			for i = 0, n do
+				for _, sp in ipairs(specials) do
+					local text = '"' .. string.rep("a", i) .. sp .. string.rep("b", n - i) .. '"'
+					local ok_c, want = pcall(cjson.decode, text)
+					local got, err = json.try_decode(text)
+					if sp == "\255" or sp == "\1" or sp == "\31" then
+						ok_c = false -- cjson lets invalid UTF-8 and raw control bytes pass; RFC 8259 does not
+					end
+					if ok_c then
+						assert.equal(want, got, text)
+					else
+						assert.is_nil(got, text)
+						assert.is_string(err)
+					end
+				end
+			end
+		end
+	end)
+
 	it("counts depth as cjson did: max_depth containers, a number inside the deepest", function()
 		assert.equal(7, json.decode("[[[7]]]", 3)[1][1][1])
 		local v, err = json.try_decode("[[[[7]]]]", 3)
