@@ -45,7 +45,6 @@ enum svc_relay_col {
 	SVC_RELAY_COL_MESSAGE_ID, /* message_id or NULL (the relay makes "<APP_ID>:<id>") */
 	SVC_RELAY_COL_CORRELATION_ID,
 	SVC_RELAY_COL_HEADERS, /* headers::text or NULL */
-	SVC_RELAY_COL_ATTEMPTS,
 	SVC_RELAY_COL_CREATED, /* created_at as whole seconds since the epoch */
 };
 

@@ -103,16 +103,35 @@ static int publish_row(struct relay *r, PGresult *res, int i, uint64_t *seq)
 	return SVC_ECONN;
 }
 
-long relay_claim_limit(struct relay *r)
+/* Rows per claim: PUBLISHER_BATCH_SIZE, and while a backlog lasts (the last claim came back
+ * full) up to BACKLOG_GROWTH times that, at most half the window. Every claim walks past the
+ * rows still in flight (they stay in the table until confirmed), so fewer, larger claims with
+ * half the window free cut that walk, the id lists and the transactions per row. */
+#define BACKLOG_GROWTH 4
+
+static long claim_batch(const struct relay *r)
 {
 	long batch = r->cfg->publisher_batch_size > 0 ? r->cfg->publisher_batch_size : 1;
+	long grown = batch * BACKLOG_GROWTH, half = (long)r->fl.cap / 2;
+
+	if (!r->backlog)
+		return batch;
+	if (grown > half)
+		grown = half;
+	return grown > batch ? grown : batch;
+}
+
+long relay_claim_limit(struct relay *r)
+{
+	long batch = claim_batch(r);
 	long space = (long)svc_flight_free(&r->fl);
 
 	if (r->isolate_upto > 0)
 		return r->fl.count == 0 ? 1 : 0;
 	if (space < batch) {
-		/* Wait for a useful amount of room unless nothing is in flight. */
-		long want = batch < (long)r->fl.cap / 4 ? batch : (long)r->fl.cap / 4;
+		/* Wait for a useful amount of room unless nothing is in flight: a grown batch
+		 * waits for all of its room, a normal one for a quarter of the window. */
+		long want = r->backlog || batch < (long)r->fl.cap / 4 ? batch : (long)r->fl.cap / 4;
 
 		if (want < 1)
 			want = 1;
@@ -246,6 +265,7 @@ void relay_claim_and_publish(struct relay *r)
 	          r->fl.count);
 	relay_flush_lists(r);
 	/* A full batch means more may be waiting; a short one means we caught up. */
+	r->backlog = n >= limit && r->isolate_upto == 0;
 	if (n < limit || !r->db_up || !r->mq_up)
 		caught_up(r, n);
 	PQclear(res);
