@@ -1,5 +1,5 @@
-/* claim: claim -> publish. Each claim is one statement that also deletes the rows confirmed
- * since the previous one, and skips the rows in flight; the rows it returns are published at
+/* claim: claim -> publish. Each claim first deletes the rows confirmed since the previous one
+ * (a statement of its own), then skips the rows in flight; the rows it returns are published at
  * once (mandatory, persistent, with the row's properties and headers) and enter the confirm
  * window. After a channel error the rows up to r->isolate_upto go out one at a time, so the
  * next failure names exactly one row. */
@@ -161,7 +161,7 @@ static void claim_error(struct relay *r)
 	          svc_pg_error(&r->pg), target, src ? src : "the settings");
 }
 
-/* Runs the claim, which also deletes the confirmed rows. Returns its result, or NULL after a
+/* Deletes the confirmed rows, then runs the claim. Returns its result, or NULL after a
  * failure (logged; the connection is dropped when lost). */
 static PGresult *claim(struct relay *r, long limit)
 {
@@ -170,6 +170,10 @@ static PGresult *claim(struct relay *r, long limit)
 	double t0 = svc_clock_mono();
 	int rc;
 
+	/* Rows whose delete failed (logged) stay confirmed: the claim skips them too. */
+	relay_flush_deletes(r);
+	if (!r->db_up)
+		return NULL;
 	rc = svc_relay_claim(&r->pg, &r->q, limit, r->skip_ids, n_skip, r->del_ids, r->n_del,
 	                     r->n_claimable == SVC_RELAY_PARTITIONS ? NULL : r->claimable, &res);
 	svc_metric_observe(r->m.claim_s, SVC_M_RELAY_CLAIM_SECONDS, svc_clock_mono() - t0);
@@ -181,7 +185,6 @@ static PGresult *claim(struct relay *r, long limit)
 		r->work = false;
 		return NULL;
 	}
-	r->n_del = 0; /* deleted in the same transaction */
 	r->db_last_ok = svc_clock_mono();
 	return res;
 }
