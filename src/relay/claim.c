@@ -192,18 +192,18 @@ static PGresult *claim(struct relay *r, long limit)
 	return res;
 }
 
-/* Corks (on) or uncorks the broker socket. rabbitmq-c writes each message as three frames
- * with a send() each and the last one pushes a TCP segment: corked, a batch leaves in full
- * segments, which saves the relay's kernel and the broker's reads most of the per-message
- * packet work. Uncorking sends what is left at once. Best effort: a failure only costs that
- * saving. */
-static void cork(struct relay *r, bool on)
+void relay_cork(struct relay *r, bool on)
 {
 	int v = on ? 1 : 0;
-	int fd = r->mq_up ? svc_amqp_fd(r->mq) : -1;
 
-	if (fd >= 0)
-		(void)setsockopt(fd, IPPROTO_TCP, TCP_CORK, &v, sizeof(v));
+	if (!r->mq_up) {
+		r->corked = false;
+		return;
+	}
+	if (r->corked == on)
+		return;
+	r->corked = on;
+	(void)setsockopt(svc_amqp_fd(r->mq), IPPROTO_TCP, TCP_CORK, &v, sizeof(v));
 }
 
 /* Publishes the claimed rows in id order into the window, until a connection is lost.
@@ -212,15 +212,14 @@ static int publish_rows(struct relay *r, PGresult *res, int n)
 {
 	int published = 0;
 
-	if (n > 1)
-		cork(r, true);
-
 	for (int i = 0; i < n && r->mq_up && r->db_up; i++) {
 		int64_t id = strtoll(PQgetvalue(res, i, SVC_RELAY_COL_ID), NULL, 10);
 		int part = (int)strtol(PQgetvalue(res, i, SVC_RELAY_COL_PART), NULL, 10);
 		uint64_t seq = 0;
 		int rc = relay_check_exchange(r, PQgetvalue(res, i, SVC_RELAY_COL_EXCHANGE), id);
 
+		if (rc == 1 && n > 1)
+			relay_cork(r, true);
 		if (rc == 1)
 			rc = publish_row(r, res, i, &seq);
 		if (rc < 0)
@@ -238,8 +237,7 @@ static int publish_rows(struct relay *r, PGresult *res, int n)
 			    r, relay_ex_metrics(r, PQgetvalue(res, i, SVC_RELAY_COL_EXCHANGE)));
 		published++;
 	}
-	if (n > 1)
-		cork(r, false);
+	relay_cork(r, false);
 	return published;
 }
 
