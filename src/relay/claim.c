@@ -4,12 +4,9 @@
  * window. After a channel error the rows up to r->isolate_upto go out one at a time, so the
  * next failure names exactly one row. */
 #include <inttypes.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "config/config.h"
 #include "relay/headers.h"
@@ -192,20 +189,6 @@ static PGresult *claim(struct relay *r, long limit)
 	return res;
 }
 
-void relay_cork(struct relay *r, bool on)
-{
-	int v = on ? 1 : 0;
-
-	if (!r->mq_up) {
-		r->corked = false;
-		return;
-	}
-	if (r->corked == on)
-		return;
-	r->corked = on;
-	(void)setsockopt(svc_amqp_fd(r->mq), IPPROTO_TCP, TCP_CORK, &v, sizeof(v));
-}
-
 /* Publishes the claimed rows in id order into the window, until a connection is lost.
  * Returns the number published. */
 static int publish_rows(struct relay *r, PGresult *res, int n)
@@ -218,8 +201,6 @@ static int publish_rows(struct relay *r, PGresult *res, int n)
 		uint64_t seq = 0;
 		int rc = relay_check_exchange(r, PQgetvalue(res, i, SVC_RELAY_COL_EXCHANGE), id);
 
-		if (rc == 1 && n > 1)
-			relay_cork(r, true);
 		if (rc == 1)
 			rc = publish_row(r, res, i, &seq);
 		if (rc < 0)
@@ -237,7 +218,6 @@ static int publish_rows(struct relay *r, PGresult *res, int n)
 			    r, relay_ex_metrics(r, PQgetvalue(res, i, SVC_RELAY_COL_EXCHANGE)));
 		published++;
 	}
-	relay_cork(r, false);
 	return published;
 }
 

@@ -51,7 +51,6 @@ void relay_mq_lost(struct relay *r, const char *what)
 	if (r->mq_up) /* the next connect starts with the next node */
 		svc_amqp_nodes_lost(&r->nodes);
 	r->mq_up = false;
-	r->corked = false; /* a new socket starts uncorked */
 	svc_flight_clear(&r->fl);
 	relay_ex_forget_known(r);
 	r->mq_retry_at = retry_at(r, &r->mq_fails);

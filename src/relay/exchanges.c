@@ -161,7 +161,6 @@ int relay_check_exchange(struct relay *r, const char *name, int64_t id)
 		relay_defer_row(r, id, reason);
 		return 0;
 	}
-	relay_cork(r, false); /* the declare and the confirms it waits for must not wait */
 	if (r->fl.count > 0) {
 		if ((rc = settle_before_declare(r)) != 0)
 			return rc;

@@ -87,7 +87,6 @@ struct relay {
 	bool listen_tested; /* the start-up check ran */
 	bool work;          /* claim as soon as possible */
 	bool backlog;       /* the last claim came back full: claims may grow (claim.c) */
-	bool corked;        /* the broker socket is corked (relay_cork) */
 	double next_poll, next_due, next_rebalance, next_stats;
 	double next_due_check; /* without LISTEN: when to read the next due time again */
 	int64_t isolate_upto;  /* publish one at a time up to this id (0 = off) */
@@ -162,13 +161,6 @@ void relay_drain(struct relay *r, double deadline);
 long relay_claim_limit(struct relay *r);
 /* Deletes the confirmed rows, claims one batch and publishes it. */
 void relay_claim_and_publish(struct relay *r);
-/* Corks (on) or uncorks the broker socket. rabbitmq-c writes each message as three frames
- * with a send() each, and the last one pushes a TCP segment: corked while a batch is
- * published, the batch leaves in full segments, which saves the relay's kernel and the
- * broker's reads most of the per-message packet work. Anything that waits for the broker (an
- * RPC, confirms) must uncork first, or what it sent waits for the kernel's 200 ms cork timer.
- * Best effort: a failure only costs that saving. */
-void relay_cork(struct relay *r, bool on);
 /* Reads when the next scheduled row is due into r->next_due (0: none known). */
 void relay_read_next_due(struct relay *r);
 
