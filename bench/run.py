@@ -779,6 +779,7 @@ class Bench:
                     break
                 time.sleep(0.02)
             p.sample()
+            pg_cpu = self.relay_backend_cpu()
         finally:
             rc = p.stop()
             for o in others:
@@ -790,7 +791,19 @@ class Bench:
                 "rate_incl_start": n_done / (t_done - p.started), "startup_s": t_first - p.started,
                 "seconds": t_done - p.started, "n": n, "done": n_done, "partial": partial,
                 "body_bytes": real, "rss_peak_kib": p.peak_root, "queue_type": qtype,
-                "cpu_us_per_msg": p.cpu_seconds() * 1e6 / max(1, n_done)}
+                "cpu_us_per_msg": p.cpu_seconds() * 1e6 / max(1, n_done),
+                "pg_cpu_us_per_msg": None if pg_cpu is None else pg_cpu * 1e6 / max(1, n_done)}
+
+    def relay_backend_cpu(self):
+        """CPU seconds (user + system) of the relay's PostgreSQL backend(s) since they started
+        (found by the relay's application_name, read from /proc: the server is local), or None
+        when it cannot be read."""
+        pids = self.db.q("SELECT pid FROM pg_stat_activity WHERE application_name = "
+                         "'svccomm-relay' AND datname = current_database()") or []
+        ticks = [cpu_ticks(r[0]) for r in pids]
+        if not ticks or None in ticks:
+            return None
+        return sum(ticks) / CLK_TCK
 
     def consumer_settings(self, qtype, queue, exchange, with_db, extra=None):
         s = {"QUEUE": queue, "QUEUE_ARGUMENTS": queue_args(qtype), "EXCHANGES": [exchange],
@@ -1633,9 +1646,15 @@ def summarize_pairs(pairs):
         "spread": max(abs(x - median(ratios)) for x in ratios) > SPREAD,
         "rss_peak_kib": max(r["rss_peak_kib"] for _, r in pairs),
         "cpu_us_per_msg": median([r["cpu_us_per_msg"] for _, r in pairs]),
-        "pairs": [{"ceiling": c, "rate": r["rate"], "ratio": x, "cpu_us_per_msg": r["cpu_us_per_msg"]}
+        "pairs": [{"ceiling": c, "rate": r["rate"], "ratio": x, "cpu_us_per_msg": r["cpu_us_per_msg"],
+                   "pg_cpu_us_per_msg": r.get("pg_cpu_us_per_msg")}
                   for (c, r), x in zip(pairs, ratios)],
     })
+    pg = [r.get("pg_cpu_us_per_msg") for _, r in pairs]
+    if pg and None not in pg:
+        out["pg_cpu_us_per_msg"] = median(pg)
+    else:
+        out.pop("pg_cpu_us_per_msg", None)
     return out
 
 
@@ -1654,6 +1673,8 @@ def run_note(r):
     note = "; startup %.2f s" % r["startup_s"]
     if "cpu_us_per_msg" in r:
         note += "; CPU %.1f µs/msg" % r["cpu_us_per_msg"]
+    if r.get("pg_cpu_us_per_msg") is not None:
+        note += " + PostgreSQL backend %.1f µs/msg" % r["pg_cpu_us_per_msg"]
     if r.get("partial"):
         note += "; stopped at the time cap: %d of %d in %.0f s" % (r["done"], r["n"], r["seconds"])
     return note

@@ -37,7 +37,7 @@
 ---@field OUTBOX_TABLE string|nil Outbox table name (optionally schema.table). (default "svccomm_outbox")
 ---@field PUBLISHER_MODE string|nil "listen" wakes on NOTIFY (and polls as a fallback); "poll" only polls. (default "listen")
 ---@field PUBLISHER_POLL_INTERVAL number|nil Polling interval of the relay. (default 1)
----@field PUBLISHER_BATCH_SIZE integer|nil Outbox rows claimed per batch. (default 500)
+---@field PUBLISHER_BATCH_SIZE integer|nil Outbox rows claimed per batch (while a backlog lasts, up to 4 times as many, at most half of PUBLISHER_WINDOW). (default 500)
 ---@field PUBLISHER_WINDOW integer|nil Most published messages awaiting broker confirmation. (default 2000)
 ---@field PUBLISHER_UNROUTABLE string|nil A returned (unroutable) event: "keep" (left in the outbox and published again with a growing delay up to RECONNECT_MAX_DELAY, until a queue is bound) or "drop" (deleted, logged at warning with its exchange and routing key). See "Unroutable events and lost bindings". (default "keep")
 ---@field STATS_INTERVAL number|nil Seconds between stats log lines (0 = off). (default 60)

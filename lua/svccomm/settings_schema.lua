@@ -146,7 +146,7 @@ M.rows = {
 		doc = "Polling interval of the relay." },
 	{ key = "PUBLISHER_BATCH_SIZE", type = "integer", default = 500,
 		check = C.integer(1, 100000),
-		doc = "Outbox rows claimed per batch." },
+		doc = "Outbox rows claimed per batch (while a backlog lasts, up to 4 times as many, at most half of PUBLISHER_WINDOW)." },
 	{ key = "PUBLISHER_WINDOW", type = "integer", default = 2000,
 		check = C.integer(1, 1000000),
 		doc = "Most published messages awaiting broker confirmation." },

@@ -75,8 +75,8 @@ const struct svc_metric_def svc_metrics_defs[SVC_M_COUNT] = {
     [SVC_M_RELAY_OLDEST_DUE] = {"svccomm_relay_oldest_due_age_seconds", SVC_METRIC_GAUGE,
                                 "Age of the oldest due outbox row, 0 when none is due."},
     [SVC_M_RELAY_CLAIM_SECONDS] = {"svccomm_relay_claim_duration_seconds", SVC_METRIC_HISTOGRAM,
-                                   "Time of a claim statement (which also deletes confirmed "
-                                   "rows).",
+                                   "Time of a claim, with the delete of the confirmed rows "
+                                   "just before it.",
                                    SECONDS_BUCKETS},
     [SVC_M_RELAY_CONFIRM_SECONDS] = {"svccomm_relay_confirm_latency_seconds", SVC_METRIC_HISTOGRAM,
                                      "Time from a claim's publish until the broker's confirm of "

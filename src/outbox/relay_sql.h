@@ -45,7 +45,6 @@ enum svc_relay_col {
 	SVC_RELAY_COL_MESSAGE_ID, /* message_id or NULL (the relay makes "<APP_ID>:<id>") */
 	SVC_RELAY_COL_CORRELATION_ID,
 	SVC_RELAY_COL_HEADERS, /* headers::text or NULL */
-	SVC_RELAY_COL_ATTEMPTS,
 	SVC_RELAY_COL_CREATED, /* created_at as whole seconds since the epoch */
 };
 
@@ -54,6 +53,7 @@ enum svc_relay_stmt {
 	SVC_RELAY_ST_CLAIM_ALL,
 	SVC_RELAY_ST_CLAIM_PART,
 	SVC_RELAY_ST_DEL,
+	SVC_RELAY_ST_DEL_RANGE,
 	SVC_RELAY_ST_NEXT_DUE,
 };
 
@@ -69,9 +69,10 @@ struct svc_relay_sql {
 	char schema_channel[64]; /* since 003: "schema.table" (svc_relay_listen() reads it) */
 	int32_t key_part;
 	int32_t key_member;
-	char *claim_all;  /* delete the confirmed ids $3, claim from every partition */
+	char *claim_all;  /* claim from every partition, skipping the ids $1 and $3 */
 	char *claim_part; /* the same, from the partitions in $4 only */
-	char *del;
+	char *del;        /* id = ANY($1) */
+	char *del_range;  /* the ids $1, all within [$2, $3] */
 	char *resched;
 	char *park;
 	char *next_due;
@@ -91,17 +92,17 @@ void svc_relay_sql_release(struct svc_relay_sql *q);
  * Relays of different versions must agree on it: never change its value. */
 int32_t svc_relay_key(const char *prefix, const char *table);
 
-/* In one statement (one round trip, one transaction): deletes the rows del[0..n_del) (confirmed
- * by the broker) and claims up to limit due rows (send_after <= now(), not parked) in id order,
- * skipping the ids in skip[0..n_skip) (rows this relay has in flight: still in the table until
- * confirmed), the ids in del and, when parts is not NULL, rows outside the partitions with
- * parts[p] true. On failure nothing was deleted (or, after SVC_ECONN, it is unknown). *res:
- * caller clears. Columns: enum svc_relay_col. Nothing is locked: the partition lock makes this
- * relay the only one publishing these rows. */
+/* Claims up to limit due rows (send_after <= now(), not parked) in id order, skipping the ids
+ * in skip[0..n_skip) (rows this relay has in flight: still in the table until confirmed), the
+ * ids in skip2[0..n_skip2) (confirmed rows whose delete failed: still in the table too) and,
+ * when parts is not NULL, rows outside the partitions with parts[p] true. *res: caller
+ * clears. Columns: enum svc_relay_col. Nothing is locked: the partition lock makes this relay
+ * the only one publishing these rows. */
 int svc_relay_claim(struct svc_pg *pg, struct svc_relay_sql *q, long limit, const int64_t *skip,
-                    size_t n_skip, const int64_t *del, size_t n_del, const bool *parts,
+                    size_t n_skip, const int64_t *skip2, size_t n_skip2, const bool *parts,
                     PGresult **res);
-/* Deletes the rows with these ids (one statement). */
+/* Deletes the rows with these ids (one statement: an index range scan when the ids lie close
+ * together, else a lookup per id). */
 int svc_relay_delete(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n);
 /* Keeps the rows for a later attempt: attempts + 1, last_error = reason, send_after = now() +
  * min(cap, 0.5 * 2^attempts) seconds. */

@@ -1,5 +1,5 @@
-/* claim: claim -> publish. Each claim is one statement that also deletes the rows confirmed
- * since the previous one, and skips the rows in flight; the rows it returns are published at
+/* claim: claim -> publish. Each claim first deletes the rows confirmed since the previous one
+ * (a statement of its own), then skips the rows in flight; the rows it returns are published at
  * once (mandatory, persistent, with the row's properties and headers) and enter the confirm
  * window. After a channel error the rows up to r->isolate_upto go out one at a time, so the
  * next failure names exactly one row. */
@@ -103,16 +103,35 @@ static int publish_row(struct relay *r, PGresult *res, int i, uint64_t *seq)
 	return SVC_ECONN;
 }
 
-long relay_claim_limit(struct relay *r)
+/* Rows per claim: PUBLISHER_BATCH_SIZE, and while a backlog lasts (the last claim came back
+ * full) up to BACKLOG_GROWTH times that, at most half the window. Every claim walks past the
+ * rows still in flight (they stay in the table until confirmed), so fewer, larger claims with
+ * half the window free cut that walk, the id lists and the transactions per row. */
+#define BACKLOG_GROWTH 4
+
+static long claim_batch(const struct relay *r)
 {
 	long batch = r->cfg->publisher_batch_size > 0 ? r->cfg->publisher_batch_size : 1;
+	long grown = batch * BACKLOG_GROWTH, half = (long)r->fl.cap / 2;
+
+	if (!r->backlog)
+		return batch;
+	if (grown > half)
+		grown = half;
+	return grown > batch ? grown : batch;
+}
+
+long relay_claim_limit(struct relay *r)
+{
+	long batch = claim_batch(r);
 	long space = (long)svc_flight_free(&r->fl);
 
 	if (r->isolate_upto > 0)
 		return r->fl.count == 0 ? 1 : 0;
 	if (space < batch) {
-		/* Wait for a useful amount of room unless nothing is in flight. */
-		long want = batch < (long)r->fl.cap / 4 ? batch : (long)r->fl.cap / 4;
+		/* Wait for a useful amount of room unless nothing is in flight: a grown batch
+		 * waits for all of its room, a normal one for a quarter of the window. */
+		long want = r->backlog || batch < (long)r->fl.cap / 4 ? batch : (long)r->fl.cap / 4;
 
 		if (want < 1)
 			want = 1;
@@ -142,7 +161,7 @@ static void claim_error(struct relay *r)
 	          svc_pg_error(&r->pg), target, src ? src : "the settings");
 }
 
-/* Runs the claim, which also deletes the confirmed rows. Returns its result, or NULL after a
+/* Deletes the confirmed rows, then runs the claim. Returns its result, or NULL after a
  * failure (logged; the connection is dropped when lost). */
 static PGresult *claim(struct relay *r, long limit)
 {
@@ -151,6 +170,10 @@ static PGresult *claim(struct relay *r, long limit)
 	double t0 = svc_clock_mono();
 	int rc;
 
+	/* Rows whose delete failed (logged) stay confirmed: the claim skips them too. */
+	relay_flush_deletes(r);
+	if (!r->db_up)
+		return NULL;
 	rc = svc_relay_claim(&r->pg, &r->q, limit, r->skip_ids, n_skip, r->del_ids, r->n_del,
 	                     r->n_claimable == SVC_RELAY_PARTITIONS ? NULL : r->claimable, &res);
 	svc_metric_observe(r->m.claim_s, SVC_M_RELAY_CLAIM_SECONDS, svc_clock_mono() - t0);
@@ -162,7 +185,6 @@ static PGresult *claim(struct relay *r, long limit)
 		r->work = false;
 		return NULL;
 	}
-	r->n_del = 0; /* deleted in the same transaction */
 	r->db_last_ok = svc_clock_mono();
 	return res;
 }
@@ -251,6 +273,7 @@ void relay_claim_and_publish(struct relay *r)
 	          r->fl.count);
 	relay_flush_lists(r);
 	/* A full batch means more may be waiting; a short one means we caught up. */
+	r->backlog = n >= limit && r->isolate_upto == 0;
 	if (n < limit || !r->db_up || !r->mq_up)
 		caught_up(r, n);
 	PQclear(res);

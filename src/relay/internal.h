@@ -86,6 +86,7 @@ struct relay {
 	bool listen;        /* LISTEN active and verified */
 	bool listen_tested; /* the start-up check ran */
 	bool work;          /* claim as soon as possible */
+	bool backlog;       /* the last claim came back full: claims may grow (claim.c) */
 	double next_poll, next_due, next_rebalance, next_stats;
 	double next_due_check; /* without LISTEN: when to read the next due time again */
 	int64_t isolate_upto;  /* publish one at a time up to this id (0 = off) */

@@ -5,6 +5,9 @@
  * they decided and returns. */
 #include <errno.h>
 #include <inttypes.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -300,6 +303,12 @@ int svc_publisher_run(const struct svc_config *cfg, volatile sig_atomic_t *stop)
 		svc_error(COMP, "DATABASE_URL is not set: the relay reads the outbox from it");
 		return SVC_ECONFIG;
 	}
+#ifdef __GLIBC__
+	/* Each claim's result (up to half the window of rows) is freed before the next claim
+	 * allocates as much again: without this, glibc gives that memory back to the kernel
+	 * every time (brk) and the next claim faults it in again, a tenth of the relay's CPU. */
+	mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
+#endif
 	if ((rc = relay_new(cfg, stop, &r)) != 0)
 		return rc;
 	svc_info(COMP, "relay for table %s starting (mode %s, batch %ld, window %zu)", r->q.table,

@@ -1,6 +1,6 @@
 /* settle: what happens to rows once the broker decided their fate, and to rows that could not
- * be published at all. Confirmed rows are deleted (by the next claim, or by a DELETE of their
- * own when no claim is coming soon); nacked rows, and returned ones under PUBLISHER_UNROUTABLE
+ * be published at all. Confirmed rows are deleted in batches (just before the next claim, or
+ * at once when no claim is coming soon); nacked rows, and returned ones under PUBLISHER_UNROUTABLE
  * = "keep", are rescheduled with a backoff; rows that can never be sent are parked. A channel
  * closed by the broker with several messages in flight starts the isolation mode that finds
  * the culprit (claim.c publishes one row at a time up to r->isolate_upto). */
@@ -73,9 +73,9 @@ void relay_park_row(struct relay *r, int64_t id, const char *reason)
 		relay_flush_lists(r);
 }
 
-/* Used when no claim is coming soon to carry the deletes (caught up, no partitions, shutdown,
- * a partition to hand over, a full list). A failure keeps them for a later attempt: they are
- * confirmed, deleting them late is correct. */
+/* Runs before every claim, and when no claim is coming soon (caught up, no partitions,
+ * shutdown, a partition to hand over, a full list). A failure keeps them for a later attempt: they
+ * are confirmed, deleting them late is correct. */
 void relay_flush_deletes(struct relay *r)
 {
 	int rc;
@@ -128,7 +128,7 @@ static int settle_nacked(struct relay *r, struct svc_flight_out *o)
 	                            r->cfg->reconnect_max_delay, "refused by the broker (nack)");
 }
 
-/* Confirmed rows are deleted by the next claim (same statement); makes room if needed. */
+/* Confirmed rows are deleted just before the next claim; makes room if needed. */
 static void queue_deletes(struct relay *r, const struct svc_flight_out *o)
 {
 	if (r->n_del + o->n_acked > r->del_cap)
