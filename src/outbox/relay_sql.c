@@ -75,7 +75,11 @@ static void build_prepared(struct svc_relay_sql *q)
 	/* Runs right after a claim that came back short, in its own statement: a row that became
 	 * due between the claim's now() and this one's must not be lost (it would wait for the
 	 * next poll), so rows due within the last second count too, as "wake again soon". */
-	q->next_due = fmt("SELECT extract(epoch from min(send_after) - now())::float8 FROM %s "
+	/* The second column tells a session that can no longer write (a standby, or a primary
+	 * fenced with default_transaction_read_only) from one that can: the claim itself only
+	 * reads, and an idle relay would stay on such a server forever. */
+	q->next_due = fmt("SELECT extract(epoch from min(send_after) - now())::float8, "
+	                  "current_setting('transaction_read_only') = 'on' FROM %s "
 	                  "WHERE parked_at IS NULL AND send_after > now() - interval '1 second'",
 	                  t);
 }
@@ -355,6 +359,15 @@ int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs)
 
 	if (rc)
 		return rc;
+	if (PQgetvalue(res, 0, 1)[0] == 't') {
+		/* as the server says it when a write is refused (SQLSTATE 25006) */
+		snprintf(pg->error, sizeof(pg->error),
+		         "the server runs only read-only transactions (a standby, or a primary "
+		         "fenced read-only): reconnecting to find the read-write one");
+		snprintf(pg->sqlstate, sizeof(pg->sqlstate), "25006");
+		PQclear(res);
+		return SVC_ECONN;
+	}
 	*secs = PQgetisnull(res, 0, 0) ? -1.0 : strtod(PQgetvalue(res, 0, 0), NULL);
 	/* Already due: claim again shortly. Not at once: it may be a row still in flight, which
 	 * the claim skips, and that must not turn into a busy loop until its confirm. */

@@ -112,7 +112,8 @@ int svc_relay_reschedule(struct svc_pg *pg, struct svc_relay_sql *q, const int64
 int svc_relay_park(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *ids, size_t n,
                    const char *reason);
 /* Seconds until the earliest send_after of an unparked row that is not yet due, or 0.05 for one
- * that became due within the last second; *secs < 0 when there is none. */
+ * that became due within the last second; *secs < 0 when there is none. SVC_ECONN (SQLSTATE
+ * 25006) also when the session runs only read-only transactions: the server is no primary. */
 int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs);
 /* Number of due unparked rows (counted up to SVC_RELAY_BACKLOG_MAX) and the age in seconds of
  * the oldest one (0 when none): two index scans, cheap enough to run every second. */
