@@ -436,15 +436,23 @@ pg_write_hba() {
 	return 0
 }
 
-pg_running() {
-	[ -s "$PGDATA/PG_VERSION" ] || return 1
-	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1
+# The server of data directory $1 runs.
+pg_data_running() {
+	[ -s "$1/PG_VERSION" ] || return 1
+	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$1" status >/dev/null 2>&1
 }
 
-psql_admin() {
+pg_running() { pg_data_running "$PGDATA"; }
+
+# psql as the svccomm role to the server with socket directory $1 and port $2.
+psql_at() {
+	local dir=$1 port=$2
+	shift 2
 	PGPASSWORD=$(read_secret "$PG_PWFILE") PGPASSFILE=/dev/null \
-		psql -X -q -v ON_ERROR_STOP=1 -h "$PGDIR" -p "$PG_PORT" -U "$PG_USER" -d postgres "$@"
+		psql -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U "$PG_USER" -d postgres "$@"
 }
+
+psql_admin() { psql_at "$PGDIR" "$PG_PORT" "$@"; }
 
 pg_start() {
 	if pg_running; then
@@ -519,15 +527,9 @@ SB_PORT=${SVCCOMM_SERVERS_PG_STANDBY_PORT:-$((PG_PORT + 10))}
 SB_NAME=svccomm_standby
 SB_OPTS() { echo "-p $SB_PORT -k $SBDIR -c listen_addresses=$PG_LISTEN"; }
 
-sb_running() {
-	[ -s "$SBDATA/PG_VERSION" ] || return 1
-	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$SBDATA" status >/dev/null 2>&1
-}
+sb_running() { pg_data_running "$SBDATA"; }
 
-psql_standby() {
-	PGPASSWORD=$(read_secret "$PG_PWFILE") PGPASSFILE=/dev/null \
-		psql -X -q -v ON_ERROR_STOP=1 -h "$SBDIR" -p "$SB_PORT" -U "$PG_USER" -d postgres "$@"
-}
+psql_standby() { psql_at "$SBDIR" "$SB_PORT" "$@"; }
 
 # synchronous_standby_names on the primary: the standby's name (--sync) or none.
 sb_set_sync() {

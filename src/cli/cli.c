@@ -185,6 +185,23 @@ static int run_command(struct svc_cli_ctx *ctx)
 }
 
 /* Prints the parser's first error (and the usage it calls for) on stderr. */
+static int usage_error(const struct svc_cli_parse *p, const struct svc_cmd *cmd);
+
+/* What a parsed command line answers before anything runs: --help (first, and needing
+ * neither settings nor servers), a usage error, --version. -1 when none of them. */
+static int answer_early(const struct svc_cli_parse *p, struct svc_cli_ctx *ctx)
+{
+	if (p->help) {
+		svc_cli_usage_cmd(stdout, ctx->cmd);
+		return SVC_EXIT_OK;
+	}
+	if (p->err[0])
+		return usage_error(p, ctx->cmd);
+	if (p->version)
+		return svc_cmd_version.run(ctx);
+	return -1;
+}
+
 static int usage_error(const struct svc_cli_parse *p, const struct svc_cmd *cmd)
 {
 	fprintf(stderr, "%s\n", p->err);
@@ -245,14 +262,8 @@ int svc_cli_run(int argc, char **argv)
 
 		if (at + 1 >= argc || argv[at + 1][0] == '-') {
 			svc_cli_parse_command(ctx.cmd, argc - at, argv + at, &p);
-			if (p.help) {
-				svc_cli_usage_cmd(stdout, ctx.cmd);
-				return SVC_EXIT_OK;
-			}
-			if (p.err[0])
-				return usage_error(&p, ctx.cmd);
-			if (p.version)
-				return svc_cmd_version.run(&ctx);
+			if ((rc = answer_early(&p, &ctx)) >= 0)
+				return rc;
 			fprintf(stderr, "svccomm %s: a command is required\n\n", ctx.cmd->name);
 			svc_cli_usage_cmd(stderr, ctx.cmd);
 			return SVC_EXIT_USAGE;
@@ -264,15 +275,8 @@ int svc_cli_run(int argc, char **argv)
 		at++;
 	}
 	svc_cli_parse_command(ctx.cmd, argc - at, argv + at, &p);
-	/* --help answers before any other error and needs neither settings nor servers. */
-	if (p.help) {
-		svc_cli_usage_cmd(stdout, ctx.cmd);
-		return SVC_EXIT_OK;
-	}
-	if (p.err[0])
-		return usage_error(&p, ctx.cmd);
-	if (p.version)
-		return svc_cmd_version.run(&ctx);
+	if ((rc = answer_early(&p, &ctx)) >= 0)
+		return rc;
 	if (p.settings)
 		settings = p.settings;
 	else if (!settings || !*settings)
