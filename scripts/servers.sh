@@ -444,6 +444,17 @@ pg_data_running() {
 
 pg_running() { pg_data_running "$PGDATA"; }
 
+# Starts the server of data directory $2 (named $1 in messages) with log $3 and options $4;
+# on failure shows the end of its log and stops the script.
+pg_ctl_start() {
+	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$2" -l "$3" -o "$4" \
+		-w -t "$START_TIMEOUT" start >/dev/null 9>&- ||
+		{
+			tail -n 30 "$3" >&2 || true
+			die "$1: pg_ctl start failed (see $3)"
+		}
+}
+
 # psql as the svccomm role to the server with socket directory $1 and port $2.
 psql_at() {
 	local dir=$1 port=$2
@@ -464,12 +475,7 @@ pg_start() {
 	fi
 	pg_prepare
 	say "postgresql: starting on port $PG_PORT (log: $PGLOG)"
-	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGLOG" -o "$(PG_OPTS)" \
-		-w -t "$START_TIMEOUT" start >/dev/null 9>&- ||
-		{
-			tail -n 30 "$PGLOG" >&2 || true
-			die "postgresql: pg_ctl start failed (see $PGLOG)"
-		}
+	pg_ctl_start postgresql "$PGDATA" "$PGLOG" "$(PG_OPTS)"
 	local deadline=$((SECONDS + START_TIMEOUT))
 	until pg_isready -q -h "$PGDIR" -p "$PG_PORT" && pg_isready -q -h "$PG_LISTEN" -p "$PG_PORT"; do
 		[ $SECONDS -lt $deadline ] || die "postgresql: not accepting connections after ${START_TIMEOUT}s"
@@ -582,12 +588,7 @@ sb_start() {
 	# the primary's settings came with the copy: not its synchronous_standby_names
 	"${AS_PG[@]}" sed -i '/^synchronous_standby_names/d' "$SBDATA/postgresql.auto.conf"
 	say "pg-standby: starting on port $SB_PORT (log: $SBLOG)"
-	LC_ALL=C "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$SBDATA" -l "$SBLOG" -o "$(SB_OPTS)" \
-		-w -t "$START_TIMEOUT" start >/dev/null 9>&- ||
-		{
-			tail -n 30 "$SBLOG" >&2 || true
-			die "pg-standby: pg_ctl start failed (see $SBLOG)"
-		}
+	pg_ctl_start pg-standby "$SBDATA" "$SBLOG" "$(SB_OPTS)"
 	local deadline=$((SECONDS + START_TIMEOUT))
 	until [ "$(psql_admin -At -c "SELECT state FROM pg_stat_replication WHERE application_name = '$SB_NAME'")" = streaming ]; do
 		[ $SECONDS -lt $deadline ] || die "pg-standby: not streaming after ${START_TIMEOUT}s (see $SBLOG)"

@@ -22,7 +22,7 @@
 --- with TimeZone=UTC); other types -> their text; SQL NULL -> nil (the key is absent).
 ---
 --- Errors raise a table {message=, sqlstate=, detail=, hint=, connection_lost=} whose
---- tostring is "message (SQLSTATE xxxxx)". connection_lost is also true for SQLSTATE 25006
+--- tostring is "message (SQLSTATE <code>)". connection_lost is also true for SQLSTATE 25006
 --- (the server went read-only: no primary any more): connect again, and with several hosts
 --- and target_session_attrs=read-write in the URL libpq finds the one that is primary now.
 ---

@@ -22,7 +22,8 @@ static void test_sqlstate_classes(void **state)
 	assert_true(svc_pg_sqlstate_is_conn("57P03"));
 	/* read-only: no primary any more; a new connection (target_session_attrs) finds it */
 	assert_true(svc_pg_sqlstate_is_conn("25006"));
-	assert_false(svc_pg_sqlstate_is_conn("25P02")); /* in failed transaction: a statement error */
+	assert_false(
+	    svc_pg_sqlstate_is_conn("25P02")); /* in failed transaction: a statement error */
 	assert_false(svc_pg_sqlstate_is_conn("57014")); /* query canceled: a statement error */
 	assert_false(svc_pg_sqlstate_is_conn("23505"));
 	assert_false(svc_pg_sqlstate_is_conn("40001"));
