@@ -396,6 +396,15 @@ static int read_content(struct svc_amqp_consumer *cs, struct svc_delivery *d,
 		         f.frame_type);
 		return SVC_ECONN;
 	}
+	/* rabbitmq-c decodes the properties of the class the header names: only the basic
+	 * class's are an amqp_basic_properties_t (a header of another class read as one points
+	 * its fields at garbage) */
+	if (f.payload.properties.class_id != AMQP_BASIC_CLASS) {
+		snprintf(cs->err, sizeof(cs->err),
+		         "expected a content header of class basic (60), got class %u",
+		         f.payload.properties.class_id);
+		return SVC_ECONN;
+	}
 	const amqp_basic_properties_t *props = f.payload.properties.decoded;
 	uint64_t size = f.payload.properties.body_size;
 	if (copy_meta(d, m, props)) {
