@@ -302,7 +302,9 @@ int svc_consumer_pipeline_sync(struct svc_consumer *c)
 static int rollback_failed(struct svc_consumer *c, const char *what, const char *reason)
 {
 	char why[sizeof(c->pg.error)];
-	snprintf(why, sizeof(why), "%s: %s", what, reason);
+	size_t head = strlen(what) + 2;
+	int room = head < sizeof(why) ? (int)(sizeof(why) - head - 1) : 0;
+	snprintf(why, sizeof(why), "%s: %.*s", what, room, reason); /* a long reason loses its end */
 	c->in_tx = false;
 	c->sp_open = false;
 	svc_outbox_transaction_reset(c->pg.conn); /* reason may point into it: copied above */
