@@ -304,7 +304,8 @@ static int rollback_failed(struct svc_consumer *c, const char *what, const char 
 	char why[sizeof(c->pg.error)];
 	size_t head = strlen(what) + 2;
 	int room = head < sizeof(why) ? (int)(sizeof(why) - head - 1) : 0;
-	snprintf(why, sizeof(why), "%s: %.*s", what, room, reason); /* a long reason loses its end */
+	snprintf(why, sizeof(why), "%s: %.*s", what, room,
+	         reason); /* a long reason loses its end */
 	c->in_tx = false;
 	c->sp_open = false;
 	svc_outbox_transaction_reset(c->pg.conn); /* reason may point into it: copied above */
