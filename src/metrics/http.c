@@ -1,6 +1,11 @@
-/* http: the metrics and probe listener on libmicrohttpd; see http.h. */
+/* http: the metrics and probe listener on libmicrohttpd; see http.h.
+ *
+ * libmicrohttpd is loaded with dlopen when a listener starts, not linked: Debian's build pulls
+ * in GnuTLS, p11-kit, nettle and gmp, about 2.4 MiB of resident pages in every process, and
+ * most processes never set METRICS_ADDRESS. */
 #include "metrics/http.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -15,6 +20,62 @@
 #include "metrics/metrics.h"
 #include "util/error.h"
 
+#ifndef SVC_MHD_SONAME
+#define SVC_MHD_SONAME "libmicrohttpd.so.12"
+#endif
+
+/* The six calls svccomm makes, resolved once; the process keeps the library to its end. */
+static struct {
+	struct MHD_Daemon *(*start_daemon)(unsigned int, uint16_t, MHD_AcceptPolicyCallback, void *,
+	                                   MHD_AccessHandlerCallback, void *, ...);
+	void (*stop_daemon)(struct MHD_Daemon *);
+	struct MHD_Response *(*create_response_from_buffer)(size_t, void *,
+	                                                    enum MHD_ResponseMemoryMode);
+	enum MHD_Result (*add_response_header)(struct MHD_Response *, const char *, const char *);
+	enum MHD_Result (*queue_response)(struct MHD_Connection *, unsigned int,
+	                                  struct MHD_Response *);
+	void (*destroy_response)(struct MHD_Response *);
+} mhd;
+
+static bool load_mhd(char *err, size_t errsz)
+{
+	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+	static bool loaded;
+	pthread_mutex_lock(&mu);
+	if (!loaded) {
+		void *lib = dlopen(SVC_MHD_SONAME, RTLD_NOW | RTLD_LOCAL);
+		const char *missing = NULL;
+		if (lib) {
+#define SVC_MHD_SYM(field, name)                                                                   \
+	do {                                                                                       \
+		*(void **)&mhd.field = dlsym(lib, name);                                           \
+		if (!mhd.field && !missing)                                                        \
+			missing = name;                                                            \
+	} while (0)
+			SVC_MHD_SYM(start_daemon, "MHD_start_daemon");
+			SVC_MHD_SYM(stop_daemon, "MHD_stop_daemon");
+			SVC_MHD_SYM(create_response_from_buffer, "MHD_create_response_from_buffer");
+			SVC_MHD_SYM(add_response_header, "MHD_add_response_header");
+			SVC_MHD_SYM(queue_response, "MHD_queue_response");
+			SVC_MHD_SYM(destroy_response, "MHD_destroy_response");
+#undef SVC_MHD_SYM
+		}
+		if (!lib)
+			snprintf(err, errsz, "METRICS_ADDRESS needs %s: %s", SVC_MHD_SONAME,
+			         dlerror());
+		else if (missing)
+			snprintf(err, errsz, "METRICS_ADDRESS: %s has no %s", SVC_MHD_SONAME,
+			         missing);
+		else
+			loaded = true;
+		if (lib && !loaded)
+			dlclose(lib);
+	}
+	bool ok = loaded;
+	pthread_mutex_unlock(&mu);
+	return ok;
+}
+
 struct svc_metrics_http {
 	struct MHD_Daemon *d;
 	int fd;
@@ -27,14 +88,14 @@ struct svc_metrics_http {
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned code, char *body, size_t len,
                              const char *type)
 {
-	struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+	struct MHD_Response *r = mhd.create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
 	if (!r) {
 		free(body);
 		return MHD_NO;
 	}
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-	enum MHD_Result rc = MHD_queue_response(conn, code, r);
-	MHD_destroy_response(r);
+	mhd.add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	enum MHD_Result rc = mhd.queue_response(conn, code, r);
+	mhd.destroy_response(r);
 	return rc;
 }
 
@@ -146,6 +207,8 @@ int svc_metrics_http_start(const char *address, struct svc_metrics_region *const
                            double health_bound_s, struct svc_metrics_http **out, char *err,
                            size_t errsz)
 {
+	if (!load_mhd(err, errsz))
+		return SVC_ECONFIG;
 	struct svc_metrics_http *h = calloc(1, sizeof(*h));
 	if (!h) {
 		snprintf(err, errsz, "out of memory");
@@ -160,7 +223,7 @@ int svc_metrics_http_start(const char *address, struct svc_metrics_region *const
 	h->regions = regions;
 	h->n = n;
 	h->bound = health_bound_s;
-	h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, 0, NULL, NULL,
+	h->d = mhd.start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, 0, NULL, NULL,
 	                        on_request, h, MHD_OPTION_LISTEN_SOCKET, h->fd,
 	                        MHD_OPTION_CONNECTION_LIMIT, (unsigned)32,
 	                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
@@ -180,7 +243,7 @@ void svc_metrics_http_stop(struct svc_metrics_http *h)
 {
 	if (!h)
 		return;
-	MHD_stop_daemon(h->d); /* closes the listening socket it was given */
+	mhd.stop_daemon(h->d); /* closes the listening socket it was given */
 	pthread_mutex_destroy(&h->mu);
 	free(h);
 }
