@@ -25,6 +25,7 @@ import bisect
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -579,7 +580,7 @@ class Bench:
 
     def build_ceilings(self):
         need = [os.path.join(BUILD_BENCH, b)
-                for b in ("raw_publish", "raw_consume", "pg_outbox", "pg_handler")]
+                for b in ("raw_publish", "raw_consume", "pg_outbox", "pg_handler", "pg_writer", "raw_latency")]
         if not os.path.isdir(BUILD_BENCH):
             subprocess.run(["cmake", "-S", BENCH, "-B", BUILD_BENCH, "-DCMAKE_BUILD_TYPE=Release"],
                            check=True, stdout=subprocess.DEVNULL)
@@ -641,6 +642,7 @@ class Bench:
         s = {"APP_ID": "svccomm-bench", "BROKER_CONNECTION_URL": self.broker_url,
              "STATS_INTERVAL": 3600, "OUTBOX_TABLE": OUTBOX}
         s.update(settings)
+        s.update(self.o.settings)
         if consumers_lua is not None:
             with open(os.path.join(d, "apps", "bench", "consumers.lua"), "w") as f:
                 f.write(consumers_lua)
@@ -693,8 +695,8 @@ class Bench:
                            % OUTBOX)
         return real
 
-    def ceiling_tool(self, argv, timeout):
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    def ceiling_tool(self, argv, timeout, env=None):
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
         lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
         if not lines:
             raise BenchError("%s: no output: %s" % (os.path.basename(argv[0]),
@@ -703,6 +705,14 @@ class Bench:
         if r.returncode != 0 or "error" in out:
             raise BenchError("%s: %s" % (os.path.basename(argv[0]), r.stderr.strip()[-300:]))
         return out
+
+    def raw_latency(self, qtype, rate, secs):
+        """The broker alone at `rate`/s (bench/raw_latency): publish -> deliver, confirms and
+        acks as svccomm's relay and consumer use them."""
+        return self.ceiling_tool([os.path.join(BUILD_BENCH, "raw_latency"), "--queue-type", qtype,
+                                  "--rate", str(rate), "--seconds", str(secs)],
+                                 timeout=secs * 3 + 60,
+                                 env=dict(self.env, SVCCOMM_BROKER_URL=self.broker_url))
 
     def raw_publish(self, qtype, n, size, windows, exchange=None, queue=None, no_declare=False,
                     routing_key="bench.event"):
@@ -1113,6 +1123,10 @@ class Bench:
     def sec_latency(self):
         rows = []
         self.migrate()
+        try:
+            rows += self.writer_ceiling(2000, self.o.lat_seconds[1], 16)
+        except (BenchError, subprocess.TimeoutExpired, psycopg2.Error) as e:
+            rows.append(failed("latency", "writers alone", e))
         for qt in self.o.latency_types:
             try:
                 rows += self.latency_for(qt)
@@ -1150,14 +1164,27 @@ class Bench:
             self.wait_lat(self.write_events(exchange, 50, 1.0, 1), 20, [cons, relay])
             for rate, secs, writers, p99_target, p50_target in (
                     (50, self.o.lat_seconds[0], 1, 5.0, 2.0),
-                    (2000, self.o.lat_seconds[1], 4, 25.0, None)):
+                    (2000, self.o.lat_seconds[1], 16, 25.0, None)):
                 name = "end-to-end %d/s %s" % (rate, qt)
                 try:
+                    # the floor: the same broker path with nothing of svccomm, just before
+                    raw = self.raw_latency(qt, rate, secs)
+                    rows.append(row("latency", "broker alone %d/s %s" % (rate, qt), raw["p99"],
+                                    "ms p99", settings="bench/raw_latency: p50 %.2f, p95 %.2f, "
+                                    "max %.2f ms; %d messages, achieved %.0f/s, persistent, "
+                                    "confirms, manual acks, %s queue; relay, consumer and "
+                                    "servers running but idle; load average %s"
+                                    % (raw["p50"], raw["p95"], raw["max"], raw["events"],
+                                       raw["achieved"], qt, loadavg()), extra=raw))
+                except (BenchError, subprocess.TimeoutExpired) as e:
+                    rows.append(failed("latency", "broker alone %d/s %s" % (rate, qt), e))
+                try:
                     self.db.q("TRUNCATE %s" % LAT)
-                    t_w = time.monotonic()
                     commits = self.write_events(exchange, rate, secs, writers)
-                    # the writers fall behind on a loaded machine: the rate is what they did
-                    achieved = len(commits) / max(time.monotonic() - t_w, secs)
+                    # the writers fall behind on a loaded machine: the rate is what they did,
+                    # first commit to last (the planned span is secs - 1/rate)
+                    span = self.writer_summary.get("first_to_last_s") or secs
+                    achieved = (len(commits) - 1) / max(span, secs - 1.0 / rate)
                     self.wait_lat(commits, 30, [cons, relay])
                     time.sleep(0.2)  # late duplicates, if any, are counted below
                     got = self.db.q("SELECT event_id, handler_at, "
@@ -1181,9 +1208,11 @@ class Bench:
                                     settings=("**the writers reached only %.0f/s (loaded machine)**; "
                                               % achieved if achieved < 0.9 * rate else "") +
                                     "p95 %.2f, p99 %.2f, max %.2f ms; %d events, achieved %.0f/s, "
-                                    "%d writer(s), one event per transaction, LISTEN mode, %s queue, "
+                                    "%d writer connection(s) (up to %.1f ms behind their schedule), "
+                                    "one event per transaction, LISTEN mode, %s queue, "
                                     "handler db.%s, load average %s%s%s"
-                                    % (pct["p95"], pct["p99"], pct["max"], len(lat), achieved, writers, qt,
+                                    % (pct["p95"], pct["p99"], pct["max"], len(lat), achieved, writers,
+                                       self.writer_summary.get("late_max_ms", float("nan")), qt,
                                        self.o.lat_handler, loadavg(),
                                        "; LOG_LEVEL debug (stage times)" if stages else "",
                                        "; handled twice: %d of this run, %d of earlier events"
@@ -1266,47 +1295,54 @@ class Bench:
                    settings=text, extra={"stages": res, "traced": complete,
                                          "events": len(commits)})
 
-    def write_events(self, exchange, rate, secs, writers):
-        """Commit one event per transaction at `rate`/s for `secs` s from `writers` connections.
-        Returns {eventId: commit time (epoch seconds, taken when COMMIT returned)}."""
+    def writer_ceiling(self, rate, secs, writers):
+        """What the writers reach with no relay or consumer running: one event per transaction
+        into the outbox, with its NOTIFY trigger (the default) and with the notification
+        switched off for their sessions (svccomm.outbox_notify = off). Each transaction that
+        notifies holds PostgreSQL's notify lock through its commit, so such commits cannot
+        share a WAL flush."""
+        rows = []
+        for label, options in (("NOTIFY on", None), ("NOTIFY off", "-c svccomm.outbox_notify=off")):
+            self.db.q("TRUNCATE %s" % OUTBOX)
+            commits = self.write_events("bench.lat.none", rate, secs, writers, pgoptions=options)
+            span = self.writer_summary.get("first_to_last_s") or secs
+            achieved = (len(commits) - 1) / max(span, secs - 1.0 / rate)
+            rows.append(row("latency", "writers alone %d/s, %s" % (rate, label), achieved,
+                            "events/s", settings="bench/pg_writer: %d connections, one event per "
+                            "transaction (INSERT ... RETURNING id, autocommit, synchronous_commit "
+                            "on), nothing else running; up to %.0f ms behind their schedule; load "
+                            "average %s" % (writers, self.writer_summary.get("late_max_ms", 0),
+                                            loadavg()), extra=dict(self.writer_summary)))
+        self.db.q("TRUNCATE %s" % OUTBOX)
+        return rows
+
+    def write_events(self, exchange, rate, secs, writers, pgoptions=None):
+        """Commit one event per transaction at `rate`/s for `secs` s from `writers` connections
+        (bench/pg_writer: C, one thread per connection, a common schedule). Returns {eventId:
+        commit time (epoch seconds, read when COMMIT returned)}; self.writer_summary keeps the
+        writers' own account (events, first to last commit, how late they fell)."""
         body = envelope_sql(300, exchange, "bench.lat", "n.id")
-        sql = ("INSERT INTO %s (id, exchange, routing_key, body) SELECT n.id, %%s, 'bench.lat', %s "
-               "FROM (SELECT nextval(pg_get_serial_sequence(%%s, 'id')) AS id) n RETURNING id"
+        sql = ("INSERT INTO %s (id, exchange, routing_key, body) SELECT n.id, $1, 'bench.lat', %s "
+               "FROM (SELECT nextval(pg_get_serial_sequence($2, 'id')) AS id) n RETURNING id"
                % (OUTBOX, body))
+        env = dict(self.env, SVCCOMM_DATABASE_URL=self.db_url)
+        if pgoptions:
+            env["PGOPTIONS"] = pgoptions
+        r = subprocess.run([os.path.join(BUILD_BENCH, "pg_writer"), "--rate", str(rate),
+                            "--seconds", str(secs), "--connections", str(writers), "--sql", sql,
+                            "--param", exchange, "--param", OUTBOX],
+                           env=env, capture_output=True, text=True, timeout=secs * 3 + 60)
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+        if r.returncode != 0:
+            raise BenchError("pg_writer: %s" % (r.stderr.strip()[-300:] or r.returncode))
+        try:
+            self.writer_summary = json.loads(last)
+        except ValueError:
+            self.writer_summary = {}
         commits = {}
-        errors = []
-        lock = threading.Lock()
-        per = rate / writers
-        total = int(per * secs)
-
-        def writer():
-            try:
-                conn = psycopg2.connect(self.db_url)
-                conn.autocommit = True
-                cur = conn.cursor()
-                local = {}
-                t0 = time.monotonic()
-                for i in range(total):
-                    due = t0 + i / per
-                    d = due - time.monotonic()
-                    if d > 0:
-                        time.sleep(d)
-                    cur.execute(sql, (exchange, OUTBOX))
-                    eid = cur.fetchone()[0]
-                    local[str(eid)] = time.time()
-                conn.close()
-                with lock:
-                    commits.update(local)
-            except Exception as e:  # reported below
-                errors.append(e)
-
-        ts = [threading.Thread(target=writer) for _ in range(writers)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        if errors:
-            raise BenchError("writer: %s" % errors[0])
+        for line in r.stdout.splitlines():
+            eid, _, at = line.partition("\t")
+            commits[eid] = float(at)
         return commits
 
     def wait_lat(self, commits, timeout, procs):
@@ -1694,7 +1730,13 @@ def reason(e):
     return s[:300] or e.__class__.__name__
 
 
+# "--set K=V" of this run, written in front of every row's notes (the rows' own text names
+# the defaults)
+SET_NOTE = ""
+
+
 def row(section, name, value, unit, ratio=None, target_text="", ok=None, settings="", extra=None):
+    settings = SET_NOTE + settings
     r = {"section": section, "name": name, "value": value, "unit": unit, "ratio": ratio,
          "target": target_text, "ok": ok, "settings": settings, "extra": extra or {}}
     for k in ("ratio_min", "ratio_max", "pairs", "spread"):
@@ -1805,9 +1847,25 @@ def main():
     ap.add_argument("--no-lat-stages", dest="lat_stages", action="store_false",
                     help="latency without the per-stage times (no debug logging in the relay "
                     "and the consumer)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for every svccomm process the run starts (repeatable; the value "
+                         "is read as JSON when it parses, e.g. --set PUBLISHER_WINDOW=4000): for "
+                         "trying a setting, not for the table")
     ap.add_argument("-v", "--verbose", action="store_true", help="tracebacks of failures")
     o = ap.parse_args()
     o.argv = sys.argv[1:]
+    o.settings = {}
+    for kv in o.set:
+        key, eq, value = kv.partition("=")
+        if not eq or not re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
+            ap.error("--set %r: KEY=VALUE with an upper-case settings key" % kv)
+        try:
+            o.settings[key] = json.loads(value)
+        except ValueError:
+            o.settings[key] = value
+    if o.settings:
+        global SET_NOTE
+        SET_NOTE = "**%s** (overrides what follows); " % " ".join("--set " + kv for kv in o.set)
     if o.repeat < 1:
         ap.error("--repeat must be at least 1")
     o.only = [s.strip() for s in o.only.split(",")] if o.only else None

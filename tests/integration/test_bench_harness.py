@@ -115,3 +115,15 @@ def test_small_latency_run_reports_stages(servers, tmp_path):
         assert {"in commit", "no cpu", "relay no cpu"} <= set(ex["stages"])
     md = (svc.ROOT / "bench" / "results" / "latest.md").read_text()
     assert "stages 2000/s quorum" in md and "since commit, p50/p99 ms" in md
+    # the floors measured in the same run: the broker alone (bench/raw_latency) at each rate,
+    # and the C writers alone with and without the outbox NOTIFY
+    by_name = {r["name"]: r for r in rows}
+    for rate in (50, 2000):
+        raw = by_name["broker alone %d/s quorum" % rate]
+        assert raw["extra"]["events"] == rate and raw["extra"]["confirmed"] == rate
+        assert 0 < raw["extra"]["p50"] <= raw["extra"]["p99"] <= raw["extra"]["max"]
+    for label in ("NOTIFY on", "NOTIFY off"):
+        w = by_name["writers alone 2000/s, %s" % label]
+        assert w["extra"]["events"] == w["extra"]["planned"] == 2000 and w["value"] > 0
+    end = by_name["end-to-end 2000/s quorum"]
+    assert end["extra"]["events"] == 2000  # every event the C writers committed was handled
