@@ -23,7 +23,7 @@
 
 #include "bench_common.h"
 
-#define MAX_PARAMS 8
+#define MAX_PARAMS      8
 #define MAX_CONNECTIONS 64
 
 struct event {
@@ -92,7 +92,8 @@ static void *run(void *arg)
 		while ((rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL)) == EINTR) {
 		}
 		clock_gettime(CLOCK_MONOTONIC, &now);
-		double late = (double)(now.tv_sec - t.tv_sec) + (double)(now.tv_nsec - t.tv_nsec) / 1e9;
+		double late =
+		    (double)(now.tv_sec - t.tv_sec) + (double)(now.tv_nsec - t.tv_nsec) / 1e9;
 		if (late > w->late_max)
 			w->late_max = late;
 		r = PQexecPrepared(c, "event", o.nparams, o.params, NULL, NULL, 0);
@@ -138,8 +139,9 @@ int main(int argc, char **argv)
 		i++;
 	}
 	if (!o.url || !o.sql || o.rate <= 0 || o.seconds <= 0 || o.connections > MAX_CONNECTIONS) {
-		fprintf(stderr, "usage: SVCCOMM_DATABASE_URL=... pg_writer --rate R --seconds S "
-		                "[--connections C (<= %d)] --sql SQL [--param V]...\n",
+		fprintf(stderr,
+		        "usage: SVCCOMM_DATABASE_URL=... pg_writer --rate R --seconds S "
+		        "[--connections C (<= %d)] --sql SQL [--param V]...\n",
 		        MAX_CONNECTIONS);
 		return 2;
 	}

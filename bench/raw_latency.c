@@ -205,8 +205,9 @@ int main(int argc, char **argv)
 	}
 	if (!o.url || o.seconds <= 0 || o.size < 40 || o.prefetch > 65535 ||
 	    (strcmp(o.qtype, "v1") && strcmp(o.qtype, "v2") && strcmp(o.qtype, "quorum"))) {
-		fprintf(stderr, "usage: raw_latency [--url URL] [--queue-type v1|v2|quorum] [--rate R] "
-		                "[--seconds S] [--size B >= 40] [--prefetch P <= 65535]\n");
+		fprintf(stderr,
+		        "usage: raw_latency [--url URL] [--queue-type v1|v2|quorum] [--rate R] "
+		        "[--seconds S] [--size B >= 40] [--prefetch P <= 65535]\n");
 		return 2;
 	}
 	snprintf(o.name, sizeof(o.name), "bench.rawlat.%s", o.qtype);
@@ -249,13 +250,15 @@ int main(int argc, char **argv)
 		amqp_rpc_reply_t r = amqp_consume_message(c, &env, &tv, 0);
 		if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
 		    r.library_error == AMQP_STATUS_TIMEOUT) {
-			snprintf(err, sizeof(err), "no delivery for 5 s after %ld of %ld", got, o.total);
+			snprintf(err, sizeof(err), "no delivery for 5 s after %ld of %ld", got,
+			         o.total);
 			goto out;
 		}
 		if (bench_rpc_ok(r, "consume", err, sizeof(err)))
 			goto out;
 		double now = wall(), t = 0;
-		if (env.message.body.len > 5 && sscanf((const char *)env.message.body.bytes + 5, "%lf", &t) == 1)
+		if (env.message.body.len > 5 &&
+		    sscanf((const char *)env.message.body.bytes + 5, "%lf", &t) == 1)
 			lat[got++] = (now - t) * 1000;
 		last_tag = env.delivery_tag;
 		amqp_destroy_envelope(&env);
@@ -282,12 +285,13 @@ out:
 	} else {
 		qsort(lat, (size_t)got, sizeof(double), cmp_double);
 		double span = pr.last - pr.first;
-		printf("{\"queue_type\": \"%s\", \"rate\": %.0f, \"achieved\": %.1f, \"events\": %ld, "
-		       "\"p50\": %.3f, \"p95\": %.3f, \"p99\": %.3f, \"max\": %.3f, \"size\": %ld, "
-		       "\"prefetch\": %ld, \"confirmed\": %ld, \"nacked\": %ld, \"returned\": %ld}\n",
-		       o.qtype, o.rate, span > 0 ? (double)(pr.sent - 1) / span : 0.0, got,
-		       pct(lat, got, 50), pct(lat, got, 95), pct(lat, got, 99), lat[got - 1], o.size,
-		       o.prefetch, pr.acked, pr.nacked, pr.returned);
+		printf(
+		    "{\"queue_type\": \"%s\", \"rate\": %.0f, \"achieved\": %.1f, \"events\": %ld, "
+		    "\"p50\": %.3f, \"p95\": %.3f, \"p99\": %.3f, \"max\": %.3f, \"size\": %ld, "
+		    "\"prefetch\": %ld, \"confirmed\": %ld, \"nacked\": %ld, \"returned\": %ld}\n",
+		    o.qtype, o.rate, span > 0 ? (double)(pr.sent - 1) / span : 0.0, got,
+		    pct(lat, got, 50), pct(lat, got, 95), pct(lat, got, 99), lat[got - 1], o.size,
+		    o.prefetch, pr.acked, pr.nacked, pr.returned);
 	}
 	free(lat);
 	bench_close(c);
