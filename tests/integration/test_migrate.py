@@ -142,7 +142,8 @@ def assert_one_correct_schema(project, n):
     assert recorded == [("%s.%s" % (n.schema, n.outbox), "001_outbox"),
                         ("%s.%s" % (n.schema, n.inbox), "002_inbox"),
                         ("%s.%s" % (n.schema, n.outbox), "003_outbox_notify_channel"),
-                        ("%s.%s" % (n.schema, n.outbox), "004_outbox_functions")]
+                        ("%s.%s" % (n.schema, n.outbox), "004_outbox_functions"),
+                        ("%s.%s" % (n.schema, n.outbox), "005_outbox_notify_setting")]
 
 
 def assert_one_notification_per_transaction(project, n):
@@ -182,7 +183,7 @@ def test_migrate_twice_leaves_one_correct_schema(project, names):
 
 
 def test_migrate_says_what_it_applied_and_only_then_up_to_date(project, names):
-    r = migrate_ok(project, names, applied=4)
+    r = migrate_ok(project, names, applied=5)
     assert "applied 001_outbox" in r.stderr and "applied 002_inbox" in r.stderr, r.stderr
     r = migrate_ok(project, names, applied=0)
     assert "applied" not in r.stdout + r.stderr

@@ -206,8 +206,8 @@ def test_bad_input_raises_22023_and_writes_nothing(project, outbox):
 def test_migration_from_the_previous_schema_keeps_the_rows(system):
     """A table made by the previous version (migrations 001 and 002; SVCCOMM_PREVIOUS_BIN runs
     a build of it instead of applying the two files) with
-    rows in it: the new migrate adds the functions, and old and new rows are relayed in id
-    order."""
+    rows in it: the new migrate adds the functions and the switchable NOTIFY, and old and new
+    rows are relayed in id order."""
     p = system
     previous = os.environ.get("SVCCOMM_PREVIOUS_BIN")
     if previous:  # a build of the previous version, when one is at hand
@@ -217,7 +217,9 @@ def test_migration_from_the_previous_schema_keeps_the_rows(system):
         previous_migrate(p)
     ids = p.outbox_insert_many(p.exchange(), 3, routing_key="old.row")
     r = migrate(p)
-    assert "004_outbox_functions" in r.stderr + r.stdout
+    for version in ("003_outbox_notify_channel", "004_outbox_functions",
+                    "005_outbox_notify_setting"):
+        assert "applied %s" % version in r.stderr + r.stdout, r.stderr
     (new_id,), = sql("SELECT %s(%%s, 'new.row', '{\"a\": 1}')" % fn(p, "publish_event"),
                      p.exchange())
     assert new_id > max(ids)
