@@ -33,6 +33,9 @@ static void drop_state(struct svc_amqp *c)
 		amqp_destroy_connection(c->st);
 	c->st = NULL;
 	c->sock = NULL;
+	c->raw = false;
+	c->corked = false;
+	c->out_len = 0;
 	c->open = false;
 	c->confirm = false;
 	c->next_seq = 0;
@@ -45,6 +48,7 @@ void svc_amqp_free(struct svc_amqp *c)
 		return;
 	svc_amqp_close(c);
 	free(c->entries);
+	free(c->out);
 	free(c);
 }
 
@@ -70,6 +74,8 @@ int svc_amqp_reply_code(const struct svc_amqp *c)
 
 amqp_connection_state_t svc_amqp_state(struct svc_amqp *c)
 {
+	if (c->out_len)
+		svc_amqp_flush_out(c); /* a failure marks it not open: the next call reports it */
 	return c->st;
 }
 
@@ -274,6 +280,7 @@ static int open_socket(struct svc_amqp *c, const struct amqp_connection_info *in
 	}
 	amqp_set_handshake_timeout(c->st, &tv);
 	amqp_set_rpc_timeout(c->st, &rpc);
+	c->raw = !info->ssl;
 	return 0;
 }
 
@@ -346,6 +353,8 @@ void svc_amqp_close(struct svc_amqp *c)
 	/* After a read or protocol error (open is false) rabbitmq-c 0.11 may still hold the size
 	 * of a frame it refused: any call that reads (channel.close waits for close-ok) then
 	 * writes past a heap buffer. Such a connection is only destroyed. */
+	if (c->open && c->out_len)
+		svc_amqp_flush_out(c); /* a failure marks it not open */
 	if (c->open) {
 		struct timeval tv = {.tv_sec = 2};
 
@@ -361,6 +370,8 @@ int svc_amqp_declare_exchange(struct svc_amqp *c, const struct svc_amqp_exchange
 {
 	if (!svc_amqp_is_open(c))
 		return SVC_ECONN;
+	if (c->out_len && svc_amqp_flush_out(c))
+		return SVC_ECONN;
 	amqp_exchange_declare(c->st, c->ch, amqp_cstring_bytes(ex->name),
 	                      amqp_cstring_bytes(ex->type ? ex->type : "topic"), passive, 1, 0, 0,
 	                      amqp_empty_table);
@@ -370,6 +381,8 @@ int svc_amqp_declare_exchange(struct svc_amqp *c, const struct svc_amqp_exchange
 int svc_amqp_declare_queue(struct svc_amqp *c, const char *queue, amqp_table_t args, bool passive)
 {
 	if (!svc_amqp_is_open(c))
+		return SVC_ECONN;
+	if (c->out_len && svc_amqp_flush_out(c))
 		return SVC_ECONN;
 	amqp_queue_declare(c->st, c->ch, amqp_cstring_bytes(queue), passive, 1, 0, 0, args);
 	return rpc_result(c, amqp_get_rpc_reply(c->st), "queue.declare");
@@ -382,6 +395,8 @@ int svc_amqp_queue_counts(struct svc_amqp *c, const char *queue, uint32_t *messa
 	int rc;
 
 	if (!svc_amqp_is_open(c))
+		return SVC_ECONN;
+	if (c->out_len && svc_amqp_flush_out(c))
 		return SVC_ECONN;
 	ok = amqp_queue_declare(c->st, c->ch, amqp_cstring_bytes(queue), 1, 0, 0, 0,
 	                        amqp_empty_table);
@@ -400,6 +415,8 @@ int svc_amqp_queue_purge(struct svc_amqp *c, const char *queue, uint32_t *purged
 
 	if (!svc_amqp_is_open(c))
 		return SVC_ECONN;
+	if (c->out_len && svc_amqp_flush_out(c))
+		return SVC_ECONN;
 	ok = amqp_queue_purge(c->st, c->ch, amqp_cstring_bytes(queue));
 	rc = rpc_result(c, amqp_get_rpc_reply(c->st), "queue.purge");
 	if (rc == 0 && ok)
@@ -411,6 +428,8 @@ int svc_amqp_bind(struct svc_amqp *c, const char *queue, const char *exchange, c
 {
 	if (!svc_amqp_is_open(c))
 		return SVC_ECONN;
+	if (c->out_len && svc_amqp_flush_out(c))
+		return SVC_ECONN;
 	amqp_queue_bind(c->st, c->ch, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
 	                amqp_cstring_bytes(key), amqp_empty_table);
 	return rpc_result(c, amqp_get_rpc_reply(c->st), "queue.bind");
@@ -419,6 +438,8 @@ int svc_amqp_bind(struct svc_amqp *c, const char *queue, const char *exchange, c
 int svc_amqp_confirm_select(struct svc_amqp *c)
 {
 	if (!svc_amqp_is_open(c))
+		return SVC_ECONN;
+	if (c->out_len && svc_amqp_flush_out(c))
 		return SVC_ECONN;
 	amqp_confirm_select(c->st, c->ch);
 	int rc = rpc_result(c, amqp_get_rpc_reply(c->st), "confirm.select");
@@ -463,5 +484,7 @@ int svc_amqp_send_heartbeat(struct svc_amqp *c)
 
 	if (!svc_amqp_is_open(c) || amqp_get_heartbeat(c->st) <= 0)
 		return 0;
+	if (c->out_len && svc_amqp_flush_out(c))
+		return SVC_ECONN;
 	return amqp_send_frame(c->st, &f) == AMQP_STATUS_OK ? 0 : SVC_ECONN;
 }

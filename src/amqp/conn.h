@@ -127,6 +127,12 @@ int svc_amqp_confirm_select(struct svc_amqp *c);
 int svc_amqp_publish(struct svc_amqp *c, const char *exchange, const char *routing_key,
                      const void *body, size_t len, const struct svc_amqp_props *props,
                      bool mandatory, uint64_t *seq);
+/* Corks the connection: the frames of the publishes that follow collect in memory (up to 64
+ * KiB at a time) instead of leaving one message per send(). Every other call on c sends them
+ * first; svc_amqp_uncork() sends what is left and returns 0 or SVC_ECONN. For a burst of
+ * publishes with nothing in between, e.g. the relay's claimed batch. */
+void svc_amqp_cork(struct svc_amqp *c);
+int svc_amqp_uncork(struct svc_amqp *c);
 /* Reads frames for up to timeout_ms (0 = only what is already buffered or readable now,
  * -1 = block until at least one confirm arrives) and reports each basic.ack/basic.nack to out
  * (up to max entries; *n receives the count) and each basic.return to on_return.

@@ -28,7 +28,17 @@ struct svc_amqp {
 	struct svc_amqp_tls tls; /* options of amqps:// connects (svc_amqp_set_tls) */
 	bool tls_set;            /* tls holds options; else the defaults */
 	char tls_why[160];       /* why the broker's certificate failed verification */
+	/* Frames svccomm encodes itself (plain TCP only: publish.c). A message's frames leave in
+	 * one send(); while corked, consecutive publishes collect here first. */
+	bool raw;           /* plain TCP: publishes may go through out */
+	bool corked;        /* svc_amqp_cork(): flush only when full or uncorked */
+	unsigned char *out; /* encoded frames not sent yet */
+	size_t out_len, out_cap;
 };
+
+/* Sends what c->out holds, if anything (every call that sends or reads on c->st does this
+ * first, so frames keep their order). Returns 0, or SVC_ECONN (connection marked unusable). */
+int svc_amqp_flush_out(struct svc_amqp *c);
 
 /* Configures the TLS socket c->sock (made by amqp_ssl_socket_new) for host: trust store,
  * client certificate, TLS 1.2 or later, verification of the chain and of host (a DNS name or

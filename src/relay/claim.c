@@ -195,6 +195,9 @@ static int publish_rows(struct relay *r, PGresult *res, int n)
 {
 	int published = 0;
 
+	/* The batch's messages leave in few large writes rather than one send() each. */
+	if (r->mq_up)
+		svc_amqp_cork(r->mq);
 	for (int i = 0; i < n && r->mq_up && r->db_up; i++) {
 		int64_t id = strtoll(PQgetvalue(res, i, SVC_RELAY_COL_ID), NULL, 10);
 		int part = (int)strtol(PQgetvalue(res, i, SVC_RELAY_COL_PART), NULL, 10);
@@ -218,6 +221,8 @@ static int publish_rows(struct relay *r, PGresult *res, int n)
 			    r, relay_ex_metrics(r, PQgetvalue(res, i, SVC_RELAY_COL_EXCHANGE)));
 		published++;
 	}
+	if (r->mq_up && svc_amqp_uncork(r->mq) != 0)
+		relay_mq_lost(r, "publishing");
 	return published;
 }
 

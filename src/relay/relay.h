@@ -21,19 +21,20 @@
  * through the channel's publish sequence numbers. Decided rows are handled in one statement per
  * kind: nacked -> kept, retried after a backoff; returned as unroutable (basic.return, matched by
  * the "x-svccomm-seq" header amqp/conn adds) -> deleted and counted with PUBLISHER_UNROUTABLE =
- * "drop", kept with a backoff with "keep"; confirmed -> deleted by the next claim: the claim is
- * one statement, WITH d AS (DELETE ... WHERE id = ANY($3)) SELECT ..., so a steady relay costs
- * one database round trip per batch, not two. The SELECT reads the snapshot from before that
- * DELETE and therefore skips the ids of $3 as well as those in flight. Confirmed rows wait for a
+ * "drop", kept with a backoff with "keep"; confirmed -> deleted just before the next claim,
+ * by a DELETE of their own (one index range with a hashed membership test when their ids lie
+ * close together: outbox/relay_sql.c says why not inside the claim). Confirmed rows wait for a
  * claim only while one is sure to follow (more work, confirms outstanding) and at most
  * DELETE_MAX_WAIT; otherwise (caught up, no partitions, shutdown, a partition to hand over, the
- * list full) they are deleted by a DELETE of their own. The list survives reconnects: those rows
+ * list full) they are deleted at once. The list survives reconnects: those rows
  * were confirmed, deleting them late is correct and spares a second publish. A row is deleted
  * only after a positive confirm, so a lost connection, a nack or a crash can only cause a second
  * publish of the same row (same message_id), never a loss.
  *
  * Before each claim the relay reads the confirms that already arrived, so the rows they settle
- * leave the skip list and their deletes ride on this claim. Claim, delete and next-due are
+ * leave the skip list and are deleted before it. A claimed batch is published corked
+ * (svc_amqp_cork): its messages' frames leave in writes of up to 64 KiB instead of a send()
+ * per frame, which was most of the relay's CPU. Claim, delete and next-due are
  * prepared statements with a generic plan (plan_cache_mode = force_generic_plan on the relay's
  * session): no parse or plan per batch, and no planning cost that grows with the skip list.
  *
