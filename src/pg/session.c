@@ -591,8 +591,11 @@ int svc_pg_send(PGconn *conn, const char *sql, int nparams, const char *const *p
 		s->pending += sent;
 		s->pending_bytes += bytes;
 	}
-	/* the server works on it while the caller goes on */
-	if (sent && PQflush(conn) == 0)
+	/* Queued, not sent: libpq writes its buffer once it holds 8 KiB, and the batch's sync or
+	 * the next statement whose result is needed sends the rest, so a run of pipelined
+	 * statements costs the worker and the server one write and one wake-up per 8 KiB rather
+	 * than per statement. */
+	if (sent)
 		return 0;
 	/* out of memory or the connection failed: what was queued is settled now */
 	int rc = svc_pg_sync(conn);
