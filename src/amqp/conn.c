@@ -3,6 +3,8 @@
  * amqp/conn.h. */
 #include "amqp/conn.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -364,6 +366,45 @@ void svc_amqp_close(struct svc_amqp *c)
 		amqp_connection_close(c->st, AMQP_REPLY_SUCCESS);
 	}
 	drop_state(c);
+}
+
+/* The frames publish.c encoded and holds (see internal.h): sent with send() on rabbitmq-c's
+ * socket, which is non-blocking, so a full socket buffer is waited for as rabbitmq-c's own
+ * send does. */
+int svc_amqp_flush_out(struct svc_amqp *c)
+{
+	size_t off = 0;
+	int fd = c->st ? amqp_get_sockfd(c->st) : -1;
+
+	while (off < c->out_len && fd >= 0) {
+		ssize_t n = send(fd, c->out + off, c->out_len - off, MSG_NOSIGNAL);
+
+		if (n >= 0) {
+			off += (size_t)n;
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			/* rabbitmq-c keeps its socket non-blocking and waits as long in its own
+			 * send */
+			struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+
+			if (poll(&pfd, 1, -1) >= 0 || errno == EINTR)
+				continue;
+		}
+		snprintf(c->err, sizeof(c->err), "send: %s", strerror(errno));
+		break;
+	}
+	bool sent = off == c->out_len && fd >= 0;
+	c->out_len = 0;
+	if (!sent) {
+		if (fd < 0)
+			snprintf(c->err, sizeof(c->err), "not connected");
+		c->open = false;
+		return SVC_ECONN;
+	}
+	return 0;
 }
 
 int svc_amqp_declare_exchange(struct svc_amqp *c, const struct svc_amqp_exchange *ex, bool passive)

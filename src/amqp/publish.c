@@ -7,12 +7,9 @@
  * next method; the returned message is identified by the "x-svccomm-seq" header this module
  * adds to every mandatory publish in confirm mode (RabbitMQ sends the return before the ack of
  * the same message, so the caller learns "returned" before "acked"). */
-#include <errno.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "amqp/internal.h"
 #include "util/clock.h"
@@ -171,42 +168,6 @@ static size_t frame_end(unsigned char *start, size_t payload)
 	put32(start + 3, (uint32_t)payload);
 	start[FRAME_HDR + payload] = AMQP_FRAME_END;
 	return FRAME_HDR + payload + 1;
-}
-
-int svc_amqp_flush_out(struct svc_amqp *c)
-{
-	size_t off = 0;
-	int fd = c->st ? amqp_get_sockfd(c->st) : -1;
-
-	while (off < c->out_len && fd >= 0) {
-		ssize_t n = send(fd, c->out + off, c->out_len - off, MSG_NOSIGNAL);
-
-		if (n >= 0) {
-			off += (size_t)n;
-			continue;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			/* rabbitmq-c keeps its socket non-blocking and waits as long in its own
-			 * send */
-			struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-
-			if (poll(&pfd, 1, -1) >= 0 || errno == EINTR)
-				continue;
-		}
-		snprintf(c->err, sizeof(c->err), "send: %s", strerror(errno));
-		break;
-	}
-	bool sent = off == c->out_len && fd >= 0;
-	c->out_len = 0;
-	if (!sent) {
-		if (fd < 0)
-			snprintf(c->err, sizeof(c->err), "not connected");
-		c->open = false;
-		return SVC_ECONN;
-	}
-	return 0;
 }
 
 void svc_amqp_cork(struct svc_amqp *c)
