@@ -17,6 +17,29 @@ double bench_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+double bench_wall(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+struct bench_schedule bench_schedule(double rate, double delay_s)
+{
+	return (struct bench_schedule){bench_now() + delay_s, rate};
+}
+
+double bench_wait_due(const struct bench_schedule *s, long i)
+{
+	double due = s->start + (double)i / s->rate;
+	struct timespec t = {(time_t)due, (long)((due - (double)(time_t)due) * 1e9)};
+
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL) == EINTR) {
+	}
+	return bench_now() - due;
+}
+
 bool bench_ident_ok(const char *s, size_t max)
 {
 	size_t n = strlen(s);

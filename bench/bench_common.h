@@ -14,6 +14,21 @@
 /* Monotonic clock in seconds. */
 double bench_now(void);
 
+/* Wall clock (CLOCK_REALTIME) in seconds since the epoch: comparable across processes. */
+double bench_wall(void);
+
+/* Events at a fixed rate: event i is due at start + i / rate on the monotonic clock. */
+struct bench_schedule {
+	double start, rate;
+};
+
+/* The schedule starting delay_s from now (time to connect before the first event). */
+struct bench_schedule bench_schedule(double rate, double delay_s);
+
+/* Sleeps until event i is due (not at all when it is past) and returns how late that is, in
+ * seconds: a caller that fell behind catches up without sleeping. */
+double bench_wait_due(const struct bench_schedule *s, long i);
+
 /* Parse a positive integer option value; exits with status 2 on garbage. */
 long bench_parse_long(const char *opt, const char *val);
 

@@ -12,12 +12,10 @@
  * "id<TAB>epoch seconds", the wall clock (CLOCK_REALTIME) read when its COMMIT returned; one
  * JSON summary line goes to stderr. Python writers (one process, one GIL) fell to about 1,500
  * events/s here and took their clock late under load; this keeps both honest. */
-#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -45,29 +43,8 @@ static struct {
 	const char *params[MAX_PARAMS];
 	int nparams, connections;
 	double rate, seconds;
-	struct timespec start; /* CLOCK_MONOTONIC */
+	struct bench_schedule sched;
 } o;
-
-static double wall(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static struct timespec due(long i)
-{
-	double off = (double)i / o.rate;
-	struct timespec t = o.start;
-	long sec = (long)off;
-	t.tv_sec += sec;
-	t.tv_nsec += (long)((off - (double)sec) * 1e9);
-	if (t.tv_nsec >= 1000000000L) {
-		t.tv_sec++;
-		t.tv_nsec -= 1000000000L;
-	}
-	return t;
-}
 
 static void *run(void *arg)
 {
@@ -87,17 +64,11 @@ static void *run(void *arg)
 	}
 	PQclear(r);
 	for (long k = 0; k < w->count; k++) {
-		struct timespec t = due(k * o.connections + w->index), now;
-		int rc;
-		while ((rc = clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL)) == EINTR) {
-		}
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		double late =
-		    (double)(now.tv_sec - t.tv_sec) + (double)(now.tv_nsec - t.tv_nsec) / 1e9;
+		double late = bench_wait_due(&o.sched, k * o.connections + w->index);
 		if (late > w->late_max)
 			w->late_max = late;
 		r = PQexecPrepared(c, "event", o.nparams, o.params, NULL, NULL, 0);
-		double at = wall();
+		double at = bench_wall();
 		if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
 			snprintf(w->err, sizeof(w->err), "insert: %s", PQresultErrorMessage(r));
 			PQclear(r);
@@ -147,12 +118,7 @@ int main(int argc, char **argv)
 	}
 	long total = (long)(o.rate * o.seconds);
 	struct writer w[MAX_CONNECTIONS] = {0};
-	clock_gettime(CLOCK_MONOTONIC, &o.start);
-	o.start.tv_nsec += 200000000L; /* the connections are made before the first event is due */
-	if (o.start.tv_nsec >= 1000000000L) {
-		o.start.tv_sec++;
-		o.start.tv_nsec -= 1000000000L;
-	}
+	o.sched = bench_schedule(o.rate, 0.2); /* connect before the first event is due */
 	for (int j = 0; j < o.connections; j++) {
 		w[j].index = j;
 		w[j].count = total / o.connections + (j < total % o.connections ? 1 : 0);

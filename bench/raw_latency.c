@@ -12,7 +12,6 @@
  * Prints one JSON line on stdout: p50, p95, p99 and max in ms, the messages and the rate the
  * publisher reached. This is the floor under svccomm's latency rows: the relay's publish and
  * the consumer's delivery go through the same broker path. */
-#include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -20,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
-#include <time.h>
 
 #include <amqp.h>
 
@@ -31,15 +29,8 @@ static struct {
 	char name[64];
 	double rate, seconds;
 	long size, prefetch, total;
-	struct timespec start;
+	struct bench_schedule sched;
 } o;
-
-static double wall(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 struct pub_result {
 	long sent, acked, nacked, returned;
@@ -47,13 +38,14 @@ struct pub_result {
 	char err[256];
 };
 
-/* Reads every frame that is waiting on the publishing connection (confirms, returns). */
-static int drain(amqp_connection_state_t c, struct pub_result *r)
+/* Reads every frame that is waiting on the publishing connection (confirms, returns), the
+ * first after waiting up to wait_us. */
+static int drain(amqp_connection_state_t c, struct pub_result *r, long wait_us)
 {
-	for (;;) {
-		struct timeval zero = {0, 0};
+	for (;; wait_us = 0) {
+		struct timeval tv = {0, wait_us};
 		amqp_frame_t f;
-		int st = amqp_simple_wait_frame_noblock(c, &f, &zero);
+		int st = amqp_simple_wait_frame_noblock(c, &f, &tv);
 		if (st == AMQP_STATUS_TIMEOUT)
 			return 0;
 		if (st != AMQP_STATUS_OK) {
@@ -84,20 +76,6 @@ static int drain(amqp_connection_state_t c, struct pub_result *r)
 	}
 }
 
-static struct timespec due(long i)
-{
-	double off = (double)i / o.rate;
-	struct timespec t = o.start;
-	long sec = (long)off;
-	t.tv_sec += sec;
-	t.tv_nsec += (long)((off - (double)sec) * 1e9);
-	if (t.tv_nsec >= 1000000000L) {
-		t.tv_sec++;
-		t.tv_nsec -= 1000000000L;
-	}
-	return t;
-}
-
 static void *publisher(void *arg)
 {
 	struct pub_result *r = arg;
@@ -114,12 +92,10 @@ static void *publisher(void *arg)
 	props.content_type = amqp_cstring_bytes("application/json");
 	props.delivery_mode = 2;
 	for (long i = 0; i < o.total; i++) {
-		struct timespec t = due(i);
-		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL) == EINTR) {
-		}
-		if (drain(c, r))
+		bench_wait_due(&o.sched, i);
+		if (drain(c, r, 0))
 			goto out;
-		double now = wall();
+		double now = bench_wall();
 		int n = snprintf(body, (size_t)o.size + 1, "{\"t\":%.6f,\"p\":\"", now);
 		for (long k = n; k < o.size - 2; k++)
 			body[k] = 'x';
@@ -138,21 +114,9 @@ static void *publisher(void *arg)
 	}
 	/* the confirms of the last messages */
 	double end = bench_now() + 30;
-	while (r->acked + r->nacked < r->sent && bench_now() < end) {
-		struct timeval tv = {0, 100000};
-		amqp_frame_t f;
-		int st = amqp_simple_wait_frame_noblock(c, &f, &tv);
-		if (st == AMQP_STATUS_TIMEOUT)
-			continue;
-		if (st != AMQP_STATUS_OK || f.frame_type != AMQP_FRAME_METHOD)
-			continue;
-		if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
-			amqp_basic_ack_t *a = f.payload.method.decoded;
-			r->acked = a->multiple ? (long)a->delivery_tag : r->acked + 1;
-		} else if (f.payload.method.id == AMQP_BASIC_NACK_METHOD) {
-			r->nacked++;
-		}
-	}
+	while (r->acked + r->nacked < r->sent && bench_now() < end)
+		if (drain(c, r, 100000))
+			break;
 out:
 	free(body);
 	bench_close(c);
@@ -231,12 +195,7 @@ int main(int argc, char **argv)
 	                   amqp_empty_table);
 	if (bench_rpc_ok(amqp_get_rpc_reply(c), "basic.consume", err, sizeof(err)))
 		goto out;
-	clock_gettime(CLOCK_MONOTONIC, &o.start);
-	o.start.tv_nsec += 200000000L; /* the publisher connects before the first is due */
-	if (o.start.tv_nsec >= 1000000000L) {
-		o.start.tv_sec++;
-		o.start.tv_nsec -= 1000000000L;
-	}
+	o.sched = bench_schedule(o.rate, 0.2); /* the publisher connects before the first is due */
 	if (pthread_create(&pt, NULL, publisher, &pr) != 0) {
 		snprintf(err, sizeof(err), "cannot start the publisher");
 		goto out;
@@ -256,7 +215,7 @@ int main(int argc, char **argv)
 		}
 		if (bench_rpc_ok(r, "consume", err, sizeof(err)))
 			goto out;
-		double now = wall(), t = 0;
+		double now = bench_wall(), t = 0;
 		if (env.message.body.len > 5 &&
 		    sscanf((const char *)env.message.body.bytes + 5, "%lf", &t) == 1)
 			lat[got++] = (now - t) * 1000;

@@ -209,8 +209,8 @@ static bool encode_message(struct svc_amqp *c, const char *exchange, const char 
 
 	if (chunk == 0 || len > OUT_BIG)
 		return false;
+	size_t nbody = (len + chunk - 1) / chunk;
 	for (int attempt = 0; attempt < 2; attempt++, props_room = frame_max) {
-		size_t nbody = chunk ? (len + chunk - 1) / chunk : 0;
 		size_t need = (FRAME_HDR + 1) * (2 + nbody) + 520 + 12 + props_room + len;
 
 		if (!out_reserve(c, need))

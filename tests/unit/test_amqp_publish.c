@@ -87,13 +87,37 @@ static unsigned char *body_of(size_t len)
 	return b;
 }
 
+/* Publishes msgs on p (corked when asked; uncorked, each must leave at once) and returns the
+ * bytes the peer received, in buf. */
+static size_t publish_all(struct pair *p, const struct msg *msgs, size_t n, bool cork,
+                          unsigned char *buf, size_t cap)
+{
+	size_t got = 0;
+
+	if (cork)
+		svc_amqp_cork(p->c);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char *body = body_of(msgs[i].len);
+		assert_int_equal(svc_amqp_publish(p->c, msgs[i].exchange, msgs[i].rk, body,
+		                                  msgs[i].len, &msgs[i].props, msgs[i].mandatory,
+		                                  NULL),
+		                 0);
+		free(body);
+		if (!cork)
+			assert_int_equal(p->c->out_len, 0);
+		got += drain(p->peer, buf + got, cap - got);
+	}
+	if (cork)
+		assert_int_equal(svc_amqp_uncork(p->c), 0);
+	return got + drain(p->peer, buf + got, cap - got);
+}
+
 /* The bytes of msgs sent through rabbitmq-c's own publish (raw off) and through the encoder
  * (raw on, corked or not) must be equal. */
 static void same_bytes(const struct msg *msgs, size_t n, int frame_max, bool cork)
 {
 	size_t cap = 4 << 20;
 	unsigned char *want = malloc(cap), *got = malloc(cap);
-	size_t nwant = 0, ngot = 0;
 	struct pair a, b;
 
 	assert_non_null(want);
@@ -101,31 +125,8 @@ static void same_bytes(const struct msg *msgs, size_t n, int frame_max, bool cor
 	open_pair(&a, frame_max);
 	open_pair(&b, frame_max);
 	a.c->raw = false;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char *body = body_of(msgs[i].len);
-		assert_int_equal(svc_amqp_publish(a.c, msgs[i].exchange, msgs[i].rk, body,
-		                                  msgs[i].len, &msgs[i].props, msgs[i].mandatory,
-		                                  NULL),
-		                 0);
-		nwant += drain(a.peer, want + nwant, cap - nwant);
-		free(body);
-	}
-	if (cork)
-		svc_amqp_cork(b.c);
-	for (size_t i = 0; i < n; i++) {
-		unsigned char *body = body_of(msgs[i].len);
-		assert_int_equal(svc_amqp_publish(b.c, msgs[i].exchange, msgs[i].rk, body,
-		                                  msgs[i].len, &msgs[i].props, msgs[i].mandatory,
-		                                  NULL),
-		                 0);
-		free(body);
-		if (!cork)
-			assert_int_equal(b.c->out_len, 0); /* uncorked: sent at once */
-		ngot += drain(b.peer, got + ngot, cap - ngot);
-	}
-	if (cork)
-		assert_int_equal(svc_amqp_uncork(b.c), 0);
-	ngot += drain(b.peer, got + ngot, cap - ngot);
+	size_t nwant = publish_all(&a, msgs, n, false, want, cap);
+	size_t ngot = publish_all(&b, msgs, n, cork, got, cap);
 	assert_true(nwant > 0);
 	assert_int_equal(ngot, nwant);
 	assert_memory_equal(got, want, nwant);
