@@ -283,14 +283,63 @@ static bool enter(struct jd *d)
 {
 	char what[64];
 
-	if (++d->depth > d->max_depth || !lua_checkstack(d->L, 4)) {
+	if (++d->depth > d->max_depth) {
 		snprintf(what, sizeof(what), "too many nested data structures (%d)", d->depth);
 		return fail(d, what);
 	}
 	d->p++;
-	lua_createtable(d->L, 0, 0);
 	skip_ws(d);
 	return true;
+}
+
+/* Room on the Lua stack for n more values. */
+static bool room(struct jd *d, int n)
+{
+	return lua_checkstack(d->L, n) || fail(d, "too many values to hold");
+}
+
+/* Members and elements wait on the Lua stack, above the position where their table will be,
+ * until the container closes or MEMBERS_HELD of them are waiting: the table is then created at
+ * its final size (or grown once per MEMBERS_HELD), where setting them one at a time into an
+ * empty table rehashes it at every power of two. */
+#define MEMBERS_HELD 32
+
+/* Moves the n elements held above the table at `at` (made) or from `at` on (not yet made) into
+ * it, numbered from `first`. Leaves the table at `at` and nothing above it. */
+static void flush_elements(lua_State *L, int at, bool made, int n, lua_Integer first)
+{
+	int from = made ? at + 1 : at, t = at;
+
+	if (!made) {
+		lua_createtable(L, n, 0);
+		t = lua_gettop(L);
+	}
+	for (int i = 0; i < n; i++) {
+		lua_pushvalue(L, from + i);
+		lua_rawseti(L, t, first + i);
+	}
+	if (!made)
+		lua_replace(L, at);
+	lua_settop(L, at);
+}
+
+/* The same for n key/value pairs, set in their order (a repeated key: the last one wins). */
+static void flush_members(lua_State *L, int at, bool made, int n)
+{
+	int from = made ? at + 1 : at, t = at;
+
+	if (!made) {
+		lua_createtable(L, 0, n);
+		t = lua_gettop(L);
+	}
+	for (int i = 0; i < n; i++) {
+		lua_pushvalue(L, from + 2 * i);
+		lua_pushvalue(L, from + 2 * i + 1);
+		lua_rawset(L, t);
+	}
+	if (!made)
+		lua_replace(L, at);
+	lua_settop(L, at);
 }
 
 /* Moves over the ',' between members, or the closing byte `close` (*done). */
@@ -312,41 +361,52 @@ static bool next_member(struct jd *d, char close, bool *done)
 
 static bool parse_array(struct jd *d)
 {
-	bool done = false;
+	bool done = false, made = false;
+	int at = lua_gettop(d->L) + 1, n = 0;
+	lua_Integer first = 1;
 
 	if (!enter(d))
 		return false;
 	if (d->p < d->end && *d->p == ']') {
 		d->p++;
 		d->depth--;
+		lua_createtable(d->L, 0, 0);
 		return true;
 	}
-	for (lua_Integer i = 1; !done; i++) {
-		if (!parse_value(d))
+	while (!done) {
+		if (!room(d, 4) || !parse_value(d))
 			return false;
-		lua_rawseti(d->L, -2, i);
+		if (++n == MEMBERS_HELD) {
+			flush_elements(d->L, at, made, n, first);
+			made = true;
+			first += n;
+			n = 0;
+		}
 		if (!next_member(d, ']', &done))
 			return false;
 	}
+	flush_elements(d->L, at, made, n, first);
 	return true;
 }
 
 static bool parse_object(struct jd *d)
 {
-	bool done = false;
+	bool done = false, made = false;
+	int at = lua_gettop(d->L) + 1, n = 0;
 
 	if (!enter(d))
 		return false;
 	if (d->p < d->end && *d->p == '}') {
 		d->p++;
 		d->depth--;
+		lua_createtable(d->L, 0, 0);
 		return true;
 	}
 	while (!done) {
 		skip_ws(d);
 		if (d->p >= d->end || *d->p != '"')
 			return fail(d, "expected an object key string");
-		if (!parse_string(d))
+		if (!room(d, 6) || !parse_string(d))
 			return false;
 		skip_ws(d);
 		if (d->p >= d->end || *d->p != ':')
@@ -354,10 +414,15 @@ static bool parse_object(struct jd *d)
 		d->p++;
 		if (!parse_value(d))
 			return false;
-		lua_rawset(d->L, -3);
+		if (++n == MEMBERS_HELD) {
+			flush_members(d->L, at, made, n);
+			made = true;
+			n = 0;
+		}
 		if (!next_member(d, '}', &done))
 			return false;
 	}
+	flush_members(d->L, at, made, n);
 	return true;
 }
 

@@ -162,6 +162,68 @@ static void test_depth(void **state)
 	bad(L, deep, 4000, 100000, "too many nested data structures (1001)");
 }
 
+/* Containers larger than the members the decoder holds on the stack before creating or growing
+ * their table (32): every element in its place, a key repeated across that boundary keeps its
+ * last value, nested containers stay whole, and the stack holds only the result. */
+static void test_large_containers(void **state)
+{
+	lua_State *L = *state;
+	static char buf[65536];
+	size_t n = 0;
+
+	n += (size_t)snprintf(buf + n, sizeof(buf) - n, "[");
+	for (int i = 1; i <= 100; i++)
+		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s%d", i > 1 ? "," : "", i * 3);
+	snprintf(buf + n, sizeof(buf) - n, "]");
+	ok(L, buf);
+	assert_int_equal(lua_rawlen(L, 1), 100);
+	for (int i = 1; i <= 100; i++) {
+		assert_int_equal(lua_rawgeti(L, 1, i), LUA_TNUMBER);
+		assert_int_equal(lua_tointeger(L, -1), i * 3);
+		lua_pop(L, 1);
+	}
+	lua_settop(L, 0);
+
+	/* 70 keys, k5 again as the 70th (after two flushes), each value an object of 40 keys */
+	n = (size_t)snprintf(buf, sizeof(buf), "{");
+	for (int i = 1; i <= 70; i++) {
+		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s\"k%d\":{", i > 1 ? "," : "",
+		                      i == 70 ? 5 : i);
+		for (int j = 1; j <= 40; j++)
+			n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s\"m%d\":%d",
+			                      j > 1 ? "," : "", j, i * 100 + j);
+		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "}");
+	}
+	snprintf(buf + n, sizeof(buf) - n, "}");
+	assert_true(n + 2 < sizeof(buf));
+	ok(L, buf);
+	int keys = 0;
+	lua_pushnil(L);
+	while (lua_next(L, 1)) {
+		keys++;
+		lua_pop(L, 1);
+	}
+	assert_int_equal(keys, 69);
+	for (int i = 1; i < 70; i++) {
+		char k[8];
+		snprintf(k, sizeof(k), "k%d", i);
+		assert_int_equal(lua_getfield(L, 1, k), LUA_TTABLE);
+		for (int j = 1; j <= 40; j += 13) {
+			snprintf(k, sizeof(k), "m%d", j);
+			assert_int_equal(lua_getfield(L, -1, k), LUA_TNUMBER);
+			assert_int_equal(lua_tointeger(L, -1), (i == 5 ? 70 : i) * 100 + j);
+			lua_pop(L, 1);
+		}
+		lua_pop(L, 1);
+	}
+	assert_int_equal(lua_gettop(L), 1);
+	lua_settop(L, 0);
+
+	/* a failure inside a held member leaves only the error */
+	const char *broken = "{\"a\":1,\"b\":[1,2,{\"c\":tru}]}";
+	bad(L, broken, strlen(broken), 8, "invalid token");
+}
+
 static void test_strings(void **state)
 {
 	lua_State *L = *state;
@@ -214,6 +276,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_bad_numbers, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_structures, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_depth, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_large_containers, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_strings, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_lua_face, setup, teardown),
 	};

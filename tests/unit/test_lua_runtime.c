@@ -185,6 +185,44 @@ static void runaway_code_is_stopped_even_if_it_catches_the_error(void **state)
 	lua_pop(L, 1);
 }
 
+/* The allocator keeps Lua's freed small blocks for reuse (up to 256 bytes, by 16-byte class):
+ * blocks taken back from its lists, and blocks moved across classes and past 256 bytes as
+ * tables grow and shrink, keep their bytes, and the count of bytes in use returns to where it
+ * was once the garbage is collected. */
+static void reused_blocks_keep_their_bytes(void **state)
+{
+	struct svc_runtime *rt = *state;
+	const char *chunk =
+	    "local kept = {}\n"
+	    "for round = 1, 3 do\n"
+	    "  for n = 1, 600, 7 do\n"
+	    "    local s = string.rep(string.char(65 + n % 26), n) .. round\n"
+	    "    local t = {}\n"
+	    "    for i = 1, n % 70 do t[i] = i * round; t['k' .. i] = s end\n"
+	    "    for i = 1, n % 70, 2 do t['k' .. i] = nil end\n"
+	    "    kept[#kept + 1] = {s = s, t = t, n = n, round = round}\n"
+	    "  end\n"
+	    "  if round < 3 then kept = {} collectgarbage() end\n"
+	    "end\n"
+	    "for _, e in ipairs(kept) do\n"
+	    "  assert(#e.s == e.n + 1 and e.s:sub(1, 1) == string.char(65 + e.n % 26))\n"
+	    "  for i = 1, e.n % 70 do\n"
+	    "    assert(e.t[i] == i * e.round)\n"
+	    "    assert(e.t['k' .. i] == (i % 2 == 0 and e.s or nil))\n"
+	    "  end\n"
+	    "end\n"
+	    "return #kept";
+	size_t before;
+
+	lua_gc(svc_runtime_state(rt), LUA_GCCOLLECT, 0);
+	before = svc_runtime_memory_used(rt);
+	assert_int_equal(run(rt, chunk, 0), SVC_LUA_OK);
+	assert_int_equal(lua_tointeger(svc_runtime_state(rt), -1), 86);
+	lua_pop(svc_runtime_state(rt), 1);
+	lua_gc(svc_runtime_state(rt), LUA_GCCOLLECT, 0);
+	assert_true(svc_runtime_memory_used(rt) < before + 4096);
+}
+
 static void memory_cap_fails_the_call_not_the_process(void **state)
 {
 	struct svc_runtime *rt = *state;
@@ -471,6 +509,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(returns_results_and_balances_stack, setup, teardown),
+	    cmocka_unit_test_setup_teardown(reused_blocks_keep_their_bytes, setup, teardown),
 	    cmocka_unit_test_setup_teardown(string_errors_get_a_traceback, setup, teardown),
 	    cmocka_unit_test_setup_teardown(table_errors_keep_their_fields, setup, teardown),
 	    cmocka_unit_test_setup_teardown(other_error_values_become_text_with_a_traceback, setup,
