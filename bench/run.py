@@ -262,8 +262,10 @@ def proc_tree(pid):
 
 
 def mem_kib(pid):
-    """(VmRSS, VmHWM) of a process in KiB, or None when it is gone."""
-    rss = hwm = None
+    """(VmRSS, VmHWM, RssAnon) of a process in KiB, or None when it is gone. RssAnon is the
+    process's private memory; the rest of VmRSS is pages of files (the binary and its shared
+    libraries)."""
+    rss = hwm = anon = None
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
@@ -271,11 +273,13 @@ def mem_kib(pid):
                     rss = int(line.split()[1])
                 elif line.startswith("VmHWM:"):
                     hwm = int(line.split()[1])
+                elif line.startswith("RssAnon:"):
+                    anon = int(line.split()[1])
     except OSError:
         return None
     if rss is None or hwm is None:
         return None
-    return rss, hwm
+    return rss, hwm, anon or 0
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -307,6 +311,7 @@ class Proc:
                                   stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.p.pid
         self.peak_root = 0  # KiB
+        self.peak_anon_root = 0  # KiB, the largest RssAnon sampled
         self.peak_child = 0  # KiB, the largest descendant (a worker under --workers)
         self.rss_root = 0
         self.rss_child = 0
@@ -332,6 +337,7 @@ class Proc:
             if p == self.pid:
                 self.rss_root = m[0]
                 self.peak_root = max(self.peak_root, m[1])
+                self.peak_anon_root = max(self.peak_anon_root, m[2])
             else:
                 child_rss = max(child_rss, m[0])
                 self.peak_child = max(self.peak_child, m[1])
@@ -800,7 +806,8 @@ class Bench:
         return {"rate": steady_rate(n_done, q_first, t_prev, t_first, t_done),
                 "rate_incl_start": n_done / (t_done - p.started), "startup_s": t_first - p.started,
                 "seconds": t_done - p.started, "n": n, "done": n_done, "partial": partial,
-                "body_bytes": real, "rss_peak_kib": p.peak_root, "queue_type": qtype,
+                "body_bytes": real, "rss_peak_kib": p.peak_root,
+                "anon_peak_kib": p.peak_anon_root, "queue_type": qtype,
                 "cpu_us_per_msg": p.cpu_seconds() * 1e6 / max(1, n_done),
                 "pg_cpu_us_per_msg": None if pg_cpu is None else pg_cpu * 1e6 / max(1, n_done)}
 
@@ -1059,8 +1066,10 @@ class Bench:
                 rows.append(self.relay_row("relay %s" % qt, qt, s, target=0.9))
                 rows.append(row("relay", "relay %s peak RSS" % qt, s["rss_peak_kib"] / 1024, "MiB",
                                 target_text="<= 10 MiB", ok=s["rss_peak_kib"] <= 10 * 1024,
-                                settings="%d rows waiting at start; largest of %d runs"
-                                % (n, len(s["pairs"]))))
+                                settings="%d rows waiting at start; largest of %d runs; of it "
+                                "private memory (RssAnon, largest sampled) %.1f MiB, the rest "
+                                "pages of the binary and its shared libraries"
+                                % (n, len(s["pairs"]), s["anon_peak_kib"] / 1024)))
             except (BenchError, subprocess.TimeoutExpired) as e:
                 rows.append(failed("relay", "relay %s" % qt, e))
         return rows
@@ -1696,6 +1705,7 @@ def summarize_pairs(pairs):
         "ceiling_median": median([c for c, _ in pairs]),
         "spread": max(abs(x - median(ratios)) for x in ratios) > SPREAD,
         "rss_peak_kib": max(r["rss_peak_kib"] for _, r in pairs),
+        "anon_peak_kib": max(r.get("anon_peak_kib", 0) for _, r in pairs),
         "cpu_us_per_msg": median([r["cpu_us_per_msg"] for _, r in pairs]),
         "pairs": [{"ceiling": c, "rate": r["rate"], "ratio": x, "cpu_us_per_msg": r["cpu_us_per_msg"],
                    "pg_cpu_us_per_msg": r.get("pg_cpu_us_per_msg")}
