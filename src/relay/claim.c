@@ -68,6 +68,8 @@ static int publish_row(struct relay *r, PGresult *res, int i, uint64_t *seq)
 	    .app_id = r->cfg->app_id,
 	    .timestamp = strtoll(PQgetvalue(res, i, SVC_RELAY_COL_CREATED), NULL, 10),
 	    .persistent = true,
+	    /* "<APP_ID>:<row id>" names this row alone; a message_id of the row's own may not */
+	    .return_by_message_id = PQgetisnull(res, i, SVC_RELAY_COL_MESSAGE_ID),
 	};
 	char reason[600];
 	int rc;

@@ -20,7 +20,8 @@
  * messages may be unconfirmed; confirms (basic.ack/nack with `multiple`) are matched to rows
  * through the channel's publish sequence numbers. Decided rows are handled in one statement per
  * kind: nacked -> kept, retried after a backoff; returned as unroutable (basic.return, matched by
- * the "x-svccomm-seq" header amqp/conn adds) -> deleted and counted with PUBLISHER_UNROUTABLE =
+ * the message_id "<APP_ID>:<row id>" of a row without one of its own, else by the
+ * "x-svccomm-seq" header amqp/conn adds) -> deleted and counted with PUBLISHER_UNROUTABLE =
  * "drop", kept with a backoff with "keep"; confirmed -> deleted just before the next claim,
  * by a DELETE of their own (one index range with a hashed membership test when their ids lie
  * close together: outbox/relay_sql.c says why not inside the claim). Confirmed rows wait for a

@@ -4,8 +4,10 @@
  * = "keep", are rescheduled with a backoff; rows that can never be sent are parked. A channel
  * closed by the broker with several messages in flight starts the isolation mode that finds
  * the culprit (claim.c publishes one row at a time up to r->isolate_upto). */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config/config.h"
@@ -173,11 +175,29 @@ static void settle(struct relay *r)
 	queue_deletes(r, o);
 }
 
+/* The row id in a message_id the relay made ("<APP_ID>:<row id>"), or 0. */
+static int64_t own_message_row(const struct relay *r, const char *mid)
+{
+	size_t n = strlen(r->cfg->app_id);
+	char *end;
+	long long id;
+
+	if (!mid || strncmp(mid, r->cfg->app_id, n) != 0 || mid[n] != ':' || mid[n + 1] < '1' ||
+	    mid[n + 1] > '9')
+		return 0;
+	errno = 0;
+	id = strtoll(mid + n + 1, &end, 10);
+	return *end || errno ? 0 : (int64_t)id;
+}
+
+/* A message is told by its x-svccomm-seq header, or, when it was published without one (the
+ * row had no message_id of its own), by the row id in its message_id. */
 static void on_return(void *ctx, const struct svc_amqp_return *ret)
 {
 	struct relay *r = ctx;
 	bool drop = strcmp(r->cfg->publisher_unroutable, "keep") != 0;
-	int64_t id = svc_flight_return(&r->fl, ret->seq);
+	int64_t own = ret->seq ? 0 : own_message_row(r, ret->message_id);
+	int64_t id = own ? svc_flight_return_id(&r->fl, own) : svc_flight_return(&r->fl, ret->seq);
 	enum svc_log_level level = drop ? SVC_LOG_WARNING : SVC_LOG_DEBUG;
 	char event_id[24];
 

@@ -136,6 +136,19 @@ int64_t svc_flight_return(struct svc_flight *f, uint64_t seq)
 	return e ? e->id : 0;
 }
 
+int64_t svc_flight_return_id(struct svc_flight *f, int64_t id)
+{
+	for (size_t i = 0; i < f->count; i++) {
+		struct svc_flight_entry *e = entry_at(f, i);
+
+		if (e->id == id && e->state == SVC_FLIGHT_PENDING) {
+			e->state = SVC_FLIGHT_RETURNED;
+			return id;
+		}
+	}
+	return 0;
+}
+
 size_t svc_flight_harvest(struct svc_flight *f)
 {
 	size_t popped = 0;

@@ -83,6 +83,9 @@ void svc_flight_confirm(struct svc_flight *f, uint64_t tag, bool multiple, bool 
 
 /* Applies a basic.return for seq. Returns the outbox row id of seq, or 0 when unknown. */
 int64_t svc_flight_return(struct svc_flight *f, uint64_t seq);
+/* The same for the message of outbox row id, found by its id (a return told by its
+ * message_id, which carries the row id: a scan of the window, returns are rare). */
+int64_t svc_flight_return_id(struct svc_flight *f, int64_t id);
 
 /* Pops every decided row from the head into f->out (reset first). Returns the number of rows
  * popped. */

@@ -1,6 +1,7 @@
 """runpublisher: rows the broker does not take at once (issue 5, scenarios 4, 6, 7; unroutable
 and impossible rows)."""
 import json
+import re
 import time
 
 import pytest
@@ -88,6 +89,61 @@ def test_unroutable_kept_by_default_dropped_with_drop(make_project, broker):
     assert sorted(svc.row_id(props.message_id) for _, props, _ in got) == ids
     svc.wait_until(lambda: k.outbox_count() == 0, 10, what="table empty")
     assert k.stop(relay) == 0
+
+
+def test_returns_are_told_apart_with_and_without_a_message_id_of_the_row(make_project, broker):
+    """Rows without a message_id of their own go out without the x-svccomm-seq header and
+    their return is told by "<APP_ID>:<row id>"; rows with one keep the header. Mixed in one
+    window, with routable rows between them, each returned row is the one kept (or dropped)
+    and every routable row is deleted exactly once."""
+    s = svc.suffix()
+    ex, q = "mixret_" + s, "mixret_q_" + s
+    broker.exchange(ex)
+    broker.queue(q)
+    broker.ch.queue_bind(q, ex, "ev.ok")
+
+    def rows():
+        out = []
+        for i in range(12):
+            r = {"exchange": ex, "routing_key": "ev.ok" if i % 3 == 0 else "ev.nobody",
+                 "body": '{"i": %d}' % i}
+            if i % 2:
+                r["message_id"] = "own-%s-%d" % (s, i)
+            out.append(r)
+        return out
+
+    k = make_project().setup_relay({"APP_ID": "mix-svc", "RECONNECT_MAX_DELAY": 1})
+    ids = k.outbox_insert(rows())
+    unroutable = [i for n, i in enumerate(ids) if n % 3]
+    relay = k.start_relay()
+    got = broker.collect(q, 4, timeout=20)
+    svc.wait_until(lambda: [r[0] for r in k.outbox_rows()] == unroutable
+                   and all(r[1] >= 1 for r in k.outbox_rows()), 15, what="unroutable rows kept")
+    assert all("unroutable" in r[2] for r in k.outbox_rows())
+    assert k.stop(relay) == 0
+    # the routable ones: the relay's own message_id and no sequence header, or the row's own
+    # message_id and the header
+    for _, props, body in got:
+        i = json.loads(body)["i"]
+        headers = props.headers or {}
+        if i % 2:
+            assert props.message_id == "own-%s-%d" % (s, i)
+            assert "x-svccomm-seq" in headers
+        else:
+            assert props.message_id == "mix-svc:%d" % ids[i]
+            assert "x-svccomm-seq" not in headers
+    assert sorted(json.loads(b)["i"] for _, _, b in got) == [0, 3, 6, 9]
+
+    d = make_project().setup_relay({"APP_ID": "mix-svc", "PUBLISHER_UNROUTABLE": "drop"})
+    ids = d.outbox_insert(rows())
+    relay = d.start_relay()
+    got = broker.collect(q, 4, timeout=20)
+    svc.wait_until(lambda: d.outbox_count() == 0, 15, what="unroutable rows dropped")
+    assert d.stop(relay) == 0
+    dropped = sorted(int(re.search(r"outbox row (\d+)", x).group(1))
+                     for x in d.log(relay).splitlines() if "unroutable event dropped" in x)
+    assert dropped == sorted(i for n, i in enumerate(ids) if n % 3)
+    assert sorted(json.loads(b)["i"] for _, _, b in got) == [0, 3, 6, 9]
 
 
 def test_impossible_rows_are_parked_and_do_not_block_others(project, broker):

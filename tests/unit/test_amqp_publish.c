@@ -198,6 +198,50 @@ static void confirm_mode_sequence_header(void **state)
 	close_pair(&b);
 }
 
+/* return_by_message_id: the caller tells returns by message_id, so a mandatory publish in
+ * confirm mode goes out without x-svccomm-seq, byte for byte as one outside confirm mode, with
+ * or without headers of its own; the sequence number still counts it. */
+static void return_by_message_id_adds_no_header(void **state)
+{
+	static const struct svc_amqp_header hs[] = {{"traceparent", "00-abc-01"}};
+	struct msg plain = {
+	    "events",
+	    "a.b",
+	    120,
+	    {.message_id = "svc:42", .persistent = true, .return_by_message_id = true},
+	    true};
+	struct msg headed = plain;
+	unsigned char x[4096], y[4096];
+
+	(void)state;
+	headed.props.headers = hs;
+	headed.props.n_headers = 1;
+	for (int k = 0; k < 2; k++) {
+		const struct msg *m = k ? &headed : &plain;
+		struct pair a, b;
+		uint64_t sa = 0, sb = 0;
+		unsigned char *body = body_of(m->len);
+
+		open_pair(&a, 131072);
+		open_pair(&b, 131072);
+		a.c->confirm = true; /* b: not in confirm mode, never a sequence header */
+		assert_int_equal(
+		    svc_amqp_publish(a.c, m->exchange, m->rk, body, m->len, &m->props, true, &sa),
+		    0);
+		assert_int_equal(
+		    svc_amqp_publish(b.c, m->exchange, m->rk, body, m->len, &m->props, true, &sb),
+		    0);
+		assert_int_equal(sa, 1);
+		assert_int_equal(sb, 0);
+		size_t na = drain(a.peer, x, sizeof(x)), nb = drain(b.peer, y, sizeof(y));
+		assert_int_equal(na, nb);
+		assert_memory_equal(x, y, na);
+		free(body);
+		close_pair(&a);
+		close_pair(&b);
+	}
+}
+
 static void bodies_split_at_frame_max(void **state)
 {
 	/* frame_max 4096: bodies of 4088 bytes fill one frame exactly, 4089 need two, 20,000
@@ -286,6 +330,7 @@ int main(void)
 	    cmocka_unit_test(plain_message),
 	    cmocka_unit_test(every_property_and_headers),
 	    cmocka_unit_test(confirm_mode_sequence_header),
+	    cmocka_unit_test(return_by_message_id_adds_no_header),
 	    cmocka_unit_test(bodies_split_at_frame_max),
 	    cmocka_unit_test(corked_batches_flush_in_order),
 	    cmocka_unit_test(large_headers_need_a_second_attempt),

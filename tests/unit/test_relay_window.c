@@ -80,6 +80,30 @@ static void nack_and_return_are_kept_apart(void **state)
 	svc_flight_release(&f);
 }
 
+/* A return told by the row id (the message carried the relay's own message_id, no sequence
+ * header): found in a wrapped ring, only while undecided, unknown ids ignored. */
+static void return_by_row_id(void **state)
+{
+	struct svc_flight f;
+
+	(void)state;
+	assert_int_equal(svc_flight_init(&f, 4), 0);
+	add_rows(&f, 1, 70, 3, 2);
+	svc_flight_confirm(&f, 2, true, true);
+	assert_int_equal(svc_flight_harvest(&f), 2);
+	add_rows(&f, 4, 73, 3, 2); /* ids 72..75 in flight, the ring wrapped */
+	assert_int_equal(svc_flight_return_id(&f, 74), 74);
+	assert_int_equal(svc_flight_return_id(&f, 74), 0); /* already returned */
+	assert_int_equal(svc_flight_return_id(&f, 70), 0); /* no longer in flight */
+	assert_int_equal(svc_flight_return_id(&f, 99), 0);
+	svc_flight_confirm(&f, 6, true, true);
+	assert_int_equal(svc_flight_harvest(&f), 4);
+	assert_int_equal(f.out.n_acked, 3);
+	assert_int_equal(f.out.n_returned, 1);
+	assert_int_equal(f.out.returned[0], 74);
+	svc_flight_release(&f);
+}
+
 static void multiple_nack_covers_every_undecided(void **state)
 {
 	struct svc_flight f;
@@ -179,6 +203,7 @@ int main(void)
 	    cmocka_unit_test(multiple_ack_deletes_in_order),
 	    cmocka_unit_test(single_acks_out_of_order_wait_for_the_head),
 	    cmocka_unit_test(nack_and_return_are_kept_apart),
+	    cmocka_unit_test(return_by_row_id),
 	    cmocka_unit_test(multiple_nack_covers_every_undecided),
 	    cmocka_unit_test(unknown_tags_are_ignored),
 	    cmocka_unit_test(window_is_bounded_and_sequences_checked),
