@@ -107,8 +107,8 @@ static int publish_row(struct relay *r, PGresult *res, int i, uint64_t *seq)
 
 /* Rows per claim: PUBLISHER_BATCH_SIZE, and while a backlog lasts (the last claim came back
  * full) up to BACKLOG_GROWTH times that, at most half the window. Every claim walks past the
- * rows still in flight (they stay in the table until confirmed), so fewer, larger claims with
- * half the window free cut that walk, the id lists and the transactions per row. */
+ * rows still in flight (they stay in the table until confirmed), so fewer, larger claims cut
+ * that walk, the id lists and the transactions per row. */
 #define BACKLOG_GROWTH 4
 
 static long claim_batch(const struct relay *r)
@@ -123,25 +123,35 @@ static long claim_batch(const struct relay *r)
 	return grown > batch ? grown : batch;
 }
 
+static bool ahead_left(const struct relay *r)
+{
+	return r->ahead && r->ahead_next < r->ahead_n;
+}
+
+bool relay_ahead_ready(const struct relay *r)
+{
+	return ahead_left(r) && svc_flight_free(&r->fl) > 0;
+}
+
+void relay_drop_ahead(struct relay *r)
+{
+	/* Only marked: a connection may be lost while these rows are being read; the result is
+	 * freed before the next claim (or with the relay). */
+	r->ahead_next = r->ahead_n;
+}
+
+/* A claim does not wait for room in the window: its rows wait in r->ahead and go out as
+ * confirms make room, so the broker always has a full window to work on and the claim's round
+ * trip happens while it does (a claim that waited for room let the window run between half
+ * and full, and empty further during the round trip). The next claim runs once those rows are
+ * all published, so the rows in flight are exactly the ones the claim must skip. */
 long relay_claim_limit(struct relay *r)
 {
-	long batch = claim_batch(r);
-	long space = (long)svc_flight_free(&r->fl);
-
+	if (ahead_left(r))
+		return 0;
 	if (r->isolate_upto > 0)
 		return r->fl.count == 0 ? 1 : 0;
-	if (space < batch) {
-		/* Wait for a useful amount of room unless nothing is in flight: a grown batch
-		 * waits for all of its room, a normal one for a quarter of the window. */
-		long want = r->backlog || batch < (long)r->fl.cap / 4 ? batch : (long)r->fl.cap / 4;
-
-		if (want < 1)
-			want = 1;
-		if (space < want && r->fl.count > 0)
-			return 0;
-		return space;
-	}
-	return batch;
+	return claim_batch(r);
 }
 
 /* Logs a failed claim. A missing table usually means the wrong database (an exported
@@ -191,16 +201,17 @@ static PGresult *claim(struct relay *r, long limit)
 	return res;
 }
 
-/* Publishes the claimed rows in id order into the window, until a connection is lost.
- * Returns the number published. */
-static int publish_rows(struct relay *r, PGresult *res, int n)
+/* Publishes the rows of r->ahead that fit in the window, in id order, until a connection is
+ * lost. Returns the number published. */
+static int publish_ahead(struct relay *r)
 {
-	int published = 0;
+	PGresult *res = r->ahead;
+	int published = 0, from = r->ahead_next, i = from;
 
-	/* The batch's messages leave in few large writes rather than one send() each. */
+	/* The messages leave in few large writes rather than one send() each. */
 	if (r->mq_up)
 		svc_amqp_cork(r->mq);
-	for (int i = 0; i < n && r->mq_up && r->db_up; i++) {
+	for (; i < r->ahead_n && r->mq_up && r->db_up && svc_flight_free(&r->fl) > 0; i++) {
 		int64_t id = strtoll(PQgetvalue(res, i, SVC_RELAY_COL_ID), NULL, 10);
 		int part = (int)strtol(PQgetvalue(res, i, SVC_RELAY_COL_PART), NULL, 10);
 		uint64_t seq = 0;
@@ -213,7 +224,7 @@ static int publish_rows(struct relay *r, PGresult *res, int n)
 		if (rc == 0)
 			continue;
 		if (svc_flight_add(&r->fl, seq, id, part) != 0) {
-			/* cannot happen: the limit keeps the window */
+			/* cannot happen: the loop checks the room */
 			svc_error(COMP, "in-flight window out of sync; reconnecting");
 			relay_mq_lost(r, "bookkeeping");
 			break;
@@ -225,6 +236,14 @@ static int publish_rows(struct relay *r, PGresult *res, int n)
 	}
 	if (r->mq_up && svc_amqp_uncork(r->mq) != 0)
 		relay_mq_lost(r, "publishing");
+	if (r->mq_up && r->db_up) {
+		if (SVC_LOG_DEBUG >= svc_log_threshold && i > from)
+			relay_trace_batch(res, from, i, r->ahead_claimed);
+		r->ahead_next = i;
+	} else {
+		relay_drop_ahead(r); /* the window was forgotten: the next claim starts afresh */
+	}
+	relay_flush_lists(r);
 	return published;
 }
 
@@ -253,35 +272,39 @@ void relay_read_next_due(struct relay *r)
 void relay_claim_and_publish(struct relay *r)
 {
 	long limit;
-	PGresult *res;
 	int n, published;
-	struct timespec claimed = {0, 0};
 
 	/* Confirms that already arrived first: rows they settle leave the skip list and are
 	 * deleted by this claim, and the window gets their room. */
 	relay_handle_confirms(r, 0);
-	limit = relay_claim_limit(r);
-	if (limit <= 0 || r->n_claimable == 0 || !r->mq_up || !r->db_up)
+	if (ahead_left(r)) {
+		if (r->mq_up && r->db_up && svc_flight_free(&r->fl) > 0)
+			publish_ahead(r);
 		return;
-	if (!(res = claim(r, limit)))
+	}
+	if (r->ahead) {
+		PQclear(r->ahead);
+		r->ahead = NULL;
+	}
+	limit = relay_claim_limit(r);
+	if (!r->work || limit <= 0 || r->n_claimable == 0 || !r->mq_up || !r->db_up)
+		return;
+	if (!(r->ahead = claim(r, limit)))
 		return;
 	if (SVC_LOG_DEBUG >= svc_log_threshold)
-		claimed = svc_clock_wall();
-	n = PQntuples(res);
-	if (r->isolate_upto > 0 &&
-	    (n == 0 || strtoll(PQgetvalue(res, 0, SVC_RELAY_COL_ID), NULL, 10) > r->isolate_upto)) {
+		r->ahead_claimed = svc_clock_wall();
+	n = r->ahead_n = PQntuples(r->ahead);
+	r->ahead_next = 0;
+	if (r->isolate_upto > 0 && (n == 0 || strtoll(PQgetvalue(r->ahead, 0, SVC_RELAY_COL_ID),
+	                                              NULL, 10) > r->isolate_upto)) {
 		svc_info(COMP, "isolation done: back to pipelined publishing");
 		r->isolate_upto = 0;
 	}
-	published = publish_rows(r, res, n);
-	if (SVC_LOG_DEBUG >= svc_log_threshold && n > 0)
-		relay_trace_batch(res, n, claimed);
+	published = publish_ahead(r);
 	svc_debug(COMP, "claimed %d of %ld, published %d, in flight %zu", n, limit, published,
 	          r->fl.count);
-	relay_flush_lists(r);
 	/* A full batch means more may be waiting; a short one means we caught up. */
 	r->backlog = n >= limit && r->isolate_upto == 0;
 	if (n < limit || !r->db_up || !r->mq_up)
 		caught_up(r, n);
-	PQclear(res);
 }

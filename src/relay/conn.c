@@ -39,6 +39,7 @@ void relay_db_lost(struct relay *r, const char *what)
 	relay_metrics_partitions(r);
 	/* Confirms still to come cannot be recorded: forget them (the rows are sent again). */
 	svc_flight_clear(&r->fl);
+	relay_drop_ahead(r);
 	r->n_defer = r->n_park = 0;
 	r->db_retry_at = retry_at(r, &r->db_fails);
 }
@@ -52,6 +53,7 @@ void relay_mq_lost(struct relay *r, const char *what)
 		svc_amqp_nodes_lost(&r->nodes);
 	r->mq_up = false;
 	svc_flight_clear(&r->fl);
+	relay_drop_ahead(r);
 	relay_ex_forget_known(r);
 	r->mq_retry_at = retry_at(r, &r->mq_fails);
 }

@@ -91,6 +91,12 @@ struct relay {
 	double next_due_check; /* without LISTEN: when to read the next due time again */
 	int64_t isolate_upto;  /* publish one at a time up to this id (0 = off) */
 
+	/* The last claim's rows, published as the window makes room (claim.c): rows
+	 * [ahead_next, ahead_n) of `ahead` are claimed and not yet published. */
+	PGresult *ahead;
+	int ahead_next, ahead_n;
+	struct timespec ahead_claimed; /* when the claim returned (debug traces) */
+
 	int64_t *defer_ids; /* rows kept for later within the current batch */
 	size_t n_defer;
 	char defer_reason[300];
@@ -157,18 +163,25 @@ void relay_drain(struct relay *r, double deadline);
 
 /* ---- claim.c ---- */
 
-/* How many rows the next claim may take (0: wait for room in the window). */
+/* How many rows the next claim may take (0: not now: rows of the last claim still wait, or
+ * isolation waits for the window to empty). */
 long relay_claim_limit(struct relay *r);
-/* Deletes the confirmed rows, claims one batch and publishes it. */
+/* True when rows of the last claim wait and the window has room for one. */
+bool relay_ahead_ready(const struct relay *r);
+/* Publishes the rows of the last claim that fit in the window; once none waits and there is
+ * work, deletes the confirmed rows, claims the next batch and publishes what fits of it. */
 void relay_claim_and_publish(struct relay *r);
+/* Forgets the claimed rows not yet published (a lost connection, a partition given back):
+ * they stay in the table and a later claim takes them again. */
+void relay_drop_ahead(struct relay *r);
 /* Reads when the next scheduled row is due into r->next_due (0: none known). */
 void relay_read_next_due(struct relay *r);
 
 /* ---- trace.c (debug only: call when SVC_LOG_DEBUG >= svc_log_threshold) ---- */
 
-/* Logs the "batch times" line of the n rows of res: claimed is when the claim returned, now
- * when they were published. */
-void relay_trace_batch(PGresult *res, int n, struct timespec claimed);
+/* Logs the "batch times" line of rows [from, to) of res: claimed is when the claim returned,
+ * now when they were published. */
+void relay_trace_batch(PGresult *res, int from, int to, struct timespec claimed);
 /* Logs the "confirm times" line of the n rows whose confirms were just read. */
 void relay_trace_confirmed(const int64_t *ids, size_t n);
 

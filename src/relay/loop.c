@@ -88,6 +88,8 @@ static bool no_sleep(struct relay *r)
 	}
 	if (r->work && r->mq_up && r->db_up && relay_claim_limit(r) > 0 && r->n_claimable > 0)
 		return true;
+	if (r->mq_up && r->db_up && relay_ahead_ready(r))
+		return true;
 	if (r->mq_up && svc_amqp_buffered(r->mq)) {
 		relay_handle_confirms(r, 0);
 		return true;
@@ -211,6 +213,7 @@ static void relay_free(struct relay *r)
 	svc_pg_release(&r->pg);
 	svc_relay_sql_release(&r->q);
 	svc_flight_release(&r->fl);
+	PQclear(r->ahead);
 	relay_ex_free_all(r);
 	free(r->defer_ids);
 	free(r->park_ids);
@@ -320,7 +323,7 @@ int svc_publisher_run(const struct svc_config *cfg, volatile sig_atomic_t *stop)
 		relay_metrics_tick(r, svc_clock_mono());
 		if (*stop)
 			break;
-		if (r->work && r->mq_up && r->db_up)
+		if ((r->work || relay_ahead_ready(r)) && r->mq_up && r->db_up)
 			relay_claim_and_publish(r);
 		if (*stop)
 			break;

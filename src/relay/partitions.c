@@ -36,14 +36,18 @@ static void give_back(struct relay *r, long target)
 }
 
 /* Unlocks the partitions given back once none of their rows is in flight, and none waits for
- * its delete either: the next owner would publish it again. Returns 0 or the SVC_E* of a
- * failure (the session may be lost already: see r->db_up). */
+ * its delete either: the next owner would publish it again. Claimed rows not yet published
+ * are forgotten first (this relay claims them again if they stay its own). Returns 0 or the
+ * SVC_E* of a failure (the session may be lost already: see r->db_up). */
 static int unlock_released(struct relay *r, long *nheld)
 {
 	int rc;
 
 	for (int p = 0; p < SVC_RELAY_PARTITIONS; p++) {
-		if (!r->releasing[p] || r->fl.part_count[p] > 0)
+		if (!r->releasing[p])
+			continue;
+		relay_drop_ahead(r);
+		if (r->fl.part_count[p] > 0)
 			continue;
 		if (r->n_del > 0)
 			relay_flush_deletes(r);

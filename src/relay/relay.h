@@ -14,7 +14,8 @@
  * sockets, so confirms and notifications are handled as they arrive.
  *
  * Claim -> publish -> confirm -> delete. Due rows (send_after <= now(), parked_at IS NULL) are
- * read in id order, PUBLISHER_BATCH_SIZE at a time, and published at once (mandatory, persistent,
+ * read in id order, PUBLISHER_BATCH_SIZE at a time, and published as the window has room (a
+ * claim does not wait for room: its rows wait in r->ahead, see claim.c) (mandatory, persistent,
  * content type application/json, app_id = APP_ID, message_id = the row's or "<APP_ID>:<id>",
  * correlation_id and headers from the row, timestamp = created_at). Up to PUBLISHER_WINDOW
  * messages may be unconfirmed; confirms (basic.ack/nack with `multiple`) are matched to rows

@@ -69,14 +69,14 @@ static void fmt_time(struct timespec t, char *out, size_t outsz)
 	snprintf(out, outsz, "%lld.%06ld", (long long)t.tv_sec, t.tv_nsec / 1000L);
 }
 
-void relay_trace_batch(PGresult *res, int n, struct timespec claimed)
+void relay_trace_batch(PGresult *res, int from, int to, struct timespec claimed)
 {
 	struct timespec published = svc_clock_wall();
 	struct svc_id_ranges ir;
 	char ids[4096], tc[32], tp[32];
 
 	svc_id_ranges_init(&ir, ids, sizeof(ids));
-	for (int i = 0; i < n; i++)
+	for (int i = from; i < to; i++)
 		svc_id_ranges_add(&ir, strtoll(PQgetvalue(res, i, SVC_RELAY_COL_ID), NULL, 10));
 	fmt_time(claimed, tc, sizeof(tc));
 	fmt_time(published, tp, sizeof(tp));

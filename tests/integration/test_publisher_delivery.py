@@ -238,3 +238,23 @@ def test_message_id_is_app_id_and_row_id_unless_the_row_sets_one(project, broker
     assert json.loads(got[0][2])["eventId"] == event_id == str(own[0] - 1)
     assert all(props.app_id == "orders-svc" for _, props, _ in got)
     assert p.stop(relay) == 0
+
+
+def test_claims_larger_than_the_window_wait_for_room_and_go_out_once_in_order(project, broker):
+    """A claim does not wait for room in the confirm window: its rows wait in the relay and go
+    out as confirms come back. With a window of 3 and claims of 10, every row goes out exactly
+    once, in id order, and is deleted; a row committed while others wait is not skipped."""
+    p = project.setup_relay({"PUBLISHER_WINDOW": 3, "PUBLISHER_BATCH_SIZE": 10,
+                             "LOG_LEVEL": "debug"})
+    (ex,), q = topology(broker)
+    ids = p.outbox_insert_many(ex, 60)
+    relay = p.start_relay()
+    late = p.outbox_insert([{"exchange": ex, "routing_key": "ev.x", "body": '{"n": 61}'}])
+    got = broker.collect(q, 61, timeout=30)
+    svc.wait_until(lambda: p.outbox_count() == 0, 15, what="table empty")
+    assert p.stop(relay) == 0
+    mids = [svc.row_id(props.message_id) for _, props, _ in got]
+    assert mids == ids + late
+    log = p.log(relay)
+    # claims of 10 rows were published 3 at a time at first: the window was the limit
+    assert "claimed 10 of 10, published 3, in flight 3" in log, log[-3000:]
