@@ -133,10 +133,23 @@ bool relay_ahead_ready(const struct relay *r)
 	return ahead_left(r) && svc_flight_free(&r->fl) > 0;
 }
 
+/* Claimed rows wait for room at most this long (seconds). Then they are forgotten and claimed
+ * again, so a row deleted or rescheduled in the table meanwhile (`outbox cancel`,
+ * cancel_future_aggregate_event, `outbox unpark` elsewhere) is not published from a stale copy
+ * while the broker holds the window (a memory alarm, a slow disk). */
+#define AHEAD_MAX_AGE 1.0
+
+double relay_ahead_expiry(const struct relay *r)
+{
+	return ahead_left(r) ? r->ahead_at + AHEAD_MAX_AGE : 0;
+}
+
 void relay_drop_ahead(struct relay *r)
 {
 	/* Only marked: a connection may be lost while these rows are being read; the result is
 	 * freed before the next claim (or with the relay). */
+	if (ahead_left(r))
+		r->work = true; /* claim them again */
 	r->ahead_next = r->ahead_n;
 }
 
@@ -291,6 +304,7 @@ void relay_claim_and_publish(struct relay *r)
 		return;
 	if (!(r->ahead = claim(r, limit)))
 		return;
+	r->ahead_at = svc_clock_mono();
 	if (SVC_LOG_DEBUG >= svc_log_threshold)
 		r->ahead_claimed = svc_clock_wall();
 	n = r->ahead_n = PQntuples(r->ahead);

@@ -95,7 +95,8 @@ struct relay {
 	 * [ahead_next, ahead_n) of `ahead` are claimed and not yet published. */
 	PGresult *ahead;
 	int ahead_next, ahead_n;
-	struct timespec ahead_claimed; /* when the claim returned (debug traces) */
+	double ahead_at;               /* svc_clock_mono() when the claim returned */
+	struct timespec ahead_claimed; /* the same, wall clock (debug traces) */
 
 	int64_t *defer_ids; /* rows kept for later within the current batch */
 	size_t n_defer;
@@ -168,11 +169,14 @@ void relay_drain(struct relay *r, double deadline);
 long relay_claim_limit(struct relay *r);
 /* True when rows of the last claim wait and the window has room for one. */
 bool relay_ahead_ready(const struct relay *r);
+/* When the rows of the last claim that still wait are to be forgotten and claimed afresh
+ * (0: none wait). */
+double relay_ahead_expiry(const struct relay *r);
 /* Publishes the rows of the last claim that fit in the window; once none waits and there is
  * work, deletes the confirmed rows, claims the next batch and publishes what fits of it. */
 void relay_claim_and_publish(struct relay *r);
-/* Forgets the claimed rows not yet published (a lost connection, a partition given back):
- * they stay in the table and a later claim takes them again. */
+/* Forgets the claimed rows not yet published (a lost connection, a partition given back, or
+ * AHEAD_MAX_AGE passed): they stay in the table and the next claim takes them again. */
 void relay_drop_ahead(struct relay *r);
 /* Reads when the next scheduled row is due into r->next_due (0: none known). */
 void relay_read_next_due(struct relay *r);

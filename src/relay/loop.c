@@ -111,6 +111,8 @@ static double wake_time(struct relay *r, double t)
 	until = min_d(until, r->next_stats);
 	if (r->next_due > 0)
 		until = min_d(until, r->next_due);
+	if (relay_ahead_expiry(r) > 0)
+		until = min_d(until, relay_ahead_expiry(r));
 	if (!r->db_up)
 		until = min_d(until, r->db_retry_at);
 	if (!r->mq_up)
@@ -187,6 +189,11 @@ static void timers(struct relay *r)
 	if (r->next_due > 0 && t >= r->next_due) {
 		r->work = true;
 		r->next_due = 0;
+	}
+	if (relay_ahead_expiry(r) > 0 && t >= relay_ahead_expiry(r)) {
+		svc_debug(COMP, "claimed rows waited %.3g s for room: claiming them again",
+		          t - r->ahead_at);
+		relay_drop_ahead(r);
 	}
 	if (r->db_up && t >= r->next_rebalance)
 		relay_rebalance(r);

@@ -258,3 +258,31 @@ def test_claims_larger_than_the_window_wait_for_room_and_go_out_once_in_order(pr
     log = p.log(relay)
     # claims of 10 rows were published 3 at a time at first: the window was the limit
     assert "claimed 10 of 10, published 3, in flight 3" in log, log[-3000:]
+
+
+def test_claimed_rows_that_wait_long_are_claimed_again_so_a_deleted_row_stays_unsent(
+        project, broker):
+    """Claimed rows waiting for room in the window are forgotten after a second and claimed
+    again: a row deleted from the table meanwhile (an outbox cancel) is not published from the
+    relay's stale copy. The broker holds the window with a memory alarm."""
+    p = project.setup_relay({"PUBLISHER_WINDOW": 1, "PUBLISHER_BATCH_SIZE": 10,
+                             "LOG_LEVEL": "debug"})
+    (ex,), q = topology(broker)
+    relay = p.start_relay()
+    first = p.outbox_insert_many(ex, 1)
+    assert [svc.row_id(pr.message_id) for _, pr, _ in broker.collect(q, 1, timeout=15)] == first
+    svc.wait_until(lambda: p.outbox_count() == 0, 10, what="first row deleted")
+    svc.rabbitmqctl("set_vm_memory_high_watermark", "0")
+    try:
+        ids = p.outbox_insert_many(ex, 5)
+        relay.wait_for_log("claimed 5 of 10, published 1", 15)
+        svc.sql("DELETE FROM %s WHERE id = %%s" % p.table("outbox"), ids[2])
+        relay.wait_for_log("claiming them again", 10)
+        relay.wait_for_log("claimed 3 of 10, published 0", 10)
+    finally:
+        svc.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+    got = broker.collect(q, 4, timeout=20)
+    svc.wait_until(lambda: p.outbox_count() == 0, 15, what="table empty")
+    assert p.stop(relay) == 0
+    assert [svc.row_id(pr.message_id) for _, pr, _ in got] == ids[:2] + ids[3:]
+    assert broker.count(q) == 0  # the deleted row never came
