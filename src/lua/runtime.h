@@ -4,9 +4,10 @@
  * guarded os.exit), cjson (bounded by the memory cap, see cjson_bounded.h) and the svccomm
  * modules in package.preload (compiled into the binary), package.path extended with the
  * project's apps/ folder (svccomm.apps.extend_path, the rule a plain lua5.4 uses too), and an
- * allocator with a memory cap that keeps freed small blocks for reuse (runtime.c). All calls from C into Lua go through svc_lua_pcall(), which
- * adds a traceback, enforces a deadline with a count hook (on every coroutine too: each
- * thread inherits the hook) and checks that the stack is balanced. */
+ * allocator with a memory cap that keeps freed small blocks for reuse (runtime.c). All calls
+ * from C into Lua go through svc_lua_pcall(), which adds a traceback, enforces a deadline with
+ * a count hook (on every coroutine too: each thread inherits the hook) and checks that the
+ * stack is balanced. */
 #ifndef SVC_LUA_RUNTIME_H
 #define SVC_LUA_RUNTIME_H
 

@@ -249,12 +249,11 @@ static int publish_ahead(struct relay *r)
 	}
 	if (r->mq_up && svc_amqp_uncork(r->mq) != 0)
 		relay_mq_lost(r, "publishing");
+	/* After a loss, relay_mq_lost / relay_db_lost forgot the rows left (relay_drop_ahead). */
 	if (r->mq_up && r->db_up) {
 		if (SVC_LOG_DEBUG >= svc_log_threshold && i > from)
 			relay_trace_batch(res, from, i, r->ahead_claimed);
 		r->ahead_next = i;
-	} else {
-		relay_drop_ahead(r); /* the window was forgotten: the next claim starts afresh */
 	}
 	relay_flush_lists(r);
 	return published;
@@ -291,7 +290,7 @@ void relay_claim_and_publish(struct relay *r)
 	 * deleted by this claim, and the window gets their room. */
 	relay_handle_confirms(r, 0);
 	if (ahead_left(r)) {
-		if (r->mq_up && r->db_up && svc_flight_free(&r->fl) > 0)
+		if (r->mq_up && r->db_up && relay_ahead_ready(r))
 			publish_ahead(r);
 		return;
 	}

@@ -170,12 +170,31 @@ static void every_property_and_headers(void **state)
 	same_bytes(&none, 1, 131072, false); /* no properties at all, empty body */
 }
 
+/* Publishes m once on a and once on b (mandatory) and checks the sequence numbers each got and
+ * that both peers received the same bytes. */
+static void same_publish(struct pair *a, struct pair *b, const struct msg *m, uint64_t want_a,
+                         uint64_t want_b)
+{
+	unsigned char x[4096], y[4096];
+	uint64_t sa = 0, sb = 0;
+	unsigned char *body = body_of(m->len);
+
+	assert_int_equal(
+	    svc_amqp_publish(a->c, m->exchange, m->rk, body, m->len, &m->props, true, &sa), 0);
+	assert_int_equal(
+	    svc_amqp_publish(b->c, m->exchange, m->rk, body, m->len, &m->props, true, &sb), 0);
+	assert_int_equal(sa, want_a);
+	assert_int_equal(sb, want_b);
+	size_t na = drain(a->peer, x, sizeof(x)), nb = drain(b->peer, y, sizeof(y));
+	assert_int_equal(na, nb);
+	assert_memory_equal(x, y, na);
+	free(body);
+}
+
 static void confirm_mode_sequence_header(void **state)
 {
 	struct msg m = {"events", "a.b", 120, {.message_id = "m", .persistent = true}, true};
 	struct pair a, b;
-	unsigned char x[4096], y[4096];
-	uint64_t sa = 0, sb = 0;
 
 	(void)state;
 	/* mandatory in confirm mode adds x-svccomm-seq: the same value on both paths */
@@ -183,17 +202,7 @@ static void confirm_mode_sequence_header(void **state)
 	open_pair(&b, 131072);
 	a.c->raw = false;
 	a.c->confirm = b.c->confirm = true;
-	unsigned char *body = body_of(m.len);
-	assert_int_equal(svc_amqp_publish(a.c, m.exchange, m.rk, body, m.len, &m.props, true, &sa),
-	                 0);
-	assert_int_equal(svc_amqp_publish(b.c, m.exchange, m.rk, body, m.len, &m.props, true, &sb),
-	                 0);
-	assert_int_equal(sa, 1);
-	assert_int_equal(sb, 1);
-	size_t na = drain(a.peer, x, sizeof(x)), nb = drain(b.peer, y, sizeof(y));
-	assert_int_equal(na, nb);
-	assert_memory_equal(x, y, na);
-	free(body);
+	same_publish(&a, &b, &m, 1, 1);
 	close_pair(&a);
 	close_pair(&b);
 }
@@ -211,32 +220,17 @@ static void return_by_message_id_adds_no_header(void **state)
 	    {.message_id = "svc:42", .persistent = true, .return_by_message_id = true},
 	    true};
 	struct msg headed = plain;
-	unsigned char x[4096], y[4096];
 
 	(void)state;
 	headed.props.headers = hs;
 	headed.props.n_headers = 1;
 	for (int k = 0; k < 2; k++) {
-		const struct msg *m = k ? &headed : &plain;
 		struct pair a, b;
-		uint64_t sa = 0, sb = 0;
-		unsigned char *body = body_of(m->len);
 
 		open_pair(&a, 131072);
 		open_pair(&b, 131072);
 		a.c->confirm = true; /* b: not in confirm mode, never a sequence header */
-		assert_int_equal(
-		    svc_amqp_publish(a.c, m->exchange, m->rk, body, m->len, &m->props, true, &sa),
-		    0);
-		assert_int_equal(
-		    svc_amqp_publish(b.c, m->exchange, m->rk, body, m->len, &m->props, true, &sb),
-		    0);
-		assert_int_equal(sa, 1);
-		assert_int_equal(sb, 0);
-		size_t na = drain(a.peer, x, sizeof(x)), nb = drain(b.peer, y, sizeof(y));
-		assert_int_equal(na, nb);
-		assert_memory_equal(x, y, na);
-		free(body);
+		same_publish(&a, &b, k ? &headed : &plain, 1, 0);
 		close_pair(&a);
 		close_pair(&b);
 	}
