@@ -19,7 +19,7 @@ cd "$ROOT"
 SECS=${1:-15}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(json_scan utf8 relay_headers amqp_headers amqp_frames json_decode)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(json_scan utf8 relay_headers amqp_headers amqp_frames amqp_confirms json_decode)
 TIMEOUT=${SVCCOMM_FUZZ_TIMEOUT:-10}
 BUILD=${SVCCOMM_FUZZ_BUILD:-build-fuzz}
 WORK=${SVCCOMM_FUZZ_WORK:-$(mktemp -d /tmp/svccomm-fuzz.XXXXXX)}

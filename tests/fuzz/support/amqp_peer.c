@@ -64,7 +64,8 @@ void peer_method(struct peer_buf *pb, uint16_t ch, amqp_method_number_t id, void
 	peer_frame(pb, AMQP_FRAME_METHOD, ch, buf, (size_t)n + 4);
 }
 
-void peer_handshake(struct peer_buf *pb)
+/* connection.start .. channel.open-ok, what every client gets first */
+static void peer_open(struct peer_buf *pb)
 {
 	amqp_connection_start_t start = {.version_major = 0,
 	                                 .version_minor = 9,
@@ -74,15 +75,29 @@ void peer_handshake(struct peer_buf *pb)
 	amqp_connection_tune_t tune = {.channel_max = 2047, .frame_max = FRAME_MAX, .heartbeat = 0};
 	amqp_connection_open_ok_t open_ok = {.known_hosts = amqp_empty_bytes};
 	amqp_channel_open_ok_t ch_ok = {.channel_id = amqp_empty_bytes};
-	amqp_basic_qos_ok_t qos_ok = {0};
-	amqp_basic_consume_ok_t consume_ok = {.consumer_tag = amqp_cstring_bytes("ctag")};
 
 	peer_method(pb, 0, AMQP_CONNECTION_START_METHOD, &start);
 	peer_method(pb, 0, AMQP_CONNECTION_TUNE_METHOD, &tune);
 	peer_method(pb, 0, AMQP_CONNECTION_OPEN_OK_METHOD, &open_ok);
 	peer_method(pb, 1, AMQP_CHANNEL_OPEN_OK_METHOD, &ch_ok);
+}
+
+void peer_handshake(struct peer_buf *pb)
+{
+	amqp_basic_qos_ok_t qos_ok = {0};
+	amqp_basic_consume_ok_t consume_ok = {.consumer_tag = amqp_cstring_bytes("ctag")};
+
+	peer_open(pb);
 	peer_method(pb, 1, AMQP_BASIC_QOS_OK_METHOD, &qos_ok);
 	peer_method(pb, 1, AMQP_BASIC_CONSUME_OK_METHOD, &consume_ok);
+}
+
+void peer_handshake_publisher(struct peer_buf *pb)
+{
+	amqp_confirm_select_ok_t ok = {0};
+
+	peer_open(pb);
+	peer_method(pb, 1, AMQP_CONFIRM_SELECT_OK_METHOD, &ok);
 }
 
 /* Writes everything, then closes the broker's side: the client reads EOF after the script. */
@@ -101,7 +116,9 @@ static int feed(int fd, const struct peer_buf *pb)
 /* The broker's end, closed with the connection: the client's acks and replies land there. */
 static int broker_fd = -1;
 
-struct svc_amqp *peer_connect(const struct peer_buf *pb, struct svc_amqp_consumer *cs)
+/* The client's end of a socketpair whose broker side has sent pb then EOF, logged in with its
+ * channel open; NULL when that failed. */
+static struct svc_amqp *open_client(const struct peer_buf *pb)
 {
 	int sv[2];
 	/* The script must fit the socket buffer: nothing reads the broker's side concurrently. */
@@ -118,26 +135,48 @@ struct svc_amqp *peer_connect(const struct peer_buf *pb, struct svc_amqp_consume
 	}
 	/* Half close: the client's replies (close-ok, cancel-ok) still find room. */
 	shutdown(sv[1], SHUT_WR);
+	broker_fd = sv[1];
 
 	struct svc_amqp *c = svc_amqp_new();
 	c->st = amqp_new_connection();
 	c->sock = amqp_tcp_socket_new(c->st);
 	amqp_tcp_socket_set_sockfd(c->sock, sv[0]);
-	memset(cs, 0, sizeof(*cs));
 	amqp_rpc_reply_t r =
 	    amqp_login(c->st, "/", 0, FRAME_MAX, 0, AMQP_SASL_METHOD_PLAIN, "guest", "guest");
-	if (r.reply_type != AMQP_RESPONSE_NORMAL || !amqp_channel_open(c->st, c->ch))
-		goto fail;
+	if (r.reply_type != AMQP_RESPONSE_NORMAL || !amqp_channel_open(c->st, c->ch)) {
+		fprintf(stderr, "amqp_peer: the scripted login failed\n");
+		peer_drop(c);
+		return NULL;
+	}
 	c->open = true;
-	if (svc_amqp_consumer_qos(cs, c, 10) != 0 || svc_amqp_consumer_start(cs, c, "q") != 0)
-		goto fail;
-	broker_fd = sv[1];
 	return c;
-fail:
-	fprintf(stderr, "amqp_peer: the scripted handshake failed: %s\n", cs->err);
-	broker_fd = sv[1];
-	peer_drop(c);
-	return NULL;
+}
+
+struct svc_amqp *peer_connect(const struct peer_buf *pb, struct svc_amqp_consumer *cs)
+{
+	struct svc_amqp *c = open_client(pb);
+
+	memset(cs, 0, sizeof(*cs));
+	if (!c)
+		return NULL;
+	if (svc_amqp_consumer_qos(cs, c, 10) != 0 || svc_amqp_consumer_start(cs, c, "q") != 0) {
+		fprintf(stderr, "amqp_peer: the scripted handshake failed: %s\n", cs->err);
+		peer_drop(c);
+		return NULL;
+	}
+	return c;
+}
+
+struct svc_amqp *peer_connect_publisher(const struct peer_buf *pb)
+{
+	struct svc_amqp *c = open_client(pb);
+
+	if (c && svc_amqp_confirm_select(c) != 0) {
+		fprintf(stderr, "amqp_peer: confirm.select failed: %s\n", svc_amqp_error(c));
+		peer_drop(c);
+		return NULL;
+	}
+	return c;
 }
 
 void peer_drop(struct svc_amqp *c)

@@ -27,11 +27,15 @@ void peer_frame(struct peer_buf *pb, uint8_t type, uint16_t ch, const void *payl
 void peer_raw(struct peer_buf *pb, const void *bytes, size_t len);
 /* Appends the handshake up to basic.consume-ok. */
 void peer_handshake(struct peer_buf *pb);
+/* Appends the handshake of a publisher: up to channel.open-ok, then confirm.select-ok. */
+void peer_handshake_publisher(struct peer_buf *pb);
 
 /* Connects an svc_amqp over a socketpair whose broker side has sent pb then EOF, and runs
  * svccomm's basic.qos and basic.consume on it. NULL when the handshake failed (a bug in the
  * harness: the script is fixed). */
 struct svc_amqp *peer_connect(const struct peer_buf *pb, struct svc_amqp_consumer *cs);
+/* The same for a publisher: svccomm's confirm.select instead of basic.qos and consume. */
+struct svc_amqp *peer_connect_publisher(const struct peer_buf *pb);
 /* Drops the connection without the polite close (what svccomm does after a read error) and
  * frees it. */
 void peer_drop(struct svc_amqp *c);
