@@ -35,7 +35,7 @@
 ---@field CONSUMER_PIPELINE boolean|nil Pipeline handlers' db.exec statements across the batch (returns true, no count; a late failure retries the batch one message at a time). (default true)
 ---@field RECONNECT_MAX_DELAY number|nil Cap of the exponential reconnect backoff. (default 30)
 ---@field OUTBOX_TABLE string|nil Outbox table name (optionally schema.table). (default "svccomm_outbox")
----@field PUBLISHER_MODE string|nil "listen" wakes on the outbox trigger's NOTIFY (and polls as a fallback); "poll" only polls: pair it with a short PUBLISHER_POLL_INTERVAL and svccomm.outbox_notify = off for the writers (see "Commit throughput and NOTIFY"). (default "listen")
+---@field PUBLISHER_MODE string|nil "listen" sleeps on the outbox table's wake lock and wakes on the insert trigger's NOTIFY (and polls as a fallback); "poll" only polls (no LISTEN: PgBouncer in transaction pooling): pair it with a short PUBLISHER_POLL_INTERVAL (see "Commit throughput and NOTIFY"). (default "listen")
 ---@field PUBLISHER_POLL_INTERVAL number|nil Polling interval of the relay. (default 1)
 ---@field PUBLISHER_BATCH_SIZE integer|nil Outbox rows claimed per batch (while a backlog lasts, up to 4 times as many, at most half of PUBLISHER_WINDOW). (default 500)
 ---@field PUBLISHER_WINDOW integer|nil Most published messages awaiting broker confirmation. (default 2000)

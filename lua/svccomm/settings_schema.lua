@@ -140,9 +140,10 @@ M.rows = {
 		doc = "Outbox table name (optionally schema.table)." },
 	{ key = "PUBLISHER_MODE", type = "enum", default = "listen",
 		check = C.enum { "listen", "poll" },
-		doc = '"listen" wakes on the outbox trigger\'s NOTIFY (and polls as a fallback); "poll" only '
-			.. 'polls: pair it with a short PUBLISHER_POLL_INTERVAL and svccomm.outbox_notify = off '
-			.. 'for the writers (see "Commit throughput and NOTIFY").' },
+		doc = '"listen" sleeps on the outbox table\'s wake lock and wakes on the insert trigger\'s '
+			.. 'NOTIFY (and polls as a fallback); "poll" only polls (no LISTEN: PgBouncer in '
+			.. 'transaction pooling): pair it with a short PUBLISHER_POLL_INTERVAL (see "Commit '
+			.. 'throughput and NOTIFY").' },
 	{ key = "PUBLISHER_POLL_INTERVAL", type = "seconds", default = 1,
 		check = C.number(0, true),
 		doc = "Polling interval of the relay." },

@@ -78,10 +78,22 @@ static void build_prepared(struct svc_relay_sql *q)
 	/* The second column tells a session that can no longer write (a standby, or a primary
 	 * fenced with default_transaction_read_only) from one that can: the claim itself only
 	 * reads, and an idle relay would stay on such a server forever. */
-	q->next_due = fmt("SELECT extract(epoch from min(send_after) - now())::float8, "
-	                  "current_setting('transaction_read_only') = 'on' FROM %s "
-	                  "WHERE parked_at IS NULL AND send_after > now() - interval '1 second'",
-	                  t);
+#define NEXT_DUE_COLS                                                                              \
+	"SELECT extract(epoch from min(send_after) - now())::float8, "                             \
+	"current_setting('transaction_read_only') = 'on' FROM %s WHERE parked_at IS NULL AND "     \
+	"send_after > now() - interval '1 second'"
+	q->next_due = fmt(NEXT_DUE_COLS, t);
+	/* The same, then the wake lock tried once (a FROM item of one row: its volatile function
+	 * runs once). When that fails, pg_locks tells a relay that sleeps (granted in exclusive
+	 * mode: writers notify) from writers that have not finished (shared: they did not); it is
+	 * read only then. The lock key $1 is the table's (svc_relay_listen). */
+	q->next_due_wake =
+	    fmt("SELECT d.*, w.got, NOT w.got AND EXISTS (SELECT 1 FROM pg_locks WHERE locktype = "
+	        "'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = "
+	        "current_database()) AND classid = %d::int8::oid AND objid = ($1::int8 & "
+	        "4294967295)::oid AND objsubid = 2 AND mode = 'ExclusiveLock' AND granted) FROM "
+	        "(" NEXT_DUE_COLS ") d, (SELECT pg_try_advisory_lock(%d, $1::int4) AS got) w",
+	        SVC_RELAY_WAKE_CLASS, t, SVC_RELAY_WAKE_CLASS);
 }
 
 /* The other statements: rows that could not be sent, stats, health, LISTEN. */
@@ -131,7 +143,8 @@ int svc_relay_sql_init(struct svc_relay_sql *q, const char *table)
 	build_prepared(q);
 	build_others(q);
 	if (!q->claim_all || !q->claim_part || !q->del || !q->del_range || !q->resched ||
-	    !q->park || !q->next_due || !q->backlog || !q->health || !q->listen)
+	    !q->park || !q->next_due || !q->next_due_wake || !q->backlog || !q->health ||
+	    !q->listen)
 		goto nomem;
 	return 0;
 nomem:
@@ -150,6 +163,7 @@ void svc_relay_sql_release(struct svc_relay_sql *q)
 	free(q->resched);
 	free(q->park);
 	free(q->next_due);
+	free(q->next_due_wake);
 	free(q->backlog);
 	free(q->health);
 	free(q->listen);
@@ -240,6 +254,8 @@ static const char *stmt_sql(const struct svc_relay_sql *q, enum svc_relay_stmt s
 		return q->del;
 	case SVC_RELAY_ST_DEL_RANGE:
 		return q->del_range;
+	case SVC_RELAY_ST_NEXT_DUE_WAKE:
+		return q->next_due_wake;
 	default:
 		return q->next_due;
 	}
@@ -352,20 +368,15 @@ int svc_relay_park(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *id
 	return svc_pg_exec(pg, q->park, 2, params, NULL);
 }
 
-int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs)
+/* Reads the first two columns of a next-due result (see svc_relay_next_due). */
+static int read_next_due(struct svc_pg *pg, PGresult *res, double *secs)
 {
-	PGresult *res = NULL;
-	int rc = exec_stmt(pg, q, SVC_RELAY_ST_NEXT_DUE, 0, NULL, &res);
-
-	if (rc)
-		return rc;
 	if (PQgetvalue(res, 0, 1)[0] == 't') {
 		/* as the server says it when a write is refused (SQLSTATE 25006) */
 		snprintf(pg->error, sizeof(pg->error),
 		         "the server runs only read-only transactions (a standby, or a primary "
 		         "fenced read-only): reconnecting to find the read-write one");
 		snprintf(pg->sqlstate, sizeof(pg->sqlstate), "25006");
-		PQclear(res);
 		return SVC_ECONN;
 	}
 	*secs = PQgetisnull(res, 0, 0) ? -1.0 : strtod(PQgetvalue(res, 0, 0), NULL);
@@ -373,8 +384,41 @@ int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs)
 	 * the claim skips, and that must not turn into a busy loop until its confirm. */
 	if (*secs < 0.05 && !PQgetisnull(res, 0, 0))
 		*secs = 0.05;
-	PQclear(res);
 	return 0;
+}
+
+int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs)
+{
+	PGresult *res = NULL;
+	int rc = exec_stmt(pg, q, SVC_RELAY_ST_NEXT_DUE, 0, NULL, &res);
+
+	if (rc)
+		return rc;
+	rc = read_next_due(pg, res, secs);
+	PQclear(res);
+	return rc;
+}
+
+int svc_relay_next_due_wake(struct svc_pg *pg, struct svc_relay_sql *q, double *secs,
+                            enum svc_relay_wake_try *wake)
+{
+	char k[16];
+	const char *params[1] = {k};
+	PGresult *res = NULL;
+	int rc;
+
+	snprintf(k, sizeof(k), "%" PRId32, q->key_wake);
+	rc = exec_stmt(pg, q, SVC_RELAY_ST_NEXT_DUE_WAKE, 1, params, &res);
+	if (rc)
+		return rc;
+	/* the lock is this session's even when the server turned out read-only: the session is
+	 * dropped then, and the lock with it */
+	rc = read_next_due(pg, res, secs);
+	*wake = PQgetvalue(res, 0, 2)[0] == 't'   ? SVC_RELAY_WAKE_GOT
+	        : PQgetvalue(res, 0, 3)[0] == 't' ? SVC_RELAY_WAKE_OTHER
+	                                          : SVC_RELAY_WAKE_WRITER;
+	PQclear(res);
+	return rc;
 }
 
 int svc_relay_backlog(struct svc_pg *pg, struct svc_relay_sql *q, long *count, double *oldest)
@@ -421,8 +465,10 @@ int svc_relay_listen(struct svc_pg *pg, struct svc_relay_sql *q)
 	const char *params[1] = {q->table};
 	PGresult *res = NULL;
 	char *ident, sql[160];
-	int rc = svc_pg_exec(pg, q->listen, 0, NULL, NULL);
+	int rc;
 
+	q->has_wake = false;
+	rc = svc_pg_exec(pg, q->listen, 0, NULL, NULL);
 	if (rc == 0)
 		rc = svc_pg_exec(pg, SCHEMA_CHANNEL_SQL, 1, params, &res);
 	if (rc != 0)
@@ -438,7 +484,18 @@ int svc_relay_listen(struct svc_pg *pg, struct svc_relay_sql *q)
 		return SVC_ENOMEM;
 	snprintf(sql, sizeof(sql), "LISTEN %s", ident);
 	PQfreemem(ident);
-	return svc_pg_exec(pg, sql, 0, NULL, NULL);
+	if ((rc = svc_pg_exec(pg, sql, 0, NULL, NULL)) != 0)
+		return rc;
+	/* the wake lock's key, hashed by the server as the trigger hashes it */
+	params[0] = q->schema_channel;
+	if ((rc = svc_pg_exec(pg, "SELECT hashtext($1)", 1, params, &res)) != 0)
+		return rc;
+	q->key_wake = (int32_t)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	snprintf(q->wake_unlock, sizeof(q->wake_unlock),
+	         "SELECT pg_advisory_unlock(%d, %" PRId32 ")", SVC_RELAY_WAKE_CLASS, q->key_wake);
+	q->has_wake = true;
+	return 0;
 }
 
 int svc_relay_notify(struct svc_pg *pg, struct svc_relay_sql *q, const char *payload)

@@ -55,6 +55,18 @@ enum svc_relay_stmt {
 	SVC_RELAY_ST_DEL,
 	SVC_RELAY_ST_DEL_RANGE,
 	SVC_RELAY_ST_NEXT_DUE,
+	SVC_RELAY_ST_NEXT_DUE_WAKE,
+};
+
+/* The first key of the wake lock (two-key advisory lock form): 0x73766377, "svcw". The
+ * insert trigger of sql/006_outbox_notify_auto.sql writes the same number. */
+#define SVC_RELAY_WAKE_CLASS 1937138551
+
+/* What trying the wake lock found. */
+enum svc_relay_wake_try {
+	SVC_RELAY_WAKE_GOT,    /* this session holds it now: writers notify from now on */
+	SVC_RELAY_WAKE_OTHER,  /* another session holds it exclusively (a relay that sleeps) */
+	SVC_RELAY_WAKE_WRITER, /* writers that did not notify have not finished */
 };
 
 /* A growable text buffer for one array parameter. */
@@ -69,13 +81,19 @@ struct svc_relay_sql {
 	char schema_channel[64]; /* since 003: "schema.table" (svc_relay_listen() reads it) */
 	int32_t key_part;
 	int32_t key_member;
-	char *claim_all;  /* claim from every partition, skipping the ids $1 and $3 */
-	char *claim_part; /* the same, from the partitions in $4 only */
-	char *del;        /* id = ANY($1) */
-	char *del_range;  /* the ids $1, all within [$2, $3] */
+	/* The wake lock of sql/006_outbox_notify_auto.sql: (SVC_RELAY_WAKE_CLASS,
+	 * hashtext(schema_channel)), read by svc_relay_listen(); has_wake false until then. */
+	bool has_wake;
+	int32_t key_wake;
+	char wake_unlock[80]; /* the statement that gives it back (a prelude of the claim) */
+	char *claim_all;      /* claim from every partition, skipping the ids $1 and $3 */
+	char *claim_part;     /* the same, from the partitions in $4 only */
+	char *del;            /* id = ANY($1) */
+	char *del_range;      /* the ids $1, all within [$2, $3] */
 	char *resched;
 	char *park;
 	char *next_due;
+	char *next_due_wake; /* next_due, then the wake lock tried (see svc_relay_next_due) */
 	char *backlog;
 	char *health;
 	char *listen;
@@ -115,6 +133,10 @@ int svc_relay_park(struct svc_pg *pg, struct svc_relay_sql *q, const int64_t *id
  * that became due within the last second; *secs < 0 when there is none. SVC_ECONN (SQLSTATE
  * 25006) also when the session runs only read-only transactions: the server is no primary. */
 int svc_relay_next_due(struct svc_pg *pg, struct svc_relay_sql *q, double *secs);
+/* svc_relay_next_due, and in the same statement tries the wake lock (q->has_wake must be
+ * true, and this session must not hold it already: session-level advisory locks count). */
+int svc_relay_next_due_wake(struct svc_pg *pg, struct svc_relay_sql *q, double *secs,
+                            enum svc_relay_wake_try *wake);
 /* Number of due unparked rows (counted up to SVC_RELAY_BACKLOG_MAX) and the age in seconds of
  * the oldest one (0 when none): two index scans, cheap enough to run every second. */
 #define SVC_RELAY_BACKLOG_MAX   100000

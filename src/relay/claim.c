@@ -195,13 +195,31 @@ static PGresult *claim(struct relay *r, long limit)
 	double t0 = svc_clock_mono();
 	int rc;
 
+	/* Writers woke this relay, or a backlog keeps it busy: it gives the wake lock back in the
+	 * claim's round trip, so writers stop notifying while it claims. */
+	const char *unlock = r->q.wake_unlock;
+	bool release = r->wake == WAKE_HELD && (r->woken || r->backlog);
+
 	/* Rows whose delete failed (logged) stay confirmed: the claim skips them too. */
 	relay_flush_deletes(r);
 	if (!r->db_up)
 		return NULL;
+	if (release && svc_pg_set_prelude(r->pg.conn, &unlock, 1) != 0)
+		release = false; /* out of memory: kept, writers go on notifying */
+	r->woken = false;
 	rc = svc_relay_claim(&r->pg, &r->q, limit, r->skip_ids, n_skip, r->del_ids, r->n_del,
 	                     r->n_claimable == SVC_RELAY_PARTITIONS ? NULL : r->claimable, &res);
 	svc_metric_observe(r->m.claim_s, SVC_M_RELAY_CLAIM_SECONDS, svc_clock_mono() - t0);
+	if (r->db_up)
+		svc_pg_clear_prelude(
+		    r->pg.conn); /* not sent when the claim failed before sending */
+	/* Given back, or taken to be: a claim that failed after the unlock ran leaves no way to
+	 * know, and a lock still held after all only means writers notify more than they must. */
+	if (release) {
+		svc_debug(COMP,
+		          "wake lock given back: writers do not notify while this relay claims");
+		r->wake = WAKE_NONE;
+	}
 	if (rc) {
 		if (rc == SVC_ECONN)
 			relay_db_lost(r, "claiming rows");
@@ -259,12 +277,64 @@ static int publish_ahead(struct relay *r)
 	return published;
 }
 
+/* Claims while writers that did not notify are in flight: every SHORT_POLL_MIN seconds while
+ * claims find rows, twice as long after each claim that finds none, at most SHORT_POLL_MAX
+ * (a writer's transaction may stay open long: a batch job, a consumer's batch). */
+#define SHORT_POLL_MIN 0.001
+#define SHORT_POLL_MAX 0.02
+
+/* Without the wake lock after a short claim: tries it with the read of the next due time.
+ * Taken, the next claim follows at once: it sees every row committed before the lock, and
+ * writers notify from then on. Held by a sleeping relay: writers notify, so sleep. Else
+ * writers that did not notify are in flight: claim again soon. */
+static void try_wake_lock(struct relay *r, int n)
+{
+	enum svc_relay_wake_try got;
+	double secs;
+	int rc = svc_relay_next_due_wake(&r->pg, &r->q, &secs, &got);
+
+	if (rc == SVC_ECONN) {
+		relay_db_lost(r, "reading the next due time");
+		return;
+	}
+	if (rc != 0)
+		return;
+	r->next_due = secs >= 0 ? svc_clock_mono() + secs + 0.001 : 0;
+	r->next_short_poll = 0;
+	if (got != SVC_RELAY_WAKE_WRITER) {
+		r->short_poll = 0;
+		if (got == SVC_RELAY_WAKE_GOT) {
+			svc_debug(COMP, "wake lock taken: claiming once more, then writers notify");
+			r->wake = WAKE_NEW;
+			r->work = true;
+		} else {
+			svc_debug(COMP, "wake lock held by a sleeping relay: writers notify");
+		}
+		return;
+	}
+	if (n > 0 || r->short_poll == 0)
+		r->short_poll = SHORT_POLL_MIN;
+	else if ((r->short_poll *= 2) > SHORT_POLL_MAX)
+		r->short_poll = SHORT_POLL_MAX;
+	r->next_short_poll = svc_clock_mono() + r->short_poll;
+	svc_debug(COMP,
+	          "wake lock: writers that did not notify are in flight; claiming again in %.3g s",
+	          r->short_poll);
+}
+
 /* After a short claim (caught up) or a lost connection: no more claims until the next due row,
  * a notification or the poll, unless isolation goes on. */
-static void caught_up(struct relay *r, int n)
+static void caught_up(struct relay *r, int n, bool after_lock)
 {
 	r->work = r->isolate_upto > 0 && n > 0;
-	relay_read_next_due(r);
+	/* After the claim that followed taking the lock, rows written from now on wake this
+	 * relay, and the next due time was read with the lock. */
+	if (!r->db_up || after_lock)
+		return;
+	if (r->wake == WAKE_NONE && r->listen && r->q.has_wake && r->isolate_upto == 0)
+		try_wake_lock(r, n);
+	else
+		relay_read_next_due(r);
 }
 
 void relay_read_next_due(struct relay *r)
@@ -285,6 +355,7 @@ void relay_claim_and_publish(struct relay *r)
 {
 	long limit;
 	int n, published;
+	bool after_lock;
 
 	/* Confirms that already arrived first: rows they settle leave the skip list and are
 	 * deleted by this claim, and the window gets their room. */
@@ -301,8 +372,11 @@ void relay_claim_and_publish(struct relay *r)
 	limit = relay_claim_limit(r);
 	if (!r->work || limit <= 0 || r->n_claimable == 0 || !r->mq_up || !r->db_up)
 		return;
+	after_lock = r->wake == WAKE_NEW;
 	if (!(r->ahead = claim(r, limit)))
 		return;
+	if (after_lock)
+		r->wake = WAKE_HELD;
 	r->ahead_at = svc_clock_mono();
 	if (SVC_LOG_DEBUG >= svc_log_threshold)
 		r->ahead_claimed = svc_clock_wall();
@@ -319,5 +393,5 @@ void relay_claim_and_publish(struct relay *r)
 	/* A full batch means more may be waiting; a short one means we caught up. */
 	r->backlog = n >= limit && r->isolate_upto == 0;
 	if (n < limit || !r->db_up || !r->mq_up)
-		caught_up(r, n);
+		caught_up(r, n, after_lock);
 }

@@ -37,6 +37,8 @@ void relay_db_lost(struct relay *r, const char *what)
 	memset(r->claimable, 0, sizeof(r->claimable));
 	r->n_claimable = 0;
 	relay_metrics_partitions(r);
+	r->wake = WAKE_NONE;
+	r->short_poll = r->next_short_poll = 0;
 	/* Confirms still to come cannot be recorded: forget them (the rows are sent again). */
 	svc_flight_clear(&r->fl);
 	relay_drop_ahead(r);

@@ -91,6 +91,19 @@ struct relay {
 	double next_due_check; /* without LISTEN: when to read the next due time again */
 	int64_t isolate_upto;  /* publish one at a time up to this id (0 = off) */
 
+	/* The wake lock (sql/006_outbox_notify_auto.sql, claim.c): writers notify only while a
+	 * relay holds it, so a relay holds it while it sleeps and gives it back when writers wake
+	 * it; while it does not hold it, it claims often enough to find their rows. */
+	enum {
+		WAKE_NONE, /* not held */
+		WAKE_NEW,  /* taken after a claim: the next claim sees what came before */
+		WAKE_HELD, /* held; sleeping on it is safe */
+	} wake;
+	bool woken;             /* a notification arrived since the last claim */
+	double short_poll;      /* seconds between claims while writers that did not notify
+	                         * are in flight (0: not polling for them) */
+	double next_short_poll; /* when the next such claim is due (0: none) */
+
 	/* The last claim's rows, published as the window makes room (claim.c): rows
 	 * [ahead_next, ahead_n) of `ahead` are claimed and not yet published. */
 	PGresult *ahead;

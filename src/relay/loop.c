@@ -64,7 +64,7 @@ static void read_notifications(struct relay *r)
 		return;
 	}
 	while ((n = PQnotifies(r->pg.conn))) {
-		r->work = true;
+		r->work = r->woken = true;
 		PQfreemem(n);
 	}
 }
@@ -83,7 +83,7 @@ static bool no_sleep(struct relay *r)
 	/* libpq reads notifications that arrive during any query (claim, delete, rebalance) into
 	 * its own queue; the socket then has nothing new to poll for, so take them from there. */
 	while (r->db_up && r->listen && (note = PQnotifies(r->pg.conn))) {
-		r->work = true;
+		r->work = r->woken = true;
 		PQfreemem(note);
 	}
 	if (r->work && r->mq_up && r->db_up && relay_claim_limit(r) > 0 && r->n_claimable > 0)
@@ -111,6 +111,8 @@ static double wake_time(struct relay *r, double t)
 	until = min_d(until, r->next_stats);
 	if (r->next_due > 0)
 		until = min_d(until, r->next_due);
+	if (r->next_short_poll > 0)
+		until = min_d(until, r->next_short_poll);
 	if (relay_ahead_expiry(r) > 0)
 		until = min_d(until, relay_ahead_expiry(r));
 	if (!r->db_up)
@@ -189,6 +191,10 @@ static void timers(struct relay *r)
 	if (r->next_due > 0 && t >= r->next_due) {
 		r->work = true;
 		r->next_due = 0;
+	}
+	if (r->next_short_poll > 0 && t >= r->next_short_poll) {
+		r->work = true;
+		r->next_short_poll = 0;
 	}
 	if (relay_ahead_expiry(r) > 0 && t >= relay_ahead_expiry(r)) {
 		svc_debug(COMP, "claimed rows waited %.3g s for room: claiming them again",

@@ -1,7 +1,9 @@
 """The insert trigger's NOTIFY follows the PostgreSQL setting svccomm.outbox_notify
-(sql/005_outbox_notify_setting.sql): writers may skip it (a relay in PUBLISHER_MODE = "poll"
-does not need it), for a session, a role or a database; a value that is not on or off is
-refused. Against the real PostgreSQL, relay and broker."""
+(sql/005_outbox_notify_setting.sql, sql/006_outbox_notify_auto.sql): by default (auto) a writer
+notifies only while a relay sleeps on the table's wake lock; on always notifies, off never
+(a relay in PUBLISHER_MODE = "poll" needs none); it applies to a session, a role or a
+database; a value that is not auto, on or off is refused. Against the real PostgreSQL, relay
+and broker."""
 import hashlib
 import os
 import select
@@ -15,9 +17,11 @@ import svc
 from svc import sql
 from test_outbox_write import PRELUDE, lua
 
-NOTIFY = [None, "", "on", "ON", "true", "True", "1", " on "]
+NOTIFY = ["on", "ON", "true", "True", "1", " on "]
+AUTO = [None, "", "auto", "AUTO", " Auto "]
 QUIET = ["off", "OFF", "Off", "false", "FALSE", "0", " off "]
-BAD = ["of", "offf", "yes", "no", "2", "disabled", "on off"]
+BAD = ["of", "offf", "yes", "no", "2", "disabled", "on off", "automatic"]
+WAKE_CLASS = 1937138551  # the wake lock's first key: 0x73766377, "svcw"
 
 
 def channel_of(table):
@@ -27,6 +31,26 @@ def channel_of(table):
     if len(name.encode()) > 63:
         name = "svccomm_" + hashlib.md5(name.encode()).hexdigest()
     return name
+
+
+class SleepingRelay:
+    """A session that holds the table's wake lock in exclusive mode, as a relay does while it
+    sleeps (src/relay/claim.c): writers in auto mode then notify."""
+
+    def __init__(self, project, table):
+        self.conn = project.pg()
+        svc.pg_query(self.conn, "SELECT pg_advisory_lock(%s, hashtext(%s))",
+                     (WAKE_CLASS, channel_of(table)))
+
+    def wake(self):
+        svc.pg_query(self.conn, "SELECT pg_advisory_unlock_all()")
+
+
+def wake_lock_holders(table):
+    """(mode, granted) of every session's hold on the table's wake lock."""
+    return sql("SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND classid = "
+               "%s::int8::oid AND objid = (hashtext(%s)::int8 & 4294967295)::oid AND "
+               "objsubid = 2 ORDER BY mode", WAKE_CLASS, channel_of(table))
 
 
 class Listener:
@@ -77,21 +101,63 @@ def insert(cur, table, key="k"):
     return cur.fetchone()[0]
 
 
-def test_values_on_notify_off_do_not_and_rows_are_written_either_way(project, outbox):
+def test_on_notifies_off_does_not_auto_only_while_a_relay_sleeps_rows_written_either_way(
+        project, outbox):
     listener = Listener(project, outbox)
     writer = project.pg()
+    keys = []
     with writer.cursor() as cur:
-        for value in NOTIFY + QUIET:
-            set_notify(cur, value)
-            insert(cur, outbox, "value:%r" % (value,))
-            expected = [listener.channel] if value in NOTIFY else []
-            assert listener.since() == expected, value
-    keys = [r[0] for r in sql('SELECT routing_key FROM "%s" ORDER BY id' % outbox)]
-    assert keys == ["value:%r" % (v,) for v in NOTIFY + QUIET]
+        for sleeping in (False, True):
+            relay = SleepingRelay(project, outbox) if sleeping else None
+            for value in NOTIFY + AUTO + QUIET:
+                set_notify(cur, value)
+                key = "value:%r sleeping:%s" % (value, sleeping)
+                insert(cur, outbox, key)
+                keys.append(key)
+                notifies = value in NOTIFY or (value in AUTO and sleeping)
+                assert listener.since() == ([listener.channel] if notifies else []), key
+            if relay:
+                relay.wake()
+                assert wake_lock_holders(outbox) == []
+    assert [r[0] for r in sql('SELECT routing_key FROM "%s" ORDER BY id' % outbox)] == keys
+
+
+def test_an_auto_writer_holds_the_wake_lock_shared_until_its_transaction_ends(project, outbox):
+    """A writer that skipped its NOTIFY keeps a relay from taking the lock until it committed
+    (the relay then claims and sees its rows); one that starts while a relay waits for the lock
+    notifies, and so does its whole transaction once it has."""
+    listener = Listener(project, outbox)
+    writer = svc.pg_connect()
+    writer.autocommit = False
+    relay = project.pg()
+    try:
+        with writer.cursor() as cur:
+            insert(cur, outbox, "quiet")
+            assert wake_lock_holders(outbox) == [("ShareLock", True)]
+            (got,), = svc.pg_query(relay, "SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                                   (WAKE_CLASS, channel_of(outbox)))
+            assert got is False
+        writer.commit()
+        assert listener.since() == []
+        assert wake_lock_holders(outbox) == []
+        (got,), = svc.pg_query(relay, "SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                               (WAKE_CLASS, channel_of(outbox)))
+        assert got is True
+        with writer.cursor() as cur:
+            insert(cur, outbox, "loud")
+        svc.pg_query(relay, "SELECT pg_advisory_unlock_all()")
+        with writer.cursor() as cur:
+            insert(cur, outbox, "loud too, and pending already")
+        writer.commit()
+        assert listener.since() == [listener.channel]
+    finally:
+        writer.close()
+    assert project.outbox_count() == 3
 
 
 def test_set_local_applies_to_one_transaction(project, outbox):
     listener = Listener(project, outbox)
+    SleepingRelay(project, outbox)  # unset = auto: notify
     writer = svc.pg_connect()
     writer.autocommit = False
     try:
@@ -134,6 +200,7 @@ def test_the_sql_functions_follow_the_setting(project, outbox):
              % publish,
              "SELECT %s('billing', 'charge', '{\"n\": 1}')" % command]
     listener = Listener(project, outbox)
+    SleepingRelay(project, outbox)  # unset = auto: notify
     writer = project.pg()
     values = (("off", []), ("0", []), (None, [listener.channel]), ("on", [listener.channel]))
     with writer.cursor() as cur:
@@ -154,6 +221,7 @@ def test_the_sql_functions_follow_the_setting(project, outbox):
 
 def test_the_lua_api_follows_the_setting_of_its_session(project, outbox):
     listener = Listener(project, outbox)
+    SleepingRelay(project, outbox)  # unset = auto: notify
     res = lua(project, PRELUDE + """
 local function publish()
   return db:transaction(function()
@@ -185,6 +253,7 @@ def test_a_role_in_database_setting_applies_to_its_new_sessions(project, outbox)
         sql('GRANT USAGE ON SEQUENCE %s TO "%s"' % (seq, role))
         sql('ALTER ROLE "%s" IN DATABASE "%s" SET svccomm.outbox_notify = off' % (role, db))
         listener = Listener(project, outbox)
+        SleepingRelay(project, outbox)  # unset = auto: notify
         conn = psycopg2.connect(os.environ["SVCCOMM_DATABASE_URL"], user=role, password=password,
                                 connect_timeout=5)
         conn.autocommit = True

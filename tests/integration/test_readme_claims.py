@@ -163,8 +163,10 @@ def test_same_table_name_in_two_schemas_notify_different_channels(project, broke
     for s in (s1, s2):
         p.write_settings(dict(svc.RELAY_SETTINGS, OUTBOX_TABLE="%s.%s" % (s, name)))
         assert p.run("migrate").returncode == 0
+    # svccomm.outbox_notify = on: notify although no relay sleeps on the wake lock (006)
     got = listen_for([name, "%s.%s" % (s1, name), "%s.%s" % (s2, name)], lambda: sql(
-        "INSERT INTO %s.%s (exchange, routing_key, body) VALUES ('x', 'k', '{}')" % (s2, name)))
+        "SET svccomm.outbox_notify = on; INSERT INTO %s.%s (exchange, routing_key, body) "
+        "VALUES ('x', 'k', '{}')" % (s2, name)))
     assert got == [("%s.%s" % (s2, name), "")]
     # the relay of s1 listens on its own channel: with a 30 s poll, a row goes out at once
     ex = "agg_" + svc.suffix()
