@@ -210,9 +210,9 @@ static PGresult *claim(struct relay *r, long limit)
 	rc = svc_relay_claim(&r->pg, &r->q, limit, r->skip_ids, n_skip, r->del_ids, r->n_del,
 	                     r->n_claimable == SVC_RELAY_PARTITIONS ? NULL : r->claimable, &res);
 	svc_metric_observe(r->m.claim_s, SVC_M_RELAY_CLAIM_SECONDS, svc_clock_mono() - t0);
+	/* a claim that failed before it was sent leaves the unlock pending: not for later */
 	if (r->db_up)
-		svc_pg_clear_prelude(
-		    r->pg.conn); /* not sent when the claim failed before sending */
+		svc_pg_clear_prelude(r->pg.conn);
 	/* Given back, or taken to be: a claim that failed after the unlock ran leaves no way to
 	 * know, and a lock still held after all only means writers notify more than they must. */
 	if (release) {

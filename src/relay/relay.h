@@ -76,7 +76,10 @@
  * at the earliest future send_after. PUBLISHER_MODE = "poll" skips LISTEN; in "listen" mode the
  * relay first checks that its own NOTIFY comes back and falls back to polling with a warning when
  * it does not (e.g. PgBouncer in transaction pooling). An idle database connection is probed
- * with SELECT 1 (and libpq keepalives are on) so a half-open session is noticed.
+ * with SELECT 1 (and libpq keepalives are on) so a half-open session is noticed. Writers notify
+ * only while a relay sleeps holding the table's wake lock (sql/006_outbox_notify_auto.sql): a
+ * listening relay takes it after a claim that caught up and gives it back when writers wake it,
+ * and claims every 1-20 ms while writers that did not notify are in flight (claim.c).
  *
  * Both connections reconnect forever with jittered exponential backoff capped at
  * RECONNECT_MAX_DELAY. On SIGTERM/SIGINT the relay stops claiming, waits up to SHUTDOWN_TIMEOUT
