@@ -469,13 +469,17 @@ int svc_relay_listen(struct svc_pg *pg, struct svc_relay_sql *q)
 
 	q->has_wake = false;
 	rc = svc_pg_exec(pg, q->listen, 0, NULL, NULL);
+	/* with the wake lock's key, hashed by the server as the trigger hashes it */
 	if (rc == 0)
-		rc = svc_pg_exec(pg, SCHEMA_CHANNEL_SQL, 1, params, &res);
+		rc = svc_pg_exec(pg, "SELECT x, hashtext(x) FROM (" SCHEMA_CHANNEL_SQL ") t(x)", 1,
+		                 params, &res);
 	if (rc != 0)
 		return rc;
 	q->schema_channel[0] = '\0';
-	if (PQntuples(res) == 1)
+	if (PQntuples(res) == 1) {
 		snprintf(q->schema_channel, sizeof(q->schema_channel), "%s", PQgetvalue(res, 0, 0));
+		q->key_wake = (int32_t)strtol(PQgetvalue(res, 0, 1), NULL, 10);
+	}
 	PQclear(res);
 	if (!q->schema_channel[0])
 		return 0;
@@ -486,12 +490,6 @@ int svc_relay_listen(struct svc_pg *pg, struct svc_relay_sql *q)
 	PQfreemem(ident);
 	if ((rc = svc_pg_exec(pg, sql, 0, NULL, NULL)) != 0)
 		return rc;
-	/* the wake lock's key, hashed by the server as the trigger hashes it */
-	params[0] = q->schema_channel;
-	if ((rc = svc_pg_exec(pg, "SELECT hashtext($1)", 1, params, &res)) != 0)
-		return rc;
-	q->key_wake = (int32_t)strtol(PQgetvalue(res, 0, 0), NULL, 10);
-	PQclear(res);
 	snprintf(q->wake_unlock, sizeof(q->wake_unlock),
 	         "SELECT pg_advisory_unlock(%d, %" PRId32 ")", SVC_RELAY_WAKE_CLASS, q->key_wake);
 	q->has_wake = true;

@@ -33,6 +33,13 @@ def channel_of(table):
     return name
 
 
+def try_wake_lock(conn, table):
+    """pg_try_advisory_lock on the table's wake lock, as a relay takes it before it sleeps."""
+    (got,), = svc.pg_query(conn, "SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                           (WAKE_CLASS, channel_of(table)))
+    return got
+
+
 class SleepingRelay:
     """A session that holds the table's wake lock in exclusive mode, as a relay does while it
     sleeps (src/relay/claim.c): writers in auto mode then notify."""
@@ -134,15 +141,11 @@ def test_an_auto_writer_holds_the_wake_lock_shared_until_its_transaction_ends(pr
         with writer.cursor() as cur:
             insert(cur, outbox, "quiet")
             assert wake_lock_holders(outbox) == [("ShareLock", True)]
-            (got,), = svc.pg_query(relay, "SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                                   (WAKE_CLASS, channel_of(outbox)))
-            assert got is False
+            assert try_wake_lock(relay, outbox) is False
         writer.commit()
         assert listener.since() == []
         assert wake_lock_holders(outbox) == []
-        (got,), = svc.pg_query(relay, "SELECT pg_try_advisory_lock(%s, hashtext(%s))",
-                               (WAKE_CLASS, channel_of(outbox)))
-        assert got is True
+        assert try_wake_lock(relay, outbox) is True
         with writer.cursor() as cur:
             insert(cur, outbox, "loud")
         svc.pg_query(relay, "SELECT pg_advisory_unlock_all()")

@@ -23,10 +23,9 @@ def relay_project(project, broker, settings=None):
     return p, ex, q, p.table("outbox")
 
 
-def insert(table, ex, key, conn=None):
-    (row_id,), = svc.pg_query(conn or svc.pg_connect(),
-                              'INSERT INTO "%s" (exchange, routing_key, body) VALUES (%%s, %%s, '
-                              "'{}') RETURNING id" % table, (ex, key))
+def insert(table, ex, key):
+    (row_id,), = svc.sql('INSERT INTO "%s" (exchange, routing_key, body) VALUES (%%s, %%s, '
+                         "'{}') RETURNING id" % table, ex, key)
     return row_id
 
 
@@ -123,7 +122,7 @@ def test_concurrent_writers_lose_no_wake_up(project, broker):
         for rnd in range(40):
             ids, lock = [], threading.Lock()
 
-            def write(i, conn=None, rnd=rnd):
+            def write(i, rnd=rnd):
                 conn = conns[i]
                 mine = []
                 try:
