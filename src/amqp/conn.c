@@ -140,7 +140,9 @@ static void copy_text(char *dst, size_t dstsz, const char *what, int code, amqp_
 static int reopen_channel(struct svc_amqp *c);
 
 /* The broker closed the channel: answer close-ok, reopen it (confirm mode again if it was on)
- * and report SVC_EPROTO; a failure to reopen makes the connection unusable (SVC_ECONN). */
+ * and report SVC_EPROTO; a failure to reopen makes the connection unusable (SVC_ECONN), and so
+ * does a close while reopening (no second reopen: a broker that answered every channel.open
+ * with channel.close would recurse without end). */
 int svc_amqp_on_channel_close(struct svc_amqp *c, const amqp_channel_close_t *m)
 {
 	amqp_channel_close_ok_t ok = {0};
@@ -148,7 +150,8 @@ int svc_amqp_on_channel_close(struct svc_amqp *c, const amqp_channel_close_t *m)
 	c->reply_code = m->reply_code;
 	copy_text(c->err, sizeof(c->err), "channel closed by the broker", m->reply_code,
 	          m->reply_text);
-	if (amqp_send_method(c->st, c->ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK) {
+	if (amqp_send_method(c->st, c->ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK ||
+	    c->reopening) {
 		c->open = false;
 		return SVC_ECONN;
 	}
@@ -211,19 +214,19 @@ static int rpc_result(struct svc_amqp *c, amqp_rpc_reply_t r, const char *what)
 static int reopen_channel(struct svc_amqp *c)
 {
 	bool confirm = c->confirm;
+	int rc = 0;
 
 	c->confirm = false;
 	c->next_seq = 0;
+	c->reopening = true;
 	amqp_channel_open(c->st, c->ch);
-	if (rpc_result(c, amqp_get_rpc_reply(c->st), "channel.open") != 0) {
+	if (rpc_result(c, amqp_get_rpc_reply(c->st), "channel.open") != 0 ||
+	    (confirm && svc_amqp_confirm_select(c) != 0)) {
 		c->open = false;
-		return SVC_ECONN;
+		rc = SVC_ECONN;
 	}
-	if (confirm && svc_amqp_confirm_select(c) != 0) {
-		c->open = false;
-		return SVC_ECONN;
-	}
-	return 0;
+	c->reopening = false;
+	return rc;
 }
 
 /* Client properties for connection.start-ok. rabbitmq-c merges these capabilities with its

@@ -19,6 +19,7 @@ struct svc_amqp {
 	amqp_channel_t ch;
 	bool open;         /* false after any error: no call that reads from it (close) */
 	bool confirm;      /* channel in confirm mode */
+	bool reopening;    /* reopening the channel: a close now means it cannot be reopened */
 	uint64_t next_seq; /* last publish sequence number handed out */
 	int reply_code;    /* code of the last channel/connection close from the broker */
 	char err[512];

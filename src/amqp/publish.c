@@ -330,6 +330,15 @@ static int read_return(struct svc_amqp *c, const amqp_basic_return_t *m, svc_amq
 		c->open = false;
 		return SVC_ECONN;
 	}
+	/* as in consume.c: only a basic-class header decodes to amqp_basic_properties_t */
+	if (f.payload.properties.class_id != AMQP_BASIC_CLASS) {
+		snprintf(
+		    c->err, sizeof(c->err),
+		    "basic.return: expected a content header of class basic (60), got class %u",
+		    f.payload.properties.class_id);
+		c->open = false;
+		return SVC_ECONN;
+	}
 	size = f.payload.properties.body_size;
 	{
 		const amqp_basic_properties_t *p = f.payload.properties.decoded;
